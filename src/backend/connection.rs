@@ -1,0 +1,227 @@
+//! One connection to a server: the client side of the MySQL handshake, then raw access for the
+//! session's relay.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_proto::auth_switch::{AuthSwitchRequest, AUTH_SWITCH_HEADER};
+use sluice_proto::command::{ChangeUser, COM_QUIT};
+use sluice_proto::err::{ErrPacket, ERR_HEADER};
+use sluice_proto::flags::cap;
+use sluice_proto::framing::{self, FrameError, Packet};
+use sluice_proto::handshake::HandshakeV10;
+use sluice_proto::handshake_response::HandshakeResponse41;
+use sluice_proto::scramble::{native_token, NATIVE_PASSWORD_PLUGIN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::BackendError;
+
+/// Capabilities Sluice always asks a backend for, whatever the client did.
+const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
+    | cap::CLIENT_SECURE_CONNECTION
+    | cap::CLIENT_PLUGIN_AUTH
+    | cap::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | cap::CLIENT_LONG_PASSWORD
+    | cap::CLIENT_TRANSACTIONS;
+
+/// Capabilities never passed on to a backend: TLS and compression are per hop, and MariaDB's
+/// extended capabilities are not advertised to clients.
+const NEVER: u64 =
+    cap::CLIENT_SSL | cap::CLIENT_COMPRESS | cap::CLIENT_ZSTD_COMPRESSION | !0xFFFF_FFFF;
+
+/// Largest control packet (handshake, auth) accepted from a server.
+const MAX_CONTROL_PACKET: usize = 64 << 10;
+
+/// Who logs in, and with which session options (taken from the client's handshake).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginParams<'a> {
+    pub user: &'a [u8],
+    pub password: &'a [u8],
+    pub database: Option<&'a [u8]>,
+    /// The client's capabilities; the backend gets the same, less what is per hop.
+    pub capabilities: u64,
+    pub charset: u8,
+    pub max_packet: u32,
+    pub connect_attrs: Option<&'a [u8]>,
+}
+
+/// A logged-in connection to a server.
+#[derive(Debug)]
+pub struct BackendConn {
+    /// The server's configured name.
+    pub server: String,
+    pub stream: TcpStream,
+    /// Bytes read from the server and not consumed yet.
+    pub rbuf: BytesMut,
+    pub handshake: HandshakeV10,
+    /// Capabilities in effect on this connection.
+    pub capabilities: u64,
+    /// The scramble to use for the next COM_CHANGE_USER.
+    scramble: Vec<u8>,
+}
+
+/// Connects to `address` and logs in. Returns the connection and the server's final OK payload
+/// (to forward to the client). The whole exchange is bounded by `timeout`.
+pub async fn connect(
+    server: &str,
+    address: &str,
+    params: LoginParams<'_>,
+    timeout: Duration,
+) -> Result<(BackendConn, Bytes), BackendError> {
+    let ms = timeout.as_millis() as u64;
+    tokio::time::timeout(timeout, connect_inner(server, address, params))
+        .await
+        .map_err(|_| BackendError::Timeout(ms))?
+}
+
+async fn connect_inner(
+    server: &str,
+    address: &str,
+    p: LoginParams<'_>,
+) -> Result<(BackendConn, Bytes), BackendError> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(BackendError::Connect)?;
+    stream.set_nodelay(true)?;
+    let mut conn = BackendConn {
+        server: server.to_string(),
+        stream,
+        rbuf: BytesMut::with_capacity(16 << 10),
+        handshake: HandshakeV10 {
+            server_version: Vec::new(),
+            connection_id: 0,
+            auth_data: Vec::new(),
+            capabilities: 0,
+            charset: 0,
+            status: 0,
+            auth_plugin: Vec::new(),
+        },
+        capabilities: 0,
+        scramble: Vec::new(),
+    };
+    let hello = conn.read_packet().await?;
+    if hello.payload.first() == Some(&ERR_HEADER) {
+        return Err(BackendError::Refused(ErrPacket::parse(&hello.payload)?));
+    }
+    conn.handshake = HandshakeV10::parse(&hello.payload)?;
+    let server_caps = conn.handshake.capabilities & 0xFFFF_FFFF;
+    let mut caps = (p.capabilities & server_caps & !NEVER) | REQUIRED;
+    caps &= server_caps | cap::CLIENT_LONG_PASSWORD;
+    if p.database.is_some() {
+        caps |= cap::CLIENT_CONNECT_WITH_DB;
+    } else {
+        caps &= !cap::CLIENT_CONNECT_WITH_DB;
+    }
+    if p.connect_attrs.is_none() {
+        caps &= !cap::CLIENT_CONNECT_ATTRS;
+    }
+    conn.capabilities = caps;
+    conn.scramble = conn.handshake.auth_data.clone();
+    let resp = HandshakeResponse41 {
+        capabilities: caps,
+        max_packet: p.max_packet,
+        charset: p.charset,
+        username: p.user.to_vec(),
+        auth_response: native_token(p.password, &conn.scramble),
+        database: p.database.map(<[u8]>::to_vec),
+        auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.to_vec()),
+        connect_attrs: p.connect_attrs.map(<[u8]>::to_vec),
+    };
+    conn.write_packet(hello.last_seq.wrapping_add(1), &resp.encode())
+        .await?;
+    let ok = conn.finish_auth(p.password).await?;
+    Ok((conn, ok))
+}
+
+impl BackendConn {
+    /// Reads one whole packet (control exchanges only; the relay streams instead).
+    pub async fn read_packet(&mut self) -> Result<Packet, BackendError> {
+        loop {
+            match framing::check(&self.rbuf, MAX_CONTROL_PACKET) {
+                Ok(ext) => return Ok(framing::parse(&mut self.rbuf, ext)),
+                Err(FrameError::Incomplete) => {}
+                Err(e @ FrameError::TooLarge { .. }) => {
+                    return Err(BackendError::Protocol(e.to_string()))
+                }
+            }
+            self.rbuf.reserve(8 << 10);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(BackendError::Closed);
+            }
+        }
+    }
+
+    pub async fn write_packet(&mut self, seq: u8, payload: &[u8]) -> Result<(), BackendError> {
+        let mut out = BytesMut::with_capacity(payload.len() + 4);
+        framing::write_packet(&mut out, seq, payload);
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Reads the answer to a login or change-user, answering mysql_native_password auth
+    /// switches. Returns the OK payload.
+    async fn finish_auth(&mut self, password: &[u8]) -> Result<Bytes, BackendError> {
+        // A server switches plugins at most once per login; a loop is a hostile server.
+        for _ in 0..3 {
+            let p = self.read_packet().await?;
+            match p.payload.first() {
+                Some(0x00) => return Ok(p.payload),
+                Some(&ERR_HEADER) => {
+                    return Err(BackendError::Refused(ErrPacket::parse(&p.payload)?))
+                }
+                Some(&AUTH_SWITCH_HEADER) => {
+                    let sw = AuthSwitchRequest::parse(&p.payload)?;
+                    if sw.plugin != NATIVE_PASSWORD_PLUGIN {
+                        return Err(BackendError::AuthPlugin(
+                            String::from_utf8_lossy(&sw.plugin).into_owned(),
+                        ));
+                    }
+                    self.scramble = sw.data;
+                    let token = native_token(password, &self.scramble);
+                    self.write_packet(p.last_seq.wrapping_add(1), &token)
+                        .await?;
+                }
+                _ => {
+                    return Err(BackendError::Protocol(
+                        "unexpected packet during authentication".into(),
+                    ))
+                }
+            }
+        }
+        Err(BackendError::Protocol(
+            "too many authentication rounds".into(),
+        ))
+    }
+
+    /// COM_CHANGE_USER on this connection, with the session options of `cu` and the password
+    /// Sluice holds for the new user. Returns the server's OK payload.
+    pub async fn change_user(
+        &mut self,
+        cu: &ChangeUser,
+        password: &[u8],
+    ) -> Result<Bytes, BackendError> {
+        let req = ChangeUser {
+            username: cu.username.clone(),
+            auth_response: native_token(password, &self.scramble),
+            database: cu.database.clone(),
+            charset: cu.charset,
+            auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.to_vec()),
+            connect_attrs: cu.connect_attrs.clone(),
+        };
+        let payload = req.encode(self.capabilities);
+        self.write_packet(0, &payload).await?;
+        self.finish_auth(password).await
+    }
+
+    /// Says goodbye politely (best effort).
+    pub async fn quit(mut self) {
+        let _ = self.write_packet(0, &[COM_QUIT]).await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Whether CLIENT_DEPRECATE_EOF is in effect.
+    pub fn deprecate_eof(&self) -> bool {
+        self.capabilities & cap::CLIENT_DEPRECATE_EOF != 0
+    }
+}

@@ -1,0 +1,44 @@
+//! Configuration errors. Each names the file (or environment variable) and the key.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// Deserialisation failed (unknown key, wrong type, bad TOML).
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{file}: key `{key}`: {msg}", file = file.display())]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        msg: String,
+    },
+}
+
+impl ConfigError {
+    pub(super) fn from_figment(file: &Path, err: figment::Error) -> Self {
+        let mut out = String::new();
+        for e in err {
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| file.display().to_string());
+            let key = e.path.join(".");
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            if key.is_empty() {
+                let _ = write!(out, "{source}: {}", e.kind);
+            } else {
+                let _ = write!(out, "{source}: key `{key}`: {}", e.kind);
+            }
+        }
+        ConfigError::Parse(out)
+    }
+}

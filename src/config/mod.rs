@@ -1,0 +1,369 @@
+//! Configuration: load (defaults → `sluice.toml` → `SLUICE_…` environment), validate, then
+//! publish an immutable snapshot that the rest of the proxy shares behind an `Arc`.
+//!
+//! Unknown keys are errors, and every error names the file (or variable) and the key.
+
+mod error;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use error::ConfigError;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub servers: Vec<ServerConfig>,
+    pub users: Vec<UserConfig>,
+    pub monitor: MonitorConfig,
+}
+
+/// `[proxy]`: the client-facing listener and per-session limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address the client listener binds.
+    pub listen: String,
+    /// Largest packet (command or response row) accepted, in bytes. Larger client packets get
+    /// error 1153 and the connection is closed.
+    pub max_packet_bytes: u64,
+    /// Absolute deadline for a client to finish the handshake and authentication.
+    pub handshake_timeout_ms: u64,
+    /// Deadline for connecting and authenticating to a backend server.
+    pub connect_timeout_ms: u64,
+    /// On SIGTERM/Ctrl-C, how long sessions may take to finish their current command.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6033".into(),
+            max_packet_bytes: 64 << 20,
+            handshake_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// `[[servers]]`: one database server. Its role is discovered, not configured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+}
+
+/// `[[users]]`: a client login. The same credentials log in to the servers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    #[serde(deserialize_with = "string_or_number", serialize_with = "mask")]
+    pub password: String,
+}
+
+/// `[monitor]`: the connection that probes the servers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Monitor login; when unset, the first `[[users]]` entry is used.
+    pub user: Option<String>,
+    #[serde(deserialize_with = "opt_string_or_number", serialize_with = "mask_opt")]
+    pub password: Option<String>,
+    /// How often each server is probed.
+    pub interval_ms: u64,
+    /// Deadline for one probe (connect and query).
+    pub timeout_ms: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            user: None,
+            password: None,
+            interval_ms: 250,
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+
+impl MonitorConfig {
+    /// The credentials the monitor logs in with.
+    pub fn credentials<'a>(&'a self, users: &'a [UserConfig]) -> Option<(&'a str, &'a str)> {
+        match (&self.user, &self.password) {
+            (Some(u), p) => Some((u.as_str(), p.as_deref().unwrap_or(""))),
+            (None, _) => users
+                .first()
+                .map(|u| (u.name.as_str(), u.password.as_str())),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (which must exist) over the defaults, then `SLUICE_SECTION__KEY`
+    /// environment variables, and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing(path.to_path_buf()));
+        }
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file_exact(path))
+            .merge(
+                Env::prefixed("SLUICE_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            );
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::from_figment(path, e))?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses parse, names are unique, limits are sane.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let bad = |key: String, msg: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            msg,
+        };
+        if self.proxy.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "proxy.listen".into(),
+                format!(
+                    "expected an IP address and port such as 127.0.0.1:6033, found {:?}",
+                    self.proxy.listen
+                ),
+            ));
+        }
+        if !(1024..=(1 << 30)).contains(&self.proxy.max_packet_bytes) {
+            return Err(bad(
+                "proxy.max_packet_bytes".into(),
+                format!(
+                    "expected 1024 to 1073741824 bytes, found {}",
+                    self.proxy.max_packet_bytes
+                ),
+            ));
+        }
+        for (key, v) in [
+            (
+                "proxy.handshake_timeout_ms",
+                self.proxy.handshake_timeout_ms,
+            ),
+            ("proxy.connect_timeout_ms", self.proxy.connect_timeout_ms),
+            ("monitor.interval_ms", self.monitor.interval_ms),
+            ("monitor.timeout_ms", self.monitor.timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(bad(
+                    key.into(),
+                    "expected a positive number of milliseconds, found 0".into(),
+                ));
+            }
+        }
+        if self.servers.is_empty() {
+            return Err(bad(
+                "servers".into(),
+                "expected at least one [[servers]] entry".into(),
+            ));
+        }
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.name.is_empty() {
+                return Err(bad(
+                    format!("servers[{i}].name"),
+                    "expected a non-empty name".into(),
+                ));
+            }
+            if self.servers[..i].iter().any(|o| o.name == s.name) {
+                return Err(bad(
+                    format!("servers[{i}].name"),
+                    format!("duplicate server name {:?}", s.name),
+                ));
+            }
+            if !valid_host_port(&s.address) {
+                return Err(bad(
+                    format!("servers[{i}].address"),
+                    format!(
+                        "expected host:port such as 127.0.0.1:3306, found {:?}",
+                        s.address
+                    ),
+                ));
+            }
+        }
+        if self.users.is_empty() {
+            return Err(bad(
+                "users".into(),
+                "expected at least one [[users]] entry".into(),
+            ));
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() || u.name.len() > 80 {
+                return Err(bad(
+                    format!("users[{i}].name"),
+                    "expected a name of 1 to 80 bytes".into(),
+                ));
+            }
+            if self.users[..i].iter().any(|o| o.name == u.name) {
+                return Err(bad(
+                    format!("users[{i}].name"),
+                    format!("duplicate user {:?}", u.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, passwords masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.proxy
+            .listen
+            .parse()
+            .expect("validated by Config::validate")
+    }
+
+    pub fn find_user(&self, name: &[u8]) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name.as_bytes() == name)
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+/// The default config file name.
+pub fn default_path() -> PathBuf {
+    PathBuf::from("sluice.toml")
+}
+
+/// Passwords may look numeric in a file or an environment variable (figment parses env values);
+/// accept numbers and keep them as text.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        Int(i64),
+        UInt(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match S::deserialize(d)? {
+        S::Str(s) => s,
+        S::Int(i) => i.to_string(),
+        S::UInt(u) => u.to_string(),
+        S::Float(f) => f.to_string(),
+        S::Bool(b) => b.to_string(),
+    })
+}
+
+fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    string_or_number(d).map(Some)
+}
+
+/// The mask used wherever a secret would be shown.
+pub const MASK: &str = "********";
+
+fn mask<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    // Defaults (an empty password) are still masked: absence of a secret is also a secret.
+    let _ = v;
+    s.serialize_str(MASK)
+}
+
+fn mask_opt<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str(MASK),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(content: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        f
+    }
+
+    const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:7000"
+[[servers]]
+name = "db1"
+address = "127.0.0.1:3306"
+[[users]]
+name = "app"
+password = "secret"
+"#;
+
+    #[test]
+    fn loads_with_defaults() {
+        let f = write(GOOD);
+        let c = Config::load(f.path()).unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:7000");
+        assert_eq!(c.proxy.handshake_timeout_ms, 5000);
+        assert_eq!(c.monitor.credentials(&c.users), Some(("app", "secret")));
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(MASK));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let f = write(&GOOD.replace("listen =", "lisen = \"x\"\nlisten ="));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let f = write(&format!("{GOOD}\n[monitor]\ninterval_ms = \"fast\"\n"));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("monitor.interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_key() {
+        let f = write(&GOOD.replace("127.0.0.1:3306", "nohostport"));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("servers[0].address"), "{e}");
+        assert!(e.contains("host:port"), "{e}");
+        let f = write(&GOOD.replace("127.0.0.1:7000", "localhost"));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("proxy.listen"), "{e}");
+    }
+
+    #[test]
+    fn numeric_password_is_text() {
+        let f = write(&GOOD.replace("\"secret\"", "1234"));
+        assert_eq!(Config::load(f.path()).unwrap().users[0].password, "1234");
+    }
+
+    #[test]
+    fn missing_file() {
+        let e = Config::load(Path::new("/nonexistent/sluice.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/sluice.toml"), "{e}");
+    }
+}

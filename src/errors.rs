@@ -1,0 +1,110 @@
+//! The ERR packets Sluice sends on its own behalf: standard MySQL codes where MySQL has one
+//! (access denied, packet too large, …) and Sluice's own range, 9000–9099, for conditions only
+//! a proxy has. docs/errors.md lists every one.
+
+use sluice_proto::err::ErrPacket;
+
+/// Access denied (bad user or password).
+pub const ER_ACCESS_DENIED: u16 = 1045;
+/// Malformed handshake response.
+pub const ER_HANDSHAKE_ERROR: u16 = 1043;
+/// A packet larger than `[proxy] max_packet_bytes`.
+pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
+/// A packet with an unexpected sequence id.
+pub const ER_NET_PACKETS_OUT_OF_ORDER: u16 = 1156;
+/// A command byte Sluice does not forward (replication protocol, unknown).
+pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
+/// The server went away in the middle of a command (the client library's CR_SERVER_LOST code).
+pub const CR_SERVER_LOST: u16 = 2013;
+
+/// No writable primary is known (none discovered yet, or none reachable).
+pub const SLUICE_NO_PRIMARY: u16 = 9001;
+/// Connecting or logging in to a backend server failed.
+pub const SLUICE_BACKEND_CONNECT: u16 = 9002;
+/// A backend server sent something the protocol does not allow; the connection was dropped.
+pub const SLUICE_BACKEND_PROTOCOL: u16 = 9003;
+/// A backend asked for an authentication method Sluice cannot perform.
+pub const SLUICE_BACKEND_AUTH_PLUGIN: u16 = 9004;
+/// Sluice is shutting down.
+pub const SLUICE_SHUTTING_DOWN: u16 = 9005;
+
+pub fn access_denied(user: &[u8], host: &str, using_password: bool) -> ErrPacket {
+    ErrPacket::new(
+        ER_ACCESS_DENIED,
+        b"28000",
+        format!(
+            "Access denied for user '{}'@'{}' (using password: {})",
+            String::from_utf8_lossy(user),
+            host,
+            if using_password { "YES" } else { "NO" }
+        ),
+    )
+}
+
+pub fn packet_too_large() -> ErrPacket {
+    ErrPacket::new(
+        ER_NET_PACKET_TOO_LARGE,
+        b"08S01",
+        "Got a packet bigger than 'max_allowed_packet' bytes",
+    )
+}
+
+pub fn out_of_order() -> ErrPacket {
+    ErrPacket::new(
+        ER_NET_PACKETS_OUT_OF_ORDER,
+        b"08S01",
+        "Got packets out of order",
+    )
+}
+
+pub fn bad_handshake() -> ErrPacket {
+    ErrPacket::new(ER_HANDSHAKE_ERROR, b"08S01", "Bad handshake")
+}
+
+pub fn unknown_command(code: u8) -> ErrPacket {
+    ErrPacket::new(
+        ER_UNKNOWN_COM_ERROR,
+        b"08S01",
+        format!("Unknown command (0x{code:02x}): not supported through Sluice"),
+    )
+}
+
+pub fn server_lost(detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        CR_SERVER_LOST,
+        b"HY000",
+        format!("Lost connection to backend server during query ({detail})"),
+    )
+}
+
+pub fn no_primary() -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_NO_PRIMARY,
+        b"HY000",
+        "Sluice: no primary server is available (none has read_only=OFF and answers the monitor)",
+    )
+}
+
+pub fn backend_connect(server: &str, detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_BACKEND_CONNECT,
+        b"08S01",
+        format!("Sluice: cannot connect to backend server {server}: {detail}"),
+    )
+}
+
+pub fn backend_protocol(server: &str, detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_BACKEND_PROTOCOL,
+        b"08S01",
+        format!("Sluice: backend server {server} sent a malformed response ({detail}); its connection was closed"),
+    )
+}
+
+pub fn shutting_down() -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_SHUTTING_DOWN,
+        b"08S01",
+        "Sluice: the proxy is shutting down",
+    )
+}

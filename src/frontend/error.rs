@@ -1,0 +1,34 @@
+//! Why a client session ended.
+
+use crate::backend::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client closed the connection")]
+    ClientClosed,
+    #[error("client i/o error: {0}")]
+    ClientIo(std::io::Error),
+    #[error("client packet of at least {0} bytes exceeds [proxy] max_packet_bytes")]
+    TooLarge(usize),
+    #[error("client sent a malformed packet: {0}")]
+    Malformed(String),
+    #[error("handshake not completed within {0} ms")]
+    HandshakeTimeout(u64),
+    #[error("authentication failed for user {0:?}")]
+    AccessDenied(String),
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error("backend protocol error: {0}")]
+    BackendProtocol(String),
+    #[error("backend connection lost: {0}")]
+    BackendLost(String),
+    #[error("no primary available")]
+    NoPrimary,
+}
+
+impl SessionError {
+    /// Whether this is an ordinary end of a session rather than something to log as a warning.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, SessionError::ClientClosed)
+    }
+}

@@ -1,0 +1,154 @@
+//! Greets a client and authenticates it against `[[users]]` with `mysql_native_password`:
+//! a random 20-byte salt, an AuthSwitch when the client proposes another plugin, and a
+//! constant-time check of the token. Nothing reaches a backend before this succeeds.
+
+use rand::Rng;
+use sluice_proto::auth_switch::AuthSwitchRequest;
+use sluice_proto::flags::{cap, status};
+use sluice_proto::handshake::HandshakeV10;
+use sluice_proto::handshake_response::HandshakeResponse41;
+use sluice_proto::scramble::{native_hash, verify_native, NATIVE_PASSWORD_PLUGIN};
+use sluice_proto::ssl_request::SslRequest;
+
+use super::client::ClientConn;
+use super::SessionError;
+use crate::cluster::ServerHello;
+use crate::config::{Config, UserConfig};
+use crate::errors;
+
+/// Capabilities Sluice can relay. Compression and TLS are not offered (yet); MariaDB's
+/// extended capabilities are not offered either, so `CLIENT_LONG_PASSWORD` ("CLIENT_MYSQL")
+/// stays set.
+pub const SUPPORTED: u64 = cap::CLIENT_LONG_PASSWORD
+    | cap::CLIENT_FOUND_ROWS
+    | cap::CLIENT_LONG_FLAG
+    | cap::CLIENT_CONNECT_WITH_DB
+    | cap::CLIENT_NO_SCHEMA
+    | cap::CLIENT_ODBC
+    | cap::CLIENT_LOCAL_FILES
+    | cap::CLIENT_IGNORE_SPACE
+    | cap::CLIENT_PROTOCOL_41
+    | cap::CLIENT_INTERACTIVE
+    | cap::CLIENT_IGNORE_SIGPIPE
+    | cap::CLIENT_TRANSACTIONS
+    | cap::CLIENT_SECURE_CONNECTION
+    | cap::CLIENT_MULTI_STATEMENTS
+    | cap::CLIENT_MULTI_RESULTS
+    | cap::CLIENT_PS_MULTI_RESULTS
+    | cap::CLIENT_PLUGIN_AUTH
+    | cap::CLIENT_CONNECT_ATTRS
+    | cap::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | cap::CLIENT_SESSION_TRACK
+    | cap::CLIENT_DEPRECATE_EOF
+    | cap::CLIENT_REMEMBER_OPTIONS;
+
+/// Used before the primary's own handshake is known.
+const DEFAULT_VERSION: &[u8] = b"5.5.5-10.11.0-Sluice";
+
+/// A client that proved who it is.
+pub struct Authenticated {
+    pub user: UserConfig,
+    pub response: HandshakeResponse41,
+    /// Capabilities in effect between the client and Sluice.
+    pub capabilities: u64,
+    /// The salt the client will use for COM_CHANGE_USER.
+    pub salt: Vec<u8>,
+    /// Sequence id for Sluice's next packet to the client.
+    pub next_seq: u8,
+}
+
+/// A fresh salt: 20 bytes, none of them NUL (the handshake NUL-terminates it).
+pub fn new_salt() -> Vec<u8> {
+    let mut rng = rand::thread_rng();
+    (0..20).map(|_| rng.gen_range(1u8..=127)).collect()
+}
+
+pub async fn authenticate(
+    client: &mut ClientConn,
+    config: &Config,
+    connection_id: u32,
+    hello: Option<&ServerHello>,
+) -> Result<Authenticated, SessionError> {
+    let salt = new_salt();
+    let server_caps = hello.map_or(u64::from(u32::MAX), |h| h.capabilities & 0xFFFF_FFFF);
+    let offered = SUPPORTED & (server_caps | cap::CLIENT_LONG_PASSWORD);
+    let greeting = HandshakeV10 {
+        server_version: hello.map_or(DEFAULT_VERSION.to_vec(), |h| h.version.clone()),
+        connection_id,
+        auth_data: salt.clone(),
+        capabilities: offered,
+        charset: hello.map_or(45, |h| h.charset),
+        status: status::SERVER_STATUS_AUTOCOMMIT,
+        auth_plugin: NATIVE_PASSWORD_PLUGIN.to_vec(),
+    };
+    client.write_packet(0, &greeting.encode()).await?;
+
+    let pkt = client.read_packet().await?;
+    let mut seq = pkt.last_seq.wrapping_add(1);
+    if SslRequest::is_ssl_request(&pkt.payload) {
+        let e = sluice_proto::err::ErrPacket::new(
+            errors::ER_HANDSHAKE_ERROR,
+            b"08S01",
+            "Sluice: TLS is not enabled on this listener",
+        );
+        client.send_err(seq, &e).await?;
+        return Err(SessionError::Malformed(
+            "SSLRequest while TLS is off".into(),
+        ));
+    }
+    let response = match HandshakeResponse41::parse(&pkt.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            client.send_err(seq, &errors::bad_handshake()).await?;
+            return Err(SessionError::Malformed(e.to_string()));
+        }
+    };
+    let capabilities = response.capabilities & offered;
+
+    let mut token = response.auth_response.clone();
+    let wants_other_plugin = capabilities & cap::CLIENT_PLUGIN_AUTH != 0
+        && response
+            .auth_plugin
+            .as_deref()
+            .is_some_and(|p| p != NATIVE_PASSWORD_PLUGIN);
+    if wants_other_plugin {
+        let sw = AuthSwitchRequest {
+            plugin: NATIVE_PASSWORD_PLUGIN.to_vec(),
+            data: salt.clone(),
+        };
+        client.write_packet(seq, &sw.encode()).await?;
+        let reply = client.read_packet().await?;
+        seq = reply.last_seq.wrapping_add(1);
+        token = reply.payload.to_vec();
+    }
+
+    let user = config.find_user(&response.username);
+    let ok = match user {
+        Some(u) => {
+            let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));
+            verify_native(stored.as_ref(), &salt, &token)
+        }
+        None => false,
+    };
+    match (ok, user) {
+        (true, Some(u)) => Ok(Authenticated {
+            user: u.clone(),
+            response,
+            capabilities,
+            salt,
+            next_seq: seq,
+        }),
+        _ => {
+            let host = client.peer.ip().to_string();
+            client
+                .send_err(
+                    seq,
+                    &errors::access_denied(&response.username, &host, !token.is_empty()),
+                )
+                .await?;
+            Err(SessionError::AccessDenied(
+                String::from_utf8_lossy(&response.username).into_owned(),
+            ))
+        }
+    }
+}

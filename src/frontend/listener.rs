@@ -1,0 +1,75 @@
+//! The client listener: accepts connections, gives each a session task with its own tracing
+//! span, and on shutdown stops accepting and lets sessions finish their current command.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::client::ClientConn;
+use super::session;
+use crate::cluster::ClusterRx;
+use crate::config::Config;
+
+/// What every session shares: the config snapshot, the cluster view, the shutdown signal.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub cluster: ClusterRx,
+    pub shutdown: watch::Receiver<bool>,
+    next_id: AtomicU32,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>, cluster: ClusterRx, shutdown: watch::Receiver<bool>) -> Self {
+        Shared {
+            config,
+            cluster,
+            shutdown,
+            next_id: AtomicU32::new(1),
+        }
+    }
+}
+
+/// Accepts clients until shutdown. Each session holds a clone of `done`; the caller knows all
+/// sessions ended when every clone is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
+    let mut shutdown = shared.shutdown.clone();
+    let max_packet = shared.config.proxy.max_packet_bytes as usize;
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        if *shutdown.borrow() {
+            break;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        let done = done.clone();
+        let span = tracing::info_span!("session", id, client = %peer, user = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                let client = ClientConn::new(stream, peer, max_packet);
+                match session::run(shared, client, id).await {
+                    Ok(()) => tracing::debug!("session ended"),
+                    Err(e) if e.is_normal() => tracing::debug!("session ended: {e}"),
+                    Err(e) => tracing::info!("session ended: {e}"),
+                }
+                drop(done);
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!("listener closed");
+}

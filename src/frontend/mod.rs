@@ -1,0 +1,12 @@
+//! The client side: the listener, the handshake and authentication, and the per-client session
+//! loop that relays each command and its response as raw packets.
+
+mod client;
+mod error;
+mod handshake;
+mod listener;
+mod relay;
+mod session;
+
+pub use error::SessionError;
+pub use listener::{serve, Shared};

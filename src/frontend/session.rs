@@ -1,0 +1,330 @@
+//! One client session: authenticate, open the backend connection, then relay commands until
+//! the client quits, a connection breaks, or the proxy shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::auth_switch::AuthSwitchRequest;
+use sluice_proto::command::{self, ChangeUser};
+use sluice_proto::err::ErrPacket;
+use sluice_proto::flags::cap;
+use sluice_proto::scramble::{native_hash, verify_native, NATIVE_PASSWORD_PLUGIN};
+use sluice_proto::tracker::ResponseKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::client::ClientConn;
+use super::handshake::{self, Authenticated};
+use super::relay::relay_response;
+use super::{SessionError, Shared};
+use crate::backend::{self, BackendConn, BackendError, LoginParams};
+use crate::config::UserConfig;
+use crate::errors;
+
+/// Commands that belong to replication or are obsolete: a proxy does not pass them on.
+fn refused_command(code: u8) -> bool {
+    matches!(
+        code,
+        command::COM_BINLOG_DUMP
+            | command::COM_BINLOG_DUMP_GTID
+            | command::COM_REGISTER_SLAVE
+            | command::COM_TABLE_DUMP
+            | command::COM_CONNECT_OUT
+            | command::COM_DAEMON
+            | command::COM_STMT_BULK_EXECUTE
+    )
+}
+
+struct Session {
+    client: ClientConn,
+    backend: BackendConn,
+    user: UserConfig,
+    capabilities: u64,
+    salt: Vec<u8>,
+    shared: Arc<Shared>,
+}
+
+/// Runs a session to its end.
+pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result<(), SessionError> {
+    let config = shared.config.clone();
+    let handshake_ms = config.proxy.handshake_timeout_ms;
+    // The deadline covers the whole handshake, however slowly the bytes trickle in.
+    let login = tokio::time::timeout(
+        Duration::from_millis(handshake_ms),
+        login(&shared, &mut client, id),
+    )
+    .await
+    .map_err(|_| SessionError::HandshakeTimeout(handshake_ms))??;
+    let Some((auth, backend)) = login else {
+        return Ok(());
+    };
+    tracing::Span::current().record("user", auth.user.name.as_str());
+    tracing::debug!("client authenticated");
+    let mut s = Session {
+        client,
+        backend,
+        user: auth.user,
+        capabilities: auth.capabilities,
+        salt: auth.salt,
+        shared,
+    };
+    s.command_loop().await
+}
+
+/// Authenticates the client and logs in to the primary on its behalf. `None` when the client
+/// was refused (it has been told why).
+async fn login(
+    shared: &Shared,
+    client: &mut ClientConn,
+    id: u32,
+) -> Result<Option<(Authenticated, BackendConn)>, SessionError> {
+    let view = shared.cluster.borrow().clone();
+    let auth = match handshake::authenticate(
+        client,
+        &shared.config,
+        id,
+        view.primary_hello.as_ref(),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(SessionError::AccessDenied(user)) => {
+            tracing::info!(user = %user, "access denied");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(primary) = view.primary() else {
+        client
+            .send_err(auth.next_seq, &errors::no_primary())
+            .await?;
+        return Err(SessionError::NoPrimary);
+    };
+    let r = &auth.response;
+    let params = LoginParams {
+        user: auth.user.name.as_bytes(),
+        password: auth.user.password.as_bytes(),
+        database: r
+            .database
+            .as_deref()
+            .filter(|_| auth.capabilities & cap::CLIENT_CONNECT_WITH_DB != 0),
+        capabilities: auth.capabilities,
+        charset: r.charset,
+        max_packet: r.max_packet,
+        connect_attrs: r.connect_attrs.as_deref(),
+    };
+    let timeout = Duration::from_millis(shared.config.proxy.connect_timeout_ms);
+    match backend::connect(&primary.name, &primary.address, params, timeout).await {
+        Ok((conn, ok)) => {
+            client.write_packet(auth.next_seq, &ok).await?;
+            Ok(Some((auth, conn)))
+        }
+        Err(BackendError::Refused(err)) => {
+            // The server's own answer (e.g. unknown database) goes to the client unchanged.
+            client.send_err(auth.next_seq, &err).await?;
+            Ok(None)
+        }
+        Err(e) => {
+            let detail = format!("{} ({}): {e}", primary.name, primary.address);
+            tracing::warn!(error = %detail, "backend login failed");
+            client
+                .send_err(
+                    auth.next_seq,
+                    &errors::backend_connect(&primary.name, &e.to_string()),
+                )
+                .await?;
+            Err(SessionError::Backend(e))
+        }
+    }
+}
+
+impl Session {
+    async fn command_loop(&mut self) -> Result<(), SessionError> {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                return self.close().await;
+            }
+            let ext = tokio::select! {
+                r = self.client.next_packet() => match r {
+                    Ok(ext) => ext,
+                    Err(SessionError::TooLarge(n)) => {
+                        let _ = self.client.send_err(1, &errors::packet_too_large()).await;
+                        return Err(SessionError::TooLarge(n));
+                    }
+                    Err(e) => return Err(e),
+                },
+                r = idle_backend_event(&mut self.backend) => {
+                    // The server closed (or spoke out of turn) while the session was idle: the
+                    // session's state is gone, so the client loses its connection, as it would
+                    // on a direct connection.
+                    return Err(SessionError::BackendLost(r));
+                }
+                _ = shutdown.changed() => continue,
+            };
+            let payload = &self.client.rbuf[framing_header_len()..ext.wire_len];
+            if ext.first_seq != 0 {
+                let _ = self
+                    .client
+                    .send_err(ext.last_seq.wrapping_add(1), &errors::out_of_order())
+                    .await;
+                return Err(SessionError::Malformed(
+                    "command with a non-zero sequence id".into(),
+                ));
+            }
+            let Some(&code) = payload.first() else {
+                let e = ErrPacket::new(1835, b"08S01", "Malformed communication packet");
+                let _ = self.client.send_err(1, &e).await;
+                return Err(SessionError::Malformed("empty command packet".into()));
+            };
+            match code {
+                command::COM_QUIT => {
+                    self.client.consume(ext.wire_len);
+                    return self.close().await;
+                }
+                command::COM_CHANGE_USER => {
+                    let payload = payload.to_vec();
+                    self.client.consume(ext.wire_len);
+                    self.change_user(&payload).await?;
+                    continue;
+                }
+                c if refused_command(c) => {
+                    self.client.consume(ext.wire_len);
+                    self.client.send_err(1, &errors::unknown_command(c)).await?;
+                    continue;
+                }
+                _ => {}
+            }
+            if let Err(e) = self
+                .backend
+                .stream
+                .write_all(&self.client.rbuf[..ext.wire_len])
+                .await
+            {
+                let _ = self
+                    .client
+                    .send_err(1, &errors::server_lost(&e.to_string()))
+                    .await;
+                return Err(SessionError::BackendLost(e.to_string()));
+            }
+            self.client.consume(ext.wire_len);
+            let kind = ResponseKind::for_command(code);
+            if kind == ResponseKind::None {
+                continue;
+            }
+            let local_files = self.capabilities & cap::CLIENT_LOCAL_FILES != 0;
+            match relay_response(
+                &mut self.client,
+                &mut self.backend,
+                kind,
+                ext.last_seq.wrapping_add(1),
+                local_files,
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(SessionError::BackendLost(detail)) => {
+                    // Whatever sequence id comes next is unknown mid-response; clients accept an
+                    // ERR at any point and then see the connection close.
+                    let _ = self.client.send_err(1, &errors::server_lost(&detail)).await;
+                    return Err(SessionError::BackendLost(detail));
+                }
+                Err(SessionError::BackendProtocol(detail)) => {
+                    let e = errors::backend_protocol(&self.backend.server, &detail);
+                    let _ = self.client.send_err(1, &e).await;
+                    return Err(SessionError::BackendProtocol(detail));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// COM_CHANGE_USER: Sluice checks the new credentials itself, then logs the backend
+    /// connection in as that user.
+    async fn change_user(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        let cu = match ChangeUser::parse(&payload[1..], self.capabilities) {
+            Ok(cu) => cu,
+            Err(e) => {
+                let _ = self.client.send_err(1, &errors::bad_handshake()).await;
+                return Err(SessionError::Malformed(e.to_string()));
+            }
+        };
+        let mut seq = 1u8;
+        let mut token = cu.auth_response.clone();
+        if cu
+            .auth_plugin
+            .as_deref()
+            .is_some_and(|p| p != NATIVE_PASSWORD_PLUGIN)
+        {
+            self.salt = handshake::new_salt();
+            let sw = AuthSwitchRequest {
+                plugin: NATIVE_PASSWORD_PLUGIN.to_vec(),
+                data: self.salt.clone(),
+            };
+            self.client.write_packet(seq, &sw.encode()).await?;
+            let reply = self.client.read_packet().await?;
+            token = reply.payload.to_vec();
+            seq = reply.last_seq.wrapping_add(1);
+        }
+        let user = self.shared.config.find_user(&cu.username).cloned();
+        let verified = user.as_ref().is_some_and(|u| {
+            let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));
+            verify_native(stored.as_ref(), &self.salt, &token)
+        });
+        let Some(user) = user.filter(|_| verified) else {
+            let host = self.client.peer.ip().to_string();
+            let e = errors::access_denied(&cu.username, &host, !token.is_empty());
+            let _ = self.client.send_err(seq, &e).await;
+            return Err(SessionError::AccessDenied(
+                String::from_utf8_lossy(&cu.username).into_owned(),
+            ));
+        };
+        match self
+            .backend
+            .change_user(&cu, user.password.as_bytes())
+            .await
+        {
+            Ok(ok) => {
+                self.client.write_packet(seq, &ok).await?;
+                tracing::debug!(from = %self.user.name, to = %user.name, "change user");
+                self.user = user;
+                Ok(())
+            }
+            Err(BackendError::Refused(err)) => {
+                let _ = self.client.send_err(seq, &err).await;
+                Err(SessionError::Backend(BackendError::Refused(err)))
+            }
+            Err(e) => {
+                let _ = self
+                    .client
+                    .send_err(seq, &errors::server_lost(&e.to_string()))
+                    .await;
+                Err(SessionError::Backend(e))
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), SessionError> {
+        let _ = self.backend.write_packet(0, &[command::COM_QUIT]).await;
+        let _ = self.backend.stream.shutdown().await;
+        let _ = self.client.stream.shutdown().await;
+        Ok(())
+    }
+}
+
+const fn framing_header_len() -> usize {
+    sluice_proto::framing::HEADER_LEN
+}
+
+/// Resolves when the backend closes or sends bytes while no command is outstanding.
+/// Cancel-safe: anything read stays in the buffer.
+async fn idle_backend_event(backend: &mut BackendConn) -> String {
+    if !backend.rbuf.is_empty() {
+        return "server sent data with no command outstanding".into();
+    }
+    backend.rbuf.reserve(1024);
+    match backend.stream.read_buf(&mut backend.rbuf).await {
+        Ok(0) => "server closed the connection".into(),
+        Ok(_) => "server sent data with no command outstanding".into(),
+        Err(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,16 @@
+//! Sluice: a MySQL-protocol proxy. Clients connect to it as to a MySQL server; it authenticates
+//! them and relays their commands, as raw packets, to the right backend server.
+//!
+//! Layout (one folder per concern): `config/` loads and validates the configuration,
+//! `frontend/` owns client connections, `backend/` owns server connections, `cluster/` is the
+//! published view of the servers, `monitor/` keeps that view current, `sandbox/` starts local
+//! MariaDB topologies (for `sluice sandbox` and the tests), `server` wires it all together.
+
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod errors;
+pub mod frontend;
+pub mod monitor;
+pub mod sandbox;
+pub mod server;

@@ -1,0 +1,188 @@
+//! The `sluice` command: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use sluice::config::{Config, MonitorConfig, ProxyConfig, ServerConfig, UserConfig};
+use sluice::sandbox::{Topology, TopologySpec};
+use sluice::server;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A MySQL-protocol proxy")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the effective configuration (passwords masked).
+    CheckConfig {
+        #[arg(long, short, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Start a local primary + replicas from the installed MariaDB binaries, and Sluice in
+    /// front of them. Ctrl-C stops everything.
+    Sandbox {
+        /// Client listener for Sluice.
+        #[arg(long, default_value = "127.0.0.1:6033")]
+        listen: String,
+        /// Number of replicas.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// Directory for the servers (default: a temporary one, removed on exit).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("# {}: OK\n{}", config.display(), c.to_masked_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(server::run(config, server::termination_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Sandbox {
+            listen,
+            replicas,
+            dir,
+        } => rt.block_on(sandbox(listen, replicas, dir)),
+    }
+}
+
+async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitCode {
+    let spec = TopologySpec {
+        replicas,
+        dir,
+        ..TopologySpec::default()
+    };
+    eprintln!("Starting a primary and {replicas} replica(s) from the installed server binaries…");
+    let topo = match Topology::start(spec).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice sandbox: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = sandbox_config(&topo, &listen);
+    let path = topo.root().join("sluice.toml");
+    let _ = std::fs::write(&path, config.to_masked_toml());
+    if let Err(e) = config.validate(&path) {
+        eprintln!("sluice sandbox: {e}");
+        return ExitCode::FAILURE;
+    }
+    let running = match server::start(Arc::new(config)).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice sandbox: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ready = running.wait_ready(std::time::Duration::from_secs(10)).await;
+    println!();
+    println!("Sluice sandbox is up ({}).", topo.root().display());
+    for n in &topo.nodes {
+        let role = if n.replica { "replica" } else { "primary" };
+        println!(
+            "  {:<8} {:<4} {}  (pid {})",
+            role,
+            n.name,
+            n.address(),
+            n.pid().unwrap_or(0)
+        );
+    }
+    let (user, pw) = &topo.spec.users[0];
+    let port = running.local_addr.port();
+    println!();
+    println!("Connect through Sluice:");
+    println!("  mariadb -h 127.0.0.1 -P {port} -u {user} -p{pw}");
+    println!("  python3 -c \"import pymysql; print(pymysql.connect(host='127.0.0.1', port={port}, user='{user}', password='{pw}').server_version)\"");
+    if !ready {
+        println!("(warning: no primary discovered yet; see the log)");
+    }
+    println!("Config (passwords masked): {}", path.display());
+    println!("Press Ctrl-C to stop Sluice and the servers.");
+    server::termination_signal().await;
+    eprintln!("Stopping…");
+    running.shutdown().await;
+    drop(topo);
+    ExitCode::SUCCESS
+}
+
+fn sandbox_config(topo: &Topology, listen: &str) -> Config {
+    Config {
+        proxy: ProxyConfig {
+            listen: listen.to_string(),
+            ..ProxyConfig::default()
+        },
+        servers: topo
+            .nodes
+            .iter()
+            .map(|n| ServerConfig {
+                name: n.name.clone(),
+                address: n.address(),
+            })
+            .collect(),
+        users: topo
+            .spec
+            .users
+            .iter()
+            .map(|(u, p)| UserConfig {
+                name: u.clone(),
+                password: p.clone(),
+            })
+            .collect(),
+        monitor: MonitorConfig {
+            user: Some(topo.spec.monitor.0.clone()),
+            password: Some(topo.spec.monitor.1.clone()),
+            ..MonitorConfig::default()
+        },
+    }
+}

@@ -1,0 +1,125 @@
+//! Wires the parts together: binds the listener, starts the monitor, serves clients, and shuts
+//! everything down in order. No globals: tests start as many proxies as they like on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::cluster::{self, ClusterRx};
+use crate::config::Config;
+use crate::frontend::{self, Shared};
+use crate::monitor;
+
+/// A running proxy.
+pub struct Running {
+    /// Where the client listener is bound (useful with port 0).
+    pub local_addr: SocketAddr,
+    pub cluster: ClusterRx,
+    shutdown: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+    monitor: JoinHandle<()>,
+    sessions_done: mpsc::Receiver<()>,
+    grace: Duration,
+}
+
+/// Binds `[proxy] listen` and starts serving.
+pub async fn start(config: Arc<Config>) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(config.listen_addr()).await?;
+    start_with_listener(config, listener)
+}
+
+/// Serves on an already bound listener.
+pub fn start_with_listener(config: Arc<Config>, listener: TcpListener) -> std::io::Result<Running> {
+    let local_addr = listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (cluster_tx, cluster_rx) = cluster::channel(&config.servers);
+    let monitor = tokio::spawn(monitor::run_discovery(
+        config.clone(),
+        cluster_tx,
+        shutdown_rx.clone(),
+    ));
+    let shared = Arc::new(Shared::new(config.clone(), cluster_rx.clone(), shutdown_rx));
+    let (done_tx, done_rx) = mpsc::channel(1);
+    let listener = tokio::spawn(frontend::serve(listener, shared, done_tx));
+    tracing::info!(listen = %local_addr, "sluice is listening");
+    Ok(Running {
+        local_addr,
+        cluster: cluster_rx,
+        shutdown: shutdown_tx,
+        listener,
+        monitor,
+        sessions_done: done_rx,
+        grace: Duration::from_millis(config.proxy.shutdown_grace_ms),
+    })
+}
+
+impl Running {
+    /// Waits until a primary is known and its handshake was read, or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.cluster.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let v = rx.borrow_and_update();
+                    if v.primary.is_some() && v.primary_hello.is_some() {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+            && self.cluster.borrow().primary.is_some()
+    }
+
+    /// Stops accepting, lets sessions finish their current command (up to
+    /// `[proxy] shutdown_grace_ms`), then stops the monitor.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.listener.await;
+        let drained = tokio::time::timeout(self.grace, self.sessions_done.recv()).await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "sessions still busy after the grace period; closing them"
+            );
+        }
+        let _ = self.monitor.await;
+        tracing::info!("sluice stopped");
+    }
+}
+
+/// Runs until `signal` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Arc<Config>,
+    signal: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let running = start(config).await?;
+    signal.await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
