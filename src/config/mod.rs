@@ -96,7 +96,6 @@ impl Default for MonitorConfig {
     }
 }
 
-
 impl MonitorConfig {
     /// The credentials the monitor logs in with.
     pub fn credentials<'a>(&'a self, users: &'a [UserConfig]) -> Option<(&'a str, &'a str)> {

@@ -1,0 +1,235 @@
+//! The integration-test harness: a real primary + replicas (GTID replication) started from the
+//! installed MariaDB binaries by `sluice::sandbox` (the same code as `sluice sandbox`), and
+//! Sluice in-process on port 0. Everything is torn down on drop, also when a test panics.
+//! Missing prerequisites fail the test with the package to install; nothing is skipped.
+
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::{Conn, OptsBuilder};
+use sluice::config::{Config, MonitorConfig, ProxyConfig, ServerConfig, UserConfig};
+use sluice::sandbox::{Topology, TopologySpec};
+use sluice::server::{self, Running};
+
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "app-pw";
+
+pub struct Harness {
+    pub topo: Topology,
+    pub proxy: Option<Running>,
+    pub addr: SocketAddr,
+    pub config: Arc<Config>,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The default test topology spec: `replicas` replicas, users `app` and `other`.
+pub fn spec(replicas: usize) -> TopologySpec {
+    TopologySpec {
+        replicas,
+        users: vec![
+            (USER.into(), PASSWORD.into()),
+            ("other".into(), "other-pw".into()),
+            ("nopw".into(), String::new()),
+        ],
+        ..TopologySpec::default()
+    }
+}
+
+/// The proxy config for a topology (listener on port 0).
+pub fn config_for(topo: &Topology) -> Config {
+    Config {
+        proxy: ProxyConfig {
+            listen: "127.0.0.1:0".into(),
+            ..ProxyConfig::default()
+        },
+        servers: topo
+            .nodes
+            .iter()
+            .map(|n| ServerConfig {
+                name: n.name.clone(),
+                address: n.address(),
+            })
+            .collect(),
+        users: topo
+            .spec
+            .users
+            .iter()
+            .map(|(u, p)| UserConfig {
+                name: u.clone(),
+                password: p.clone(),
+            })
+            .collect(),
+        monitor: MonitorConfig {
+            user: Some(topo.spec.monitor.0.clone()),
+            password: Some(topo.spec.monitor.1.clone()),
+            ..MonitorConfig::default()
+        },
+    }
+}
+
+impl Harness {
+    /// A topology with `replicas` replicas and Sluice in front, ready for clients.
+    pub async fn start(replicas: usize) -> Harness {
+        Self::start_with(replicas, |_| {}).await
+    }
+
+    /// Like [`Harness::start`], with a chance to adjust the proxy config.
+    pub async fn start_with(replicas: usize, tweak: impl FnOnce(&mut Config)) -> Harness {
+        init_tracing();
+        let topo = Topology::start(spec(replicas))
+            .await
+            .unwrap_or_else(|e| panic!("cannot start the test topology: {e}"));
+        let mut config = config_for(&topo);
+        tweak(&mut config);
+        let config = Arc::new(config);
+        let proxy = server::start(config.clone()).await.expect("start sluice");
+        assert!(
+            proxy.wait_ready(Duration::from_secs(15)).await,
+            "sluice did not discover the primary"
+        );
+        let addr = proxy.local_addr;
+        Harness {
+            topo,
+            proxy: Some(proxy),
+            addr,
+            config,
+        }
+    }
+
+    pub fn primary_addr(&self) -> String {
+        self.topo.nodes[0].address()
+    }
+
+    pub fn opts(&self, port: u16, user: &str, password: &str) -> OptsBuilder {
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some(user))
+            .pass(Some(password))
+            .prefer_socket(false)
+    }
+
+    /// mysql_async options for a connection through Sluice.
+    pub fn proxy_opts(&self) -> OptsBuilder {
+        self.opts(self.addr.port(), USER, PASSWORD)
+    }
+
+    /// mysql_async options for a direct connection to the primary.
+    pub fn direct_opts(&self) -> OptsBuilder {
+        self.opts(self.topo.nodes[0].port, USER, PASSWORD)
+    }
+
+    pub async fn proxy_conn(&self) -> Conn {
+        Conn::new(self.proxy_opts())
+            .await
+            .expect("connect through sluice")
+    }
+
+    pub async fn direct_conn(&self) -> Conn {
+        Conn::new(self.direct_opts())
+            .await
+            .expect("connect to the primary")
+    }
+
+    /// Root SQL on a node (over its socket).
+    pub async fn root_sql(&self, node: usize, sql: &str) -> String {
+        self.topo
+            .sql(node, sql)
+            .await
+            .unwrap_or_else(|e| panic!("root SQL {sql:?}: {e}"))
+    }
+
+    /// A global status counter of a node.
+    pub async fn status_counter(&self, node: usize, name: &str) -> u64 {
+        let out = self
+            .root_sql(node, &format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .await;
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("status {name}: {out:?}"))
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.shutdown().await;
+        }
+    }
+}
+
+/// The `mariadb` (or `mysql`) command-line client.
+pub fn cli_binary() -> PathBuf {
+    [
+        "/usr/bin/mariadb",
+        "/usr/bin/mysql",
+        "/usr/local/bin/mariadb",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .expect(
+        "the mariadb command-line client is missing: install the Debian package `mariadb-client`",
+    )
+}
+
+/// Runs the CLI in batch mode against `port` and returns (exit ok, stdout, stderr).
+pub fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cli_binary())
+        .arg("--no-defaults")
+        .arg("--protocol=tcp")
+        .arg("-h127.0.0.1")
+        .arg(format!("-P{port}"))
+        .arg(format!("-u{USER}"))
+        .arg(format!("-p{PASSWORD}"))
+        .args(args)
+        .output()
+        .expect("run the mariadb client");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Python 3 with PyMySQL, or a failure naming the package.
+pub fn python_with_pymysql() -> &'static str {
+    let ok = Command::new("python3")
+        .args(["-c", "import pymysql"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "python3 with PyMySQL is missing: `pip install pymysql` (or the Debian package python3-pymysql)");
+    "python3"
+}
+
+/// A bound on waiting for something in a test.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
