@@ -1,0 +1,209 @@
+//! Byte-level comparison: the same command script over a raw protocol connection, directly to
+//! the primary and through Sluice. Every response packet (sequence id and payload) must be
+//! identical — result sets, EOF/OK terminators, status flags, cursors, field lists, errors —
+//! with and without `CLIENT_DEPRECATE_EOF`.
+
+mod common;
+
+use common::raw::RawConn;
+use common::{Harness, PASSWORD, USER};
+use sluice_proto::command::*;
+use sluice_proto::flags::cap;
+use sluice_proto::ok::OkPacket;
+
+type Responses = Vec<(String, Vec<(u8, Vec<u8>)>)>;
+
+fn query(sql: &str) -> Vec<u8> {
+    encode_simple(COM_QUERY, sql.as_bytes())
+}
+
+/// Runs the script; returns each command's response packets.
+async fn script(port: u16, caps: u64) -> Responses {
+    let (mut c, ok) = RawConn::login(port, USER, PASSWORD, caps).await;
+    assert_eq!(ok[0], 0, "login failed: {ok:?}");
+    let mut out: Responses = Vec::new();
+    let cmds: Vec<(&str, Vec<u8>)> = vec![
+        ("drop", query("DROP DATABASE IF EXISTS w")),
+        ("create db", query("CREATE DATABASE w")),
+        ("init db", encode_simple(COM_INIT_DB, b"w")),
+        ("init db missing", encode_simple(COM_INIT_DB, b"missing_db")),
+        (
+            "create",
+            query("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(10), n INT)"),
+        ),
+        (
+            "insert",
+            query(
+                "INSERT INTO t (v, n) VALUES ('a', 1), ('b', NULL), ('c', 3), ('d', 4), ('e', 5)",
+            ),
+        ),
+        (
+            "select",
+            query("SELECT id, v, n, NULL, 1.5, 'x' FROM t ORDER BY id"),
+        ),
+        ("empty select", query("SELECT * FROM t WHERE id < 0")),
+        ("error", query("SELECT nope FROM t")),
+        ("warning", query("SELECT CAST('12abc' AS UNSIGNED)")),
+        (
+            "multi",
+            query(
+                "SELECT 1; INSERT INTO t (v) VALUES ('f'); SELECT v FROM t WHERE id = 6; SELECT 2",
+            ),
+        ),
+        ("multi error", query("SELECT 1; SELECT nope; SELECT 3")),
+        ("begin", query("BEGIN")),
+        ("in trans select", query("SELECT COUNT(*) FROM t")),
+        ("commit", query("COMMIT")),
+        ("field list", encode_simple(COM_FIELD_LIST, b"t\0")),
+        (
+            "field list missing",
+            encode_simple(COM_FIELD_LIST, b"nothere\0"),
+        ),
+        (
+            "prepare",
+            encode_simple(
+                COM_STMT_PREPARE,
+                b"SELECT id, v FROM t WHERE id > 0 ORDER BY id",
+            ),
+        ),
+        ("execute", encode_stmt_execute(1, 0)),
+        (
+            "execute cursor",
+            encode_stmt_execute(1, CURSOR_TYPE_READ_ONLY),
+        ),
+        ("fetch 2", encode_stmt_fetch(1, 2)),
+        ("fetch rest", encode_stmt_fetch(1, 100)),
+        (
+            "reset stmt",
+            encode_simple(COM_STMT_RESET, &1u32.to_le_bytes()),
+        ),
+        (
+            "prepare params",
+            encode_simple(COM_STMT_PREPARE, b"UPDATE t SET n = ? WHERE v = ?"),
+        ),
+        (
+            "prepare error",
+            encode_simple(COM_STMT_PREPARE, b"SELEKT 1"),
+        ),
+        (
+            "close stmt",
+            encode_simple(COM_STMT_CLOSE, &1u32.to_le_bytes()),
+        ),
+        ("execute closed", encode_stmt_execute(1, 0)),
+        ("ping", vec![COM_PING]),
+        ("multi off", vec![COM_SET_OPTION, 1, 0]),
+        ("multi refused", query("SELECT 1; SELECT 2")),
+        ("multi on", vec![COM_SET_OPTION, 0, 0]),
+        (
+            "call",
+            query("CREATE PROCEDURE pr() BEGIN SELECT 1; SELECT 2; END"),
+        ),
+        ("call run", query("CALL pr()")),
+        ("reset connection", vec![COM_RESET_CONNECTION]),
+        ("after reset", query("SELECT DATABASE(), @@autocommit")),
+        ("unknown command", vec![0x20]),
+        // Leave nothing behind, so that the second run starts from the same state.
+        ("cleanup", query("DROP DATABASE w")),
+    ];
+    for (name, cmd) in cmds {
+        let resp = c.command(&cmd).await;
+        out.push((name.to_string(), resp));
+    }
+    // Statistics change between calls (uptime, query counts): compare the shape only.
+    let stats = c.command(&[COM_STATISTICS]).await;
+    assert_eq!(stats.len(), 1);
+    assert!(
+        stats[0].1.starts_with(b"Uptime: "),
+        "{:?}",
+        String::from_utf8_lossy(&stats[0].1)
+    );
+    out
+}
+
+async fn compare(caps: u64) {
+    let h = Harness::start(0).await;
+    let direct = script(h.topo.nodes[0].port, caps).await;
+    let proxied = script(h.addr.port(), caps).await;
+    assert_eq!(direct.len(), proxied.len());
+    for ((name, a), (_, b)) in direct.iter().zip(&proxied) {
+        assert_eq!(
+            a, b,
+            "response to {name:?} differs (left direct, right through sluice)"
+        );
+    }
+    // The comparison covered real result sets: the select returned 5 rows.
+    let select = &direct.iter().find(|(n, _)| n == "select").unwrap().1;
+    let rows = select.len() - 1 - 6 - usize::from(caps & cap::CLIENT_DEPRECATE_EOF == 0) - 1;
+    assert_eq!(rows, 5, "{select:?}");
+    // The cursor fetch returned exactly the rows asked for.
+    let fetch2 = &direct.iter().find(|(n, _)| n == "fetch 2").unwrap().1;
+    assert_eq!(fetch2.len(), 3);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn identical_bytes_classic_eof() {
+    compare(0).await;
+}
+
+#[tokio::test]
+async fn identical_bytes_deprecate_eof_and_session_track() {
+    compare(cap::CLIENT_DEPRECATE_EOF | cap::CLIENT_SESSION_TRACK).await;
+}
+
+#[tokio::test]
+async fn session_track_gtid_reaches_the_client() {
+    let h = Harness::start(0).await;
+    let caps = cap::CLIENT_DEPRECATE_EOF | cap::CLIENT_SESSION_TRACK;
+    let (mut c, _) = RawConn::login(h.addr.port(), USER, PASSWORD, caps).await;
+    for sql in [
+        "SET SESSION session_track_system_variables = 'last_gtid'",
+        "CREATE DATABASE g",
+        "CREATE TABLE g.t (id INT PRIMARY KEY)",
+    ] {
+        let r = c.command(&query(sql)).await;
+        assert_eq!(r[0].1[0], 0, "{sql}: {:?}", r);
+    }
+    let r = c.command(&query("INSERT INTO g.t VALUES (1)")).await;
+    let ok = OkPacket::parse(&r[0].1, c.caps).unwrap();
+    let gtid = ok
+        .system_variable(b"last_gtid")
+        .expect("last_gtid tracked in the OK packet");
+    let binlog_pos = h.root_sql(0, "SELECT @@gtid_binlog_pos").await;
+    assert_eq!(String::from_utf8_lossy(&gtid), binlog_pos.trim());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn load_data_local_infile_raw() {
+    let h = Harness::start(0).await;
+    let mut outcomes = Vec::new();
+    for port in [h.topo.nodes[0].port, h.addr.port()] {
+        let (mut c, _) = RawConn::login(port, USER, PASSWORD, cap::CLIENT_DEPRECATE_EOF).await;
+        c.command(&query("DROP DATABASE IF EXISTS li; CREATE DATABASE li; CREATE TABLE li.t (a INT, b VARCHAR(20))")).await;
+        // Drain the remaining results of the multi-statement.
+        c.write(
+            0,
+            &query("LOAD DATA LOCAL INFILE 'rows.csv' INTO TABLE li.t FIELDS TERMINATED BY ','"),
+        )
+        .await;
+        let req = c.read_packet().await;
+        assert_eq!(req.payload[0], 0xFB, "LOCAL INFILE request");
+        assert_eq!(&req.payload[1..], b"rows.csv");
+        let mut seq = req.seq.wrapping_add(1);
+        let data: String = (0..3000).map(|i| format!("{i},row {i}\n")).collect();
+        for chunk in data.as_bytes().chunks(10_000) {
+            c.write(seq, chunk).await;
+            seq = seq.wrapping_add(1);
+        }
+        c.write(seq, b"").await;
+        let ok = c.read_packet().await;
+        assert_eq!(ok.seq, seq.wrapping_add(1));
+        let okp = OkPacket::parse(&ok.payload, c.caps).unwrap();
+        let count = c.command(&query("SELECT COUNT(*), SUM(a) FROM li.t")).await;
+        outcomes.push((ok.payload.to_vec(), okp.affected_rows, count));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    assert_eq!(outcomes[1].1, 3000);
+    h.shutdown().await;
+}
