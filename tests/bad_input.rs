@@ -32,17 +32,28 @@ async fn wrong_password_and_unknown_user_never_reach_the_backend() {
     let h = Harness::start(0).await;
     let before = h.status_counter(0, "Connections").await;
     for (user, pw) in [(USER, "wrong"), ("ghost", "whatever"), (USER, "")] {
-        let err = mysql_async::Conn::new(h.opts(h.addr.port(), user, pw)).await.unwrap_err();
+        let err = mysql_async::Conn::new(h.opts(h.addr.port(), user, pw))
+            .await
+            .unwrap_err();
         let (code, state, msg) = server_error(err);
         assert_eq!((code, state.as_str()), (1045, "28000"), "{msg}");
         let using = if pw.is_empty() { "NO" } else { "YES" };
-        assert_eq!(msg, format!("Access denied for user '{user}'@'127.0.0.1' (using password: {using})"));
+        assert_eq!(
+            msg,
+            format!("Access denied for user '{user}'@'127.0.0.1' (using password: {using})")
+        );
     }
     // Only the status query itself connected to the primary meanwhile.
     let after = h.status_counter(0, "Connections").await;
-    assert_eq!(after, before + 1, "refused logins must not open backend connections");
+    assert_eq!(
+        after,
+        before + 1,
+        "refused logins must not open backend connections"
+    );
     // A user with an empty password logs in with no password.
-    let mut c = mysql_async::Conn::new(h.opts(h.addr.port(), "nopw", "")).await.unwrap();
+    let mut c = mysql_async::Conn::new(h.opts(h.addr.port(), "nopw", ""))
+        .await
+        .unwrap();
     let who: Option<String> = c.query_first("SELECT CURRENT_USER()").await.unwrap();
     assert_eq!(who.as_deref(), Some("nopw@%"));
     still_serving(&h).await;
@@ -57,9 +68,13 @@ async fn malformed_handshake_and_commands() {
     let mut buf = vec![0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
     assert!(n > 4, "greeting");
-    s.write_all(&[5, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0x00]).await.unwrap();
+    s.write_all(&[5, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0x00])
+        .await
+        .unwrap();
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("closed");
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed");
     assert!(rest.len() > 4, "an ERR packet before closing");
     let err = ErrPacket::parse(&rest[4..]).unwrap();
     assert_eq!(err.code, 1043);
@@ -76,7 +91,10 @@ async fn malformed_handshake_and_commands() {
     c.write(0, b"").await;
     let p = c.read_packet().await;
     assert_eq!(ErrPacket::parse(&p.payload).unwrap().code, 1835);
-    assert!(c.try_read_packet().await.is_none(), "closed after a malformed packet");
+    assert!(
+        c.try_read_packet().await.is_none(),
+        "closed after a malformed packet"
+    );
 
     let (mut c, _) = RawConn::login(h.addr.port(), USER, PASSWORD, 0).await;
     c.write(7, b"\x03SELECT 1").await;
@@ -104,10 +122,16 @@ async fn oversized_packet_is_refused_from_its_header() {
     let (mut c, _) = RawConn::login(h.addr.port(), USER, PASSWORD, 0).await;
     // Announce a 16 MiB command but send only the header: Sluice must answer at once, without
     // waiting for (or allocating) the claimed body.
-    let hdr = FrameHeader { len: 0xFF_FFFF, seq: 0 }.encode();
+    let hdr = FrameHeader {
+        len: 0xFF_FFFF,
+        seq: 0,
+    }
+    .encode();
     c.stream.write_all(&hdr).await.unwrap();
     c.stream.write_all(b"\x03SELECT '").await.unwrap();
-    let p = tokio::time::timeout(Duration::from_secs(5), c.read_packet()).await.expect("answered");
+    let p = tokio::time::timeout(Duration::from_secs(5), c.read_packet())
+        .await
+        .expect("answered");
     let e = ErrPacket::parse(&p.payload).unwrap();
     assert_eq!((e.code, &e.sql_state), (1153, b"08S01"));
     assert!(c.try_read_packet().await.is_none(), "connection closed");
@@ -175,10 +199,16 @@ async fn backend_killed_mid_query_gives_2013_and_a_killed_connection_is_not_reus
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.root_sql(0, &format!("KILL CONNECTION {id}")).await;
-    let (r, mut c) = tokio::time::timeout(Duration::from_secs(10), q).await.unwrap().unwrap();
+    let (r, mut c) = tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .unwrap()
+        .unwrap();
     let e = server_error(r.unwrap_err());
     assert!(matches!(e.0, 1927 | 2013), "{e:?}");
-    assert!(c.query_drop("SELECT 1").await.is_err(), "the killed session is not silently reused");
+    assert!(
+        c.query_drop("SELECT 1").await.is_err(),
+        "the killed session is not silently reused"
+    );
     still_serving(&h).await;
 
     // The primary dies during a query: error 2013 from Sluice, promptly.
@@ -186,7 +216,10 @@ async fn backend_killed_mid_query_gives_2013_and_a_killed_connection_is_not_reus
     let q = tokio::spawn(async move { c.query_drop("SELECT SLEEP(20)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.topo.nodes[0].kill();
-    let r = tokio::time::timeout(Duration::from_secs(10), q).await.unwrap().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .unwrap()
+        .unwrap();
     let e = server_error(r.unwrap_err());
     assert_eq!(e.0, 2013, "{e:?}");
     assert!(e.2.contains("Lost connection"), "{e:?}");

@@ -126,14 +126,24 @@ impl Node {
             let cnf = self.write_cnf()?;
             let _ = std::fs::remove_file(self.socket());
             let log_len = std::fs::metadata(self.dir.join("error.log")).map_or(0, |m| m.len());
-            let child = std::process::Command::new(&bins.server)
-                .arg(format!("--defaults-file={}", cnf.display()))
+            let mut cmd = std::process::Command::new(&bins.server);
+            cmd.arg(format!("--defaults-file={}", cnf.display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 // Its own process group: a Ctrl-C in the terminal reaches Sluice, which then
                 // stops the servers in order.
-                .process_group(0)
+                .process_group(0);
+            // If this process dies without stopping its servers (a test killed by a timeout,
+            // `kill -9` of the sandbox), the kernel sends them SIGTERM.
+            // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let child = cmd
                 .spawn()
                 .map_err(|e| SandboxError::Io(bins.server.display().to_string(), e))?;
             self.child = Some(child);

@@ -189,8 +189,9 @@ pub fn cli_binary() -> PathBuf {
 }
 
 /// Runs the CLI in batch mode against `port` and returns (exit ok, stdout, stderr).
-pub fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cli_binary())
+/// Async, so that the in-process proxy keeps running while the client waits.
+pub async fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(cli_binary())
         .arg("--no-defaults")
         .arg("--protocol=tcp")
         .arg("-h127.0.0.1")
@@ -199,6 +200,7 @@ pub fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
         .arg(format!("-p{PASSWORD}"))
         .args(args)
         .output()
+        .await
         .expect("run the mariadb client");
     (
         out.status.success(),

@@ -1,0 +1,106 @@
+//! sysbench `oltp_read_write` through Sluice, with server-side prepared statements
+//! (`--db-ps-mode=auto`) and without (`disable`): no errors (other than the InnoDB deadlocks
+//! the server itself reports, which sysbench retries), and the same final row counts as
+//! the same run made directly against the primary.
+
+mod common;
+
+use common::{Harness, PASSWORD, USER};
+
+fn sysbench() -> &'static str {
+    let ok = std::process::Command::new("sysbench")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "sysbench is missing: install the Debian package `sysbench`"
+    );
+    "sysbench"
+}
+
+async fn run_sysbench(port: u16, db: &str, ps_mode: &str, action: &str) -> String {
+    let out = tokio::process::Command::new(sysbench())
+        .arg("oltp_read_write")
+        .args(["--db-driver=mysql", "--mysql-host=127.0.0.1"])
+        .arg(format!("--mysql-port={port}"))
+        .arg(format!("--mysql-user={USER}"))
+        .arg(format!("--mysql-password={PASSWORD}"))
+        .arg(format!("--mysql-db={db}"))
+        .args([
+            "--tables=4",
+            "--table-size=10000",
+            "--threads=4",
+            "--time=10",
+            "--report-interval=0",
+        ])
+        .arg(format!("--db-ps-mode={ps_mode}"))
+        .arg(action)
+        .output()
+        .await
+        .expect("run sysbench");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "sysbench {action} on port {port} failed:\n{text}"
+    );
+    text
+}
+
+/// The number after `label` on its line, e.g. `transactions:  1234  (123.4 per sec.)`.
+fn figure(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in sysbench output:\n{text}"))
+}
+
+async fn compare(ps_mode: &str) {
+    let h = Harness::start(1).await;
+    let mut counts = Vec::new();
+    for (port, db) in [
+        (h.topo.nodes[0].port, "sb_direct"),
+        (h.addr.port(), "sb_proxy"),
+    ] {
+        h.root_sql(0, &format!("CREATE DATABASE {db}")).await;
+        run_sysbench(port, db, ps_mode, "prepare").await;
+        let deadlocks_before = h.status_counter(0, "Innodb_deadlocks").await;
+        let out = run_sysbench(port, db, ps_mode, "run").await;
+        let deadlocks = h.status_counter(0, "Innodb_deadlocks").await - deadlocks_before;
+        assert!(figure(&out, "transactions:") > 0, "{out}");
+        // sysbench retries InnoDB deadlocks (1213) and counts them as "ignored errors". Those are
+        // the server's own, equally likely directly; every other error is a failure.
+        assert_eq!(
+            figure(&out, "ignored errors:"),
+            deadlocks,
+            "errors other than InnoDB deadlocks:\n{out}"
+        );
+        assert_eq!(figure(&out, "reconnects:"), 0, "{out}");
+        let n = h
+            .root_sql(0, &format!("SELECT (SELECT COUNT(*) FROM {db}.sbtest1), (SELECT COUNT(*) FROM {db}.sbtest2), (SELECT COUNT(*) FROM {db}.sbtest3), (SELECT COUNT(*) FROM {db}.sbtest4)"))
+            .await;
+        counts.push(n.trim().to_string());
+    }
+    assert_eq!(
+        counts[0], counts[1],
+        "row counts after the run (direct vs through sluice)"
+    );
+    assert_eq!(counts[1], "10000\t10000\t10000\t10000");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn oltp_read_write_prepared_statements() {
+    compare("auto").await;
+}
+
+#[tokio::test]
+async fn oltp_read_write_text_protocol() {
+    compare("disable").await;
+}
