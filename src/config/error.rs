@@ -23,13 +23,21 @@ impl ConfigError {
     pub(super) fn from_figment(file: &Path, err: figment::Error) -> Self {
         let mut out = String::new();
         for e in err {
-            let source = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.source.as_ref())
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| file.display().to_string());
             let key = e.path.join(".");
+            let source = match &e.metadata {
+                Some(m) if m.name.contains("environment") => {
+                    format!(
+                        "environment variable SLUICE_{}",
+                        e.path.join("__").to_uppercase()
+                    )
+                }
+                Some(m) => m
+                    .source
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| m.name.to_string()),
+                None => file.display().to_string(),
+            };
             if !out.is_empty() {
                 out.push('\n');
             }

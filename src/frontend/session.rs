@@ -57,7 +57,7 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
     let Some((auth, backend)) = login else {
         return Ok(());
     };
-    tracing::Span::current().record("user", auth.user.name.as_str());
+    tracing::Span::current().record("user", tracing::field::display(&auth.user.name));
     tracing::debug!("client authenticated");
     let mut s = Session {
         client,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use binaries::Binaries;
-pub use node::Node;
+pub use node::{free_port as node_free_port, Node};
 
 /// What to start.
 #[derive(Debug, Clone)]

@@ -1,0 +1,183 @@
+//! The `sluice` binary: `check-config`, `run` with role discovery, SIGTERM handling.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{config_for, Harness, PASSWORD, USER};
+use mysql_async::prelude::*;
+use sluice::sandbox::Topology;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// The config of a topology as TOML, with the servers listed in the given order.
+fn toml_for(topo: &Topology, order: &[usize], listen: &str) -> String {
+    let mut c = config_for(topo);
+    c.proxy.listen = listen.to_string();
+    c.servers = order.iter().map(|&i| c.servers[i].clone()).collect();
+    let mut t = format!(
+        "[proxy]\nlisten = \"{}\"\nshutdown_grace_ms = 5000\n",
+        c.proxy.listen
+    );
+    for s in &c.servers {
+        t += &format!(
+            "[[servers]]\nname = \"{}\"\naddress = \"{}\"\n",
+            s.name, s.address
+        );
+    }
+    for (u, p) in &topo.spec.users {
+        t += &format!("[[users]]\nname = \"{u}\"\npassword = \"{p}\"\n");
+    }
+    t += &format!(
+        "[monitor]\nuser = \"{}\"\npassword = \"{}\"\ninterval_ms = 100\n",
+        topo.spec.monitor.0, topo.spec.monitor.1
+    );
+    t
+}
+
+#[test]
+fn check_config_masks_passwords_and_names_bad_keys() {
+    let good = write_config(
+        "[proxy]\nlisten = \"127.0.0.1:7001\"\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:3307\"\n\
+         [[users]]\nname = \"app\"\npassword = \"s3cret-value\"\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(good.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("listen = \"127.0.0.1:7001\""), "{stdout}");
+    assert!(
+        stdout.contains("handshake_timeout_ms = 5000"),
+        "defaults are shown: {stdout}"
+    );
+    assert!(!stdout.contains("s3cret-value"), "{stdout}");
+    assert!(stdout.contains("********"), "{stdout}");
+
+    let bad = write_config("[proxy]\nlisten = \"127.0.0.1:7001\"\nmax_conections = 5\n");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("max_conections"), "{stderr}");
+    assert!(
+        stderr.contains(&bad.path().display().to_string()),
+        "{stderr}"
+    );
+
+    // An environment override is applied, and a bad one is reported with its variable.
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(good.path())
+        .env("SLUICE_PROXY__HANDSHAKE_TIMEOUT_MS", "1234")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("handshake_timeout_ms = 1234"));
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(good.path())
+        .env("SLUICE_PROXY__HANDSHAKE_TIMEOUT_MS", "soon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("proxy.handshake_timeout_ms"), "{stderr}");
+    assert!(stderr.contains("SLUICE_"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
+    let h = Harness::start(2).await;
+    // List the replicas first: the role must be discovered, not taken from the order.
+    let port = sluice::sandbox::node_free_port();
+    let cfg = write_config(&toml_for(&h.topo, &[2, 1, 0], &format!("127.0.0.1:{port}")));
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(cfg.path())
+        .env("SLUICE_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let opts = h.opts(port, USER, PASSWORD);
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = mysql_async::Conn::new(opts.clone()).await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = conn.expect("sluice run accepts clients");
+    let id: Option<(u32, i64)> = c
+        .query_first("SELECT @@server_id, @@read_only")
+        .await
+        .unwrap();
+    assert_eq!(
+        id,
+        Some((1, 0)),
+        "traffic goes to the writable server (db1, server_id 1)"
+    );
+
+    // A command in flight when SIGTERM arrives completes; then the process exits 0.
+    let q = tokio::spawn(async move {
+        let r: Option<i64> = c.query_first("SELECT SLEEP(1.5) + 7").await.unwrap();
+        (r, c)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let (r, mut c) = q.await.unwrap();
+    assert_eq!(r, Some(7), "the in-flight query finished");
+    assert!(
+        c.query_drop("SELECT 1").await.is_err(),
+        "the session is closed after its command"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    assert!(
+        log.contains("primary discovered") && log.contains("db1"),
+        "{log}"
+    );
+    // Each session logs in its own span, with the client's address and user.
+    assert!(log.contains("session{id="), "{log}");
+    assert!(log.contains(&format!("user={USER}")), "{log}");
+    assert!(
+        mysql_async::Conn::new(opts).await.is_err(),
+        "no longer listening"
+    );
+    h.shutdown().await;
+}
