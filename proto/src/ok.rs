@@ -62,8 +62,14 @@ impl OkPacket {
             if status & status::SERVER_SESSION_STATE_CHANGED != 0 && !r.is_empty() {
                 ok.session_state = Some(r.lenenc_bytes("session state")?.to_vec());
             }
-        } else {
-            ok.info = r.rest().to_vec();
+        } else if !r.is_empty() {
+            // The protocol documents "rest of packet" here, but MySQL and MariaDB servers send
+            // a length-encoded string (and their client libraries read one). Accept both.
+            let rest = r.clone().rest();
+            ok.info = match r.lenenc_bytes("info") {
+                Ok(info) if r.is_empty() => info.to_vec(),
+                _ => rest.to_vec(),
+            };
         }
         Ok(ok)
     }
@@ -82,8 +88,8 @@ impl OkPacket {
             if let Some(state) = &self.session_state {
                 put_lenenc_bytes(&mut out, state);
             }
-        } else {
-            out.extend_from_slice(&self.info);
+        } else if !self.info.is_empty() {
+            put_lenenc_bytes(&mut out, &self.info);
         }
         out
     }
