@@ -25,8 +25,6 @@ pub const SLUICE_BACKEND_CONNECT: u16 = 9002;
 pub const SLUICE_BACKEND_PROTOCOL: u16 = 9003;
 /// A backend asked for an authentication method Sluice cannot perform.
 pub const SLUICE_BACKEND_AUTH_PLUGIN: u16 = 9004;
-/// Sluice is shutting down.
-pub const SLUICE_SHUTTING_DOWN: u16 = 9005;
 
 pub fn access_denied(user: &[u8], host: &str, using_password: bool) -> ErrPacket {
     ErrPacket::new(
@@ -93,18 +91,18 @@ pub fn backend_connect(server: &str, detail: &str) -> ErrPacket {
     )
 }
 
+pub fn backend_auth_plugin(server: &str, plugin: &str) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_BACKEND_AUTH_PLUGIN,
+        b"08S01",
+        format!("Sluice: backend server {server} asks for authentication plugin {plugin:?}; Sluice logs in to backends with mysql_native_password only"),
+    )
+}
+
 pub fn backend_protocol(server: &str, detail: &str) -> ErrPacket {
     ErrPacket::new(
         SLUICE_BACKEND_PROTOCOL,
         b"08S01",
         format!("Sluice: backend server {server} sent a malformed response ({detail}); its connection was closed"),
-    )
-}
-
-pub fn shutting_down() -> ErrPacket {
-    ErrPacket::new(
-        SLUICE_SHUTTING_DOWN,
-        b"08S01",
-        "Sluice: the proxy is shutting down",
     )
 }

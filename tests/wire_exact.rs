@@ -17,6 +17,14 @@ fn query(sql: &str) -> Vec<u8> {
     encode_simple(COM_QUERY, sql.as_bytes())
 }
 
+fn long_data(stmt: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![COM_STMT_SEND_LONG_DATA];
+    p.extend_from_slice(&stmt.to_le_bytes());
+    p.extend_from_slice(&0u16.to_le_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
 /// Runs the script; returns each command's response packets.
 async fn script(port: u16, caps: u64) -> Responses {
     let (mut c, ok) = RawConn::login(port, USER, PASSWORD, caps).await;
@@ -109,6 +117,27 @@ async fn script(port: u16, caps: u64) -> Responses {
             Box::new(move |id| encode_simple(COM_STMT_RESET, &id.to_le_bytes())),
         ),
         (
+            "prepare long data",
+            Box::new(move |_| encode_simple(COM_STMT_PREPARE, b"SELECT CONCAT(?, '!')")),
+        ),
+        (
+            "send long data 1",
+            Box::new(move |id| long_data(id, b"hello ")),
+        ),
+        (
+            "send long data 2",
+            Box::new(move |id| long_data(id, b"world")),
+        ),
+        (
+            "execute long data",
+            // One parameter of type MYSQL_TYPE_STRING whose value came as long data.
+            Box::new(move |id| {
+                let mut p = encode_stmt_execute(id, 0);
+                p.extend_from_slice(&[0x00, 0x01, 0xFE, 0x00]);
+                p
+            }),
+        ),
+        (
             "prepare params",
             Box::new(move |_| encode_simple(COM_STMT_PREPARE, b"UPDATE t SET n = ? WHERE v = ?")),
         ),
@@ -188,6 +217,17 @@ async fn compare(caps: u64) {
     let select = &direct.iter().find(|(n, _)| n == "select").unwrap().1;
     let rows = select.len() - 1 - 6 - usize::from(caps & cap::CLIENT_DEPRECATE_EOF == 0) - 1;
     assert_eq!(rows, 5, "{select:?}");
+    // Long data reached the server through Sluice.
+    let ld = &proxied
+        .iter()
+        .find(|(n, _)| n == "execute long data")
+        .unwrap()
+        .1;
+    assert!(
+        ld.iter()
+            .any(|(_, p)| p.windows(12).any(|w| w == b"hello world!")),
+        "{ld:?}"
+    );
     // The cursor fetch returned exactly the rows asked for.
     let fetch2 = &direct.iter().find(|(n, _)| n == "fetch 2").unwrap().1;
     assert_eq!(fetch2.len(), 3);

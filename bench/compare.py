@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Sysbench comparison in one run: direct to the primary, through HAProxy (TCP mode) and
+through Sluice, on the same local topology.
+
+    python3 bench/compare.py [--time 10] [--repeats 3] [--threads 8,32] [--out FILE]
+
+Starts `sluice sandbox` (a MariaDB primary, and Sluice in the same process), HAProxy in TCP
+mode in front of the same primary, prepares sysbench tables, then runs oltp_point_select and
+oltp_read_only with --db-ps-mode=auto and disable at each thread count, against each target.
+Runs of one configuration are made back to back and repeated in rotating order; medians are
+reported. For HAProxy and Sluice it also reports the CPU time the proxy process used per query
+(utime+stime from /proc/PID/stat divided by the queries sysbench made), which is far steadier
+than throughput on a shared 2-core machine. Installs sysbench and haproxy (apt) if missing.
+"""
+import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER, PASSWORD = "app", "app"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def ensure(binary, package):
+    if shutil.which(binary):
+        return
+    print(f"installing {package} …", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=False)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, limit=60):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"port {port} did not open")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def sysbench(test, port, threads, ps_mode, seconds, action="run"):
+    cmd = ["sysbench", test, "--db-driver=mysql", "--mysql-host=127.0.0.1",
+           f"--mysql-port={port}", f"--mysql-user={USER}", f"--mysql-password={PASSWORD}",
+           "--mysql-db=sbtest", "--tables=4", "--table-size=10000", f"--threads={threads}",
+           f"--time={seconds}", f"--db-ps-mode={ps_mode}", "--report-interval=0",
+           "--percentile=95", action]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"sysbench failed: {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def figures(text):
+    queries = int(re.search(r"queries:\s+(\d+)", text).group(1))
+    qps = float(re.search(r"queries:\s+\d+\s+\(([\d.]+) per sec", text).group(1))
+    p95 = float(re.search(r"95th percentile:\s+([\d.]+)", text).group(1))
+    return queries, qps, p95
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--time", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", default="8,32")
+    ap.add_argument("--tests", default="oltp_point_select,oltp_read_only")
+    ap.add_argument("--modes", default="auto,disable")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    ensure("sysbench", "sysbench")
+    ensure("haproxy", "haproxy")
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", "release", "sluice")
+
+    work = tempfile.mkdtemp(prefix="sluice-bench-")
+    sluice_port, haproxy_port = free_port(), free_port()
+    procs = []
+    try:
+        sb = subprocess.Popen([binary, "sandbox", "--replicas", "0", "--listen",
+                               f"127.0.0.1:{sluice_port}", "--dir", os.path.join(work, "topology")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env=dict(os.environ, SLUICE_LOG="warn"))
+        procs.append(sb)
+        primary = None
+        for line in sb.stdout:
+            m = re.match(r"\s+primary\s+\S+\s+127\.0\.0\.1:(\d+)", line)
+            if m:
+                primary = int(m.group(1))
+            if line.startswith("Press Ctrl-C"):
+                break
+        if primary is None:
+            raise SystemExit("sandbox did not start")
+        # Keep reading the sandbox's output so it never blocks on a full pipe.
+        import threading
+        threading.Thread(target=lambda: [None for _ in sb.stdout], daemon=True).start()
+        cfg = os.path.join(work, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend mysql
+    bind 127.0.0.1:{haproxy_port}
+    default_backend primary
+backend primary
+    server db1 127.0.0.1:{primary}
+""")
+        hp = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        procs.append(hp)
+        wait_port(haproxy_port)
+        wait_port(sluice_port)
+        subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{primary}", f"-u{USER}",
+                        f"-p{PASSWORD}", "-e", "CREATE DATABASE sbtest"], check=True)
+        sysbench("oltp_read_only", primary, 4, "disable", 10, action="prepare")
+        print(f"primary 127.0.0.1:{primary}, haproxy :{haproxy_port} (pid {hp.pid}), "
+              f"sluice :{sluice_port} (pid {sb.pid}); {args.time}s runs × {args.repeats}", flush=True)
+
+        targets = [("direct", primary, None), ("haproxy", haproxy_port, hp.pid),
+                   ("sluice", sluice_port, sb.pid)]
+        rows = []
+        for test in args.tests.split(","):
+            for threads in [int(t) for t in args.threads.split(",")]:
+                for mode in args.modes.split(","):
+                    res = {name: [] for name, _, _ in targets}
+                    for r in range(args.repeats):
+                        order = targets[r % 3:] + targets[:r % 3]
+                        for name, port, pid in order:
+                            before = cpu_seconds(pid) if pid else None
+                            q, qps, p95 = figures(sysbench(test, port, threads, mode, args.time))
+                            cpu_us = (cpu_seconds(pid) - before) * 1e6 / q if pid else None
+                            res[name].append((qps, p95, cpu_us))
+                    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+                               statistics.median(x[2] for x in v) if v[0][2] is not None else None)
+                           for n, v in res.items()}
+                    rows.append((test, threads, mode, med))
+                    h, s = med["haproxy"], med["sluice"]
+                    print(f"{test:18} t={threads:<3} ps={mode:8} "
+                          f"direct {med['direct'][0]:9.0f} qps | haproxy {h[0]:9.0f} qps p95 {h[1]:6.2f} ms "
+                          f"{h[2]:5.1f} µs/q | sluice {s[0]:9.0f} qps p95 {s[1]:6.2f} ms {s[2]:5.1f} µs/q | "
+                          f"sluice/haproxy qps {s[0] / h[0]:.2f} cpu {s[2] / h[2]:.2f}", flush=True)
+        lines = ["| test | threads | ps-mode | direct QPS | HAProxy QPS | Sluice QPS | HAProxy p95 ms | Sluice p95 ms | HAProxy CPU µs/q | Sluice CPU µs/q | QPS ratio S/H | CPU ratio S/H |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for test, threads, mode, med in rows:
+            d, h, s = med["direct"], med["haproxy"], med["sluice"]
+            lines.append(f"| {test} | {threads} | {mode} | {d[0]:.0f} | {h[0]:.0f} | {s[0]:.0f} | {h[1]:.2f} | {s[1]:.2f} | "
+                         f"{h[2]:.1f} | {s[2]:.1f} | {s[0] / h[0]:.2f} | {s[2] / h[2]:.2f} |")
+        table = "\n".join(lines)
+        print("\n" + table)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(table + "\n")
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGINT if p is procs[0] else signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
