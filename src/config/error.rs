@@ -31,6 +31,10 @@ impl ConfigError {
                         e.path.join("__").to_uppercase()
                     )
                 }
+                // The path as the user gave it (figment would print it relative to the cwd).
+                Some(m) if matches!(m.source, Some(figment::Source::File(_))) => {
+                    file.display().to_string()
+                }
                 Some(m) => m
                     .source
                     .as_ref()
