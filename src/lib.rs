@@ -12,5 +12,6 @@ pub mod config;
 pub mod errors;
 pub mod frontend;
 pub mod monitor;
+pub mod router;
 pub mod sandbox;
 pub mod server;

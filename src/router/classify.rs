@@ -1,0 +1,773 @@
+//! The hot-path statement classifier: one lexical pass, no allocation. It decides what kind of
+//! statement a query is and whatever routing needs to know about it (locking reads, state it
+//! creates, hints). When the lexical pass cannot be sure it says so, and
+//! [`super::slow_path`] (sqlparser) decides; when both are unsure, the statement is treated as
+//! a write (primary).
+
+use super::lexer::{eq_kw, Lexer, Token};
+
+/// What a statement is, for routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementClass {
+    /// A read that may run on a replica (SELECT, SHOW, DESCRIBE, EXPLAIN, HELP).
+    Read,
+    /// A read that must run on the primary: a locking read, or one that reads
+    /// connection-local or primary-only state (LAST_INSERT_ID(), FOUND_ROWS(), sequences).
+    ReadPrimary,
+    /// Reads the outcome of the previous statement (SHOW WARNINGS, @@warning_count, …): runs
+    /// where the previous statement ran.
+    ReadPrevious,
+    /// INSERT, UPDATE, DELETE, REPLACE, LOAD DATA, CALL, DO, HANDLER, SET GLOBAL, …
+    Write,
+    /// CREATE, ALTER, DROP, TRUNCATE, RENAME, GRANT, REVOKE, admin statements.
+    Ddl,
+    Begin,
+    BeginReadOnly,
+    Commit,
+    Rollback,
+    /// Session state that can be replayed on another connection: SET NAMES, SET SESSION var,
+    /// SET autocommit, SET SESSION TRANSACTION …
+    SessionSet,
+    /// `USE db`.
+    Use,
+    /// Several statements in one query.
+    Multi,
+    /// Not recognised: primary.
+    Other,
+}
+
+impl StatementClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementClass::Read => "read",
+            StatementClass::ReadPrimary => "read_primary",
+            StatementClass::ReadPrevious => "read_previous",
+            StatementClass::Write => "write",
+            StatementClass::Ddl => "ddl",
+            StatementClass::Begin => "begin",
+            StatementClass::BeginReadOnly => "begin_read_only",
+            StatementClass::Commit => "commit",
+            StatementClass::Rollback => "rollback",
+            StatementClass::SessionSet => "session_set",
+            StatementClass::Use => "use",
+            StatementClass::Multi => "multi",
+            StatementClass::Other => "other",
+        }
+    }
+}
+
+/// State a statement leaves on its connection that cannot be replayed elsewhere: the session
+/// stays on the primary while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinReason {
+    TempTable,
+    UserVariable,
+    TextPrepare,
+    LockTables,
+    GetLock,
+    FoundRows,
+    Handler,
+}
+
+impl PinReason {
+    pub const ALL: [PinReason; 7] = [
+        PinReason::TempTable,
+        PinReason::UserVariable,
+        PinReason::TextPrepare,
+        PinReason::LockTables,
+        PinReason::GetLock,
+        PinReason::FoundRows,
+        PinReason::Handler,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinReason::TempTable => "temp_table",
+            PinReason::UserVariable => "user_variable",
+            PinReason::TextPrepare => "text_prepare",
+            PinReason::LockTables => "lock_tables",
+            PinReason::GetLock => "get_lock",
+            PinReason::FoundRows => "sql_calc_found_rows",
+            PinReason::Handler => "handler",
+        }
+    }
+}
+
+/// Routing hints from `/* sluice: … */` comments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hints<'a> {
+    /// `route=primary` (Some(true)) or `route=replica` (Some(false)).
+    pub primary: Option<bool>,
+    pub max_lag_ms: Option<u64>,
+    pub server: Option<&'a [u8]>,
+    /// Hints that could not be understood (ignored, counted).
+    pub invalid: u8,
+}
+
+/// The classifier's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified<'a> {
+    pub class: StatementClass,
+    /// Non-replayable state this statement creates.
+    pub pin: Option<PinReason>,
+    /// Ends a pin (`UNLOCK TABLES`, `RELEASE_LOCK`/`RELEASE_ALL_LOCKS`).
+    pub unpin: Option<PinReason>,
+    /// For `USE`: the database.
+    pub database: Option<&'a [u8]>,
+    pub hints: Hints<'a>,
+    /// The lexical pass could not decide.
+    pub unsure: bool,
+}
+
+impl<'a> Classified<'a> {
+    fn new(class: StatementClass) -> Self {
+        Classified {
+            class,
+            pin: None,
+            unpin: None,
+            database: None,
+            hints: Hints::default(),
+            unsure: false,
+        }
+    }
+}
+
+/// Classifies one query (the body of a COM_QUERY).
+pub fn classify(sql: &[u8]) -> Classified<'_> {
+    let mut lx = Lexer::new(sql);
+    let mut c = classify_tokens(&mut lx);
+    if lx.unsure {
+        // An executable comment for a server version Sluice cannot judge, or an unterminated
+        // quote: the parser misreads those too (it treats `/*!80000 … */` as plain SQL), so
+        // the statement goes to the primary without asking it.
+        c.class = StatementClass::Other;
+        c.unsure = false;
+    }
+    c.hints = parse_hints(&lx.hints);
+    c
+}
+
+fn classify_tokens<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
+    use StatementClass::*;
+    // Leading parentheses: `(SELECT …) UNION (SELECT …)`.
+    let mut first = lx.next_token();
+    while first == Some(Token::Punct(b'(')) {
+        first = lx.next_token();
+    }
+    let Some(Token::Word(w)) = first else {
+        let mut c = Classified::new(Other);
+        c.unsure = first.is_some();
+        return c;
+    };
+    let kw = |k: &[u8]| eq_kw(w, k);
+    if kw(b"SELECT") || kw(b"VALUES") || kw(b"TABLE") {
+        return scan_select(lx, Read);
+    }
+    if kw(b"WITH") {
+        return scan_select(lx, Read);
+    }
+    if kw(b"SHOW") {
+        return scan_show(lx);
+    }
+    if kw(b"DESCRIBE") || kw(b"DESC") || kw(b"EXPLAIN") || kw(b"HELP") {
+        // EXPLAIN never executes the statement (ANALYZE does, and is a write).
+        return finish(lx, Classified::new(Read));
+    }
+    if kw(b"INSERT")
+        || kw(b"UPDATE")
+        || kw(b"DELETE")
+        || kw(b"REPLACE")
+        || kw(b"LOAD")
+        || kw(b"CALL")
+        || kw(b"IMPORT")
+    {
+        return scan_write(lx, Write);
+    }
+    if kw(b"DO") {
+        return scan_write(lx, Write);
+    }
+    if kw(b"HANDLER") {
+        let mut c = Classified::new(Write);
+        c.pin = Some(PinReason::Handler);
+        return finish(lx, c);
+    }
+    if kw(b"BEGIN") {
+        // `BEGIN NOT ATOMIC` starts a compound statement, not a transaction.
+        return match lx.next_token() {
+            // A compound statement contains `;` of its own: do not read it as several.
+            Some(Token::Word(n)) if eq_kw(n, b"NOT") => Classified::new(Write),
+            Some(Token::Word(n)) if eq_kw(n, b"WORK") => finish(lx, Classified::new(Begin)),
+            Some(Token::Punct(b';')) | None => finish_after_semicolon(lx, Classified::new(Begin)),
+            _ => finish(lx, Classified::new(Other)),
+        };
+    }
+    if kw(b"START") {
+        return match lx.next_token() {
+            Some(Token::Word(t)) if eq_kw(t, b"TRANSACTION") => scan_start_transaction(lx),
+            // START SLAVE / START REPLICA / START ALL SLAVES: administration.
+            _ => finish(lx, Classified::new(Ddl)),
+        };
+    }
+    if kw(b"COMMIT") {
+        return finish(lx, Classified::new(Commit));
+    }
+    if kw(b"ROLLBACK") {
+        // ROLLBACK [WORK] TO [SAVEPOINT] x stays inside the transaction.
+        let mut t = lx.next_token();
+        if matches!(t, Some(Token::Word(x)) if eq_kw(x, b"WORK")) {
+            t = lx.next_token();
+        }
+        return match t {
+            Some(Token::Word(x)) if eq_kw(x, b"TO") => finish(lx, Classified::new(Write)),
+            Some(Token::Punct(b';')) | None => {
+                finish_after_semicolon(lx, Classified::new(Rollback))
+            }
+            _ => finish(lx, Classified::new(Rollback)),
+        };
+    }
+    if kw(b"SAVEPOINT") || kw(b"RELEASE") || kw(b"XA") {
+        return finish(lx, Classified::new(Write));
+    }
+    if kw(b"SET") {
+        return scan_set(lx);
+    }
+    if kw(b"USE") {
+        let mut c = Classified::new(Use);
+        c.database = match lx.next_token() {
+            Some(Token::Word(d)) | Some(Token::Quoted(d)) => Some(d),
+            _ => {
+                c.unsure = true;
+                None
+            }
+        };
+        return finish(lx, c);
+    }
+    if kw(b"LOCK") {
+        let mut c = Classified::new(Write);
+        c.pin = Some(PinReason::LockTables);
+        return finish(lx, c);
+    }
+    if kw(b"UNLOCK") {
+        let mut c = Classified::new(Write);
+        c.unpin = Some(PinReason::LockTables);
+        return finish(lx, c);
+    }
+    if kw(b"PREPARE") || kw(b"EXECUTE") || kw(b"DEALLOCATE") {
+        let mut c = Classified::new(Write);
+        c.pin = Some(PinReason::TextPrepare);
+        return finish(lx, c);
+    }
+    if kw(b"CREATE") {
+        let mut c = Classified::new(Ddl);
+        // CREATE [OR REPLACE] TEMPORARY TABLE
+        for _ in 0..3 {
+            match lx.next_token() {
+                Some(Token::Word(t)) if eq_kw(t, b"TEMPORARY") => {
+                    c.pin = Some(PinReason::TempTable);
+                    break;
+                }
+                Some(Token::Word(t)) if eq_kw(t, b"OR") || eq_kw(t, b"REPLACE") => {}
+                _ => break,
+            }
+        }
+        // Routine bodies contain `;` of their own: a CREATE is one statement.
+        return c;
+    }
+    if kw(b"FLUSH") {
+        // FLUSH TABLES … WITH READ LOCK holds a lock until UNLOCK TABLES.
+        let mut c = Classified::new(Ddl);
+        while let Some(t) = lx.next_token() {
+            if matches!(t, Token::Word(x) if eq_kw(x, b"LOCK")) {
+                c.pin = Some(PinReason::LockTables);
+            }
+            if t == Token::Punct(b';') {
+                return finish_after_semicolon(lx, c);
+            }
+        }
+        return c;
+    }
+    const DDL: &[&[u8]] = &[
+        b"ALTER",
+        b"DROP",
+        b"RENAME",
+        b"TRUNCATE",
+        b"GRANT",
+        b"REVOKE",
+        b"ANALYZE",
+        b"OPTIMIZE",
+        b"REPAIR",
+        b"CHECK",
+        b"CHECKSUM",
+        b"RESET",
+        b"PURGE",
+        b"INSTALL",
+        b"UNINSTALL",
+        b"KILL",
+        b"CHANGE",
+        b"STOP",
+        b"SHUTDOWN",
+        b"BINLOG",
+        b"CACHE",
+        b"BACKUP",
+    ];
+    if DDL.iter().any(|k| kw(k)) {
+        return finish(lx, Classified::new(Ddl));
+    }
+    let mut c = Classified::new(Other);
+    c.unsure = true;
+    finish(lx, c)
+}
+
+/// Scans the rest of a SELECT (or WITH/VALUES) for what changes its route.
+fn scan_select<'a>(lx: &mut Lexer<'a>, class: StatementClass) -> Classified<'a> {
+    let mut c = Classified::new(class);
+    let mut prev: Option<Token<'a>> = None;
+    let mut depth = 0i32;
+    while let Some(t) = lx.next_token() {
+        match t {
+            Token::Punct(b'(') => depth += 1,
+            Token::Punct(b')') => depth -= 1,
+            Token::Punct(b';') => return finish_after_semicolon(lx, c),
+            Token::UserVar => {
+                // `@v := …` assigns; plain `@v` only reads.
+                if let Some(Token::Punct(b':')) = peek_next(lx) {
+                    c.pin = Some(PinReason::UserVariable);
+                    c.class = StatementClass::ReadPrimary;
+                }
+            }
+            Token::SysVar(v) => {
+                let name = v.rsplit(|&b| b == b'.').next().unwrap_or(v);
+                if eq_kw(name, b"WARNING_COUNT") || eq_kw(name, b"ERROR_COUNT") {
+                    upgrade(&mut c, StatementClass::ReadPrevious);
+                } else if eq_kw(name, b"IDENTITY")
+                    || eq_kw(name, b"LAST_INSERT_ID")
+                    || eq_kw(name, b"LAST_GTID")
+                {
+                    upgrade(&mut c, StatementClass::ReadPrimary);
+                }
+            }
+            Token::Word(w) => match select_keyword(w) {
+                None => {}
+                Some(Sel::Function(f)) => {
+                    // Only a call counts: `sleep` may also be a column name.
+                    if matches!(peek_next(lx), Some(Token::Punct(b'('))) {
+                        match f {
+                            Func::GetLock => {
+                                c.pin = Some(PinReason::GetLock);
+                                upgrade(&mut c, StatementClass::ReadPrimary);
+                            }
+                            Func::ReleaseLock => {
+                                c.unpin = Some(PinReason::GetLock);
+                                upgrade(&mut c, StatementClass::ReadPrimary);
+                            }
+                            Func::RowCount => upgrade(&mut c, StatementClass::ReadPrevious),
+                            Func::PrimaryOnly => upgrade(&mut c, StatementClass::ReadPrimary),
+                        }
+                    }
+                }
+                Some(Sel::CalcFoundRows) => {
+                    c.pin = Some(PinReason::FoundRows);
+                    upgrade(&mut c, StatementClass::ReadPrimary);
+                }
+                Some(Sel::Update) => {
+                    // FOR UPDATE, or WITH … UPDATE
+                    if matches!(prev, Some(Token::Word(p)) if eq_kw(p, b"FOR")) {
+                        upgrade(&mut c, StatementClass::ReadPrimary);
+                    } else if depth == 0 {
+                        c.class = StatementClass::Write;
+                    }
+                }
+                Some(Sel::Share) => {
+                    if matches!(prev, Some(Token::Word(p)) if eq_kw(p, b"FOR") || eq_kw(p, b"IN")) {
+                        upgrade(&mut c, StatementClass::ReadPrimary);
+                    }
+                }
+                Some(Sel::Modify) => {
+                    if depth == 0 {
+                        c.class = StatementClass::Write;
+                    }
+                }
+                Some(Sel::NextPrevious) => {
+                    // NEXT VALUE FOR seq / PREVIOUS VALUE FOR seq
+                    if matches!(peek_next(lx), Some(Token::Word(v)) if eq_kw(v, b"VALUE")) {
+                        upgrade(&mut c, StatementClass::ReadPrimary);
+                    }
+                }
+                Some(Sel::Into) if depth == 0 => match peek_next(lx) {
+                    Some(Token::UserVar) => {
+                        c.pin = Some(PinReason::UserVariable);
+                        upgrade(&mut c, StatementClass::ReadPrimary);
+                    }
+                    // INTO OUTFILE/DUMPFILE writes a file on the server.
+                    _ => upgrade(&mut c, StatementClass::Write),
+                },
+                Some(Sel::Into) => {}
+            },
+            _ => {}
+        }
+        prev = Some(t);
+    }
+    c
+}
+
+#[derive(Clone, Copy)]
+enum Func {
+    GetLock,
+    ReleaseLock,
+    RowCount,
+    PrimaryOnly,
+}
+
+/// Words that matter inside a SELECT.
+#[derive(Clone, Copy)]
+enum Sel {
+    Function(Func),
+    CalcFoundRows,
+    Update,
+    Share,
+    /// DELETE / INSERT / REPLACE at top level (a CTE followed by a write).
+    Modify,
+    NextPrevious,
+    Into,
+}
+
+/// Recognises the words of interest in a SELECT, by length first so that ordinary
+/// identifiers cost one comparison at most (this runs for every word of every read).
+fn select_keyword(w: &[u8]) -> Option<Sel> {
+    let is = |k: &[u8]| eq_kw(w, k);
+    let primary = Some(Sel::Function(Func::PrimaryOnly));
+    match w.len() {
+        4 if is(b"INTO") => Some(Sel::Into),
+        4 if is(b"NEXT") => Some(Sel::NextPrevious),
+        5 if is(b"SHARE") => Some(Sel::Share),
+        5 if is(b"SLEEP") => primary,
+        6 if is(b"UPDATE") => Some(Sel::Update),
+        6 if is(b"DELETE") || is(b"INSERT") => Some(Sel::Modify),
+        6 if is(b"SETVAL") => primary,
+        7 if is(b"REPLACE") => Some(Sel::Modify),
+        7 if is(b"NEXTVAL") || is(b"LASTVAL") => primary,
+        8 if is(b"GET_LOCK") => Some(Sel::Function(Func::GetLock)),
+        8 if is(b"PREVIOUS") => Some(Sel::NextPrevious),
+        9 if is(b"ROW_COUNT") => Some(Sel::Function(Func::RowCount)),
+        9 if is(b"BENCHMARK") => primary,
+        10 if is(b"FOUND_ROWS") => primary,
+        12 if is(b"RELEASE_LOCK") => Some(Sel::Function(Func::ReleaseLock)),
+        12 if is(b"IS_USED_LOCK") || is(b"IS_FREE_LOCK") => primary,
+        14 if is(b"LAST_INSERT_ID") => primary,
+        15 if is(b"MASTER_POS_WAIT") => primary,
+        16 if is(b"MASTER_GTID_WAIT") => primary,
+        17 if is(b"RELEASE_ALL_LOCKS") => Some(Sel::Function(Func::ReleaseLock)),
+        19 if is(b"SQL_CALC_FOUND_ROWS") => Some(Sel::CalcFoundRows),
+        _ => None,
+    }
+}
+
+/// Raises the class to a more restrictive one (Read < ReadPrevious/ReadPrimary < Write).
+fn upgrade(c: &mut Classified<'_>, to: StatementClass) {
+    use StatementClass::*;
+    let rank = |k| match k {
+        Read => 0,
+        ReadPrevious => 1,
+        ReadPrimary => 2,
+        _ => 3,
+    };
+    if rank(to) > rank(c.class) {
+        c.class = to;
+    }
+}
+
+fn peek_next<'a>(lx: &Lexer<'a>) -> Option<Token<'a>> {
+    let mut probe = Lexer::new(lx.rest());
+    probe.next_token()
+}
+
+fn scan_show<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
+    let mut c = Classified::new(StatementClass::Read);
+    // SHOW WARNINGS / ERRORS / COUNT(*) WARNINGS / PROFILE(S) describe the previous statement.
+    match lx.next_token() {
+        Some(Token::Word(w))
+            if eq_kw(w, b"WARNINGS")
+                || eq_kw(w, b"ERRORS")
+                || eq_kw(w, b"COUNT")
+                || eq_kw(w, b"PROFILE")
+                || eq_kw(w, b"PROFILES") =>
+        {
+            c.class = StatementClass::ReadPrevious
+        }
+        // Replication and binlog state belong to one server: the primary.
+        Some(Token::Word(w))
+            if eq_kw(w, b"MASTER") || eq_kw(w, b"BINARY") || eq_kw(w, b"BINLOG") =>
+        {
+            c.class = StatementClass::ReadPrimary
+        }
+        _ => {}
+    }
+    finish(lx, c)
+}
+
+fn scan_write<'a>(lx: &mut Lexer<'a>, class: StatementClass) -> Classified<'a> {
+    let mut c = Classified::new(class);
+    while let Some(t) = lx.next_token() {
+        match t {
+            Token::Punct(b';') => return finish_after_semicolon(lx, c),
+            Token::Word(w) if eq_kw(w, b"GET_LOCK") => c.pin = Some(PinReason::GetLock),
+            Token::Word(w) if eq_kw(w, b"RELEASE_LOCK") || eq_kw(w, b"RELEASE_ALL_LOCKS") => {
+                c.unpin = Some(PinReason::GetLock)
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+fn scan_start_transaction<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
+    let mut c = Classified::new(StatementClass::Begin);
+    let mut prev_read = false;
+    while let Some(t) = lx.next_token() {
+        match t {
+            Token::Word(w) if eq_kw(w, b"READ") => prev_read = true,
+            Token::Word(w) if prev_read && eq_kw(w, b"ONLY") => {
+                c.class = StatementClass::BeginReadOnly;
+                prev_read = false;
+            }
+            Token::Word(w) if prev_read && eq_kw(w, b"WRITE") => {
+                c.class = StatementClass::Begin;
+                prev_read = false;
+            }
+            Token::Punct(b';') => return finish_after_semicolon(lx, c),
+            _ => prev_read = false,
+        }
+    }
+    c
+}
+
+fn scan_set<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
+    use StatementClass::*;
+    let mut c = Classified::new(SessionSet);
+    let Some(first) = lx.next_token() else {
+        c.class = Other;
+        c.unsure = true;
+        return c;
+    };
+    if let Token::Word(w) = first {
+        if eq_kw(w, b"STATEMENT") {
+            // SET STATEMENT var=value[, …] FOR <statement>: route by the statement.
+            while let Some(t) = lx.next_token() {
+                if matches!(t, Token::Word(f) if eq_kw(f, b"FOR")) {
+                    let mut inner = classify_tokens(lx);
+                    if inner.class == SessionSet || inner.class == Use {
+                        inner.class = Write;
+                    }
+                    return inner;
+                }
+            }
+            c.class = Other;
+            c.unsure = true;
+            return c;
+        }
+        if eq_kw(w, b"GLOBAL") || eq_kw(w, b"PASSWORD") || eq_kw(w, b"DEFAULT") {
+            c.class = Write;
+            return finish(lx, c);
+        }
+        if eq_kw(w, b"TRANSACTION") {
+            // Without SESSION it applies to the next transaction only: that runs on the
+            // primary anyway, and it must not be replayed.
+            c.class = Write;
+            return finish(lx, c);
+        }
+    }
+    // A list of assignments. Scopes: SESSION/LOCAL/@@session./@@local./@@ (session),
+    // GLOBAL/@@global. (server-wide: write), @user (user variable: pin).
+    let mut t = Some(first);
+    let mut expecting_target = true;
+    let mut depth = 0i32;
+    while let Some(tok) = t {
+        match tok {
+            Token::Punct(b'(') => depth += 1,
+            Token::Punct(b')') => depth -= 1,
+            Token::Punct(b',') if depth == 0 => expecting_target = true,
+            Token::Punct(b';') => return finish_after_semicolon(lx, c),
+            Token::UserVar if expecting_target => {
+                c.pin = Some(PinReason::UserVariable);
+                c.class = Write;
+                expecting_target = false;
+            }
+            Token::SysVar(v) if expecting_target => {
+                if v.len() >= 7 && v[..7].eq_ignore_ascii_case(b"global.") {
+                    c.class = Write;
+                }
+                expecting_target = false;
+            }
+            Token::Word(w) if expecting_target => {
+                if eq_kw(w, b"GLOBAL") {
+                    c.class = Write;
+                } else if eq_kw(w, b"SESSION") || eq_kw(w, b"LOCAL") {
+                    // the scope keyword: the target follows
+                    t = lx.next_token();
+                    continue;
+                }
+                expecting_target = false;
+            }
+            Token::Word(w) if eq_kw(w, b"SELECT") => {
+                // A value computed by a query reads data: run it on the primary, and its
+                // result cannot be replayed reliably.
+                c.class = Write;
+                c.pin.get_or_insert(PinReason::UserVariable);
+            }
+            _ => {}
+        }
+        t = lx.next_token();
+    }
+    c
+}
+
+/// Consumes the rest of the statement; a further statement after `;` makes it [`Multi`].
+fn finish<'a>(lx: &mut Lexer<'a>, c: Classified<'a>) -> Classified<'a> {
+    while let Some(t) = lx.next_token() {
+        if t == Token::Punct(b';') {
+            return finish_after_semicolon(lx, c);
+        }
+    }
+    c
+}
+
+fn finish_after_semicolon<'a>(lx: &mut Lexer<'a>, mut c: Classified<'a>) -> Classified<'a> {
+    // Trailing semicolons and comments are fine; anything else is a second statement.
+    while let Some(t) = lx.next_token() {
+        if t != Token::Punct(b';') {
+            c.class = StatementClass::Multi;
+            return c;
+        }
+    }
+    c
+}
+
+fn parse_hints<'a>(raw: &[Option<&'a [u8]>; 4]) -> Hints<'a> {
+    let mut h = Hints::default();
+    for text in raw.iter().flatten() {
+        for item in text
+            .split(|&b| b == b' ' || b == b',' || b == b';')
+            .filter(|s| !s.is_empty())
+        {
+            let Some(eq) = item.iter().position(|&b| b == b'=') else {
+                h.invalid = h.invalid.saturating_add(1);
+                continue;
+            };
+            let (k, v) = (&item[..eq], &item[eq + 1..]);
+            if eq_kw(k, b"ROUTE") {
+                if eq_kw(v, b"PRIMARY") || eq_kw(v, b"MASTER") {
+                    h.primary = Some(true);
+                } else if eq_kw(v, b"REPLICA") || eq_kw(v, b"SLAVE") {
+                    h.primary = Some(false);
+                } else {
+                    h.invalid = h.invalid.saturating_add(1);
+                }
+            } else if eq_kw(k, b"MAX_LAG") {
+                match std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    Some(ms) => h.max_lag_ms = Some(ms),
+                    None => h.invalid = h.invalid.saturating_add(1),
+                }
+            } else if eq_kw(k, b"SERVER") && !v.is_empty() {
+                h.server = Some(v);
+            } else {
+                h.invalid = h.invalid.saturating_add(1);
+            }
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::classify_query;
+
+    /// The table of real statements in testdata/statements.tsv, each with its expected class.
+    #[test]
+    fn statement_table() {
+        let table = include_str!("testdata/statements.tsv");
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (expected, sql) = line.split_once('\t').expect("class<TAB>statement");
+            let sql = sql.replace("\\n", "\n");
+            let got = classify_query(sql.as_bytes()).class.as_str();
+            if got != expected {
+                wrong.push(format!("{sql:?}: expected {expected}, got {got}"));
+            }
+            checked += 1;
+        }
+        assert!(checked >= 200, "only {checked} statements");
+        assert!(
+            wrong.is_empty(),
+            "{} of {checked} misclassified:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn pins_and_unpins() {
+        let pin = |sql: &str| classify(sql.as_bytes()).pin;
+        assert_eq!(
+            pin("CREATE TEMPORARY TABLE t (a INT)"),
+            Some(PinReason::TempTable)
+        );
+        assert_eq!(pin("SET @x = 1"), Some(PinReason::UserVariable));
+        assert_eq!(pin("SELECT @x := 1"), Some(PinReason::UserVariable));
+        assert_eq!(
+            pin("SELECT a INTO @x FROM t"),
+            Some(PinReason::UserVariable)
+        );
+        assert_eq!(
+            pin("PREPARE s FROM 'SELECT 1'"),
+            Some(PinReason::TextPrepare)
+        );
+        assert_eq!(pin("LOCK TABLES t WRITE"), Some(PinReason::LockTables));
+        assert_eq!(
+            pin("FLUSH TABLES WITH READ LOCK"),
+            Some(PinReason::LockTables)
+        );
+        assert_eq!(pin("SELECT GET_LOCK('a', 1)"), Some(PinReason::GetLock));
+        assert_eq!(pin("DO GET_LOCK('a', 1)"), Some(PinReason::GetLock));
+        assert_eq!(
+            pin("SELECT SQL_CALC_FOUND_ROWS * FROM t"),
+            Some(PinReason::FoundRows)
+        );
+        assert_eq!(pin("HANDLER t OPEN"), Some(PinReason::Handler));
+        assert_eq!(pin("SELECT 1"), None);
+        assert_eq!(pin("SET NAMES utf8"), None);
+        assert_eq!(
+            classify(b"UNLOCK TABLES").unpin,
+            Some(PinReason::LockTables)
+        );
+        assert_eq!(
+            classify(b"SELECT RELEASE_LOCK('a')").unpin,
+            Some(PinReason::GetLock)
+        );
+        assert_eq!(classify(b"USE `my db`").database, Some(&b"my db"[..]));
+    }
+
+    #[test]
+    fn hints() {
+        let h = classify(b"SELECT /* sluice: route=primary */ 1").hints;
+        assert_eq!(h.primary, Some(true));
+        let h = classify(b"/* sluice: route=replica max_lag=250 */ SELECT 1").hints;
+        assert_eq!((h.primary, h.max_lag_ms), (Some(false), Some(250)));
+        let h = classify(b"/* sluice: server=db2 */ SELECT 1").hints;
+        assert_eq!(h.server, Some(&b"db2"[..]));
+        let h = classify(b"/* sluice: max_lag=soon route=sideways bogus */ SELECT 1").hints;
+        assert_eq!((h.max_lag_ms, h.primary, h.invalid), (None, None, 3));
+        // Not a hint: an ordinary comment mentioning sluice.
+        assert_eq!(
+            classify(b"/* sent via sluice */ SELECT 1").hints,
+            Hints::default()
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! An allocation-free lexer over SQL bytes, for the hot-path classifier. It skips whitespace
+//! and comments, reads executable comments (`/*! … */`, `/*M! … */`) as SQL, collects Sluice
+//! hints (`/* sluice: … */`), and yields words, variables and punctuation. String literals and
+//! quoted identifiers are single tokens, so keywords inside them are never seen.
+
+/// A token. Words are returned as written; compare them with [`eq_kw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token<'a> {
+    /// A keyword or unquoted identifier (letters, digits, `_`, `$`).
+    Word(&'a [u8]),
+    /// A back-quoted identifier, without the quotes.
+    Quoted(&'a [u8]),
+    /// `@name` (user variable).
+    UserVar,
+    /// `@@name`, `@@session.name`, `@@global.name`: the text after `@@`.
+    SysVar(&'a [u8]),
+    /// A string literal.
+    Str,
+    Number,
+    Punct(u8),
+}
+
+/// Bytes that continue a word: letters, digits, `_`, `$`, and any non-ASCII byte.
+static WORD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        i += 1;
+    }
+    t
+};
+
+/// Bytes that may start whitespace or a comment.
+static TRIVIA: [bool; 256] = {
+    let mut t = [false; 256];
+    let bytes = [
+        b' ', b'\t', b'\n', b'\r', 0x0B, 0x0C, b'#', b'-', b'/', b'*',
+    ];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Executable comments whose version Sluice cannot decide (MySQL 5.7+/8.0 version numbers,
+/// which MariaDB reads differently) make the classification unsure.
+const MAX_SURE_MYSQL_VERSION: u32 = 50700;
+/// MariaDB version Sluice assumes for `/*M!NNNNNN … */` (10.11).
+const MARIADB_VERSION: u32 = 101100;
+
+pub struct Lexer<'a> {
+    sql: &'a [u8],
+    pos: usize,
+    /// Depth of executable comments we are inside (their `*/` is skipped).
+    in_exec_comment: u32,
+    /// Set when something was seen that the lexical pass cannot judge.
+    pub unsure: bool,
+    /// Hint comments seen so far (the text after `sluice:`), at most a few.
+    pub hints: [Option<&'a [u8]>; 4],
+}
+
+impl<'a> Lexer<'a> {
+    pub fn new(sql: &'a [u8]) -> Self {
+        Lexer {
+            sql,
+            pos: 0,
+            in_exec_comment: 0,
+            unsure: false,
+            hints: [None; 4],
+        }
+    }
+
+    #[inline]
+    fn peek_at(&self, off: usize) -> u8 {
+        self.sql.get(self.pos + off).copied().unwrap_or(0)
+    }
+
+    /// Skips whitespace and comments.
+    #[inline(always)]
+    fn skip_trivia(&mut self) {
+        loop {
+            // Fast exit: most tokens start right after one space.
+            match self.sql.get(self.pos) {
+                Some(&c) if !TRIVIA[usize::from(c)] => return,
+                None => return,
+                _ => {}
+            }
+            let c = self.peek_at(0);
+            match c {
+                b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C => {
+                    let rest = &self.sql[self.pos..];
+                    self.pos += rest
+                        .iter()
+                        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C))
+                        .unwrap_or(rest.len());
+                }
+                b'#' => self.skip_line(),
+                b'-' if self.peek_at(1) == b'-'
+                    && matches!(self.peek_at(2), b' ' | b'\t' | b'\n' | b'\r' | 0) =>
+                {
+                    self.skip_line()
+                }
+                b'/' if self.peek_at(1) == b'*' => self.comment(),
+                b'*' if self.in_exec_comment > 0 && self.peek_at(1) == b'/' => {
+                    self.in_exec_comment -= 1;
+                    self.pos += 2;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn skip_line(&mut self) {
+        while self.pos < self.sql.len() && self.sql[self.pos] != b'\n' {
+            self.pos += 1;
+        }
+    }
+
+    fn comment(&mut self) {
+        let start = self.pos + 2;
+        let exec = match (self.peek_at(2), self.peek_at(3)) {
+            (b'!', _) => Some(3),
+            (b'M', b'!') => Some(4),
+            _ => None,
+        };
+        if let Some(skip) = exec {
+            let mariadb = skip == 4;
+            self.pos += skip;
+            let digits_start = self.pos;
+            while self.peek_at(0).is_ascii_digit() {
+                self.pos += 1;
+            }
+            let digits = &self.sql[digits_start..self.pos];
+            let version = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok());
+            let runs = match (version, mariadb) {
+                (None, _) => true,
+                (Some(v), true) => v <= MARIADB_VERSION,
+                (Some(v), false) if v < MAX_SURE_MYSQL_VERSION => true,
+                (Some(_), false) => {
+                    self.unsure = true;
+                    true
+                }
+            };
+            if runs {
+                self.in_exec_comment += 1;
+                return;
+            }
+            // A comment for a newer server: skip it like any comment.
+        }
+        let end = find(&self.sql[start..], b"*/").map_or(self.sql.len(), |i| start + i + 2);
+        let body = &self.sql[start..end.saturating_sub(2).max(start)];
+        let trimmed = trim(body);
+        if let Some(rest) = strip_prefix_ci(trimmed, b"sluice:") {
+            if let Some(slot) = self.hints.iter_mut().find(|h| h.is_none()) {
+                *slot = Some(trim(rest));
+            }
+        }
+        self.pos = end;
+    }
+
+    /// The next token, or `None` at the end.
+    #[inline]
+    pub fn next_token(&mut self) -> Option<Token<'a>> {
+        self.skip_trivia();
+        let c = self.peek_at(0);
+        if self.pos >= self.sql.len() {
+            return None;
+        }
+        let start = self.pos;
+        Some(match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' | b'$' | 0x80..=0xFF => {
+                self.eat_word();
+                Token::Word(&self.sql[start..self.pos])
+            }
+            b'0'..=b'9' => {
+                self.eat_word();
+                Token::Number
+            }
+            b'`' => {
+                let body = self.quoted(b'`');
+                Token::Quoted(body)
+            }
+            b'\'' | b'"' => {
+                self.quoted(c);
+                Token::Str
+            }
+            b'@' => {
+                if self.peek_at(1) == b'@' {
+                    self.pos += 2;
+                    let s = self.pos;
+                    while matches!(self.peek_at(0), b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'$')
+                    {
+                        self.pos += 1;
+                    }
+                    Token::SysVar(&self.sql[s..self.pos])
+                } else {
+                    self.pos += 1;
+                    match self.peek_at(0) {
+                        b'`' | b'\'' | b'"' => {
+                            let q = self.peek_at(0);
+                            self.quoted(q);
+                        }
+                        _ => self.eat_word(),
+                    }
+                    Token::UserVar
+                }
+            }
+            _ => {
+                self.pos += 1;
+                Token::Punct(c)
+            }
+        })
+    }
+
+    fn eat_word(&mut self) {
+        let rest = &self.sql[self.pos.min(self.sql.len())..];
+        self.pos += rest
+            .iter()
+            .position(|&c| !WORD[usize::from(c)])
+            .unwrap_or(rest.len());
+    }
+
+    /// Consumes a quoted token (doubled quotes and backslash escapes inside); returns its body.
+    fn quoted(&mut self, q: u8) -> &'a [u8] {
+        self.pos += 1;
+        let start = self.pos;
+        while self.pos < self.sql.len() {
+            let c = self.sql[self.pos];
+            if c == b'\\' && q != b'`' {
+                self.pos += 2;
+                continue;
+            }
+            if c == q {
+                if self.peek_at(1) == q {
+                    self.pos += 2;
+                    continue;
+                }
+                let body = &self.sql[start..self.pos];
+                self.pos += 1;
+                return body;
+            }
+            self.pos += 1;
+        }
+        // Unterminated: the server will reject it; the classifier says nothing more.
+        self.unsure = true;
+        &self.sql[start.min(self.sql.len())..]
+    }
+
+    /// The unread rest of the statement (after the current position).
+    pub fn rest(&self) -> &'a [u8] {
+        &self.sql[self.pos.min(self.sql.len())..]
+    }
+}
+
+/// ASCII case-insensitive comparison with an upper-case keyword.
+#[inline]
+pub fn eq_kw(word: &[u8], kw: &[u8]) -> bool {
+    // `| 0x20` folds ASCII letters to lower case; keywords hold only letters, digits and `_`
+    // (which the fold leaves distinct), so this is exact for them.
+    word.len() == kw.len() && word.iter().zip(kw).all(|(a, b)| a | 0x20 == b | 0x20)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+pub fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(sql: &str) -> Vec<String> {
+        let mut l = Lexer::new(sql.as_bytes());
+        let mut out = Vec::new();
+        while let Some(t) = l.next_token() {
+            out.push(match t {
+                Token::Word(w) => String::from_utf8_lossy(w).to_uppercase(),
+                Token::Quoted(q) => format!("`{}`", String::from_utf8_lossy(q)),
+                Token::UserVar => "@".into(),
+                Token::SysVar(v) => format!("@@{}", String::from_utf8_lossy(v)),
+                Token::Str => "'".into(),
+                Token::Number => "N".into(),
+                Token::Punct(p) => (p as char).to_string(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn comments_and_strings() {
+        assert_eq!(
+            words("/* x */ SELECT -- c\n 'for update' # z\n, `t` "),
+            ["SELECT", "'", ",", "`t`"]
+        );
+        assert_eq!(
+            words("/*!40101 SET NAMES utf8 */;"),
+            ["SET", "NAMES", "UTF8", ";"]
+        );
+        assert_eq!(words("/*M!100100 SELECT */ 1"), ["SELECT", "N"]);
+        assert_eq!(
+            words("/*M!999999 DROP TABLE t */ SELECT 1"),
+            ["SELECT", "N"]
+        );
+        assert_eq!(
+            words("SELECT 'it''s', \"a\\\"b\" FROM t"),
+            ["SELECT", "'", ",", "'", "FROM", "T"]
+        );
+        assert_eq!(
+            words("SET @@session.x=1, @y:=2"),
+            ["SET", "@@session.x", "=", "N", ",", "@", ":", "=", "N"]
+        );
+        assert_eq!(words("SELECT 1--x"), ["SELECT", "N", "-", "-", "X"]);
+        assert_eq!(words("SELECT 1-- x"), ["SELECT", "N"]);
+    }
+
+    #[test]
+    fn version_comments_for_newer_mysql_are_unsure() {
+        let mut l = Lexer::new(b"/*!80000 SELECT */ 1");
+        while l.next_token().is_some() {}
+        assert!(l.unsure);
+    }
+
+    #[test]
+    fn hints() {
+        let mut l = Lexer::new(b"SELECT /* sluice: route=primary */ 1 /*sluice:max_lag=50*/");
+        while l.next_token().is_some() {}
+        assert_eq!(l.hints[0], Some(&b"route=primary"[..]));
+        assert_eq!(l.hints[1], Some(&b"max_lag=50"[..]));
+    }
+}

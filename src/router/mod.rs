@@ -1,0 +1,28 @@
+//! Routing: what a statement is ([`classify`], lexical and allocation-free, with
+//! [`slow_path`] behind it) and where it goes ([`route`], a pure function of the statement,
+//! the session state and the topology — no sockets, unit-tested on its own).
+
+pub mod classify;
+mod lexer;
+pub mod slow_path;
+
+pub use classify::{Classified, Hints, PinReason, StatementClass};
+
+/// Classifies a query: the lexical pass, then the parser when the lexical pass is unsure;
+/// when both are unsure, [`StatementClass::Other`] (which routes to the primary).
+pub fn classify_query(sql: &[u8]) -> Classified<'_> {
+    let mut c = classify::classify(sql);
+    if c.unsure {
+        c.class = match slow_path::classify(sql) {
+            // A statement the lexer found odd but the parser reads as a plain read is still
+            // only trusted as a read when the lexer saw nothing primary-bound in it.
+            Some(StatementClass::Read) if c.pin.is_none() && c.class == StatementClass::Read => {
+                StatementClass::Read
+            }
+            Some(StatementClass::Read) => StatementClass::Other,
+            Some(k) => k,
+            None => StatementClass::Other,
+        };
+    }
+    c
+}
