@@ -382,11 +382,8 @@ fn scan_select<'a>(lx: &mut Lexer<'a>, class: StatementClass) -> Classified<'a> 
                         upgrade(&mut c, StatementClass::ReadPrimary);
                     }
                 }
-                Some(Sel::Modify) => {
-                    if depth == 0 {
-                        c.class = StatementClass::Write;
-                    }
-                }
+                Some(Sel::Modify) if depth == 0 => c.class = StatementClass::Write,
+                Some(Sel::Modify) => {}
                 Some(Sel::NextPrevious) => {
                     // NEXT VALUE FOR seq / PREVIOUS VALUE FOR seq
                     if matches!(peek_next(lx), Some(Token::Word(v)) if eq_kw(v, b"VALUE")) {
