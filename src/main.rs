@@ -187,5 +187,6 @@ fn sandbox_config(topo: &Topology, listen: &str) -> Config {
             password: Some(topo.spec.monitor.1.clone()),
             ..MonitorConfig::default()
         },
+        routing: Default::default(),
     }
 }

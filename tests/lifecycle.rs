@@ -127,10 +127,13 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut c = conn.expect("sluice run accepts clients");
+    // Inside a transaction the statement runs on the primary (plain reads go to replicas).
+    c.query_drop("BEGIN").await.unwrap();
     let id: Option<(u32, i64)> = c
         .query_first("SELECT @@server_id, @@read_only")
         .await
         .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
     assert_eq!(
         id,
         Some((1, 0)),

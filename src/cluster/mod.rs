@@ -36,6 +36,29 @@ pub struct ServerState {
     pub healthy: bool,
     pub version: Option<String>,
     pub last_error: Option<String>,
+    /// Replication lag in milliseconds, for a replica; `None` = unknown or replication
+    /// stopped, which counts as infinitely lagged.
+    pub lag_ms: Option<u64>,
+    /// How `lag_ms` was measured.
+    pub lag_source: LagSource,
+}
+
+/// Where a replica's lag figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagSource {
+    /// Not measured (primary, unreachable, or replication stopped).
+    None,
+    /// Sluice's heartbeat row: now − the stamp the replica has applied.
+    Heartbeat,
+    /// `Seconds_Behind_Master` × 1000 (when the heartbeat cannot be written or read).
+    SecondsBehindMaster,
+}
+
+impl ServerState {
+    /// Whether this server may serve a read with the given lag budget.
+    pub fn serves_reads_within(&self, max_lag_ms: u64) -> bool {
+        self.healthy && self.role == Role::Replica && self.lag_ms.is_some_and(|l| l <= max_lag_ms)
+    }
 }
 
 /// What the primary's own handshake advertised; Sluice's greeting to clients mirrors it so that
@@ -79,6 +102,8 @@ pub fn channel(servers: &[crate::config::ServerConfig]) -> (ClusterTx, ClusterRx
                 healthy: false,
                 version: None,
                 last_error: None,
+                lag_ms: None,
+                lag_source: LagSource::None,
             })
             .collect(),
         primary: None,

@@ -22,6 +22,22 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub users: Vec<UserConfig>,
     pub monitor: MonitorConfig,
+    pub routing: RoutingConfig,
+}
+
+/// `[routing]`: where statements go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// A read goes to a replica only if its measured lag is at most this (ms). 0 keeps every
+    /// read on the primary.
+    pub max_lag_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { max_lag_ms: 1000 }
+    }
 }
 
 /// `[proxy]`: the client-facing listener and per-session limits.

@@ -1,7 +1,7 @@
 //! The client listener: accepts connections, gives each a session task with its own tracing
 //! span, and on shutdown stops accepting and lets sessions finish their current command.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -18,15 +18,35 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub cluster: ClusterRx,
     pub shutdown: watch::Receiver<bool>,
+    /// Statements in flight per configured server (for least-outstanding replica choice).
+    pub outstanding: Vec<AtomicU32>,
+    pub counters: Counters,
+    /// Rotates among equally loaded replicas.
+    pub turn: AtomicUsize,
     next_id: AtomicU32,
+}
+
+/// Process-wide counters (served by the metrics endpoint once it exists).
+#[derive(Default)]
+pub struct Counters {
+    /// Sluice hints that could not be understood (and were ignored).
+    pub invalid_hints: AtomicU64,
+    /// Sessions pinned to the primary, by reason (indexed like `PinReason::ALL`).
+    pub pins: [AtomicU64; 7],
+    /// Reads sent to a replica / kept on the primary.
+    pub replica_reads: AtomicU64,
+    pub primary_reads: AtomicU64,
 }
 
 impl Shared {
     pub fn new(config: Arc<Config>, cluster: ClusterRx, shutdown: watch::Receiver<bool>) -> Self {
         Shared {
+            outstanding: config.servers.iter().map(|_| AtomicU32::new(0)).collect(),
             config,
             cluster,
             shutdown,
+            counters: Counters::default(),
+            turn: AtomicUsize::new(0),
             next_id: AtomicU32::new(1),
         }
     }

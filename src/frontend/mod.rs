@@ -6,7 +6,8 @@ mod error;
 mod handshake;
 mod listener;
 mod relay;
+mod routing;
 mod session;
 
 pub use error::SessionError;
-pub use listener::{serve, Shared};
+pub use listener::{serve, Counters, Shared};

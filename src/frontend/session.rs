@@ -15,10 +15,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::client::ClientConn;
 use super::handshake::{self, Authenticated};
 use super::relay::relay_response;
+use super::routing::ReplicaConn;
 use super::{SessionError, Shared};
 use crate::backend::{self, BackendConn, BackendError, LoginParams};
 use crate::config::UserConfig;
 use crate::errors;
+use crate::router::{Route, StatementClass};
+use sluice_proto::framing::HEADER_LEN;
+use std::sync::atomic::Ordering;
 
 /// Commands that belong to replication or are obsolete: a proxy does not pass them on.
 fn refused_command(code: u8) -> bool {
@@ -34,13 +38,33 @@ fn refused_command(code: u8) -> bool {
     )
 }
 
-struct Session {
-    client: ClientConn,
-    backend: BackendConn,
-    user: UserConfig,
-    capabilities: u64,
-    salt: Vec<u8>,
-    shared: Arc<Shared>,
+pub(super) struct Session {
+    pub(super) client: ClientConn,
+    /// The session's own connection to the primary.
+    pub(super) backend: BackendConn,
+    pub(super) user: UserConfig,
+    pub(super) capabilities: u64,
+    pub(super) salt: Vec<u8>,
+    pub(super) shared: Arc<Shared>,
+    /// Options from the client's handshake, for opening replica connections.
+    pub(super) login: LoginInfo,
+    /// Connections to replicas, by server index.
+    pub(super) replicas: Vec<Option<ReplicaConn>>,
+    /// Replayable session state, in order (raw command payloads).
+    pub(super) state_log: Vec<Vec<u8>>,
+    /// Non-replayable state keeping the session on the primary (bit per `PinReason`).
+    pub(super) pins: u8,
+    /// Status flags of the last response.
+    pub(super) status: u16,
+    pub(super) previous: Route,
+}
+
+/// What a replica connection must be opened with.
+pub(super) struct LoginInfo {
+    pub database: Option<Vec<u8>>,
+    pub charset: u8,
+    pub max_packet: u32,
+    pub connect_attrs: Option<Vec<u8>>,
 }
 
 /// Runs a session to its end.
@@ -59,6 +83,16 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
     };
     tracing::Span::current().record("user", tracing::field::display(&auth.user.name));
     tracing::debug!("client authenticated");
+    let r = auth.response;
+    let login = LoginInfo {
+        database: r
+            .database
+            .filter(|_| auth.capabilities & cap::CLIENT_CONNECT_WITH_DB != 0),
+        charset: r.charset,
+        max_packet: r.max_packet,
+        connect_attrs: r.connect_attrs,
+    };
+    let replicas = shared.config.servers.iter().map(|_| None).collect();
     let mut s = Session {
         client,
         backend,
@@ -66,6 +100,12 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         capabilities: auth.capabilities,
         salt: auth.salt,
         shared,
+        login,
+        replicas,
+        state_log: Vec::new(),
+        pins: 0,
+        status: sluice_proto::flags::status::SERVER_STATUS_AUTOCOMMIT,
+        previous: Route::Primary,
     };
     s.command_loop().await
 }
@@ -161,7 +201,7 @@ impl Session {
                 }
                 _ = shutdown.changed() => continue,
             };
-            let payload = &self.client.rbuf[framing_header_len()..ext.wire_len];
+            let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             if ext.first_seq != 0 {
                 let _ = self
                     .client
@@ -194,8 +234,22 @@ impl Session {
                 }
                 _ => {}
             }
-            if let Err(e) = self
-                .backend
+            let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
+            let (mut route, effect) = self.plan(payload);
+            let replay_copy = effect.replay.then(|| payload.to_vec());
+            if let Route::Replica(i) = route {
+                if !self.ensure_replica(i).await {
+                    route = Route::Primary;
+                }
+            }
+            let (conn, server_index) = match route {
+                Route::Replica(i) => match self.replicas[i].as_mut() {
+                    Some(rc) => (&mut rc.conn, Some(i)),
+                    None => (&mut self.backend, None),
+                },
+                Route::Primary => (&mut self.backend, None),
+            };
+            if let Err(e) = conn
                 .stream
                 .write_all(&self.client.rbuf[..ext.wire_len])
                 .await
@@ -211,17 +265,43 @@ impl Session {
             if kind == ResponseKind::None {
                 continue;
             }
+            if matches!(effect.class, StatementClass::Read) {
+                let c = if server_index.is_some() {
+                    &self.shared.counters.replica_reads
+                } else {
+                    &self.shared.counters.primary_reads
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(i) = server_index {
+                self.shared.outstanding[i].fetch_add(1, Ordering::Relaxed);
+            }
             let local_files = self.capabilities & cap::CLIENT_LOCAL_FILES != 0;
-            match relay_response(
+            let server_name = conn.server.clone();
+            let result = relay_response(
                 &mut self.client,
-                &mut self.backend,
+                conn,
                 kind,
                 ext.last_seq.wrapping_add(1),
                 local_files,
             )
-            .await
-            {
-                Ok(_) => {}
+            .await;
+            if let Some(i) = server_index {
+                self.shared.outstanding[i].fetch_sub(1, Ordering::Relaxed);
+            }
+            match result {
+                Ok(outcome) => {
+                    self.previous = route;
+                    if let Some(st) = outcome.status {
+                        self.status = st;
+                    }
+                    if !outcome.error && server_index.is_none() {
+                        self.apply(effect, replay_copy);
+                        if code == command::COM_RESET_CONNECTION {
+                            self.reset_state().await;
+                        }
+                    }
+                }
                 Err(SessionError::BackendLost(detail)) => {
                     // Whatever sequence id comes next is unknown mid-response; clients accept an
                     // ERR at any point and then see the connection close.
@@ -229,7 +309,7 @@ impl Session {
                     return Err(SessionError::BackendLost(detail));
                 }
                 Err(SessionError::BackendProtocol(detail)) => {
-                    let e = errors::backend_protocol(&self.backend.server, &detail);
+                    let e = errors::backend_protocol(&server_name, &detail);
                     let _ = self.client.send_err(1, &e).await;
                     return Err(SessionError::BackendProtocol(detail));
                 }
@@ -287,6 +367,11 @@ impl Session {
                 self.client.write_packet(seq, &ok).await?;
                 tracing::debug!(from = %self.user.name, to = %user.name, "change user");
                 self.user = user;
+                self.login.database = (!cu.database.is_empty()).then(|| cu.database.clone());
+                if let Some(cs) = cu.charset {
+                    self.login.charset = cs as u8;
+                }
+                self.reset_state().await;
                 Ok(())
             }
             Err(BackendError::Refused(err)) => {
@@ -304,15 +389,16 @@ impl Session {
     }
 
     async fn close(&mut self) -> Result<(), SessionError> {
+        for slot in self.replicas.iter_mut() {
+            if let Some(rc) = slot.take() {
+                rc.conn.quit().await;
+            }
+        }
         let _ = self.backend.write_packet(0, &[command::COM_QUIT]).await;
         let _ = self.backend.stream.shutdown().await;
         let _ = self.client.stream.shutdown().await;
         Ok(())
     }
-}
-
-const fn framing_header_len() -> usize {
-    sluice_proto::framing::HEADER_LEN
 }
 
 /// Resolves when the backend closes or sends bytes while no command is outstanding.

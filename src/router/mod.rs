@@ -4,9 +4,11 @@
 
 pub mod classify;
 mod lexer;
+pub mod route;
 pub mod slow_path;
 
 pub use classify::{Classified, Hints, PinReason, StatementClass};
+pub use route::{route, PrimaryReason, Route, SessionView};
 
 /// Classifies a query: the lexical pass, then the parser when the lexical pass is unsure;
 /// when both are unsure, [`StatementClass::Other`] (which routes to the primary).

@@ -80,6 +80,7 @@ pub fn config_for(topo: &Topology) -> Config {
             password: Some(topo.spec.monitor.1.clone()),
             ..MonitorConfig::default()
         },
+        routing: Default::default(),
     }
 }
 

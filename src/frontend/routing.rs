@@ -1,0 +1,208 @@
+//! Read/write splitting inside a session: where each query runs, the session's replica
+//! connections, and the session state replayed on them.
+//!
+//! The session keeps its own connection to the primary for its whole life (transactions,
+//! prepared statements, pinned state all live there). Reads that the router sends to a replica
+//! use a connection to that replica owned by the session, opened on first use with the
+//! client's credentials and options. Session state that can be replayed (`USE`,
+//! `COM_INIT_DB`, `SET NAMES`, `SET SESSION …`) is recorded once the primary accepted it, and
+//! replayed on a replica connection before that connection serves a read.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sluice_proto::command::{COM_INIT_DB, COM_QUERY};
+use sluice_proto::err::ERR_HEADER;
+use sluice_proto::tracker::{Progress, ResponseKind, ResponseTracker};
+
+use super::session::Session;
+use crate::backend::{self, BackendConn, LoginParams};
+use crate::router::{self, PinReason, Route, SessionView, StatementClass};
+
+/// A session's connection to one replica, and how much of the session state it has applied.
+pub struct ReplicaConn {
+    pub conn: BackendConn,
+    pub applied: usize,
+}
+
+/// More recorded state than this and the session stays on the primary (reason `state_log`):
+/// replaying it would cost more than it saves.
+const MAX_STATE_LOG: usize = 256;
+
+/// What a statement does to the session once it succeeded.
+#[derive(Debug, Clone, Copy)]
+pub struct Effect {
+    pub class: StatementClass,
+    pub pin: Option<PinReason>,
+    pub unpin: Option<PinReason>,
+    /// Record the command for replay on replicas.
+    pub replay: bool,
+}
+
+impl Effect {
+    pub const NONE: Effect = Effect {
+        class: StatementClass::Other,
+        pin: None,
+        unpin: None,
+        replay: false,
+    };
+}
+
+fn pin_bit(p: PinReason) -> u8 {
+    1 << PinReason::ALL.iter().position(|&x| x == p).unwrap_or(0)
+}
+
+impl Session {
+    /// Decides where a command runs. Only COM_QUERY can go to a replica.
+    pub(super) fn plan(&self, payload: &[u8]) -> (Route, Effect) {
+        match payload.first() {
+            Some(&COM_QUERY) => {}
+            Some(&COM_INIT_DB) => {
+                return (
+                    Route::Primary,
+                    Effect {
+                        replay: true,
+                        ..Effect::NONE
+                    },
+                )
+            }
+            _ => return (Route::Primary, Effect::NONE),
+        }
+        let c = router::classify_query(&payload[1..]);
+        if c.hints.invalid > 0 {
+            self.shared
+                .counters
+                .invalid_hints
+                .fetch_add(u64::from(c.hints.invalid), Ordering::Relaxed);
+            tracing::warn!("ignored {} invalid sluice hint(s)", c.hints.invalid);
+        }
+        let view = SessionView {
+            in_transaction: self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0,
+            autocommit: self.status & sluice_proto::flags::status::SERVER_STATUS_AUTOCOMMIT != 0,
+            pinned: self.pins != 0 || self.state_log.len() > MAX_STATE_LOG,
+            previous: self.previous,
+        };
+        let topology = self.shared.cluster.borrow().clone();
+        let load: Vec<u32> = self
+            .shared
+            .outstanding
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
+        let (route, _why) = router::route(
+            &c,
+            &view,
+            &topology,
+            self.shared.config.routing.max_lag_ms,
+            &load,
+            turn,
+        );
+        let effect = Effect {
+            class: c.class,
+            pin: c.pin,
+            unpin: c.unpin,
+            replay: matches!(c.class, StatementClass::SessionSet | StatementClass::Use),
+        };
+        (route, effect)
+    }
+
+    /// Applies a successful statement's effect on the session (after the primary accepted it).
+    pub(super) fn apply(&mut self, effect: Effect, payload: Option<Vec<u8>>) {
+        if let Some(p) = effect.pin {
+            if self.pins & pin_bit(p) == 0 {
+                tracing::debug!(reason = p.as_str(), "session pinned to the primary");
+            }
+            self.pins |= pin_bit(p);
+            let i = PinReason::ALL.iter().position(|&x| x == p).unwrap_or(0);
+            self.shared.counters.pins[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(p) = effect.unpin {
+            self.pins &= !pin_bit(p);
+        }
+        if let (true, Some(p)) = (effect.replay, payload) {
+            self.state_log.push(p);
+        }
+    }
+
+    /// Forgets all session state (after COM_RESET_CONNECTION or COM_CHANGE_USER): replica
+    /// connections are closed, since they carry the old state or the old user.
+    pub(super) async fn reset_state(&mut self) {
+        self.state_log.clear();
+        self.pins = 0;
+        for slot in self.replicas.iter_mut() {
+            if let Some(rc) = slot.take() {
+                rc.conn.quit().await;
+            }
+        }
+    }
+
+    /// Makes sure the session has a usable, up-to-date connection to replica `i`. Returns false
+    /// (and the caller uses the primary) if it cannot be had.
+    pub(super) async fn ensure_replica(&mut self, i: usize) -> bool {
+        if let Some(rc) = &self.replicas[i] {
+            // A connection the server closed while idle shows as readable EOF.
+            let mut probe = [0u8; 1];
+            match rc.conn.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => self.replicas[i] = None,
+            }
+        }
+        if self.replicas[i].is_none() {
+            let Some(server) = self.shared.config.servers.get(i) else {
+                return false;
+            };
+            let params = LoginParams {
+                user: self.user.name.as_bytes(),
+                password: self.user.password.as_bytes(),
+                database: self.login.database.as_deref(),
+                capabilities: self.capabilities,
+                charset: self.login.charset,
+                max_packet: self.login.max_packet,
+                connect_attrs: self.login.connect_attrs.as_deref(),
+            };
+            let timeout = Duration::from_millis(self.shared.config.proxy.connect_timeout_ms);
+            match backend::connect(&server.name, &server.address, params, timeout).await {
+                Ok((conn, _)) => self.replicas[i] = Some(ReplicaConn { conn, applied: 0 }),
+                Err(e) => {
+                    tracing::warn!(server = %server.name, error = %e, "cannot open a replica connection; reading from the primary");
+                    return false;
+                }
+            }
+        }
+        let rc = self.replicas[i].as_mut().expect("set above");
+        while rc.applied < self.state_log.len() {
+            let cmd = &self.state_log[rc.applied];
+            match replay(&mut rc.conn, cmd).await {
+                Ok(()) => rc.applied += 1,
+                Err(e) => {
+                    tracing::warn!(server = %rc.conn.server, error = %e, "replaying session state failed; reading from the primary");
+                    self.replicas[i] = None;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Runs one recorded command on a replica connection and checks it succeeded.
+async fn replay(conn: &mut BackendConn, cmd: &[u8]) -> Result<(), String> {
+    conn.write_packet(0, cmd).await.map_err(|e| e.to_string())?;
+    let mut t = ResponseTracker::new(ResponseKind::for_command(cmd[0]), conn.deprecate_eof());
+    loop {
+        let p = conn.read_packet().await.map_err(|e| e.to_string())?;
+        if p.payload.first() == Some(&ERR_HEADER) {
+            let e = sluice_proto::err::ErrPacket::parse(&p.payload).map_err(|e| e.to_string())?;
+            return Err(e.to_string());
+        }
+        match t
+            .feed(p.payload.len(), &p.payload)
+            .map_err(|e| e.to_string())?
+        {
+            Progress::Done(_) => return Ok(()),
+            Progress::More => {}
+            Progress::LocalInfile => return Err("LOCAL INFILE during replay".into()),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The routing decision, as a pure function: statement class + session state + topology →
+//! where the statement runs. No sockets, no clocks; unit-tested on its own.
+
+use super::classify::{Classified, StatementClass};
+use crate::cluster::ClusterView;
+
+/// Where a statement runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Primary,
+    /// A replica, by its index in the configured servers.
+    Replica(usize),
+}
+
+/// Why a read did not go to a replica (for logs and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimaryReason {
+    NotARead,
+    InTransaction,
+    Pinned,
+    Hint,
+    NoReplicaWithinBudget,
+}
+
+/// What the router needs to know about the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionView {
+    /// `SERVER_STATUS_IN_TRANS` from the last response.
+    pub in_transaction: bool,
+    /// `SERVER_STATUS_AUTOCOMMIT` from the last response.
+    pub autocommit: bool,
+    /// Non-replayable state keeps the session on the primary.
+    pub pinned: bool,
+    /// Where the previous statement ran.
+    pub previous: Route,
+}
+
+/// Decides where a query runs. `load[i]` is the number of statements outstanding on server
+/// `i`; among replicas within the lag budget the least loaded wins, and `turn` picks among
+/// equally loaded ones (pass a rotating counter to spread idle-time reads evenly).
+pub fn route(
+    c: &Classified<'_>,
+    session: &SessionView,
+    topology: &ClusterView,
+    default_max_lag_ms: u64,
+    load: &[u32],
+    turn: usize,
+) -> (Route, Option<PrimaryReason>) {
+    use StatementClass::*;
+    match c.class {
+        ReadPrevious => return (session.previous, None),
+        Read => {}
+        ReadPrimary if c.hints.primary == Some(false) => {}
+        _ => return (Route::Primary, Some(PrimaryReason::NotARead)),
+    }
+    // With autocommit off, a SELECT opens a transaction: it belongs on the primary.
+    if session.in_transaction || !session.autocommit {
+        return (Route::Primary, Some(PrimaryReason::InTransaction));
+    }
+    if session.pinned {
+        return (Route::Primary, Some(PrimaryReason::Pinned));
+    }
+    if c.hints.primary == Some(true) {
+        return (Route::Primary, Some(PrimaryReason::Hint));
+    }
+    let budget = c.hints.max_lag_ms.unwrap_or(default_max_lag_ms);
+    let eligible = |i: usize| topology.servers[i].serves_reads_within(budget);
+    if let Some(name) = c.hints.server {
+        if let Some(i) = topology
+            .servers
+            .iter()
+            .position(|s| s.name.as_bytes() == name)
+        {
+            if eligible(i) {
+                return (Route::Replica(i), None);
+            }
+        }
+    }
+    let load_of = |i: usize| load.get(i).copied().unwrap_or(0);
+    let Some(min) = (0..topology.servers.len())
+        .filter(|&i| eligible(i))
+        .map(load_of)
+        .min()
+    else {
+        return (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget));
+    };
+    let ties = (0..topology.servers.len()).filter(|&i| eligible(i) && load_of(i) == min);
+    let n = ties.clone().count();
+    let pick = ties.clone().nth(turn % n).expect("n > 0");
+    (Route::Replica(pick), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{LagSource, Role, ServerState};
+    use crate::router::classify_query;
+
+    fn server(name: &str, role: Role, lag: Option<u64>) -> ServerState {
+        ServerState {
+            name: name.into(),
+            address: String::new(),
+            role,
+            healthy: true,
+            version: None,
+            last_error: None,
+            lag_ms: lag,
+            lag_source: LagSource::Heartbeat,
+        }
+    }
+
+    fn topo(lags: &[Option<u64>]) -> ClusterView {
+        let mut servers = vec![server("db1", Role::Primary, None)];
+        for (i, l) in lags.iter().enumerate() {
+            servers.push(server(&format!("db{}", i + 2), Role::Replica, *l));
+        }
+        ClusterView {
+            servers,
+            primary: Some(0),
+            primary_hello: None,
+        }
+    }
+
+    const IDLE: SessionView = SessionView {
+        in_transaction: false,
+        autocommit: true,
+        pinned: false,
+        previous: Route::Primary,
+    };
+
+    fn r(sql: &str, s: &SessionView, t: &ClusterView, load: &[u32]) -> Route {
+        route(&classify_query(sql.as_bytes()), s, t, 1000, load, 0).0
+    }
+
+    #[test]
+    fn reads_to_the_least_loaded_replica_within_budget() {
+        let t = topo(&[Some(10), Some(20)]);
+        assert_eq!(r("SELECT 1", &IDLE, &t, &[0, 0, 0]), Route::Replica(1));
+        assert_eq!(r("SELECT 1", &IDLE, &t, &[0, 5, 1]), Route::Replica(2));
+        // Equal load: the turn rotates among them.
+        let pick = |turn| {
+            route(
+                &classify_query(b"SELECT 1"),
+                &IDLE,
+                &t,
+                1000,
+                &[0, 0, 0],
+                turn,
+            )
+            .0
+        };
+        assert_eq!(
+            (pick(0), pick(1), pick(2)),
+            (Route::Replica(1), Route::Replica(2), Route::Replica(1))
+        );
+        // Lagging or stopped replicas are skipped.
+        let t = topo(&[Some(5000), None]);
+        assert_eq!(
+            route(&classify_query(b"SELECT 1"), &IDLE, &t, 1000, &[], 0),
+            (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget))
+        );
+        let t = topo(&[Some(5000), Some(200)]);
+        assert_eq!(r("SELECT 1", &IDLE, &t, &[]), Route::Replica(2));
+        // An unhealthy replica is skipped.
+        let mut t = topo(&[Some(10)]);
+        t.servers[1].healthy = false;
+        assert_eq!(r("SELECT 1", &IDLE, &t, &[]), Route::Primary);
+    }
+
+    #[test]
+    fn writes_locks_and_transactions_go_to_the_primary() {
+        let t = topo(&[Some(0)]);
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT LAST_INSERT_ID()",
+            "BEGIN",
+            "SET NAMES utf8",
+            "CALL p()",
+        ] {
+            assert_eq!(r(sql, &IDLE, &t, &[]), Route::Primary, "{sql}");
+        }
+        let in_trans = SessionView {
+            in_transaction: true,
+            ..IDLE
+        };
+        assert_eq!(r("SELECT 1", &in_trans, &t, &[]), Route::Primary);
+        let no_autocommit = SessionView {
+            autocommit: false,
+            ..IDLE
+        };
+        assert_eq!(r("SELECT 1", &no_autocommit, &t, &[]), Route::Primary);
+        let pinned = SessionView {
+            pinned: true,
+            ..IDLE
+        };
+        assert_eq!(r("SELECT 1", &pinned, &t, &[]), Route::Primary);
+        let prev = SessionView {
+            previous: Route::Replica(1),
+            ..IDLE
+        };
+        assert_eq!(r("SHOW WARNINGS", &prev, &t, &[]), Route::Replica(1));
+        assert_eq!(r("SHOW WARNINGS", &IDLE, &t, &[]), Route::Primary);
+    }
+
+    #[test]
+    fn hints() {
+        let t = topo(&[Some(300), Some(50)]);
+        assert_eq!(
+            r("/* sluice: route=primary */ SELECT 1", &IDLE, &t, &[]),
+            Route::Primary
+        );
+        assert_eq!(
+            r("/* sluice: max_lag=100 */ SELECT 1", &IDLE, &t, &[0, 0, 9]),
+            Route::Replica(2)
+        );
+        assert_eq!(
+            r("/* sluice: max_lag=10 */ SELECT 1", &IDLE, &t, &[]),
+            Route::Primary
+        );
+        assert_eq!(
+            r("/* sluice: server=db2 */ SELECT 1", &IDLE, &t, &[0, 9, 0]),
+            Route::Replica(1)
+        );
+        assert_eq!(
+            r(
+                "/* sluice: route=replica */ SELECT * FROM t FOR UPDATE",
+                &IDLE,
+                &t,
+                &[]
+            ),
+            Route::Replica(1)
+        );
+        // A bad hint is ignored.
+        assert_eq!(
+            r("/* sluice: max_lag=soon */ SELECT 1", &IDLE, &t, &[]),
+            Route::Replica(1)
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! Read/write splitting against a real primary + 2 replicas. Where a statement ran is read from
+//! the server itself (`@@server_id`: 1 = primary db1, 2 and 3 = replicas), never taken from
+//! Sluice's word.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{eventually, Harness};
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+
+async fn server_id(c: &mut Conn, sql: &str) -> u32 {
+    let v: Option<u32> = c
+        .query_first(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    v.unwrap()
+}
+
+/// Waits until the monitor has measured both replicas within the default budget.
+async fn replicas_ready(h: &Harness) {
+    let mut rx = h.proxy.as_ref().unwrap().cluster.clone();
+    eventually("replica lag measured", Duration::from_secs(10), || {
+        let ok = rx.borrow_and_update().servers[1..]
+            .iter()
+            .all(|s| s.serves_reads_within(1000));
+        async move { ok }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_replicas_and_everything_else_to_the_primary() {
+    let h = Harness::start(2).await;
+    replicas_ready(&h).await;
+    let mut c = h.proxy_conn().await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        seen.insert(server_id(&mut c, "SELECT @@server_id").await);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([2, 3]),
+        "plain reads are spread over both replicas"
+    );
+    // SHOW is a read too.
+    let (_, v): (String, u32) = c
+        .query_first("SHOW VARIABLES LIKE 'server_id'")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(v, 1);
+
+    // Locking reads and primary-only functions.
+    c.query_drop(
+        "CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY AUTO_INCREMENT, origin INT)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        server_id(&mut c, "SELECT @@server_id FROM DUAL FOR UPDATE").await,
+        1
+    );
+    assert_eq!(
+        server_id(&mut c, "SELECT @@server_id FROM DUAL LOCK IN SHARE MODE").await,
+        1
+    );
+    assert_eq!(
+        server_id(&mut c, "/* sluice: route=primary */ SELECT @@server_id").await,
+        1
+    );
+    // Writes run on the primary: the row records where it was written.
+    c.query_drop("INSERT INTO r.t (origin) SELECT @@server_id")
+        .await
+        .unwrap();
+    let (id, origin): (u64, u32) = c
+        .query_first("SELECT LAST_INSERT_ID(), (SELECT origin FROM r.t)")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id, origin), (1, 1));
+
+    // Transactions: every statement on the primary, until COMMIT.
+    c.query_drop("BEGIN").await.unwrap();
+    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("COMMIT").await.unwrap();
+    assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("START TRANSACTION READ ONLY").await.unwrap();
+    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("ROLLBACK").await.unwrap();
+    // autocommit=0: a SELECT opens a transaction, so it stays on the primary.
+    c.query_drop("SET autocommit = 0").await.unwrap();
+    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("COMMIT").await.unwrap();
+    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("SET autocommit = 1").await.unwrap();
+    assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
+
+    // Prepared statements run on the primary in this release.
+    let v: Option<u32> = c.exec_first("SELECT @@server_id", ()).await.unwrap();
+    assert_eq!(v, Some(1));
+
+    // SHOW WARNINGS goes where the previous statement ran.
+    let _: Option<i64> = c.query_first("SELECT CAST('7x' AS SIGNED)").await.unwrap();
+    let warnings: Vec<(String, u32, String)> = c.query("SHOW WARNINGS").await.unwrap();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "the warning of the replica read is found"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_is_replayed_on_replicas() {
+    let h = Harness::start(2).await;
+    h.root_sql(0, "CREATE DATABASE db2").await;
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    replicas_ready(&h).await;
+    let mut c = h.proxy_conn().await;
+    // A replica connection may already exist before the state changes.
+    assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("USE db2").await.unwrap();
+    c.query_drop("SET NAMES latin1").await.unwrap();
+    c.query_drop("SET time_zone = '+05:00'").await.unwrap();
+    c.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES'")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let row: (u32, Option<String>, String, String, String) = c
+            .query_first(
+                "SELECT @@server_id, DATABASE(), @@character_set_client, @@time_zone, @@sql_mode",
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(row.0, 1, "a read on a replica");
+        assert_eq!(
+            (
+                row.1.as_deref(),
+                row.2.as_str(),
+                row.3.as_str(),
+                row.4.as_str()
+            ),
+            (Some("db2"), "latin1", "+05:00", "ANSI_QUOTES")
+        );
+    }
+    // COM_RESET_CONNECTION clears it everywhere.
+    c.reset().await.unwrap();
+    let row: (u32, Option<String>, String) = c
+        .query_first("SELECT @@server_id, DATABASE(), @@time_zone")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(row.0, 1);
+    assert_eq!(row.1, None);
+    assert_ne!(row.2, "+05:00");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_replayable_state_pins_the_session_to_the_primary() {
+    let h = Harness::start(2).await;
+    replicas_ready(&h).await;
+    for setup in [
+        "CREATE TEMPORARY TABLE tmp_x (a INT)",
+        "SET @v = 42",
+        "SELECT @w := 1",
+        "PREPARE s FROM 'SELECT 1'",
+        "SELECT GET_LOCK('sluice-test', 1)",
+        "SELECT SQL_CALC_FOUND_ROWS 1",
+    ] {
+        let mut c = h.proxy_conn().await;
+        c.query_drop("USE mysql").await.unwrap();
+        assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
+        c.query_drop(setup).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                server_id(&mut c, "SELECT @@server_id").await,
+                1,
+                "after {setup}"
+            );
+        }
+    }
+    // The user variable is visible: it lives where the session runs.
+    let mut c = h.proxy_conn().await;
+    c.query_drop("SET @v = 42").await.unwrap();
+    let v: Option<i64> = c.query_first("SELECT @v").await.unwrap();
+    assert_eq!(v, Some(42));
+    // Releasing the lock ends that pin.
+    let mut c = h.proxy_conn().await;
+    c.query_drop("SELECT GET_LOCK('sluice-test-2', 1)")
+        .await
+        .unwrap();
+    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("SELECT RELEASE_LOCK('sluice-test-2')")
+        .await
+        .unwrap();
+    assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_or_lagging_replica_gets_no_reads() {
+    let h = Harness::start(2).await;
+    replicas_ready(&h).await;
+    // Stop replication on db2 and write: db2 falls behind and must stop receiving reads.
+    h.root_sql(1, "STOP SLAVE SQL_THREAD").await;
+    h.root_sql(0, "CREATE DATABASE lagtest").await;
+    let mut rx = h.proxy.as_ref().unwrap().cluster.clone();
+    eventually("db2 excluded", Duration::from_secs(5), || {
+        let v = rx.borrow_and_update().servers[1].lag_ms;
+        async move { v.is_none() }
+    })
+    .await;
+    let mut c = h.proxy_conn().await;
+    for _ in 0..10 {
+        assert_eq!(
+            server_id(&mut c, "SELECT @@server_id").await,
+            3,
+            "only db3 serves reads"
+        );
+    }
+    // Both stopped: reads fall back to the primary.
+    h.root_sql(2, "STOP SLAVE SQL_THREAD").await;
+    let mut rx = h.proxy.as_ref().unwrap().cluster.clone();
+    eventually("db3 excluded", Duration::from_secs(5), || {
+        let v = rx.borrow_and_update().servers[2].lag_ms;
+        async move { v.is_none() }
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    }
+    // Restarted and caught up: reads return to the replicas.
+    h.root_sql(1, "START SLAVE SQL_THREAD").await;
+    h.root_sql(2, "START SLAVE SQL_THREAD").await;
+    replicas_ready(&h).await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(server_id(&mut c, "SELECT @@server_id").await);
+    }
+    assert_eq!(seen, BTreeSet::from([2, 3]));
+    // A tight per-query budget: the heartbeat is written every 250 ms, so a 0 ms budget can
+    // never be met and the read stays on the primary.
+    assert_eq!(
+        server_id(&mut c, "/* sluice: max_lag=0 */ SELECT @@server_id").await,
+        1
+    );
+    h.shutdown().await;
+}
