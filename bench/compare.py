@@ -80,6 +80,8 @@ def main():
     ap.add_argument("--tests", default="oltp_point_select,oltp_read_only")
     ap.add_argument("--modes", default="auto,disable")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--replicas", type=int, default=0,
+                    help="replicas behind Sluice (reads are split); HAProxy always goes to the primary")
     args = ap.parse_args()
     ensure("sysbench", "sysbench")
     ensure("haproxy", "haproxy")
@@ -90,7 +92,7 @@ def main():
     sluice_port, haproxy_port = free_port(), free_port()
     procs = []
     try:
-        sb = subprocess.Popen([binary, "sandbox", "--replicas", "0", "--listen",
+        sb = subprocess.Popen([binary, "sandbox", "--replicas", str(args.replicas), "--listen",
                                f"127.0.0.1:{sluice_port}", "--dir", os.path.join(work, "topology")],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               env=dict(os.environ, SLUICE_LOG="warn"))
@@ -130,6 +132,9 @@ backend primary
         subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{primary}", f"-u{USER}",
                         f"-p{PASSWORD}", "-e", "CREATE DATABASE sbtest"], check=True)
         sysbench("oltp_read_only", primary, 4, "disable", 10, action="prepare")
+        if args.replicas:
+            # Let the replicas apply the prepared tables and the monitor measure their lag.
+            time.sleep(5)
         print(f"primary 127.0.0.1:{primary}, haproxy :{haproxy_port} (pid {hp.pid}), "
               f"sluice :{sluice_port} (pid {sb.pid}); {args.time}s runs × {args.repeats}", flush=True)
 

@@ -83,19 +83,15 @@ impl Session {
             previous: self.previous,
         };
         let topology = self.shared.cluster.borrow().clone();
-        let load: Vec<u32> = self
-            .shared
-            .outstanding
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect();
+        let outstanding = &self.shared.outstanding;
+        let load = |i: usize| outstanding.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
         let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
         let (route, _why) = router::route(
             &c,
             &view,
             &topology,
             self.shared.config.routing.max_lag_ms,
-            &load,
+            load,
             turn,
         );
         let effect = Effect {

@@ -35,7 +35,7 @@ pub struct SessionView {
     pub previous: Route,
 }
 
-/// Decides where a query runs. `load[i]` is the number of statements outstanding on server
+/// Decides where a query runs. `load(i)` is the number of statements outstanding on server
 /// `i`; among replicas within the lag budget the least loaded wins, and `turn` picks among
 /// equally loaded ones (pass a rotating counter to spread idle-time reads evenly).
 pub fn route(
@@ -43,7 +43,7 @@ pub fn route(
     session: &SessionView,
     topology: &ClusterView,
     default_max_lag_ms: u64,
-    load: &[u32],
+    load: impl Fn(usize) -> u32,
     turn: usize,
 ) -> (Route, Option<PrimaryReason>) {
     use StatementClass::*;
@@ -76,7 +76,7 @@ pub fn route(
             }
         }
     }
-    let load_of = |i: usize| load.get(i).copied().unwrap_or(0);
+    let load_of = &load;
     let Some(min) = (0..topology.servers.len())
         .filter(|&i| eligible(i))
         .map(load_of)
@@ -129,7 +129,15 @@ mod tests {
     };
 
     fn r(sql: &str, s: &SessionView, t: &ClusterView, load: &[u32]) -> Route {
-        route(&classify_query(sql.as_bytes()), s, t, 1000, load, 0).0
+        route(
+            &classify_query(sql.as_bytes()),
+            s,
+            t,
+            1000,
+            |i| load.get(i).copied().unwrap_or(0),
+            0,
+        )
+        .0
     }
 
     #[test]
@@ -138,17 +146,7 @@ mod tests {
         assert_eq!(r("SELECT 1", &IDLE, &t, &[0, 0, 0]), Route::Replica(1));
         assert_eq!(r("SELECT 1", &IDLE, &t, &[0, 5, 1]), Route::Replica(2));
         // Equal load: the turn rotates among them.
-        let pick = |turn| {
-            route(
-                &classify_query(b"SELECT 1"),
-                &IDLE,
-                &t,
-                1000,
-                &[0, 0, 0],
-                turn,
-            )
-            .0
-        };
+        let pick = |turn| route(&classify_query(b"SELECT 1"), &IDLE, &t, 1000, |_| 0, turn).0;
         assert_eq!(
             (pick(0), pick(1), pick(2)),
             (Route::Replica(1), Route::Replica(2), Route::Replica(1))
@@ -156,7 +154,7 @@ mod tests {
         // Lagging or stopped replicas are skipped.
         let t = topo(&[Some(5000), None]);
         assert_eq!(
-            route(&classify_query(b"SELECT 1"), &IDLE, &t, 1000, &[], 0),
+            route(&classify_query(b"SELECT 1"), &IDLE, &t, 1000, |_| 0, 0),
             (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget))
         );
         let t = topo(&[Some(5000), Some(200)]);
