@@ -254,3 +254,37 @@ async fn a_stopped_or_lagging_replica_gets_no_reads() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_replica_never_serves_reads() {
+    let h = Harness::start(2).await;
+    replicas_ready(&h).await;
+    // db2 applies events 3 s late: its heartbeat stamp is always ≥ 3 s old.
+    h.root_sql(
+        1,
+        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 3; START SLAVE",
+    )
+    .await;
+    let mut rx = h.proxy.as_ref().unwrap().cluster.clone();
+    eventually("db2 measured as lagging", Duration::from_secs(10), || {
+        let lag = rx.borrow_and_update().servers[1].lag_ms;
+        async move { lag.is_some_and(|l| l > 1000) }
+    })
+    .await;
+    let mut c = h.proxy_conn().await;
+    c.query_drop("CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY AUTO_INCREMENT)")
+        .await
+        .unwrap();
+    let mut served = BTreeSet::new();
+    for _ in 0..1000 {
+        c.query_drop("INSERT INTO d.t VALUES ()").await.unwrap();
+        let id = server_id(&mut c, "SELECT @@server_id").await;
+        assert_ne!(id, 2, "the delayed replica served a read");
+        served.insert(id);
+    }
+    assert!(
+        served.contains(&3),
+        "the fresh replica still serves reads: {served:?}"
+    );
+    h.shutdown().await;
+}

@@ -192,6 +192,15 @@ impl Config {
                 "expected at least one [[servers]] entry".into(),
             ));
         }
+        if self.servers.len() > crate::router::route::MAX_SERVERS {
+            return Err(bad(
+                "servers".into(),
+                format!(
+                    "at most {} [[servers]] entries are supported",
+                    crate::router::route::MAX_SERVERS
+                ),
+            ));
+        }
         for (i, s) in self.servers.iter().enumerate() {
             if s.name.is_empty() {
                 return Err(bad(

@@ -4,6 +4,9 @@
 use super::classify::{Classified, StatementClass};
 use crate::cluster::ClusterView;
 
+/// The most servers a configuration may list (checked by config validation).
+pub const MAX_SERVERS: usize = 64;
+
 /// Where a statement runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -76,18 +79,31 @@ pub fn route(
             }
         }
     }
-    let load_of = &load;
-    let Some(min) = (0..topology.servers.len())
-        .filter(|&i| eligible(i))
-        .map(load_of)
-        .min()
-    else {
+    // Read each load once: they change under our feet, and two reads of the same counter
+    // could disagree about which servers are the least loaded.
+    let mut loads = [u32::MAX; MAX_SERVERS];
+    let mut min = u32::MAX;
+    for (i, slot) in loads.iter_mut().enumerate().take(topology.servers.len()) {
+        if eligible(i) {
+            *slot = load(i);
+            min = min.min(*slot);
+        }
+    }
+    if min == u32::MAX {
         return (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget));
+    }
+    let ties = || {
+        loads
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l == min)
+            .map(|(i, _)| i)
     };
-    let ties = (0..topology.servers.len()).filter(|&i| eligible(i) && load_of(i) == min);
-    let n = ties.clone().count();
-    let pick = ties.clone().nth(turn % n).expect("n > 0");
-    (Route::Replica(pick), None)
+    let n = ties().count().max(1);
+    match ties().nth(turn % n) {
+        Some(pick) => (Route::Replica(pick), None),
+        None => (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget)),
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +215,28 @@ mod tests {
         };
         assert_eq!(r("SHOW WARNINGS", &prev, &t, &[]), Route::Replica(1));
         assert_eq!(r("SHOW WARNINGS", &IDLE, &t, &[]), Route::Primary);
+    }
+
+    #[test]
+    fn loads_changing_during_the_decision_never_panic() {
+        // Other sessions move the counters while the router reads them (a panic seen under
+        // sysbench with 32 threads): every read of a load may differ from the last.
+        let t = topo(&[Some(0), Some(0)]);
+        let calls = std::cell::Cell::new(0u32);
+        for turn in 0..10 {
+            let (r, _) = route(
+                &classify_query(b"SELECT 1"),
+                &IDLE,
+                &t,
+                1000,
+                |_| {
+                    calls.set(calls.get() + 1);
+                    calls.get() % 3
+                },
+                turn,
+            );
+            assert!(matches!(r, Route::Replica(1 | 2)), "{r:?}");
+        }
     }
 
     #[test]
