@@ -288,3 +288,122 @@ async fn a_delayed_replica_never_serves_reads() {
     );
     h.shutdown().await;
 }
+
+/// Both replicas apply events `delay_s` late; the budget is large enough to keep them in use.
+async fn slow_replicas(ryw: sluice::config::ReadYourWrites, delay_s: u32) -> Harness {
+    let h = Harness::start_with(2, |c| {
+        c.routing.max_lag_ms = 60_000;
+        c.routing.read_your_writes = ryw;
+        c.routing.read_your_writes_timeout_ms = 5;
+    })
+    .await;
+    replicas_ready(&h).await;
+    h.root_sql(
+        0,
+        "CREATE DATABASE ryw; CREATE TABLE ryw.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT)",
+    )
+    .await;
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    for node in [1, 2] {
+        h.root_sql(
+            node,
+            &format!("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = {delay_s}; START SLAVE"),
+        )
+        .await;
+    }
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_with_lagging_replicas() {
+    let h = slow_replicas(sluice::config::ReadYourWrites::Session, 2).await;
+    let mut c = h.proxy_conn().await;
+    for i in 0..1000 {
+        c.query_drop(format!("INSERT INTO ryw.t (v) VALUES ({i})"))
+            .await
+            .unwrap();
+        let id = c.last_insert_id().unwrap();
+        let v: Option<i64> = c
+            .query_first(format!("SELECT v FROM ryw.t WHERE id = {id}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Some(i),
+            "iteration {i}: the session's own write is visible"
+        );
+    }
+    // Once the replicas have applied the session's writes, its reads go to them again.
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(server_id(&mut c, "SELECT @@server_id").await);
+        if seen.iter().any(|&s| s != 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen.iter().any(|&s| s != 1),
+        "reads return to the replicas: {seen:?}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_read_your_writes_lagging_replicas_serve_stale_reads() {
+    // The control experiment for the test above: the same load with the check off does miss
+    // its own writes, so the test above can fail.
+    let h = slow_replicas(sluice::config::ReadYourWrites::Off, 2).await;
+    let mut c = h.proxy_conn().await;
+    let mut missing = 0;
+    for i in 0..50 {
+        c.query_drop(format!("INSERT INTO ryw.t (v) VALUES ({i})"))
+            .await
+            .unwrap();
+        let id = c.last_insert_id().unwrap();
+        let v: Option<i64> = c
+            .query_first(format!("SELECT v FROM ryw.t WHERE id = {id}"))
+            .await
+            .unwrap();
+        missing += usize::from(v.is_none());
+    }
+    assert!(
+        missing > 40,
+        "stale reads without read-your-writes: {missing} of 50"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_keeps_reads_on_fresh_replicas() {
+    let h = Harness::start(2).await;
+    replicas_ready(&h).await;
+    let mut c = h.proxy_conn().await;
+    c.query_drop("CREATE DATABASE f; CREATE TABLE f.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT)")
+        .await
+        .unwrap();
+    let mut on_replica = 0;
+    for i in 0..100 {
+        c.query_drop(format!("INSERT INTO f.t (v) VALUES ({i})"))
+            .await
+            .unwrap();
+        let id = c.last_insert_id().unwrap();
+        let (v, sid): (Option<i64>, u32) = c
+            .query_first(format!(
+                "SELECT (SELECT v FROM f.t WHERE id = {id}), @@server_id"
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, Some(i));
+        on_replica += usize::from(sid != 1);
+    }
+    assert!(
+        on_replica > 50,
+        "reads after writes still reach fresh replicas: {on_replica} of 100"
+    );
+    h.shutdown().await;
+}

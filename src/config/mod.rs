@@ -32,11 +32,29 @@ pub struct RoutingConfig {
     /// A read goes to a replica only if its measured lag is at most this (ms). 0 keeps every
     /// read on the primary.
     pub max_lag_ms: u64,
+    /// `session`: after a write, the session's reads go to a replica only once it has applied
+    /// that write (else to the primary). `off`: no such check.
+    pub read_your_writes: ReadYourWrites,
+    /// How long a read waits for a replica to apply the session's last write before it runs
+    /// on the primary instead.
+    pub read_your_writes_timeout_ms: u64,
+}
+
+/// `[routing] read_your_writes`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    Off,
+    Session,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig { max_lag_ms: 1000 }
+        RoutingConfig {
+            max_lag_ms: 1000,
+            read_your_writes: ReadYourWrites::Session,
+            read_your_writes_timeout_ms: 100,
+        }
     }
 }
 

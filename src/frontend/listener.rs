@@ -36,6 +36,9 @@ pub struct Counters {
     /// Reads sent to a replica / kept on the primary.
     pub replica_reads: AtomicU64,
     pub primary_reads: AtomicU64,
+    /// Reads sent to the primary because no replica had applied the session's last write
+    /// within `[routing] read_your_writes_timeout_ms`.
+    pub ryw_fallbacks: AtomicU64,
 }
 
 impl Shared {

@@ -17,12 +17,15 @@ use sluice_proto::tracker::{Progress, ResponseKind, ResponseTracker};
 
 use super::session::Session;
 use crate::backend::{self, BackendConn, LoginParams};
+use crate::config::ReadYourWrites;
 use crate::router::{self, PinReason, Route, SessionView, StatementClass};
 
 /// A session's connection to one replica, and how much of the session state it has applied.
 pub struct ReplicaConn {
     pub conn: BackendConn,
     pub applied: usize,
+    /// The newest GTID of this session this replica is known to have applied.
+    pub seen_gtid: Option<String>,
 }
 
 /// More recorded state than this and the session stays on the primary (reason `state_log`):
@@ -121,6 +124,27 @@ impl Session {
         }
     }
 
+    /// Whether a successful command on the primary may have written something a later read
+    /// must see.
+    pub(super) fn may_write(code: u8, class: StatementClass) -> bool {
+        use sluice_proto::command::*;
+        match code {
+            COM_QUERY => !matches!(
+                class,
+                StatementClass::Read
+                    | StatementClass::ReadPrevious
+                    | StatementClass::SessionSet
+                    | StatementClass::Use
+                    | StatementClass::Begin
+                    | StatementClass::BeginReadOnly
+                    | StatementClass::Rollback
+            ),
+            COM_PING | COM_STATISTICS | COM_INIT_DB | COM_FIELD_LIST | COM_STMT_PREPARE
+            | COM_STMT_CLOSE | COM_STMT_RESET | COM_SET_OPTION | COM_STMT_FETCH => false,
+            _ => true,
+        }
+    }
+
     /// Forgets all session state (after COM_RESET_CONNECTION or COM_CHANGE_USER): replica
     /// connections are closed, since they carry the old state or the old user.
     pub(super) async fn reset_state(&mut self) {
@@ -159,7 +183,13 @@ impl Session {
             };
             let timeout = Duration::from_millis(self.shared.config.proxy.connect_timeout_ms);
             match backend::connect(&server.name, &server.address, params, timeout).await {
-                Ok((conn, _)) => self.replicas[i] = Some(ReplicaConn { conn, applied: 0 }),
+                Ok((conn, _)) => {
+                    self.replicas[i] = Some(ReplicaConn {
+                        conn,
+                        applied: 0,
+                        seen_gtid: None,
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(server = %server.name, error = %e, "cannot open a replica connection; reading from the primary");
                     return false;
@@ -179,6 +209,115 @@ impl Session {
             }
         }
         true
+    }
+}
+
+impl Session {
+    /// Read-your-writes: whether replica `i` has applied the session's last write (waiting for
+    /// it up to the configured bound). False sends the read to the primary.
+    pub(super) async fn replica_has_our_writes(&mut self, i: usize) -> bool {
+        if self.shared.config.routing.read_your_writes == ReadYourWrites::Off {
+            return true;
+        }
+        if self.wrote {
+            // The GTID of this session's last write, as the primary assigned it.
+            match query_single_value(&mut self.backend, b"SELECT @@last_gtid").await {
+                Ok(g) => {
+                    self.last_gtid = g.filter(|g| {
+                        !g.is_empty()
+                            && g.bytes()
+                                .all(|b| b.is_ascii_digit() || b == b'-' || b == b',')
+                    });
+                    self.wrote = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read @@last_gtid; reading from the primary");
+                    return false;
+                }
+            }
+        }
+        let Some(gtid) = self.last_gtid.clone() else {
+            return true;
+        };
+        let Some(rc) = self.replicas[i].as_mut() else {
+            return false;
+        };
+        if rc.seen_gtid.as_deref() == Some(gtid.as_str()) {
+            return true;
+        }
+        let timeout = self.shared.config.routing.read_your_writes_timeout_ms as f64 / 1000.0;
+        let sql = format!("SELECT MASTER_GTID_WAIT('{gtid}', {timeout})");
+        match query_single_value(&mut rc.conn, sql.as_bytes()).await {
+            Ok(Some(v)) if v == "0" => {
+                rc.seen_gtid = Some(gtid);
+                true
+            }
+            Ok(_) => {
+                self.shared
+                    .counters
+                    .ryw_fallbacks
+                    .fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(server = %rc.conn.server, error = %e, "GTID wait failed; reading from the primary");
+                self.replicas[i] = None;
+                false
+            }
+        }
+    }
+}
+
+/// Runs a query returning one value on a connection Sluice controls; the first column of the
+/// first row, as text (`None` for NULL or no row).
+pub async fn query_single_value(
+    conn: &mut BackendConn,
+    sql: &[u8],
+) -> Result<Option<String>, String> {
+    let mut cmd = Vec::with_capacity(sql.len() + 1);
+    cmd.push(COM_QUERY);
+    cmd.extend_from_slice(sql);
+    conn.write_packet(0, &cmd)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut t = ResponseTracker::new(ResponseKind::Query, conn.deprecate_eof());
+    let mut index = 0usize;
+    let mut columns = 0u64;
+    let mut value = None;
+    loop {
+        let p = conn.read_packet().await.map_err(|e| e.to_string())?;
+        if index == 0 {
+            if p.payload.first() == Some(&ERR_HEADER) {
+                let e =
+                    sluice_proto::err::ErrPacket::parse(&p.payload).map_err(|e| e.to_string())?;
+                // The error ends the response: the connection is in a known state.
+                return Err(e.to_string());
+            }
+            columns = sluice_proto::lenenc::Reader::new(&p.payload)
+                .lenenc_int("column count")
+                .unwrap_or(0);
+        }
+        // The first row follows the count, the column definitions and (classic) their EOF.
+        let first_row = 1 + columns as usize + usize::from(!conn.deprecate_eof());
+        if index == first_row && value.is_none() && p.payload.first() != Some(&0xFE) {
+            let mut r = sluice_proto::lenenc::Reader::new(&p.payload);
+            value = match r.peek() {
+                Some(0xFB) => None,
+                _ => r
+                    .lenenc_bytes("value")
+                    .ok()
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+            };
+        }
+        index += 1;
+        match t
+            .feed(p.payload.len(), &p.payload)
+            .map_err(|e| e.to_string())?
+        {
+            Progress::Done(_) => return Ok(value),
+            Progress::More => {}
+            Progress::LocalInfile => return Err("unexpected LOCAL INFILE".into()),
+        }
     }
 }
 

@@ -57,6 +57,10 @@ pub(super) struct Session {
     /// Status flags of the last response.
     pub(super) status: u16,
     pub(super) previous: Route,
+    /// A write succeeded since `last_gtid` was last read.
+    pub(super) wrote: bool,
+    /// The GTID of the session's last write: replicas must have applied it to serve reads.
+    pub(super) last_gtid: Option<String>,
 }
 
 /// What a replica connection must be opened with.
@@ -106,6 +110,8 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         pins: 0,
         status: sluice_proto::flags::status::SERVER_STATUS_AUTOCOMMIT,
         previous: Route::Primary,
+        wrote: false,
+        last_gtid: None,
     };
     s.command_loop().await
 }
@@ -238,7 +244,7 @@ impl Session {
             let (mut route, effect) = self.plan(payload);
             let replay_copy = effect.replay.then(|| payload.to_vec());
             if let Route::Replica(i) = route {
-                if !self.ensure_replica(i).await {
+                if !self.ensure_replica(i).await || !self.replica_has_our_writes(i).await {
                     route = Route::Primary;
                 }
             }
@@ -296,6 +302,7 @@ impl Session {
                         self.status = st;
                     }
                     if !outcome.error && server_index.is_none() {
+                        self.wrote |= Session::may_write(code, effect.class);
                         self.apply(effect, replay_copy);
                         if code == command::COM_RESET_CONNECTION {
                             self.reset_state().await;
