@@ -98,9 +98,34 @@ async fn reads_go_to_replicas_and_everything_else_to_the_primary() {
     c.query_drop("SET autocommit = 1").await.unwrap();
     assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
 
-    // Prepared statements run on the primary in this release.
-    let v: Option<u32> = c.exec_first("SELECT @@server_id", ()).await.unwrap();
+    // Prepared statements: reads on replicas, inside a transaction on the primary.
+    let stmt = c.prep("SELECT @@server_id + 0 * ?").await.unwrap();
+    let mut seen = BTreeSet::new();
+    for i in 0..10 {
+        let v: Option<u32> = c.exec_first(&stmt, (i,)).await.unwrap();
+        seen.insert(v.unwrap());
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([2, 3]),
+        "a prepared read runs on both replicas"
+    );
+    c.query_drop("BEGIN").await.unwrap();
+    let v: Option<u32> = c.exec_first(&stmt, (1,)).await.unwrap();
     assert_eq!(v, Some(1));
+    c.query_drop("COMMIT").await.unwrap();
+    let ins = c
+        .prep("INSERT INTO r.t (origin) VALUES (@@server_id + 0 * ?)")
+        .await
+        .unwrap();
+    c.exec_drop(&ins, (5,)).await.unwrap();
+    let origins: Vec<u32> = c
+        .query("SELECT origin FROM r.t ORDER BY id FOR UPDATE")
+        .await
+        .unwrap();
+    assert_eq!(origins, vec![1, 1], "a prepared write runs on the primary");
+    c.close(stmt).await.unwrap();
+    c.close(ins).await.unwrap();
 
     // SHOW WARNINGS goes where the previous statement ran.
     let _: Option<i64> = c.query_first("SELECT CAST('7x' AS SIGNED)").await.unwrap();
@@ -405,5 +430,61 @@ async fn read_your_writes_keeps_reads_on_fresh_replicas() {
         on_replica > 50,
         "reads after writes still reach fresh replicas: {on_replica} of 100"
     );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_move_between_connections() {
+    use common::raw::RawConn;
+    use sluice_proto::command::*;
+    let h = Harness::start(2).await;
+    replicas_ready(&h).await;
+    let (mut c, _) = RawConn::login(h.addr.port(), common::USER, common::PASSWORD, 0).await;
+    let prep = c
+        .command(&encode_simple(
+            COM_STMT_PREPARE,
+            b"SELECT ? + 0, @@server_id",
+        ))
+        .await;
+    assert_eq!(prep[0].1[0], 0, "{prep:?}");
+    let id = u32::from_le_bytes(prep[0].1[1..5].try_into().unwrap());
+    assert_eq!(id, 1, "Sluice numbers the client's statements itself");
+    // First execution binds the parameter type (LONGLONG); later ones do not resend it, as
+    // drivers do. Executions rotate over the replicas, where Sluice prepares the statement
+    // lazily and supplies the type itself.
+    let exec = |v: i64, bind: bool| {
+        let mut p = encode_stmt_execute(id, 0);
+        p.push(0); // NULL bitmap
+        p.push(u8::from(bind));
+        if bind {
+            p.extend_from_slice(&[0x08, 0x00]);
+        }
+        p.extend_from_slice(&v.to_le_bytes());
+        p
+    };
+    let mut servers = BTreeSet::new();
+    for i in 0..8i64 {
+        let r = c.command(&exec(40 + i, i == 0)).await;
+        assert_ne!(r[0].1[0], 0xFF, "execution {i} failed: {r:?}");
+        // Binary row: 0x00, NULL bitmap, then the values; the first is ? + 0 as a LONGLONG.
+        let row = r
+            .iter()
+            .find(|(_, p)| p[0] == 0 && p.len() > 10)
+            .expect("a row");
+        let v = i64::from_le_bytes(row.1[2..10].try_into().unwrap());
+        assert_eq!(v, 40 + i);
+        servers.insert(row.1[10..].to_vec());
+    }
+    assert!(servers.len() >= 2, "executions ran on both replicas");
+    // Closing frees it everywhere; executing it afterwards is Sluice's own 1243.
+    c.command(&encode_simple(COM_STMT_CLOSE, &id.to_le_bytes()))
+        .await;
+    let r = c.command(&exec(1, true)).await;
+    let e = sluice_proto::err::ErrPacket::parse(&r[0].1).unwrap();
+    assert_eq!(e.code, 1243);
+    for node in 1..3 {
+        let open = h.status_counter(node, "Prepared_stmt_count").await;
+        assert_eq!(open, 0, "no statement left open on replica {node}");
+    }
     h.shutdown().await;
 }

@@ -104,3 +104,51 @@ async fn oltp_read_write_prepared_statements() {
 async fn oltp_read_write_text_protocol() {
     compare("disable").await;
 }
+
+#[tokio::test]
+async fn oltp_read_only_prepared_reads_reach_the_replicas() {
+    let h = Harness::start(1).await;
+    h.root_sql(0, "CREATE DATABASE sb").await;
+    run_sysbench(h.topo.nodes[0].port, "sb", "auto", "prepare").await;
+    h.topo
+        .wait_replicas_caught_up(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let before = h.status_counter(1, "Com_stmt_execute").await;
+    let out = tokio::process::Command::new(sysbench())
+        .arg("oltp_read_only")
+        .args(["--db-driver=mysql", "--mysql-host=127.0.0.1"])
+        .arg(format!("--mysql-port={}", h.addr.port()))
+        .arg(format!("--mysql-user={USER}"))
+        .arg(format!("--mysql-password={PASSWORD}"))
+        .args([
+            "--mysql-db=sb",
+            "--tables=4",
+            "--table-size=10000",
+            "--threads=4",
+            "--time=5",
+        ])
+        .args([
+            "--db-ps-mode=auto",
+            "--skip_trx=on",
+            "--report-interval=0",
+            "run",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(figure(&text, "ignored errors:"), 0, "{text}");
+    let queries = figure(&text, "queries:");
+    let on_replica = h.status_counter(1, "Com_stmt_execute").await - before;
+    assert!(
+        on_replica * 2 > queries,
+        "most prepared reads ran on the replica: {on_replica} of {queries}"
+    );
+    h.shutdown().await;
+}

@@ -8,6 +8,7 @@ mod listener;
 mod relay;
 mod routing;
 mod session;
+mod statements;
 
 pub use error::SessionError;
 pub use listener::{serve, Counters, Shared};

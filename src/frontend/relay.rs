@@ -28,10 +28,28 @@ pub async fn relay_response(
     client: &mut ClientConn,
     backend: &mut BackendConn,
     kind: ResponseKind,
-    mut seq: u8,
+    seq: u8,
     client_local_files: bool,
 ) -> Result<Outcome, SessionError> {
+    relay_rewriting(client, backend, kind, seq, client_local_files, None)
+        .await
+        .map(|(o, _)| o)
+}
+
+/// Like [`relay_response`]; for a COM_STMT_PREPARE response, `statement_id` replaces the
+/// server's statement id in the prepare-OK packet the client sees, and the server's id and
+/// the statement's parameter count are returned.
+pub async fn relay_rewriting(
+    client: &mut ClientConn,
+    backend: &mut BackendConn,
+    kind: ResponseKind,
+    mut seq: u8,
+    client_local_files: bool,
+    statement_id: Option<u32>,
+) -> Result<(Outcome, Option<(u32, u16)>), SessionError> {
     let mut tracker = ResponseTracker::new(kind, backend.deprecate_eof());
+    let mut first_packet = true;
+    let mut server_statement_id = None;
     let mut body_left = 0usize;
     let mut cont = false;
     let mut outcome = None;
@@ -39,6 +57,7 @@ pub async fn relay_response(
     loop {
         // Walk the buffered frames; `pos` is how far they may be forwarded.
         let mut pos = 0usize;
+        let mut patch_at = None;
         loop {
             let buf = &backend.rbuf[..];
             if body_left > 0 {
@@ -73,6 +92,14 @@ pub async fn relay_response(
             seq = seq.wrapping_add(1);
             if !cont {
                 let prefix = &buf[pos + HEADER_LEN..pos + HEADER_LEN + want];
+                if first_packet && statement_id.is_some() && prefix.len() >= 9 && prefix[0] == 0 {
+                    server_statement_id = Some((
+                        u32::from_le_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]),
+                        u16::from_le_bytes([prefix[7], prefix[8]]),
+                    ));
+                    patch_at = Some(pos + HEADER_LEN + 1);
+                }
+                first_packet = false;
                 match tracker.feed(h.len, prefix) {
                     Ok(Progress::More) => {}
                     Ok(Progress::Done(o)) => outcome = Some(o),
@@ -84,6 +111,9 @@ pub async fn relay_response(
             pos += HEADER_LEN;
             body_left = h.len;
         }
+        if let (Some(at), Some(id)) = (patch_at, statement_id) {
+            backend.rbuf[at..at + 4].copy_from_slice(&id.to_le_bytes());
+        }
         if pos > 0 {
             client
                 .stream
@@ -94,7 +124,7 @@ pub async fn relay_response(
         }
         if body_left == 0 {
             if let Some(o) = outcome {
-                return Ok(o);
+                return Ok((o, server_statement_id));
             }
             if infile {
                 if !client_local_files {

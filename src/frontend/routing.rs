@@ -26,6 +26,8 @@ pub struct ReplicaConn {
     pub applied: usize,
     /// The newest GTID of this session this replica is known to have applied.
     pub seen_gtid: Option<String>,
+    /// The session's statements prepared on this connection.
+    pub stmts: super::statements::ReplicaStmts,
 }
 
 /// More recorded state than this and the session stays on the primary (reason `state_log`):
@@ -149,6 +151,8 @@ impl Session {
     /// connections are closed, since they carry the old state or the old user.
     pub(super) async fn reset_state(&mut self) {
         self.state_log.clear();
+        // The server deallocated the session's prepared statements.
+        self.stmts.clear();
         self.pins = 0;
         for slot in self.replicas.iter_mut() {
             if let Some(rc) = slot.take() {
@@ -188,6 +192,7 @@ impl Session {
                         conn,
                         applied: 0,
                         seen_gtid: None,
+                        stmts: Default::default(),
                     })
                 }
                 Err(e) => {

@@ -61,6 +61,9 @@ pub(super) struct Session {
     pub(super) wrote: bool,
     /// The GTID of the session's last write: replicas must have applied it to serve reads.
     pub(super) last_gtid: Option<String>,
+    /// Prepared statements, by the id Sluice gave the client.
+    pub(super) stmts: std::collections::HashMap<u32, super::statements::Stmt>,
+    pub(super) next_stmt: u32,
 }
 
 /// What a replica connection must be opened with.
@@ -112,6 +115,8 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         previous: Route::Primary,
         wrote: false,
         last_gtid: None,
+        stmts: Default::default(),
+        next_stmt: 0,
     };
     s.command_loop().await
 }
@@ -239,6 +244,32 @@ impl Session {
                     continue;
                 }
                 _ => {}
+            }
+            if matches!(
+                code,
+                command::COM_STMT_PREPARE
+                    | command::COM_STMT_EXECUTE
+                    | command::COM_STMT_SEND_LONG_DATA
+                    | command::COM_STMT_CLOSE
+                    | command::COM_STMT_RESET
+                    | command::COM_STMT_FETCH
+            ) {
+                match self
+                    .statement_command(code, ext.wire_len, ext.last_seq)
+                    .await
+                {
+                    Ok(()) => continue,
+                    Err(SessionError::BackendLost(detail)) => {
+                        let _ = self.client.send_err(1, &errors::server_lost(&detail)).await;
+                        return Err(SessionError::BackendLost(detail));
+                    }
+                    Err(SessionError::BackendProtocol(detail)) => {
+                        let e = errors::backend_protocol("(statement)", &detail);
+                        let _ = self.client.send_err(1, &e).await;
+                        return Err(SessionError::BackendProtocol(detail));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             let (mut route, effect) = self.plan(payload);
