@@ -23,6 +23,10 @@ pub const SLUICE_NO_PRIMARY: u16 = 9001;
 pub const SLUICE_BACKEND_CONNECT: u16 = 9002;
 /// A backend server sent something the protocol does not allow; the connection was dropped.
 pub const SLUICE_BACKEND_PROTOCOL: u16 = 9003;
+/// A routing rule denies the statement.
+pub const SLUICE_DENIED_BY_RULE: u16 = 9010;
+/// A rule requires a replica and none is within the lag budget.
+pub const SLUICE_NO_REPLICA: u16 = 9011;
 /// A backend asked for an authentication method Sluice cannot perform.
 pub const SLUICE_BACKEND_AUTH_PLUGIN: u16 = 9004;
 
@@ -104,5 +108,21 @@ pub fn backend_protocol(server: &str, detail: &str) -> ErrPacket {
         SLUICE_BACKEND_PROTOCOL,
         b"08S01",
         format!("Sluice: backend server {server} sent a malformed response ({detail}); its connection was closed"),
+    )
+}
+
+pub fn denied_by_rule(rule: &str, message: &str) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_DENIED_BY_RULE,
+        b"42000",
+        format!("Sluice: statement denied by rule {rule:?}: {message}"),
+    )
+}
+
+pub fn no_replica(rule: &str, budget_ms: u64) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_NO_REPLICA,
+        b"HY000",
+        format!("Sluice: no replica within the lag budget of {budget_ms} ms (rule {rule:?} forbids falling back to the primary)"),
     )
 }

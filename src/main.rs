@@ -188,5 +188,6 @@ fn sandbox_config(topo: &Topology, listen: &str) -> Config {
             ..MonitorConfig::default()
         },
         routing: Default::default(),
+        base_dir: std::path::PathBuf::from("."),
     }
 }

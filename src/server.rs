@@ -35,6 +35,8 @@ pub async fn start(config: Arc<Config>) -> std::io::Result<Running> {
 /// Serves on an already bound listener.
 pub fn start_with_listener(config: Arc<Config>, listener: TcpListener) -> std::io::Result<Running> {
     let local_addr = listener.local_addr()?;
+    let rules = crate::router::rules::load(&config.routing.rules, &config.base_dir)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (cluster_tx, cluster_rx) = cluster::channel(&config.servers);
     let monitor = tokio::spawn(monitor::run_discovery(
@@ -42,7 +44,12 @@ pub fn start_with_listener(config: Arc<Config>, listener: TcpListener) -> std::i
         cluster_tx,
         shutdown_rx.clone(),
     ));
-    let shared = Arc::new(Shared::new(config.clone(), cluster_rx.clone(), shutdown_rx));
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        Arc::new(rules),
+        cluster_rx.clone(),
+        shutdown_rx,
+    ));
     let (done_tx, done_rx) = mpsc::channel(1);
     let listener = tokio::spawn(frontend::serve(listener, shared, done_tx));
     tracing::info!(listen = %local_addr, "sluice is listening");

@@ -82,6 +82,29 @@ fn check_config_masks_passwords_and_names_bad_keys() {
         "{stderr}"
     );
 
+    // A bad rule file stops the start-up, naming the file, the rule and the key.
+    let mut rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    rules
+        .write_all(b"[[rule]]\nname = \"broken\"\nmatch.regex = \"(\"\n")
+        .unwrap();
+    let with_rules = write_config(&format!(
+        "[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:3307\"\n[[users]]\nname = \"app\"\npassword = \"x\"\n[routing]\nrules = [{:?}]\n",
+        rules.path().display().to_string()
+    ));
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(with_rules.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&rules.path().display().to_string())
+            && stderr.contains("rule \"broken\"")
+            && stderr.contains("match.regex"),
+        "{stderr}"
+    );
+
     // An environment override is applied, and a bad one is reported with its variable.
     let out = std::process::Command::new(BIN)
         .args(["check-config", "--config"])

@@ -488,3 +488,90 @@ async fn prepared_statements_move_between_connections() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_files_deny_route_and_require_replicas() {
+    use std::io::Write as _;
+    let mut rules = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    rules
+        .write_all(
+            br#"
+[[rule]]
+name = "no-drop"
+match.user = ["app"]
+match.regex = '^DROP TABLE'
+action.deny = "not through the application login"
+
+[[rule]]
+name = "watch-truncate"
+match.regex = '^TRUNCATE'
+action.deny = "would be denied"
+action.log_only = true
+
+[[rule]]
+name = "tagged-to-primary"
+match.regex = 'AS ON_PRIMARY'
+action.route = "primary"
+
+[[rule]]
+name = "strict-schema"
+match.schema = ["strict"]
+match.class = ["read"]
+action.on_no_replica = "error"
+"#,
+        )
+        .unwrap();
+    let path = rules.path().display().to_string();
+    let h = Harness::start_with(2, |c| c.routing.rules = vec![path.clone()]).await;
+    replicas_ready(&h).await;
+    let mut c = h.proxy_conn().await;
+    c.query_drop(
+        "CREATE DATABASE strict; CREATE TABLE strict.t (a INT); CREATE TABLE strict.u (a INT)",
+    )
+    .await
+    .unwrap();
+    // Denied, as a text query and as a prepared statement.
+    for r in [
+        c.query_drop("DROP TABLE strict.t").await,
+        c.prep("DROP TABLE strict.t").await.map(|_| ()),
+    ] {
+        match r {
+            Err(mysql_async::Error::Server(e)) => {
+                assert_eq!((e.code, e.state.as_str()), (9010, "42000"));
+                assert!(
+                    e.message.contains("no-drop")
+                        && e.message.contains("not through the application login"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+    // log_only: it runs.
+    c.query_drop("TRUNCATE TABLE strict.u").await.unwrap();
+    // Routed by a regex over the normalized statement.
+    assert_eq!(
+        server_id(&mut c, "SELECT @@server_id AS on_primary").await,
+        1
+    );
+    assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    // No replica within budget: an error in the strict schema, the primary elsewhere.
+    h.root_sql(1, "STOP SLAVE SQL_THREAD").await;
+    h.root_sql(2, "STOP SLAVE SQL_THREAD").await;
+    let mut rx = h.proxy.as_ref().unwrap().cluster.clone();
+    eventually("replicas excluded", Duration::from_secs(5), || {
+        let none = rx.borrow_and_update().servers[1..]
+            .iter()
+            .all(|s| s.lag_ms.is_none());
+        async move { none }
+    })
+    .await;
+    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    c.query_drop("USE strict").await.unwrap();
+    match c.query_drop("SELECT a FROM t").await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 9011, "{}", e.message),
+        other => panic!("expected 9011, got {other:?}"),
+    }
+    h.shutdown().await;
+}

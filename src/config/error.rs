@@ -10,6 +10,9 @@ pub enum ConfigError {
     /// Deserialisation failed (unknown key, wrong type, bad TOML).
     #[error("{0}")]
     Parse(String),
+    /// A rule file is invalid (the message names the file, the rule and the key).
+    #[error("{0}")]
+    Rules(String),
     /// A value parsed but is not acceptable.
     #[error("{file}: key `{key}`: {msg}", file = file.display())]
     Invalid {

@@ -23,6 +23,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub monitor: MonitorConfig,
     pub routing: RoutingConfig,
+    /// The folder of the config file (relative rule paths start there). Not a key.
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
 }
 
 /// `[routing]`: where statements go.
@@ -38,6 +41,8 @@ pub struct RoutingConfig {
     /// How long a read waits for a replica to apply the session's last write before it runs
     /// on the primary instead.
     pub read_your_writes_timeout_ms: u64,
+    /// Rule files, evaluated in order (paths relative to the config file's folder).
+    pub rules: Vec<String>,
 }
 
 /// `[routing] read_your_writes`.
@@ -54,6 +59,7 @@ impl Default for RoutingConfig {
             max_lag_ms: 1000,
             read_your_writes: ReadYourWrites::Session,
             read_your_writes_timeout_ms: 100,
+            rules: Vec::new(),
         }
     }
 }
@@ -156,10 +162,19 @@ impl Config {
                     .filter(|k| k.as_str().contains("__"))
                     .split("__"),
             );
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::from_figment(path, e))?;
+        config.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(
+                || std::path::PathBuf::from("."),
+                std::path::Path::to_path_buf,
+            );
         config.validate(path)?;
+        crate::router::rules::load(&config.routing.rules, &config.base_dir)
+            .map_err(|e| ConfigError::Rules(e.to_string()))?;
         Ok(config)
     }
 

@@ -12,6 +12,7 @@ use super::client::ClientConn;
 use super::session;
 use crate::cluster::ClusterRx;
 use crate::config::Config;
+use crate::router::rules::Rule;
 
 /// What every session shares: the config snapshot, the cluster view, the shutdown signal.
 pub struct Shared {
@@ -23,6 +24,9 @@ pub struct Shared {
     pub counters: Counters,
     /// Rotates among equally loaded replicas.
     pub turn: AtomicUsize,
+    /// Routing rules, in evaluation order, and how often each matched.
+    pub rules: Arc<Vec<Rule>>,
+    pub rule_hits: Vec<AtomicU64>,
     next_id: AtomicU32,
 }
 
@@ -42,8 +46,15 @@ pub struct Counters {
 }
 
 impl Shared {
-    pub fn new(config: Arc<Config>, cluster: ClusterRx, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        rules: Arc<Vec<Rule>>,
+        cluster: ClusterRx,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Shared {
+            rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
+            rules,
             outstanding: config.servers.iter().map(|_| AtomicU32::new(0)).collect(),
             config,
             cluster,

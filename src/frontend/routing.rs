@@ -18,7 +18,11 @@ use sluice_proto::tracker::{Progress, ResponseKind, ResponseTracker};
 use super::session::Session;
 use crate::backend::{self, BackendConn, LoginParams};
 use crate::config::ReadYourWrites;
+use crate::errors;
+use crate::router::rules::{OnNoReplica, RuleRoute, Subject};
+use crate::router::PrimaryReason;
 use crate::router::{self, PinReason, Route, SessionView, StatementClass};
+use sluice_proto::err::ErrPacket;
 
 /// A session's connection to one replica, and how much of the session state it has applied.
 pub struct ReplicaConn {
@@ -35,13 +39,16 @@ pub struct ReplicaConn {
 const MAX_STATE_LOG: usize = 256;
 
 /// What a statement does to the session once it succeeded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Effect {
     pub class: StatementClass,
     pub pin: Option<PinReason>,
     pub unpin: Option<PinReason>,
     /// Record the command for replay on replicas.
     pub replay: bool,
+    /// Answer with this error instead of running the statement (a rule denied it, or found
+    /// no replica where it forbids the primary).
+    pub reject: Option<ErrPacket>,
 }
 
 impl Effect {
@@ -50,6 +57,7 @@ impl Effect {
         pin: None,
         unpin: None,
         replay: false,
+        reject: None,
     };
 }
 
@@ -73,7 +81,8 @@ impl Session {
             }
             _ => return (Route::Primary, Effect::NONE),
         }
-        let c = router::classify_query(&payload[1..]);
+        let mut c = router::classify_query(&payload[1..]);
+        let (reject, strict_rule) = self.apply_rules(&payload[1..], &mut c);
         if c.hints.invalid > 0 {
             self.shared
                 .counters
@@ -91,7 +100,7 @@ impl Session {
         let outstanding = &self.shared.outstanding;
         let load = |i: usize| outstanding.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
         let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
-        let (route, _why) = router::route(
+        let (route, why) = router::route(
             &c,
             &view,
             &topology,
@@ -99,13 +108,69 @@ impl Session {
             load,
             turn,
         );
+        let reject = reject.or_else(|| match (why, strict_rule) {
+            (Some(PrimaryReason::NoReplicaWithinBudget), Some(rule)) => Some(errors::no_replica(
+                &rule,
+                c.hints
+                    .max_lag_ms
+                    .unwrap_or(self.shared.config.routing.max_lag_ms),
+            )),
+            _ => None,
+        });
         let effect = Effect {
             class: c.class,
             pin: c.pin,
             unpin: c.unpin,
             replay: matches!(c.class, StatementClass::SessionSet | StatementClass::Use),
+            reject,
         };
         (route, effect)
+    }
+
+    /// Applies the first matching rule to the classification (route and lag budget, unless
+    /// the statement's own hint says otherwise). Returns a denial, and the name of a rule that
+    /// forbids falling back to the primary.
+    pub(super) fn apply_rules(
+        &self,
+        sql: &[u8],
+        c: &mut router::Classified<'_>,
+    ) -> (Option<ErrPacket>, Option<String>) {
+        if self.shared.rules.is_empty() {
+            return (None, None);
+        }
+        let subject = Subject {
+            sql,
+            class: c.class,
+            user: &self.user.name,
+            schema: self.current_db.as_deref(),
+            client: self.client.peer.ip(),
+        };
+        let Some((i, rule)) = self
+            .shared
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(&subject))
+        else {
+            return (None, None);
+        };
+        self.shared.rule_hits[i].fetch_add(1, Ordering::Relaxed);
+        if rule.log_only {
+            tracing::info!(rule = %rule.name, "rule matched (log_only: not applied)");
+            return (None, None);
+        }
+        if let Some(msg) = &rule.deny {
+            tracing::info!(rule = %rule.name, "statement denied by rule");
+            return (Some(errors::denied_by_rule(&rule.name, msg)), None);
+        }
+        if c.hints.primary.is_none() {
+            c.hints.primary = rule.route.map(|r| r == RuleRoute::Primary);
+        }
+        if c.hints.max_lag_ms.is_none() {
+            c.hints.max_lag_ms = rule.max_lag_ms;
+        }
+        let strict = (rule.on_no_replica == OnNoReplica::Error).then(|| rule.name.clone());
+        (None, strict)
     }
 
     /// Applies a successful statement's effect on the session (after the primary accepted it).
@@ -122,6 +187,13 @@ impl Session {
             self.pins &= !pin_bit(p);
         }
         if let (true, Some(p)) = (effect.replay, payload) {
+            match p.first() {
+                Some(&COM_INIT_DB) => self.current_db = Some(p[1..].to_vec()),
+                _ if effect.class == StatementClass::Use => {
+                    self.current_db = router::classify_query(&p[1..]).database.map(<[u8]>::to_vec)
+                }
+                _ => {}
+            }
             self.state_log.push(p);
         }
     }
@@ -151,6 +223,7 @@ impl Session {
     /// connections are closed, since they carry the old state or the old user.
     pub(super) async fn reset_state(&mut self) {
         self.state_log.clear();
+        self.current_db = self.login.database.clone();
         // The server deallocated the session's prepared statements.
         self.stmts.clear();
         self.pins = 0;

@@ -64,6 +64,8 @@ pub(super) struct Session {
     /// Prepared statements, by the id Sluice gave the client.
     pub(super) stmts: std::collections::HashMap<u32, super::statements::Stmt>,
     pub(super) next_stmt: u32,
+    /// The default database, as far as Sluice followed it (for rules matching on schema).
+    pub(super) current_db: Option<Vec<u8>>,
 }
 
 /// What a replica connection must be opened with.
@@ -117,7 +119,9 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         last_gtid: None,
         stmts: Default::default(),
         next_stmt: 0,
+        current_db: None,
     };
+    s.current_db = s.login.database.clone();
     s.command_loop().await
 }
 
@@ -272,7 +276,12 @@ impl Session {
                 }
             }
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
-            let (mut route, effect) = self.plan(payload);
+            let (mut route, mut effect) = self.plan(payload);
+            if let Some(err) = effect.reject.take() {
+                self.client.consume(ext.wire_len);
+                self.client.send_err(1, &err).await?;
+                continue;
+            }
             let replay_copy = effect.replay.then(|| payload.to_vec());
             if let Route::Replica(i) = route {
                 if !self.ensure_replica(i).await || !self.replica_has_our_writes(i).await {

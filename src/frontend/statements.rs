@@ -64,6 +64,12 @@ impl Session {
         let seq = last_seq.wrapping_add(1);
         match code {
             COM_STMT_PREPARE => {
+                // Deny rules apply to prepared statements as to text queries.
+                let mut c = router::classify_query(&payload[1..]);
+                if let (Some(err), _) = self.apply_rules(&payload[1..], &mut c) {
+                    self.client.consume(wire_len);
+                    return self.client.send_err(seq, &err).await;
+                }
                 self.forward_raw_to_primary(wire_len).await?;
                 let sluice_id = self.next_stmt_id();
                 let (outcome, server) = self

@@ -179,7 +179,11 @@ impl<'a> Lexer<'a> {
                 Token::Word(&self.sql[start..self.pos])
             }
             b'0'..=b'9' => {
-                self.eat_word();
+                self.eat_number();
+                Token::Number
+            }
+            b'.' if self.peek_at(1).is_ascii_digit() => {
+                self.eat_number();
                 Token::Number
             }
             b'`' => {
@@ -216,6 +220,27 @@ impl<'a> Lexer<'a> {
                 Token::Punct(c)
             }
         })
+    }
+
+    /// Digits, a decimal point, an exponent, hex or binary digits: `12`, `1.5e-3`, `0x1F`.
+    fn eat_number(&mut self) {
+        let start = self.pos;
+        let hex = self
+            .sql
+            .get(start + 1)
+            .is_some_and(|&c| c == b'x' || c == b'X');
+        while self.pos < self.sql.len() {
+            let c = self.sql[self.pos];
+            let signed_exponent = matches!(c, b'+' | b'-')
+                && self.pos > 0
+                && matches!(self.sql[self.pos - 1], b'e' | b'E')
+                && !hex;
+            if WORD[usize::from(c)] || c == b'.' || signed_exponent {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
     }
 
     fn eat_word(&mut self) {
@@ -256,6 +281,33 @@ impl<'a> Lexer<'a> {
     pub fn rest(&self) -> &'a [u8] {
         &self.sql[self.pos.min(self.sql.len())..]
     }
+}
+
+/// The normalized form of a statement, for rules and digests: comments dropped, literals
+/// replaced by `?`, keywords and identifiers upper-cased (quoted identifiers kept as written),
+/// single spaces between tokens. `SELECT * FROM t WHERE id = 42 /* x */` →
+/// `SELECT * FROM T WHERE ID = ?`.
+pub fn normalize(sql: &[u8]) -> String {
+    let mut lx = Lexer::new(sql);
+    let mut out = String::with_capacity(sql.len().min(1024));
+    while let Some(t) = lx.next_token() {
+        let piece: std::borrow::Cow<'_, str> = match t {
+            Token::Word(w) => String::from_utf8_lossy(w).to_uppercase().into(),
+            Token::Quoted(q) => format!("`{}`", String::from_utf8_lossy(q)).into(),
+            Token::UserVar => "@?".into(),
+            Token::SysVar(v) => format!("@@{}", String::from_utf8_lossy(v).to_uppercase()).into(),
+            Token::Str | Token::Number => "?".into(),
+            Token::Punct(p) => (p as char).to_string().into(),
+        };
+        let glue = matches!(t, Token::Punct(b',' | b')' | b';' | b'.'))
+            || out.ends_with('(')
+            || out.ends_with('.');
+        if !out.is_empty() && !glue {
+            out.push(' ');
+        }
+        out.push_str(&piece);
+    }
+    out
 }
 
 /// ASCII case-insensitive comparison with an upper-case keyword.
@@ -333,6 +385,26 @@ mod tests {
         );
         assert_eq!(words("SELECT 1--x"), ["SELECT", "N", "-", "-", "X"]);
         assert_eq!(words("SELECT 1-- x"), ["SELECT", "N"]);
+    }
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(
+            normalize(b"select * from t where id = 42 /* x */"),
+            "SELECT * FROM T WHERE ID = ?"
+        );
+        assert_eq!(
+            normalize(b"INSERT INTO `t` (a, b) VALUES ('x', 1.5)"),
+            "INSERT INTO `t` (A, B) VALUES (?, ?)"
+        );
+        assert_eq!(
+            normalize(b"SELECT db.t.c FROM db.t"),
+            "SELECT DB.T.C FROM DB.T"
+        );
+        assert_eq!(
+            normalize(b"SELECT 1e-3, .5, 0x1F, -2"),
+            "SELECT ?, ?, ?, - ?"
+        );
     }
 
     #[test]

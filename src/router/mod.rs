@@ -5,6 +5,7 @@
 pub mod classify;
 mod lexer;
 pub mod route;
+pub mod rules;
 pub mod slow_path;
 
 pub use classify::{Classified, Hints, PinReason, StatementClass};

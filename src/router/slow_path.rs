@@ -44,3 +44,25 @@ pub fn classify(sql: &[u8]) -> Option<StatementClass> {
         _ => StatementClass::Other,
     })
 }
+
+/// The tables a statement names (lower-case, `db.table` when qualified), from a full parse;
+/// empty when it cannot be parsed. Used only by rules that match on tables.
+pub fn tables(sql: &[u8]) -> Vec<String> {
+    let Ok(sql) = std::str::from_utf8(sql) else {
+        return Vec::new();
+    };
+    let Ok(stmts) = Parser::parse_sql(&MySqlDialect {}, sql) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let _ = sqlparser::ast::visit_relations(&stmts, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| p.to_string().trim_matches('`').to_ascii_lowercase())
+            .collect();
+        out.push(parts.join("."));
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    out
+}

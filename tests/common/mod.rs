@@ -81,6 +81,7 @@ pub fn config_for(topo: &Topology) -> Config {
             ..MonitorConfig::default()
         },
         routing: Default::default(),
+        base_dir: std::path::PathBuf::from("."),
     }
 }
 
