@@ -87,9 +87,29 @@ async fn reads_go_to_replicas_and_everything_else_to_the_primary() {
     assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
     c.query_drop("COMMIT").await.unwrap();
     assert_ne!(server_id(&mut c, "SELECT @@server_id").await, 1);
-    c.query_drop("START TRANSACTION READ ONLY").await.unwrap();
-    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
-    c.query_drop("ROLLBACK").await.unwrap();
+    // A read-only transaction runs on one replica, start to end.
+    for _ in 0..3 {
+        c.query_drop("START TRANSACTION READ ONLY").await.unwrap();
+        let first = server_id(&mut c, "SELECT @@server_id").await;
+        assert_ne!(first, 1);
+        let stmt = c.prep("SELECT @@server_id + 0 * ?").await.unwrap();
+        for _ in 0..4 {
+            assert_eq!(
+                server_id(&mut c, "SELECT @@server_id").await,
+                first,
+                "same replica for the whole transaction"
+            );
+            let v: Option<u32> = c.exec_first(&stmt, (1,)).await.unwrap();
+            assert_eq!(v, Some(first));
+        }
+        match c.query_drop("INSERT INTO r.t (origin) VALUES (0)").await {
+            // The replica refuses it as read-only (1290); the primary would say 1792.
+            Err(mysql_async::Error::Server(e)) => assert!(matches!(e.code, 1290 | 1792), "{}", e.message),
+            other => panic!("a write in a read-only transaction must fail: {other:?}"),
+        }
+        c.query_drop("COMMIT").await.unwrap();
+        c.close(stmt).await.unwrap();
+    }
     // autocommit=0: a SELECT opens a transaction, so it stays on the primary.
     c.query_drop("SET autocommit = 0").await.unwrap();
     assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);

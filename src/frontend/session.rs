@@ -66,6 +66,8 @@ pub(super) struct Session {
     pub(super) next_stmt: u32,
     /// The default database, as far as Sluice followed it (for rules matching on schema).
     pub(super) current_db: Option<Vec<u8>>,
+    /// The replica running the session's `START TRANSACTION READ ONLY` transaction.
+    pub(super) txn_replica: Option<usize>,
 }
 
 /// What a replica connection must be opened with.
@@ -120,6 +122,7 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         stmts: Default::default(),
         next_stmt: 0,
         current_db: None,
+        txn_replica: None,
     };
     s.current_db = s.login.database.clone();
     s.command_loop().await
@@ -277,6 +280,14 @@ impl Session {
             }
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             let (mut route, mut effect) = self.plan(payload);
+            // Inside a read-only transaction on a replica, everything goes there until the
+            // server's status flags say the transaction ended.
+            if self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS == 0 {
+                self.txn_replica = None;
+            }
+            if let (Some(i), None) = (self.txn_replica, effect.reject.as_ref()) {
+                route = Route::Replica(i);
+            }
             if let Some(err) = effect.reject.take() {
                 self.client.consume(ext.wire_len);
                 self.client.send_err(1, &err).await?;
@@ -338,6 +349,11 @@ impl Session {
             match result {
                 Ok(outcome) => {
                     self.previous = route;
+                    if let (StatementClass::BeginReadOnly, Some(i), false) =
+                        (effect.class, server_index, outcome.error)
+                    {
+                        self.txn_replica = Some(i);
+                    }
                     if let Some(st) = outcome.status {
                         self.status = st;
                     }

@@ -216,7 +216,11 @@ impl Session {
         let long_data = st.long_data;
         let c = router::classify_query(&sql);
         let mut route = Route::Primary;
-        if !long_data {
+        let in_trans = self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0;
+        if let (Some(i), true) = (self.txn_replica, in_trans) {
+            // Part of a read-only transaction running on that replica.
+            route = Route::Replica(i);
+        } else if !long_data {
             let view = SessionView {
                 in_transaction: self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS
                     != 0,

@@ -52,12 +52,15 @@ pub fn route(
     use StatementClass::*;
     match c.class {
         ReadPrevious => return (session.previous, None),
-        Read => {}
+        // A read-only transaction runs on one replica from its START to its end.
+        Read | BeginReadOnly => {}
         ReadPrimary if c.hints.primary == Some(false) => {}
         _ => return (Route::Primary, Some(PrimaryReason::NotARead)),
     }
-    // With autocommit off, a SELECT opens a transaction: it belongs on the primary.
-    if session.in_transaction || !session.autocommit {
+    // With autocommit off, a SELECT opens a transaction: it belongs on the primary. (An
+    // explicit START TRANSACTION READ ONLY does not; but inside a transaction it would commit
+    // the open one, which lives on the primary.)
+    if session.in_transaction || (!session.autocommit && c.class != BeginReadOnly) {
         return (Route::Primary, Some(PrimaryReason::InTransaction));
     }
     if session.pinned {
