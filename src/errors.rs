@@ -27,6 +27,8 @@ pub const SLUICE_BACKEND_PROTOCOL: u16 = 9003;
 pub const SLUICE_DENIED_BY_RULE: u16 = 9010;
 /// A rule requires a replica and none is within the lag budget.
 pub const SLUICE_NO_REPLICA: u16 = 9011;
+/// No connection slot to a server freed up within `[proxy] pool_wait_ms`.
+pub const SLUICE_POOL_EXHAUSTED: u16 = 9012;
 /// A backend asked for an authentication method Sluice cannot perform.
 pub const SLUICE_BACKEND_AUTH_PLUGIN: u16 = 9004;
 
@@ -124,5 +126,13 @@ pub fn no_replica(rule: &str, budget_ms: u64) -> ErrPacket {
         SLUICE_NO_REPLICA,
         b"HY000",
         format!("Sluice: no replica within the lag budget of {budget_ms} ms (rule {rule:?} forbids falling back to the primary)"),
+    )
+}
+
+pub fn pool_exhausted(server: &str, max: usize, waited_ms: u64) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_POOL_EXHAUSTED,
+        b"08004",
+        format!("Sluice: backend server {server} has no free connection (all {max} of [proxy] max_backend_connections in use after waiting {waited_ms} ms)"),
     )
 }

@@ -104,7 +104,9 @@ async fn reads_go_to_replicas_and_everything_else_to_the_primary() {
         }
         match c.query_drop("INSERT INTO r.t (origin) VALUES (0)").await {
             // The replica refuses it as read-only (1290); the primary would say 1792.
-            Err(mysql_async::Error::Server(e)) => assert!(matches!(e.code, 1290 | 1792), "{}", e.message),
+            Err(mysql_async::Error::Server(e)) => {
+                assert!(matches!(e.code, 1290 | 1792), "{}", e.message)
+            }
             other => panic!("a write in a read-only transaction must fail: {other:?}"),
         }
         c.query_drop("COMMIT").await.unwrap();

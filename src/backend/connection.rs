@@ -59,6 +59,10 @@ pub struct BackendConn {
     pub capabilities: u64,
     /// The scramble to use for the next COM_CHANGE_USER.
     scramble: Vec<u8>,
+    /// The user this connection is logged in as.
+    pub user: Vec<u8>,
+    /// The connection's slot in its server's pool (released when the connection is dropped).
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Connects to `address` and logs in. Returns the connection and the server's final OK payload
@@ -99,15 +103,15 @@ async fn connect_inner(
         },
         capabilities: 0,
         scramble: Vec::new(),
+        user: p.user.to_vec(),
+        slot: None,
     };
     let hello = conn.read_packet().await?;
     if hello.payload.first() == Some(&ERR_HEADER) {
         return Err(BackendError::Refused(ErrPacket::parse(&hello.payload)?));
     }
     conn.handshake = HandshakeV10::parse(&hello.payload)?;
-    let server_caps = conn.handshake.capabilities & 0xFFFF_FFFF;
-    let mut caps = (p.capabilities & server_caps & !NEVER) | REQUIRED;
-    caps &= server_caps | cap::CLIENT_LONG_PASSWORD;
+    let mut caps = negotiate(p.capabilities, conn.handshake.capabilities);
     if p.database.is_some() {
         caps |= cap::CLIENT_CONNECT_WITH_DB;
     } else {
@@ -133,6 +137,17 @@ async fn connect_inner(
     let ok = conn.finish_auth(p.password).await?;
     Ok((conn, ok))
 }
+
+/// The capabilities a login with the client's `client_caps` gets from a server advertising
+/// `server_caps` (before the per-login CONNECT_WITH_DB / CONNECT_ATTRS adjustments).
+pub(super) fn negotiate(client_caps: u64, server_caps: u64) -> u64 {
+    let server_caps = server_caps & 0xFFFF_FFFF;
+    let caps = (client_caps & server_caps & !NEVER) | REQUIRED;
+    caps & (server_caps | cap::CLIENT_LONG_PASSWORD)
+}
+
+/// Capability bits that only matter during the login itself.
+pub(super) const LOGIN_ONLY: u64 = cap::CLIENT_CONNECT_WITH_DB | cap::CLIENT_CONNECT_ATTRS;
 
 impl BackendConn {
     /// Reads one whole packet (control exchanges only; the relay streams instead).
@@ -211,7 +226,9 @@ impl BackendConn {
         };
         let payload = req.encode(self.capabilities);
         self.write_packet(0, &payload).await?;
-        self.finish_auth(password).await
+        let ok = self.finish_auth(password).await?;
+        self.user = cu.username.clone();
+        Ok(ok)
     }
 
     /// Says goodbye politely (best effort).

@@ -79,6 +79,14 @@ pub struct ProxyConfig {
     pub connect_timeout_ms: u64,
     /// On SIGTERM/Ctrl-C, how long sessions may take to finish their current command.
     pub shutdown_grace_ms: u64,
+    /// Most connections Sluice opens to one server (in use + idle).
+    pub max_backend_connections: u32,
+    /// Idle connections kept per server for reuse by later sessions.
+    pub pool_max_idle: u32,
+    /// How long a session waits for a free connection slot before error 9012.
+    pub pool_wait_ms: u64,
+    /// Idle connections older than this are closed instead of reused.
+    pub pool_idle_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -89,6 +97,10 @@ impl Default for ProxyConfig {
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
             shutdown_grace_ms: 10_000,
+            max_backend_connections: 500,
+            pool_max_idle: 64,
+            pool_wait_ms: 2_000,
+            pool_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -209,6 +221,15 @@ impl Config {
                 self.proxy.handshake_timeout_ms,
             ),
             ("proxy.connect_timeout_ms", self.proxy.connect_timeout_ms),
+            ("proxy.pool_wait_ms", self.proxy.pool_wait_ms),
+            (
+                "proxy.pool_idle_timeout_ms",
+                self.proxy.pool_idle_timeout_ms,
+            ),
+            (
+                "proxy.max_backend_connections",
+                u64::from(self.proxy.max_backend_connections),
+            ),
             ("monitor.interval_ms", self.monitor.interval_ms),
             ("monitor.timeout_ms", self.monitor.timeout_ms),
         ] {

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::client::ClientConn;
 use super::session;
+use crate::backend::{PoolLimits, ServerPool};
 use crate::cluster::ClusterRx;
 use crate::config::Config;
 use crate::router::rules::Rule;
@@ -24,6 +25,9 @@ pub struct Shared {
     pub counters: Counters,
     /// Rotates among equally loaded replicas.
     pub turn: AtomicUsize,
+    /// One connection pool per configured server, and their bounds.
+    pub pools: Vec<ServerPool>,
+    pub pool_limits: PoolLimits,
     /// Routing rules, in evaluation order, and how often each matched.
     pub rules: Arc<Vec<Rule>>,
     pub rule_hits: Vec<AtomicU64>,
@@ -52,7 +56,21 @@ impl Shared {
         cluster: ClusterRx,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let p = &config.proxy;
+        let pool_limits = PoolLimits {
+            max_connections: p.max_backend_connections as usize,
+            max_idle: p.pool_max_idle as usize,
+            wait: std::time::Duration::from_millis(p.pool_wait_ms),
+            connect_timeout: std::time::Duration::from_millis(p.connect_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(p.pool_idle_timeout_ms),
+        };
         Shared {
+            pools: config
+                .servers
+                .iter()
+                .map(|s| ServerPool::new(&s.name, &s.address, pool_limits))
+                .collect(),
+            pool_limits,
             rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
             rules,
             outstanding: config.servers.iter().map(|_| AtomicU32::new(0)).collect(),

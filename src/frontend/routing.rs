@@ -9,14 +9,13 @@
 //! replayed on a replica connection before that connection serves a read.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use sluice_proto::command::{COM_INIT_DB, COM_QUERY};
 use sluice_proto::err::ERR_HEADER;
 use sluice_proto::tracker::{Progress, ResponseKind, ResponseTracker};
 
 use super::session::Session;
-use crate::backend::{self, BackendConn, LoginParams};
+use crate::backend::{BackendConn, LoginParams};
 use crate::config::ReadYourWrites;
 use crate::errors;
 use crate::router::rules::{OnNoReplica, RuleRoute, Subject};
@@ -258,8 +257,10 @@ impl Session {
                 max_packet: self.login.max_packet,
                 connect_attrs: self.login.connect_attrs.as_deref(),
             };
-            let timeout = Duration::from_millis(self.shared.config.proxy.connect_timeout_ms);
-            match backend::connect(&server.name, &server.address, params, timeout).await {
+            match self.shared.pools[i]
+                .acquire(params, &self.shared.pool_limits)
+                .await
+            {
                 Ok((conn, _)) => {
                     self.replicas[i] = Some(ReplicaConn {
                         conn,
@@ -269,7 +270,7 @@ impl Session {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(server = %server.name, error = %e, "cannot open a replica connection; reading from the primary");
+                    tracing::warn!(server = %server.name, error = %e, "cannot get a replica connection; reading from the primary");
                     return false;
                 }
             }

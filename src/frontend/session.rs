@@ -17,7 +17,7 @@ use super::handshake::{self, Authenticated};
 use super::relay::relay_response;
 use super::routing::ReplicaConn;
 use super::{SessionError, Shared};
-use crate::backend::{self, BackendConn, BackendError, LoginParams};
+use crate::backend::{BackendConn, BackendError, LoginParams, PoolError};
 use crate::config::UserConfig;
 use crate::errors;
 use crate::router::{Route, StatementClass};
@@ -68,6 +68,10 @@ pub(super) struct Session {
     pub(super) current_db: Option<Vec<u8>>,
     /// The replica running the session's `START TRANSACTION READ ONLY` transaction.
     pub(super) txn_replica: Option<usize>,
+    /// The server index of the primary connection.
+    pub(super) primary_index: usize,
+    /// No command is in flight: every connection is between responses.
+    pub(super) idle: bool,
 }
 
 /// What a replica connection must be opened with.
@@ -89,6 +93,7 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
     )
     .await
     .map_err(|_| SessionError::HandshakeTimeout(handshake_ms))??;
+    let primary_index = shared.cluster.borrow().primary.unwrap_or(0);
     let Some((auth, backend)) = login else {
         return Ok(());
     };
@@ -123,9 +128,14 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         next_stmt: 0,
         current_db: None,
         txn_replica: None,
+        primary_index,
+        idle: true,
     };
     s.current_db = s.login.database.clone();
-    s.command_loop().await
+    let result = s.command_loop().await;
+    let orderly = matches!(result, Ok(()) | Err(SessionError::ClientClosed));
+    s.finish(orderly).await;
+    result
 }
 
 /// Authenticates the client and logs in to the primary on its behalf. `None` when the client
@@ -170,26 +180,46 @@ async fn login(
         max_packet: r.max_packet,
         connect_attrs: r.connect_attrs.as_deref(),
     };
-    let timeout = Duration::from_millis(shared.config.proxy.connect_timeout_ms);
-    match backend::connect(&primary.name, &primary.address, params, timeout).await {
+    let Some(pool) = view.primary.and_then(|i| shared.pools.get(i)) else {
+        client
+            .send_err(auth.next_seq, &errors::no_primary())
+            .await?;
+        return Err(SessionError::NoPrimary);
+    };
+    match pool.acquire(params, &shared.pool_limits).await {
         Ok((conn, ok)) => {
             client.write_packet(auth.next_seq, &ok).await?;
             Ok(Some((auth, conn)))
         }
-        Err(BackendError::Refused(err)) => {
+        Err(PoolError::Backend(BackendError::Refused(err))) => {
             // The server's own answer (e.g. unknown database) goes to the client unchanged.
             client.send_err(auth.next_seq, &err).await?;
             Ok(None)
         }
-        Err(e) => {
-            let detail = format!("{} ({}): {e}", primary.name, primary.address);
-            tracing::warn!(error = %detail, "backend login failed");
+        Err(PoolError::Exhausted {
+            server,
+            max,
+            waited_ms,
+        }) => {
+            tracing::warn!(server = %server, max, "no free backend connection slot");
             client
                 .send_err(
                     auth.next_seq,
-                    &errors::backend_connect(&primary.name, &e.to_string()),
+                    &errors::pool_exhausted(&server, max, waited_ms),
                 )
                 .await?;
+            Err(SessionError::NoPrimary)
+        }
+        Err(PoolError::Backend(e)) => {
+            let detail = format!("{} ({}): {e}", primary.name, primary.address);
+            tracing::warn!(error = %detail, "backend login failed");
+            let err = match &e {
+                BackendError::AuthPlugin(plugin) => {
+                    errors::backend_auth_plugin(&primary.name, plugin)
+                }
+                _ => errors::backend_connect(&primary.name, &e.to_string()),
+            };
+            client.send_err(auth.next_seq, &err).await?;
             Err(SessionError::Backend(e))
         }
     }
@@ -199,6 +229,7 @@ impl Session {
     async fn command_loop(&mut self) -> Result<(), SessionError> {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
+            self.idle = true;
             if *shutdown.borrow() {
                 return self.close().await;
             }
@@ -219,6 +250,7 @@ impl Session {
                 }
                 _ = shutdown.changed() => continue,
             };
+            self.idle = false;
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             if ext.first_seq != 0 {
                 let _ = self
@@ -237,6 +269,7 @@ impl Session {
             match code {
                 command::COM_QUIT => {
                     self.client.consume(ext.wire_len);
+                    self.idle = true;
                     return self.close().await;
                 }
                 command::COM_CHANGE_USER => {
@@ -452,15 +485,32 @@ impl Session {
     }
 
     async fn close(&mut self) -> Result<(), SessionError> {
-        for slot in self.replicas.iter_mut() {
-            if let Some(rc) = slot.take() {
-                rc.conn.quit().await;
-            }
-        }
-        let _ = self.backend.write_packet(0, &[command::COM_QUIT]).await;
-        let _ = self.backend.stream.shutdown().await;
+        // The backend connections are returned to their pools (or closed) by `finish`.
         let _ = self.client.stream.shutdown().await;
         Ok(())
+    }
+
+    /// Ends the session: connections in a known state (no response pending, no transaction,
+    /// no locks or other pinned state) go back to their pools; the others are closed.
+    async fn finish(mut self, orderly: bool) {
+        let clean = orderly && self.idle && self.pins == 0;
+        for (i, slot) in self.replicas.iter_mut().enumerate() {
+            if let Some(rc) = slot.take() {
+                if clean && self.txn_replica.is_none() && rc.conn.rbuf.is_empty() {
+                    self.shared.pools[i].release(rc.conn);
+                } else {
+                    rc.conn.quit().await;
+                }
+            }
+        }
+        let in_trans = self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0;
+        if clean && !in_trans && self.backend.rbuf.is_empty() {
+            if let Some(pool) = self.shared.pools.get(self.primary_index) {
+                pool.release(self.backend);
+                return;
+            }
+        }
+        self.backend.quit().await;
     }
 }
 
