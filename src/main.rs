@@ -171,6 +171,7 @@ fn sandbox_config(topo: &Topology, listen: &str) -> Config {
             .map(|n| ServerConfig {
                 name: n.name.clone(),
                 address: n.address(),
+                weight: 1,
             })
             .collect(),
         users: topo

@@ -32,6 +32,8 @@ impl Role {
 pub struct ServerState {
     pub name: String,
     pub address: String,
+    /// `[[servers]] weight`: share of reads (0 = none).
+    pub weight: u32,
     pub role: Role,
     pub healthy: bool,
     pub version: Option<String>,
@@ -57,7 +59,10 @@ pub enum LagSource {
 impl ServerState {
     /// Whether this server may serve a read with the given lag budget.
     pub fn serves_reads_within(&self, max_lag_ms: u64) -> bool {
-        self.healthy && self.role == Role::Replica && self.lag_ms.is_some_and(|l| l <= max_lag_ms)
+        self.healthy
+            && self.weight > 0
+            && self.role == Role::Replica
+            && self.lag_ms.is_some_and(|l| l <= max_lag_ms)
     }
 }
 
@@ -98,6 +103,7 @@ pub fn channel(servers: &[crate::config::ServerConfig]) -> (ClusterTx, ClusterRx
             .map(|s| ServerState {
                 name: s.name.clone(),
                 address: s.address.clone(),
+                weight: s.weight,
                 role: Role::Unknown,
                 healthy: false,
                 version: None,

@@ -112,6 +112,13 @@ pub struct ServerConfig {
     pub name: String,
     /// `host:port`.
     pub address: String,
+    /// Share of reads relative to the other replicas (0 = never serves reads).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// `[[users]]`: a client login. The same credentials log in to the servers.
@@ -266,6 +273,12 @@ impl Config {
                 return Err(bad(
                     format!("servers[{i}].name"),
                     format!("duplicate server name {:?}", s.name),
+                ));
+            }
+            if s.weight > 1000 {
+                return Err(bad(
+                    format!("servers[{i}].weight"),
+                    format!("expected 0 to 1000, found {}", s.weight),
                 ));
             }
             if !valid_host_port(&s.address) {

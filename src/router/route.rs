@@ -82,31 +82,40 @@ pub fn route(
             }
         }
     }
-    // Read each load once: they change under our feet, and two reads of the same counter
-    // could disagree about which servers are the least loaded.
-    let mut loads = [u32::MAX; MAX_SERVERS];
-    let mut min = u32::MAX;
-    for (i, slot) in loads.iter_mut().enumerate().take(topology.servers.len()) {
+    // Least outstanding statements per unit of weight. Each load is read once: they change
+    // under our feet, and two reads of one counter could disagree about which is least.
+    let mut scores = [u64::MAX; MAX_SERVERS];
+    let mut min = u64::MAX;
+    for (i, slot) in scores.iter_mut().enumerate().take(topology.servers.len()) {
         if eligible(i) {
-            *slot = load(i);
+            *slot = u64::from(load(i)) * 1_000_000 / u64::from(topology.servers[i].weight.max(1));
             min = min.min(*slot);
         }
     }
-    if min == u32::MAX {
+    if min == u64::MAX {
         return (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget));
     }
+    // Among the equally good, `turn` walks their weights: a weight-2 replica gets twice the
+    // turns of a weight-1 one.
     let ties = || {
-        loads
+        scores
             .iter()
             .enumerate()
-            .filter(|(_, &l)| l == min)
+            .filter(|(_, &s)| s == min)
             .map(|(i, _)| i)
     };
-    let n = ties().count().max(1);
-    match ties().nth(turn % n) {
-        Some(pick) => (Route::Replica(pick), None),
-        None => (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget)),
+    let total: u64 = ties()
+        .map(|i| u64::from(topology.servers[i].weight.max(1)))
+        .sum();
+    let mut point = turn as u64 % total.max(1);
+    for i in ties() {
+        let w = u64::from(topology.servers[i].weight.max(1));
+        if point < w {
+            return (Route::Replica(i), None);
+        }
+        point -= w;
     }
+    (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget))
 }
 
 #[cfg(test)]
@@ -119,6 +128,7 @@ mod tests {
         ServerState {
             name: name.into(),
             address: String::new(),
+            weight: 1,
             role,
             healthy: true,
             version: None,
@@ -218,6 +228,36 @@ mod tests {
         };
         assert_eq!(r("SHOW WARNINGS", &prev, &t, &[]), Route::Replica(1));
         assert_eq!(r("SHOW WARNINGS", &IDLE, &t, &[]), Route::Primary);
+    }
+
+    #[test]
+    fn weights() {
+        let mut t = topo(&[Some(0), Some(0)]);
+        t.servers[2].weight = 3;
+        let pick = |t: &ClusterView, turn, load: [u32; 3]| {
+            route(
+                &classify_query(b"SELECT 1"),
+                &IDLE,
+                t,
+                1000,
+                |i| load[i],
+                turn,
+            )
+            .0
+        };
+        let picks: Vec<Route> = (0..8).map(|turn| pick(&t, turn, [0, 0, 0])).collect();
+        let db3 = picks.iter().filter(|r| **r == Route::Replica(2)).count();
+        assert_eq!(
+            db3, 6,
+            "weight 3 against 1 gets 3 of every 4 idle reads: {picks:?}"
+        );
+        // Per unit of weight: 2 outstanding on weight 3 beats 1 on weight 1.
+        assert_eq!(pick(&t, 0, [0, 1, 2]), Route::Replica(2));
+        t.servers[2].weight = 0;
+        assert!(
+            (0..4).all(|turn| pick(&t, turn, [0, 0, 0]) == Route::Replica(1)),
+            "weight 0 gets no reads"
+        );
     }
 
     #[test]

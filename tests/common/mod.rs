@@ -64,6 +64,7 @@ pub fn config_for(topo: &Topology) -> Config {
             .map(|n| ServerConfig {
                 name: n.name.clone(),
                 address: n.address(),
+                weight: 1,
             })
             .collect(),
         users: topo
