@@ -65,6 +65,15 @@ def sysbench(test, port, threads, ps_mode, seconds, action="run"):
     return out.stdout
 
 
+def statements(port):
+    """Statements a server has run (Com_select + Com_stmt_execute)."""
+    out = subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{port}", f"-u{USER}",
+                          f"-p{PASSWORD}", "-N", "-B", "-e",
+                          "SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_select', 'Com_stmt_execute')"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
 def figures(text):
     queries = int(re.search(r"queries:\s+(\d+)", text).group(1))
     qps = float(re.search(r"queries:\s+\d+\s+\(([\d.]+) per sec", text).group(1))
@@ -98,10 +107,13 @@ def main():
                               env=dict(os.environ, SLUICE_LOG="warn"))
         procs.append(sb)
         primary = None
+        servers = []
         for line in sb.stdout:
-            m = re.match(r"\s+primary\s+\S+\s+127\.0\.0\.1:(\d+)", line)
+            m = re.match(r"\s+(primary|replica)\s+(\S+)\s+127\.0\.0\.1:(\d+)", line)
             if m:
-                primary = int(m.group(1))
+                servers.append((m.group(2), int(m.group(3))))
+                if m.group(1) == "primary":
+                    primary = int(m.group(3))
             if line.startswith("Press Ctrl-C"):
                 break
         if primary is None:
@@ -145,28 +157,35 @@ backend primary
             for threads in [int(t) for t in args.threads.split(",")]:
                 for mode in args.modes.split(","):
                     res = {name: [] for name, _, _ in targets}
+                    shares = {name: 0 for name, _ in servers}
                     for r in range(args.repeats):
                         order = targets[r % 3:] + targets[:r % 3]
                         for name, port, pid in order:
                             before = cpu_seconds(pid) if pid else None
+                            counts = [statements(p) for _, p in servers] if name == "sluice" else None
                             q, qps, p95 = figures(sysbench(test, port, threads, mode, args.time))
+                            if counts is not None:
+                                for (sname, p), c0 in zip(servers, counts):
+                                    shares[sname] += statements(p) - c0
                             cpu_us = (cpu_seconds(pid) - before) * 1e6 / q if pid else None
                             res[name].append((qps, p95, cpu_us))
                     med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
                                statistics.median(x[2] for x in v) if v[0][2] is not None else None)
                            for n, v in res.items()}
-                    rows.append((test, threads, mode, med))
+                    total = sum(shares.values()) or 1
+                    share_text = ", ".join(f"{n} {100 * c / total:.0f}%" for n, c in shares.items())
+                    rows.append((test, threads, mode, med, share_text))
                     h, s = med["haproxy"], med["sluice"]
                     print(f"{test:18} t={threads:<3} ps={mode:8} "
                           f"direct {med['direct'][0]:9.0f} qps | haproxy {h[0]:9.0f} qps p95 {h[1]:6.2f} ms "
                           f"{h[2]:5.1f} µs/q | sluice {s[0]:9.0f} qps p95 {s[1]:6.2f} ms {s[2]:5.1f} µs/q | "
-                          f"sluice/haproxy qps {s[0] / h[0]:.2f} cpu {s[2] / h[2]:.2f}", flush=True)
-        lines = ["| test | threads | ps-mode | direct QPS | HAProxy QPS | Sluice QPS | HAProxy p95 ms | Sluice p95 ms | HAProxy CPU µs/q | Sluice CPU µs/q | QPS ratio S/H | CPU ratio S/H |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for test, threads, mode, med in rows:
+                          f"sluice/haproxy qps {s[0] / h[0]:.2f} cpu {s[2] / h[2]:.2f} | via sluice: {share_text}", flush=True)
+        lines = ["| test | threads | ps-mode | direct QPS | HAProxy QPS | Sluice QPS | HAProxy p95 ms | Sluice p95 ms | HAProxy CPU µs/q | Sluice CPU µs/q | QPS ratio S/H | CPU ratio S/H | statements via Sluice |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for test, threads, mode, med, share_text in rows:
             d, h, s = med["direct"], med["haproxy"], med["sluice"]
             lines.append(f"| {test} | {threads} | {mode} | {d[0]:.0f} | {h[0]:.0f} | {s[0]:.0f} | {h[1]:.2f} | {s[1]:.2f} | "
-                         f"{h[2]:.1f} | {s[2]:.1f} | {s[0] / h[0]:.2f} | {s[2] / h[2]:.2f} |")
+                         f"{h[2]:.1f} | {s[2]:.1f} | {s[0] / h[0]:.2f} | {s[2] / h[2]:.2f} | {share_text} |")
         table = "\n".join(lines)
         print("\n" + table)
         if args.out:
