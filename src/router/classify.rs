@@ -134,6 +134,9 @@ impl<'a> Classified<'a> {
 
 /// Classifies one query (the body of a COM_QUERY).
 pub fn classify(sql: &[u8]) -> Classified<'_> {
+    if let Some(c) = fast_select(sql) {
+        return c;
+    }
     let mut lx = Lexer::new(sql);
     let mut c = classify_tokens(&mut lx);
     if lx.unsure {
@@ -459,6 +462,92 @@ fn select_keyword(w: &[u8]) -> Option<Sel> {
     }
 }
 
+/// Bytes after which the plain-SELECT fast path gives up and the full pass decides: quotes,
+/// comment starts, variables, parentheses, statement separators, backslashes.
+static BAIL: [bool; 256] = {
+    let mut t = [false; 256];
+    let special = [
+        b'\'', b'"', b'`', b'#', b'-', b'/', b'@', b'(', b')', b';', b'\\', b'{', b'}',
+    ];
+    let mut i = 0;
+    while i < special.len() {
+        t[special[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Bytes that continue a word.
+static WORD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        i += 1;
+    }
+    t
+};
+
+/// The hot path's hot path: `SELECT` followed only by words, numbers, spaces and operators —
+/// no quotes, comments, variables, parentheses or `;` — none of whose words matter to the
+/// router. Anything else returns `None` and the full lexical pass decides, so the result is
+/// always the one the full pass would give.
+fn fast_select(sql: &[u8]) -> Option<Classified<'static>> {
+    let start = sql.iter().position(|c| !c.is_ascii_whitespace())?;
+    let rest = &sql[start..];
+    if rest.len() < 7 || !eq_kw(&rest[..6], b"SELECT") || !rest[6].is_ascii_whitespace() {
+        return None;
+    }
+    let mut i = 7;
+    while i < rest.len() {
+        let c = rest[i];
+        if WORD[usize::from(c)] {
+            let w0 = i;
+            while i < rest.len() && WORD[usize::from(rest[i])] {
+                i += 1;
+            }
+            if select_keyword(&rest[w0..i]).is_some() {
+                return None;
+            }
+            continue;
+        }
+        if matches!(c, b'`' | b'\'' | b'"') {
+            // A quoted name or a string: its content never matters; skip to its end.
+            i = skip_quoted(rest, i)?;
+            continue;
+        }
+        if BAIL[usize::from(c)] {
+            return None;
+        }
+        i += 1;
+    }
+    Some(Classified::new(StatementClass::Read))
+}
+
+/// The index just past the quoted token starting at `at` (doubled quotes and, outside
+/// back-quotes, backslash escapes inside); `None` if it is not terminated.
+fn skip_quoted(s: &[u8], at: usize) -> Option<usize> {
+    let q = s[at];
+    let mut i = at + 1;
+    while i < s.len() {
+        let c = s[i];
+        if c == b'\\' && q != b'`' {
+            i += 2;
+            continue;
+        }
+        if c == q {
+            if s.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Raises the class to a more restrictive one (Read < ReadPrevious/ReadPrimary < Write).
 fn upgrade(c: &mut Classified<'_>, to: StatementClass) {
     use StatementClass::*;
@@ -707,6 +796,40 @@ mod tests {
             wrong.len(),
             wrong.join("\n")
         );
+    }
+
+    /// The fast path never disagrees with the full pass.
+    #[test]
+    fn fast_path_agrees_with_the_full_pass() {
+        let table = include_str!("testdata/statements.tsv");
+        let mut fast = 0;
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let sql = line.split_once('\t').unwrap().1.replace("\\n", "\n");
+            if let Some(c) = fast_select(sql.as_bytes()) {
+                fast += 1;
+                let mut lx = Lexer::new(sql.as_bytes());
+                let full = classify_tokens(&mut lx);
+                assert_eq!(c.class, full.class, "{sql}");
+                assert_eq!((c.pin, c.unpin), (full.pin, full.unpin), "{sql}");
+                assert!(!lx.unsure, "{sql}");
+            }
+        }
+        assert!(fast >= 20, "the fast path takes the plain selects ({fast})");
+        // Quoted names and strings are skipped whole: keywords inside them do not count.
+        assert!(fast_select(b"SELECT `update`, 'for update' FROM `t`").is_some());
+        for sql in [
+            "SELECT c FROM t FOR UPDATE",
+            "SELECT a INTO OUTFILE x",
+            "SELECT SQL_CALC_FOUND_ROWS a FROM t",
+            "SELECT 'unterminated",
+            "SELECT a -- c\n",
+            "SELECT a FROM t LOCK IN SHARE MODE",
+        ] {
+            assert!(fast_select(sql.as_bytes()).is_none(), "{sql}");
+        }
     }
 
     #[test]
