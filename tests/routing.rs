@@ -597,3 +597,54 @@ action.on_no_replica = "error"
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_heartbeat_privileges_lag_falls_back_to_seconds_behind_master() {
+    let h = Harness::start(1).await;
+    // A monitor login that may read but not write the heartbeat.
+    h.root_sql(0, "CREATE USER 'mon_ro'@'%' IDENTIFIED BY 'ro-pw'; GRANT SELECT, SLAVE MONITOR ON *.* TO 'mon_ro'@'%'").await;
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut config = common::config_for(&h.topo);
+    config.monitor.user = Some("mon_ro".into());
+    config.monitor.password = Some("ro-pw".into());
+    let proxy = sluice::server::start(std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    assert!(proxy.wait_ready(Duration::from_secs(10)).await);
+    let mut rx = proxy.cluster.clone();
+    eventually(
+        "lag from Seconds_Behind_Master",
+        Duration::from_secs(10),
+        || {
+            let s = rx.borrow_and_update().servers[1].clone();
+            async move {
+                s.lag_source == sluice::cluster::LagSource::SecondsBehindMaster
+                    && s.lag_ms == Some(0)
+            }
+        },
+    )
+    .await;
+    let mut c =
+        mysql_async::Conn::new(h.opts(proxy.local_addr.port(), common::USER, common::PASSWORD))
+            .await
+            .unwrap();
+    assert_eq!(
+        server_id(&mut c, "SELECT @@server_id").await,
+        2,
+        "the replica serves reads on the fallback figure"
+    );
+    // Stopped replication: Seconds_Behind_Master is NULL, which means no reads.
+    h.root_sql(1, "STOP SLAVE SQL_THREAD").await;
+    eventually("replica excluded", Duration::from_secs(5), || {
+        let lag = rx.borrow_and_update().servers[1].lag_ms;
+        async move { lag.is_none() }
+    })
+    .await;
+    assert_eq!(server_id(&mut c, "SELECT @@server_id").await, 1);
+    drop(c);
+    proxy.shutdown().await;
+    h.shutdown().await;
+}
