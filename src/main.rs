@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sluice::config::{Config, MonitorConfig, ProxyConfig, ServerConfig, UserConfig};
+use sluice::config::Config;
 use sluice::sandbox::{Topology, TopologySpec};
 use sluice::server;
 
@@ -114,7 +114,7 @@ async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    let config = sandbox_config(&topo, &listen);
+    let config = topo.proxy_config(&listen);
     let path = topo.root().join("sluice.toml");
     let _ = std::fs::write(&path, config.to_masked_toml());
     if let Err(e) = config.validate(&path) {
@@ -157,38 +157,4 @@ async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitC
     running.shutdown().await;
     drop(topo);
     ExitCode::SUCCESS
-}
-
-fn sandbox_config(topo: &Topology, listen: &str) -> Config {
-    Config {
-        proxy: ProxyConfig {
-            listen: listen.to_string(),
-            ..ProxyConfig::default()
-        },
-        servers: topo
-            .nodes
-            .iter()
-            .map(|n| ServerConfig {
-                name: n.name.clone(),
-                address: n.address(),
-                weight: 1,
-            })
-            .collect(),
-        users: topo
-            .spec
-            .users
-            .iter()
-            .map(|(u, p)| UserConfig {
-                name: u.clone(),
-                password: p.clone(),
-            })
-            .collect(),
-        monitor: MonitorConfig {
-            user: Some(topo.spec.monitor.0.clone()),
-            password: Some(topo.spec.monitor.1.clone()),
-            ..MonitorConfig::default()
-        },
-        routing: Default::default(),
-        base_dir: std::path::PathBuf::from("."),
-    }
 }

@@ -89,24 +89,7 @@ impl Session {
                 .fetch_add(u64::from(c.hints.invalid), Ordering::Relaxed);
             tracing::warn!("ignored {} invalid sluice hint(s)", c.hints.invalid);
         }
-        let view = SessionView {
-            in_transaction: self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0,
-            autocommit: self.status & sluice_proto::flags::status::SERVER_STATUS_AUTOCOMMIT != 0,
-            pinned: self.pins != 0 || self.state_log.len() > MAX_STATE_LOG,
-            previous: self.previous,
-        };
-        let topology = self.shared.cluster.borrow().clone();
-        let outstanding = &self.shared.outstanding;
-        let load = |i: usize| outstanding.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
-        let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
-        let (route, why) = router::route(
-            &c,
-            &view,
-            &topology,
-            self.shared.config.routing.max_lag_ms,
-            load,
-            turn,
-        );
+        let (route, why) = self.route_classified(&c);
         let reject = reject.or_else(|| match (why, strict_rule) {
             (Some(PrimaryReason::NoReplicaWithinBudget), Some(rule)) => Some(errors::no_replica(
                 &rule,
@@ -124,6 +107,31 @@ impl Session {
             reject,
         };
         (route, effect)
+    }
+
+    /// Asks the router where a classified statement runs, given this session's state.
+    pub(super) fn route_classified(
+        &self,
+        c: &router::Classified<'_>,
+    ) -> (Route, Option<PrimaryReason>) {
+        let view = SessionView {
+            in_transaction: self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0,
+            autocommit: self.status & sluice_proto::flags::status::SERVER_STATUS_AUTOCOMMIT != 0,
+            pinned: self.pins != 0 || self.state_log.len() > MAX_STATE_LOG,
+            previous: self.previous,
+        };
+        let topology = self.shared.cluster.borrow().clone();
+        let outstanding = &self.shared.outstanding;
+        let load = |i: usize| outstanding.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
+        let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
+        router::route(
+            c,
+            &view,
+            &topology,
+            self.shared.config.routing.max_lag_ms,
+            load,
+            turn,
+        )
     }
 
     /// Applies the first matching rule to the classification (route and lag budget, unless

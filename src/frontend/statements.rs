@@ -20,7 +20,7 @@ use super::session::Session;
 use super::SessionError;
 use crate::backend::BackendConn;
 use crate::errors;
-use crate::router::{self, Route, SessionView, StatementClass};
+use crate::router::{self, Route, StatementClass};
 
 /// One statement the client prepared.
 pub struct Stmt {
@@ -221,27 +221,7 @@ impl Session {
             // Part of a read-only transaction running on that replica.
             route = Route::Replica(i);
         } else if !long_data {
-            let view = SessionView {
-                in_transaction: self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS
-                    != 0,
-                autocommit: self.status & sluice_proto::flags::status::SERVER_STATUS_AUTOCOMMIT
-                    != 0,
-                pinned: self.pins != 0,
-                previous: self.previous,
-            };
-            let topology = self.shared.cluster.borrow().clone();
-            let outstanding = &self.shared.outstanding;
-            let load = |i: usize| outstanding.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
-            let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
-            route = router::route(
-                &c,
-                &view,
-                &topology,
-                self.shared.config.routing.max_lag_ms,
-                load,
-                turn,
-            )
-            .0;
+            route = self.route_classified(&c).0;
         }
         if let Route::Replica(i) = route {
             let ok = self.ensure_replica(i).await

@@ -4,7 +4,7 @@
 //! [`super::slow_path`] (sqlparser) decides; when both are unsure, the statement is treated as
 //! a write (primary).
 
-use super::lexer::{eq_kw, Lexer, Token};
+use super::lexer::{eq_kw, Lexer, Token, WORD};
 
 /// What a statement is, for routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -472,18 +472,6 @@ static BAIL: [bool; 256] = {
     let mut i = 0;
     while i < special.len() {
         t[special[i] as usize] = true;
-        i += 1;
-    }
-    t
-};
-
-/// Bytes that continue a word.
-static WORD: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
         i += 1;
     }
     t

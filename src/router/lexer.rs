@@ -21,7 +21,7 @@ pub enum Token<'a> {
 }
 
 /// Bytes that continue a word: letters, digits, `_`, `$`, and any non-ASCII byte.
-static WORD: [bool; 256] = {
+pub(super) static WORD: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {

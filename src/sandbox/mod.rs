@@ -129,6 +129,43 @@ impl Topology {
         &self.root
     }
 
+    /// A Sluice configuration for this topology: its servers, users and monitor login, the
+    /// client listener on `listen`, everything else at its default.
+    pub fn proxy_config(&self, listen: &str) -> crate::config::Config {
+        use crate::config::{Config, MonitorConfig, ProxyConfig, ServerConfig, UserConfig};
+        Config {
+            proxy: ProxyConfig {
+                listen: listen.to_string(),
+                ..ProxyConfig::default()
+            },
+            servers: self
+                .nodes
+                .iter()
+                .map(|n| ServerConfig {
+                    name: n.name.clone(),
+                    address: n.address(),
+                    weight: 1,
+                })
+                .collect(),
+            users: self
+                .spec
+                .users
+                .iter()
+                .map(|(u, p)| UserConfig {
+                    name: u.clone(),
+                    password: p.clone(),
+                })
+                .collect(),
+            monitor: MonitorConfig {
+                user: Some(self.spec.monitor.0.clone()),
+                password: Some(self.spec.monitor.1.clone()),
+                ..MonitorConfig::default()
+            },
+            routing: Default::default(),
+            base_dir: std::path::PathBuf::from("."),
+        }
+    }
+
     /// Runs SQL as root over the node's socket; returns the output (tab-separated, no headers).
     pub async fn sql(&self, node: usize, sql: &str) -> Result<String, SandboxError> {
         self.nodes[node].sql(&self.bins, sql).await

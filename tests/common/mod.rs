@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::{Conn, OptsBuilder};
-use sluice::config::{Config, MonitorConfig, ProxyConfig, ServerConfig, UserConfig};
+use sluice::config::Config;
 use sluice::sandbox::{Topology, TopologySpec};
 use sluice::server::{self, Running};
 
@@ -53,37 +53,7 @@ pub fn spec(replicas: usize) -> TopologySpec {
 
 /// The proxy config for a topology (listener on port 0).
 pub fn config_for(topo: &Topology) -> Config {
-    Config {
-        proxy: ProxyConfig {
-            listen: "127.0.0.1:0".into(),
-            ..ProxyConfig::default()
-        },
-        servers: topo
-            .nodes
-            .iter()
-            .map(|n| ServerConfig {
-                name: n.name.clone(),
-                address: n.address(),
-                weight: 1,
-            })
-            .collect(),
-        users: topo
-            .spec
-            .users
-            .iter()
-            .map(|(u, p)| UserConfig {
-                name: u.clone(),
-                password: p.clone(),
-            })
-            .collect(),
-        monitor: MonitorConfig {
-            user: Some(topo.spec.monitor.0.clone()),
-            password: Some(topo.spec.monitor.1.clone()),
-            ..MonitorConfig::default()
-        },
-        routing: Default::default(),
-        base_dir: std::path::PathBuf::from("."),
-    }
+    topo.proxy_config("127.0.0.1:0")
 }
 
 impl Harness {
