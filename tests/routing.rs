@@ -648,3 +648,134 @@ async fn without_heartbeat_privileges_lag_falls_back_to_seconds_behind_master() 
     proxy.shutdown().await;
     h.shutdown().await;
 }
+
+/// DESIGN.md's routing table, row by row, observed by the servers themselves: per-user
+/// statement counts (`information_schema.USER_STATISTICS` with `userstat=ON`; replication and
+/// the monitor run as other users) or `@@server_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_table_rows_are_observed_by_the_servers() {
+    let h = Harness::start(2).await;
+    h.root_sql(0, "CREATE DATABASE rt; CREATE TABLE rt.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT); CREATE SEQUENCE rt.s; CREATE PROCEDURE rt.p() INSERT INTO rt.t (v) VALUES (0); GRANT SELECT ON rt.* TO 'app'@'%' WITH GRANT OPTION").await;
+    for node in 0..3 {
+        h.root_sql(node, "SET GLOBAL userstat = 1").await;
+    }
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    replicas_ready(&h).await;
+    let csv = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(csv.path(), "100,1\n101,2\n").unwrap();
+    let opts = h
+        .proxy_opts()
+        .local_infile_handler(Some(mysql_async::WhiteListFsHandler::new(
+            &[csv.path()][..],
+        )));
+    let mut c = mysql_async::Conn::new(opts).await.unwrap();
+    // Row 1: writes, DDL, LOAD DATA, CALL, LOCK/UNLOCK, GRANT, XA, SET GLOBAL → primary.
+    let load = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE rt.t FIELDS TERMINATED BY ','",
+        csv.path().display()
+    );
+    let writes: Vec<(String, &str)> = vec![
+        ("INSERT INTO rt.t (v) VALUES (1)".into(), "Com_insert"),
+        ("UPDATE rt.t SET v = v + 1".into(), "Com_update"),
+        (
+            "REPLACE INTO rt.t (id, v) VALUES (1, 5)".into(),
+            "Com_replace",
+        ),
+        ("DELETE FROM rt.t WHERE v = 99".into(), "Com_delete"),
+        ("CREATE TABLE rt.u (a INT)".into(), "Com_create_table"),
+        (load, "Com_load"),
+        ("CALL rt.p()".into(), "Com_call_procedure"),
+        ("LOCK TABLES rt.t READ".into(), "Com_lock_tables"),
+        ("UNLOCK TABLES".into(), "Com_unlock_tables"),
+        ("GRANT SELECT ON rt.* TO 'other'@'%'".into(), "Com_grant"),
+        ("XA START 'x1'".into(), "Com_xa_start"),
+        ("XA END 'x1'".into(), "Com_xa_end"),
+        ("XA ROLLBACK 'x1'".into(), "Com_xa_rollback"),
+        (
+            "SET GLOBAL max_connect_errors = 10000".into(),
+            "Com_set_option",
+        ),
+    ];
+    for (sql, kind) in &writes {
+        let before = app_statements(&h).await;
+        c.query_drop(sql.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let after = app_statements(&h).await;
+        assert!(
+            after[0] > before[0],
+            "{sql} ({kind}): not run on the primary ({before:?} → {after:?})"
+        );
+        assert_eq!(&after[1..], &before[1..], "{sql}: ran on a replica");
+    }
+    // Row 3: locking reads and state functions → primary.
+    for sql in [
+        "SELECT @@server_id FROM rt.t WHERE id = 1 FOR UPDATE",
+        "SELECT @@server_id FROM rt.t WHERE id = 1 LOCK IN SHARE MODE",
+        "SELECT @@server_id + 0 * LAST_INSERT_ID()",
+        "SELECT @@server_id + 0 * FOUND_ROWS()",
+        "SELECT @@server_id + 0 * NEXTVAL(rt.s)",
+        "SELECT @@server_id + 0 * IFNULL(RELEASE_LOCK('never-held'), 0)",
+    ] {
+        assert_eq!(server_id(&mut c, sql).await, 1, "{sql}");
+    }
+    // Row 2: reads (SELECT, SHOW, DESCRIBE) → replicas.
+    assert_ne!(
+        server_id(&mut c, "SELECT @@server_id FROM rt.t WHERE id = 1").await,
+        1
+    );
+    let before = app_statements(&h).await;
+    let _: Vec<mysql_async::Row> = c.query("DESCRIBE rt.t").await.unwrap();
+    let after = app_statements(&h).await;
+    assert_eq!(after[0], before[0], "DESCRIBE did not run on the primary");
+    assert!(
+        after[1..].iter().zip(&before[1..]).any(|(a, b)| a > b),
+        "DESCRIBE ran on a replica"
+    );
+    // Row 6: COM_INIT_DB is replayed on replicas.
+    {
+        use common::raw::RawConn;
+        use sluice_proto::command::*;
+        let (mut raw, _) = RawConn::login(h.addr.port(), common::USER, common::PASSWORD, 0).await;
+        let r = raw.command(&encode_simple(COM_INIT_DB, b"rt")).await;
+        assert_eq!(r[0].1[0], 0, "{r:?}");
+        let r = raw
+            .command(&encode_simple(COM_QUERY, b"SELECT @@server_id, DATABASE()"))
+            .await;
+        let row = r
+            .iter()
+            .map(|(_, p)| p)
+            .find(|p| p.ends_with(b"\x02rt"))
+            .expect("a row with the database");
+        assert_ne!(&row[..2], b"\x011", "the read ran on a replica: {row:?}");
+    }
+    // Row 8: hints.
+    assert_eq!(
+        server_id(&mut c, "/* sluice: server=db3 */ SELECT @@server_id").await,
+        3
+    );
+    assert_ne!(
+        server_id(
+            &mut c,
+            "/* sluice: route=replica */ SELECT @@server_id + 0 * LAST_INSERT_ID()"
+        )
+        .await,
+        1
+    );
+    h.shutdown().await;
+}
+
+/// Statements user `app` has run on each server.
+async fn app_statements(h: &Harness) -> Vec<u64> {
+    let mut out = Vec::new();
+    for node in 0..3 {
+        let v = h
+            .root_sql(node, "SELECT IFNULL(SUM(SELECT_COMMANDS + UPDATE_COMMANDS + OTHER_COMMANDS), 0) FROM information_schema.USER_STATISTICS WHERE USER = 'app'")
+            .await;
+        out.push(v.trim().parse().unwrap_or(0));
+    }
+    out
+}
