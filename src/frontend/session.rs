@@ -72,6 +72,9 @@ pub(super) struct Session {
     pub(super) primary_index: usize,
     /// No command is in flight: every connection is between responses.
     pub(super) idle: bool,
+    /// The client changed connection options (COM_SET_OPTION), which COM_CHANGE_USER may not
+    /// reset: its primary connection is not reused.
+    pub(super) options_changed: bool,
 }
 
 /// What a replica connection must be opened with.
@@ -130,6 +133,7 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         txn_replica: None,
         primary_index,
         idle: true,
+        options_changed: false,
     };
     s.current_db = s.login.database.clone();
     let result = s.command_loop().await;
@@ -311,6 +315,7 @@ impl Session {
                     Err(e) => return Err(e),
                 }
             }
+            self.options_changed |= code == command::COM_SET_OPTION;
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             let (mut route, mut effect) = self.plan(payload);
             // Inside a read-only transaction on a replica, everything goes there until the
@@ -504,7 +509,7 @@ impl Session {
             }
         }
         let in_trans = self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0;
-        if clean && !in_trans && self.backend.rbuf.is_empty() {
+        if clean && !in_trans && !self.options_changed && self.backend.rbuf.is_empty() {
             if let Some(pool) = self.shared.pools.get(self.primary_index) {
                 pool.release(self.backend);
                 return;
