@@ -5,7 +5,7 @@ use crate::lenenc::{put_nul_terminated, Reader};
 use crate::ProtoError;
 
 /// `Protocol::HandshakeV10`, the first packet a server sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HandshakeV10 {
     pub server_version: Vec<u8>,
     pub connection_id: u32,

@@ -77,15 +77,7 @@ impl RawConn {
             stream,
             buf: BytesMut::new(),
             caps: 0,
-            handshake: HandshakeV10 {
-                server_version: Vec::new(),
-                connection_id: 0,
-                auth_data: Vec::new(),
-                capabilities: 0,
-                charset: 0,
-                status: 0,
-                auth_plugin: Vec::new(),
-            },
+            handshake: HandshakeV10::default(),
         };
         let hello = c.read_packet().await;
         c.handshake = HandshakeV10::parse(&hello.payload).expect("handshake");
