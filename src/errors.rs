@@ -4,6 +4,8 @@
 
 use sluice_proto::err::ErrPacket;
 
+/// Too many client connections.
+pub const ER_CON_COUNT_ERROR: u16 = 1040;
 /// Access denied (bad user or password).
 pub const ER_ACCESS_DENIED: u16 = 1045;
 /// Malformed handshake response.
@@ -135,4 +137,8 @@ pub fn pool_exhausted(server: &str, max: usize, waited_ms: u64) -> ErrPacket {
         b"08004",
         format!("Sluice: backend server {server} has no free connection (all {max} of [proxy] max_backend_connections in use after waiting {waited_ms} ms)"),
     )
+}
+
+pub fn too_many_connections() -> ErrPacket {
+    ErrPacket::new(ER_CON_COUNT_ERROR, b"08004", "Too many connections")
 }

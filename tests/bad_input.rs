@@ -233,3 +233,46 @@ async fn backend_killed_mid_query_gives_2013_and_a_killed_connection_is_not_reus
     assert!(start.elapsed() < Duration::from_secs(10));
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_connection_limit_and_idle_timeout() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_client_connections = 2;
+        c.proxy.client_idle_timeout_ms = 400;
+    })
+    .await;
+    let a = h.proxy_conn().await;
+    let mut b = h.proxy_conn().await;
+    match mysql_async::Conn::new(h.proxy_opts()).await {
+        Err(mysql_async::Error::Server(e)) => {
+            // Sent in place of the greeting, without an SQL state, as MySQL does.
+            assert_eq!((e.code, e.message.as_str()), (1040, "Too many connections"));
+        }
+        other => panic!("expected 1040, got {:?}", other.map(|_| ())),
+    }
+    a.disconnect().await.unwrap();
+    // The freed place is taken as soon as the session has ended.
+    common::eventually("a free client slot", Duration::from_secs(5), || {
+        let opts = h.proxy_opts();
+        async move {
+            match mysql_async::Conn::new(opts).await {
+                Ok(c) => {
+                    let _ = c.disconnect().await;
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    // A session silent for longer than client_idle_timeout_ms is closed.
+    let v: Option<i64> = b.query_first("SELECT 1").await.unwrap();
+    assert_eq!(v, Some(1));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        b.query_drop("SELECT 1").await.is_err(),
+        "the idle session was closed"
+    );
+    still_serving(&h).await;
+    h.shutdown().await;
+}

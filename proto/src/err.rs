@@ -53,6 +53,18 @@ impl ErrPacket {
     }
 }
 
+impl ErrPacket {
+    /// The form used before the handshake (e.g. "Too many connections" in place of the
+    /// greeting): no SQL-state marker, since no capabilities were negotiated yet.
+    pub fn encode_pre_handshake(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(3 + self.message.len());
+        out.push(ERR_HEADER);
+        out.extend_from_slice(&self.code.to_le_bytes());
+        out.extend_from_slice(&self.message);
+        out
+    }
+}
+
 impl std::fmt::Display for ErrPacket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -85,6 +97,19 @@ mod tests {
         assert_eq!(e.code, 1040);
         assert_eq!(&e.sql_state, b"HY000");
         assert_eq!(e.message, b"Too many connections");
+    }
+
+    #[test]
+    fn pre_handshake_form() {
+        let e = ErrPacket::new(1040, b"08004", "Too many connections");
+        assert_eq!(
+            e.encode_pre_handshake(),
+            b"\xff\x10\x04Too many connections"
+        );
+        assert_eq!(
+            ErrPacket::parse(&e.encode_pre_handshake()).unwrap().message,
+            b"Too many connections"
+        );
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct ProxyConfig {
     pub pool_wait_ms: u64,
     /// Idle connections older than this are closed instead of reused.
     pub pool_idle_timeout_ms: u64,
+    /// Client sessions open at once; more are refused with error 1040 before the handshake.
+    pub max_client_connections: u32,
+    /// A client session with no command for this long is closed (0 = never).
+    pub client_idle_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -101,6 +105,8 @@ impl Default for ProxyConfig {
             pool_max_idle: 64,
             pool_wait_ms: 2_000,
             pool_idle_timeout_ms: 60_000,
+            max_client_connections: 10_000,
+            client_idle_timeout_ms: 28_800_000,
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use sluice_proto::framing;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -13,6 +15,7 @@ use super::session;
 use crate::backend::{PoolLimits, ServerPool};
 use crate::cluster::ClusterRx;
 use crate::config::Config;
+use crate::errors;
 use crate::router::rules::Rule;
 
 /// What every session shares: the config snapshot, the cluster view, the shutdown signal.
@@ -25,6 +28,8 @@ pub struct Shared {
     pub counters: Counters,
     /// Rotates among equally loaded replicas.
     pub turn: AtomicUsize,
+    /// Client sessions open now.
+    pub clients: AtomicUsize,
     /// One connection pool per configured server, and their bounds.
     pub pools: Vec<ServerPool>,
     pub pool_limits: PoolLimits,
@@ -37,6 +42,10 @@ pub struct Shared {
 /// Process-wide counters (served by the metrics endpoint once it exists).
 #[derive(Default)]
 pub struct Counters {
+    /// Clients refused because `[proxy] max_client_connections` were open.
+    pub rejected_too_many: AtomicU64,
+    /// Sessions closed after `[proxy] client_idle_timeout_ms` without a command.
+    pub idle_timeouts: AtomicU64,
     /// Sluice hints that could not be understood (and were ignored).
     pub invalid_hints: AtomicU64,
     /// Sessions pinned to the primary, by reason (indexed like `PinReason::ALL`).
@@ -79,6 +88,7 @@ impl Shared {
             shutdown,
             counters: Counters::default(),
             turn: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
             next_id: AtomicU32::new(1),
         }
     }
@@ -106,7 +116,32 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
             break;
         }
         let _ = stream.set_nodelay(true);
+        // Over the limit: refused before the handshake, as MySQL does (error 1040 in place of
+        // the greeting), with nothing allocated for the session.
+        let limit = shared.config.proxy.max_client_connections as usize;
+        if shared.clients.load(Ordering::Relaxed) >= limit {
+            shared
+                .counters
+                .rejected_too_many
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = %peer, limit, "too many client connections");
+            tokio::spawn(async move {
+                let mut out = bytes::BytesMut::new();
+                framing::write_packet(
+                    &mut out,
+                    0,
+                    &errors::too_many_connections().encode_pre_handshake(),
+                );
+                let mut stream = stream;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out))
+                        .await;
+            });
+            continue;
+        }
+        shared.clients.fetch_add(1, Ordering::Relaxed);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared_end = shared.clone();
         let shared = shared.clone();
         let done = done.clone();
         let span = tracing::info_span!("session", id, client = %peer, user = tracing::field::Empty);
@@ -118,6 +153,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
                     Err(e) if e.is_normal() => tracing::debug!("session ended: {e}"),
                     Err(e) => tracing::info!("session ended: {e}"),
                 }
+                shared_end.clients.fetch_sub(1, Ordering::Relaxed);
                 drop(done);
             }
             .instrument(span),

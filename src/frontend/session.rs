@@ -246,6 +246,12 @@ impl Session {
                     }
                     Err(e) => return Err(e),
                 },
+                _ = idle_deadline(self.shared.config.proxy.client_idle_timeout_ms) => {
+                    // Like the server's wait_timeout: the client stayed silent too long.
+                    self.shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("closing a client idle for longer than client_idle_timeout_ms");
+                    return self.close().await;
+                }
                 r = idle_backend_event(&mut self.backend) => {
                     // The server closed (or spoke out of turn) while the session was idle: the
                     // session's state is gone, so the client loses its connection, as it would
@@ -517,6 +523,14 @@ impl Session {
         }
         self.backend.quit().await;
     }
+}
+
+/// Resolves after `ms` milliseconds, or never when `ms` is 0.
+async fn idle_deadline(ms: u64) {
+    if ms == 0 {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// Resolves when the backend closes or sends bytes while no command is outstanding.
