@@ -378,7 +378,6 @@ impl Session {
                 self.shared.outstanding[i].fetch_add(1, Ordering::Relaxed);
             }
             let local_files = self.capabilities & cap::CLIENT_LOCAL_FILES != 0;
-            let server_name = conn.server.clone();
             let result = relay_response(
                 &mut self.client,
                 conn,
@@ -416,7 +415,12 @@ impl Session {
                     return Err(SessionError::BackendLost(detail));
                 }
                 Err(SessionError::BackendProtocol(detail)) => {
-                    let e = errors::backend_protocol(&server_name, &detail);
+                    // Named only on this error path: no per-query copy of the name.
+                    let server_name = match server_index {
+                        Some(i) => self.shared.config.servers[i].name.as_str(),
+                        None => self.backend.server.as_str(),
+                    };
+                    let e = errors::backend_protocol(server_name, &detail);
                     let _ = self.client.send_err(1, &e).await;
                     return Err(SessionError::BackendProtocol(detail));
                 }
