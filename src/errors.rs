@@ -33,6 +33,53 @@ pub const SLUICE_NO_REPLICA: u16 = 9011;
 pub const SLUICE_POOL_EXHAUSTED: u16 = 9012;
 /// A backend asked for an authentication method Sluice cannot perform.
 pub const SLUICE_BACKEND_AUTH_PLUGIN: u16 = 9004;
+/// The primary was lost (failover) while the session had a transaction open on it.
+pub const SLUICE_TRANSACTION_LOST: u16 = 9020;
+/// The primary changed and the session held state that cannot move to the new one.
+pub const SLUICE_SESSION_STATE_LOST: u16 = 9021;
+
+/// No primary appeared within `[monitor] failover_hold_ms`.
+pub fn no_primary_within(waited_ms: u64) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_NO_PRIMARY,
+        b"HY000",
+        format!(
+            "Sluice: no primary server is available (waited {waited_ms} ms,              [monitor] failover_hold_ms, for a failover or switchover to finish)"
+        ),
+    )
+}
+
+/// The connection to the primary broke while the statement ran: it may or may not have been
+/// applied (a COMMIT may have landed).
+pub fn lost_in_flight(server: &str, detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        CR_SERVER_LOST,
+        b"HY000",
+        format!(
+            "Lost connection to backend server {server} during query ({detail}); the statement may or may not have been applied; the session continues"
+        ),
+    )
+}
+
+pub fn transaction_lost(detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_TRANSACTION_LOST,
+        b"40001",
+        format!(
+            "Sluice: the connection to the primary was lost ({detail}); the open transaction was rolled back. Retry the transaction"
+        ),
+    )
+}
+
+pub fn session_state_lost(reasons: &str) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_SESSION_STATE_LOST,
+        b"08S01",
+        format!(
+            "Sluice: the primary changed and this session's state ({reasons}) exists only on the old one; the connection is closed, reconnect"
+        ),
+    )
+}
 
 pub fn access_denied(user: &[u8], host: &str, using_password: bool) -> ErrPacket {
     ErrPacket::new(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
+use sluice::monitor::Monitor;
 use sluice::sandbox::{Topology, TopologySpec};
 use sluice::server;
 
@@ -40,6 +41,30 @@ enum Cmd {
         /// Directory for the servers (default: a temporary one, removed on exit).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Planned switchover: pause writes (in every Sluice instance), make the primary
+    /// read-only, let NAME catch up, promote it, and make the others (the old primary
+    /// included) replicate from it.
+    Switchover {
+        #[arg(long, short, default_value = "sluice.toml")]
+        config: PathBuf,
+        /// The replica to promote.
+        #[arg(long)]
+        to: String,
+    },
+    /// Promote a replica now, when the primary is dead (the way to fail over with
+    /// `[monitor] failover = "manual"`, or after a refused or failed automatic failover).
+    Failover {
+        #[arg(long, short, default_value = "sluice.toml")]
+        config: PathBuf,
+        /// The replica to promote (default: the most advanced one).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Lift the anti-flap block after an automatic failover, in every Sluice instance.
+    Acknowledge {
+        #[arg(long, short, default_value = "sluice.toml")]
+        config: PathBuf,
     },
 }
 
@@ -97,6 +122,52 @@ fn main() -> ExitCode {
             replicas,
             dir,
         } => rt.block_on(sandbox(listen, replicas, dir)),
+        Cmd::Switchover { config, to } => operate(&rt, &config, Op::Switchover(to)),
+        Cmd::Failover { config, to } => operate(&rt, &config, Op::Failover(to)),
+        Cmd::Acknowledge { config } => operate(&rt, &config, Op::Acknowledge),
+    }
+}
+
+enum Op {
+    Switchover(String),
+    Failover(Option<String>),
+    Acknowledge,
+}
+
+/// Runs one operator action against the servers of a config file.
+fn operate(rt: &tokio::runtime::Runtime, config: &std::path::Path, op: Op) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async {
+        let mut m = Monitor::new(config, None);
+        let r = match op {
+            Op::Switchover(to) => match m.index_of(&to) {
+                Ok(i) => m.switchover(i).await,
+                Err(e) => Err(e),
+            },
+            Op::Failover(to) => match to.map(|n| m.index_of(&n)).transpose() {
+                Ok(t) => m.manual_failover(t).await,
+                Err(e) => Err(e),
+            },
+            Op::Acknowledge => m.acknowledge_now().await,
+        };
+        m.close().await;
+        r
+    });
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -116,7 +187,9 @@ async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitC
     };
     let config = topo.proxy_config(&listen);
     let path = topo.root().join("sluice.toml");
-    let _ = std::fs::write(&path, config.to_masked_toml());
+    // The sandbox's own throwaway passwords are written as they are, so that
+    // `sluice switchover --config <this file>` works against it.
+    let _ = std::fs::write(&path, topo.config_toml(&listen));
     if let Err(e) = config.validate(&path) {
         eprintln!("sluice sandbox: {e}");
         return ExitCode::FAILURE;
@@ -150,7 +223,11 @@ async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitC
     if !ready {
         println!("(warning: no primary discovered yet; see the log)");
     }
-    println!("Config (passwords masked): {}", path.display());
+    println!("Config: {}", path.display());
+    println!(
+        "Planned switchover: sluice switchover --config {} --to db2",
+        path.display()
+    );
     println!("Press Ctrl-C to stop Sluice and the servers.");
     server::termination_signal().await;
     eprintln!("Stopping…");

@@ -19,9 +19,11 @@ pub struct Running {
     /// Where the client listener is bound (useful with port 0).
     pub local_addr: SocketAddr,
     pub cluster: ClusterRx,
+    /// Operator commands (switchover, failover, acknowledge) for this instance's monitor.
+    pub monitor: monitor::MonitorHandle,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
-    monitor: JoinHandle<()>,
+    monitor_task: JoinHandle<()>,
     sessions_done: mpsc::Receiver<()>,
     grace: Duration,
 }
@@ -39,11 +41,7 @@ pub fn start_with_listener(config: Arc<Config>, listener: TcpListener) -> std::i
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (cluster_tx, cluster_rx) = cluster::channel(&config.servers);
-    let monitor = tokio::spawn(monitor::run_discovery(
-        config.clone(),
-        cluster_tx,
-        shutdown_rx.clone(),
-    ));
+    let (monitor_handle, monitor) = monitor::spawn(config.clone(), cluster_tx, shutdown_rx.clone());
     let shared = Arc::new(Shared::new(
         config.clone(),
         Arc::new(rules),
@@ -56,9 +54,10 @@ pub fn start_with_listener(config: Arc<Config>, listener: TcpListener) -> std::i
     Ok(Running {
         local_addr,
         cluster: cluster_rx,
+        monitor: monitor_handle,
         shutdown: shutdown_tx,
         listener,
-        monitor,
+        monitor_task: monitor,
         sessions_done: done_rx,
         grace: Duration::from_millis(config.proxy.shutdown_grace_ms),
     })
@@ -98,7 +97,7 @@ impl Running {
                 "sessions still busy after the grace period; closing them"
             );
         }
-        let _ = self.monitor.await;
+        let _ = self.monitor_task.await;
         tracing::info!("sluice stopped");
     }
 }

@@ -43,6 +43,15 @@ pub struct ServerState {
     pub lag_ms: Option<u64>,
     /// How `lag_ms` was measured.
     pub lag_source: LagSource,
+    /// `@@gtid_current_pos` (MariaDB) or `@@gtid_executed` (MySQL) at the last probe.
+    pub gtid_pos: String,
+    /// The failover generation this server has seen (`sluice.cluster`; 0 = none yet).
+    pub generation: u64,
+    /// Why the server is kept out of routing and promotion (diverged, fenced, …); `None` when
+    /// it is usable.
+    pub excluded: Option<String>,
+    /// `host:port` it replicates from, when it is a replica.
+    pub source: Option<String>,
 }
 
 /// Where a replica's lag figure came from.
@@ -60,6 +69,7 @@ impl ServerState {
     /// Whether this server may serve a read with the given lag budget.
     pub fn serves_reads_within(&self, max_lag_ms: u64) -> bool {
         self.healthy
+            && self.excluded.is_none()
             && self.weight > 0
             && self.role == Role::Replica
             && self.lag_ms.is_some_and(|l| l <= max_lag_ms)
@@ -75,19 +85,88 @@ pub struct ServerHello {
     pub charset: u8,
 }
 
+/// What the monitor is doing about the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MonitorState {
+    /// Not probed yet.
+    #[default]
+    Starting,
+    /// A primary is known and answers.
+    Ok,
+    /// No server is writable, or several are (see the log).
+    NoPrimary,
+    /// The primary misses probes but a replica still receives from it: Sluice's own path to it
+    /// is broken, the primary is not dead. No failover.
+    PrimaryUnreachableFromProxy,
+    /// The primary is confirmed dead and failover is `manual` or `off`.
+    PrimaryDead,
+    /// A failover or switchover is running; writes wait (up to `failover_hold_ms`).
+    Switching,
+    /// The primary is dead but automatic failover is blocked (anti-flap) until this time
+    /// (ms since the epoch), unless acknowledged.
+    Blocked { until_ms: u64 },
+    /// Failover was refused or failed; automatic failover is disabled until acknowledged.
+    Failed { reason: String },
+}
+
+impl MonitorState {
+    pub fn describe(&self) -> String {
+        match self {
+            MonitorState::Starting => "starting".into(),
+            MonitorState::Ok => "ok".into(),
+            MonitorState::NoPrimary => "no primary".into(),
+            MonitorState::PrimaryUnreachableFromProxy => "primary unreachable from proxy".into(),
+            MonitorState::PrimaryDead => "primary dead (failover not automatic)".into(),
+            MonitorState::Switching => "failover in progress".into(),
+            MonitorState::Blocked { until_ms } => {
+                format!("primary dead; automatic failover blocked until {until_ms} (anti-flap)")
+            }
+            MonitorState::Failed { reason } => format!("failover disabled: {reason}"),
+        }
+    }
+}
+
+/// One failover or switchover this instance performed (or tried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverRecord {
+    /// `failover` or `switchover`.
+    pub kind: &'static str,
+    pub from: String,
+    pub to: Option<String>,
+    pub generation: u64,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+    /// From the decision to the new primary being published.
+    pub duration_ms: u64,
+    pub ok: bool,
+    pub detail: String,
+}
+
 /// A published snapshot of the cluster.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub servers: Vec<ServerState>,
-    /// Index into `servers` of the one writable server, when exactly one is.
+    /// Index into `servers` of the primary: the one writable server of the newest generation.
     pub primary: Option<usize>,
     /// The handshake of the current primary, once a login to it succeeded.
     pub primary_hello: Option<ServerHello>,
+    /// The newest failover generation seen; writes go only to a primary of this generation.
+    pub generation: u64,
+    /// Writes wait: a switchover or failover is under way.
+    pub hold: bool,
+    pub state: MonitorState,
+    /// Failovers and switchovers this instance ran, oldest first.
+    pub history: Arc<Vec<FailoverRecord>>,
 }
 
 impl ClusterView {
     pub fn primary(&self) -> Option<&ServerState> {
         self.primary.map(|i| &self.servers[i])
+    }
+
+    /// The primary, when new work may be sent to it (no switch under way).
+    pub fn writable_primary(&self) -> Option<usize> {
+        self.primary.filter(|_| !self.hold)
     }
 }
 
@@ -110,10 +189,13 @@ pub fn channel(servers: &[crate::config::ServerConfig]) -> (ClusterTx, ClusterRx
                 last_error: None,
                 lag_ms: None,
                 lag_source: LagSource::None,
+                gtid_pos: String::new(),
+                generation: 0,
+                excluded: None,
+                source: None,
             })
             .collect(),
-        primary: None,
-        primary_hello: None,
+        ..ClusterView::default()
     };
     watch::channel(Arc::new(view))
 }

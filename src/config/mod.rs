@@ -121,6 +121,12 @@ pub struct ServerConfig {
     /// Share of reads relative to the other replicas (0 = never serves reads).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Never promote this server to primary (failover and switchover skip it).
+    #[serde(default)]
+    pub no_promote: bool,
+    /// Among equally advanced failover candidates, the higher priority is promoted.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 fn default_weight() -> u32 {
@@ -148,6 +154,48 @@ pub struct MonitorConfig {
     pub interval_ms: u64,
     /// Deadline for one probe (connect and query).
     pub timeout_ms: u64,
+    /// Consecutive failed probes before a server counts as down.
+    pub down_after: u32,
+    /// Consecutive successful probes before a down server counts as up again.
+    pub up_after: u32,
+    /// `auto`: promote a replica when the primary is confirmed dead. `manual`: detect and
+    /// report only (`sluice failover` promotes). `off`: no failure detection.
+    pub failover: FailoverMode,
+    /// How long a write waits for a primary (during a failover or switchover) before it fails
+    /// with error 9001.
+    pub failover_hold_ms: u64,
+    /// After an automatic failover, automatic failover is blocked this long (anti-flap) unless
+    /// an operator acknowledges it. 0 = never blocked.
+    pub failover_block_s: u64,
+    /// How long a candidate may take to apply its relay log before promotion.
+    pub drain_timeout_ms: u64,
+    /// An old primary (or a replica left pointing at a dead primary) that comes back is made
+    /// a replica of the current primary when its GTID history allows it.
+    pub auto_rejoin: bool,
+    /// The login replicas use to replicate (`CHANGE MASTER TO MASTER_USER=…`). When unset,
+    /// repointed replicas keep the credentials they had, and rejoining an old primary fails.
+    pub replication_user: Option<String>,
+    #[serde(deserialize_with = "opt_string_or_number", serialize_with = "mask_opt")]
+    pub replication_password: Option<String>,
+}
+
+/// `[monitor] failover`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    Auto,
+    Manual,
+    Off,
+}
+
+impl FailoverMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Auto => "auto",
+            FailoverMode::Manual => "manual",
+            FailoverMode::Off => "off",
+        }
+    }
 }
 
 impl Default for MonitorConfig {
@@ -157,6 +205,15 @@ impl Default for MonitorConfig {
             password: None,
             interval_ms: 250,
             timeout_ms: 1_000,
+            down_after: 3,
+            up_after: 2,
+            failover: FailoverMode::Auto,
+            failover_hold_ms: 5_000,
+            failover_block_s: 3_600,
+            drain_timeout_ms: 10_000,
+            auto_rejoin: true,
+            replication_user: None,
+            replication_password: None,
         }
     }
 }
@@ -245,11 +302,18 @@ impl Config {
             ),
             ("monitor.interval_ms", self.monitor.interval_ms),
             ("monitor.timeout_ms", self.monitor.timeout_ms),
+            ("monitor.down_after", u64::from(self.monitor.down_after)),
+            ("monitor.up_after", u64::from(self.monitor.up_after)),
+            ("monitor.drain_timeout_ms", self.monitor.drain_timeout_ms),
         ] {
             if v == 0 {
                 return Err(bad(
                     key.into(),
-                    "expected a positive number of milliseconds, found 0".into(),
+                    if key.ends_with("_ms") {
+                        "expected a positive number of milliseconds, found 0".into()
+                    } else {
+                        "expected a positive number, found 0".into()
+                    },
                 ));
             }
         }

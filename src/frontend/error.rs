@@ -22,6 +22,10 @@ pub enum SessionError {
     BackendProtocol(String),
     #[error("backend connection lost: {0}")]
     BackendLost(String),
+    /// The backend connection broke before any byte of the response reached the client:
+    /// the client can be told with a clean ERR and the session can go on.
+    #[error("backend connection lost before the response: {0}")]
+    BackendGone(String),
     #[error("no primary available")]
     NoPrimary,
 }

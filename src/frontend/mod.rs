@@ -5,6 +5,7 @@ mod client;
 mod error;
 mod handshake;
 mod listener;
+mod primary;
 mod relay;
 mod routing;
 mod session;

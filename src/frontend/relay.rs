@@ -54,6 +54,7 @@ pub async fn relay_rewriting(
     let mut cont = false;
     let mut outcome = None;
     let mut infile = false;
+    let mut forwarded = false;
     loop {
         // Walk the buffered frames; `pos` is how far they may be forwarded.
         let mut pos = 0usize;
@@ -115,6 +116,7 @@ pub async fn relay_rewriting(
             backend.rbuf[at..at + 4].copy_from_slice(&id.to_le_bytes());
         }
         if pos > 0 {
+            forwarded = true;
             client
                 .stream
                 .write_all(&backend.rbuf[..pos])
@@ -141,14 +143,18 @@ pub async fn relay_rewriting(
         if backend.rbuf.capacity() - backend.rbuf.len() < READ_CHUNK / 4 {
             backend.rbuf.reserve(READ_CHUNK);
         }
-        match backend.stream.read_buf(&mut backend.rbuf).await {
-            Ok(0) => {
-                return Err(SessionError::BackendLost(
-                    "server closed the connection".into(),
-                ))
+        let partial = forwarded || !backend.rbuf.is_empty();
+        let lost = |detail: String| {
+            if partial {
+                SessionError::BackendLost(detail)
+            } else {
+                SessionError::BackendGone(detail)
             }
+        };
+        match backend.stream.read_buf(&mut backend.rbuf).await {
+            Ok(0) => return Err(lost("server closed the connection".into())),
             Ok(_) => {}
-            Err(e) => return Err(SessionError::BackendLost(e.to_string())),
+            Err(e) => return Err(lost(e.to_string())),
         }
     }
 }

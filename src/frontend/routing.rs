@@ -409,7 +409,7 @@ pub async fn query_single_value(
 }
 
 /// Runs one recorded command on a replica connection and checks it succeeded.
-async fn replay(conn: &mut BackendConn, cmd: &[u8]) -> Result<(), String> {
+pub(super) async fn replay(conn: &mut BackendConn, cmd: &[u8]) -> Result<(), String> {
     conn.write_packet(0, cmd).await.map_err(|e| e.to_string())?;
     let mut t = ResponseTracker::new(ResponseKind::for_command(cmd[0]), conn.deprecate_eof());
     loop {

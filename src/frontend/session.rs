@@ -75,6 +75,8 @@ pub(super) struct Session {
     /// The client changed connection options (COM_SET_OPTION), which COM_CHANGE_USER may not
     /// reset: its primary connection is not reused.
     pub(super) options_changed: bool,
+    /// The primary connection broke (why): the next command needing the primary reconnects.
+    pub(super) primary_lost: Option<String>,
 }
 
 /// What a replica connection must be opened with.
@@ -90,14 +92,16 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
     let config = shared.config.clone();
     let handshake_ms = config.proxy.handshake_timeout_ms;
     // The deadline covers the whole handshake, however slowly the bytes trickle in.
-    let login = tokio::time::timeout(
+    let auth = tokio::time::timeout(
         Duration::from_millis(handshake_ms),
-        login(&shared, &mut client, id),
+        authenticate(&shared, &mut client, id),
     )
     .await
     .map_err(|_| SessionError::HandshakeTimeout(handshake_ms))??;
-    let primary_index = shared.cluster.borrow().primary.unwrap_or(0);
-    let Some((auth, backend)) = login else {
+    let Some(auth) = auth else {
+        return Ok(());
+    };
+    let Some((backend, primary_index)) = open_primary(&shared, &mut client, &auth).await? else {
         return Ok(());
     };
     tracing::Span::current().record("user", tracing::field::display(&auth.user.name));
@@ -134,6 +138,7 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         primary_index,
         idle: true,
         options_changed: false,
+        primary_lost: None,
     };
     s.current_db = s.login.database.clone();
     let result = s.command_loop().await;
@@ -142,35 +147,56 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
     result
 }
 
-/// Authenticates the client and logs in to the primary on its behalf. `None` when the client
-/// was refused (it has been told why).
-async fn login(
+/// Authenticates the client. `None` when the client was refused (it has been told why).
+async fn authenticate(
     shared: &Shared,
     client: &mut ClientConn,
     id: u32,
-) -> Result<Option<(Authenticated, BackendConn)>, SessionError> {
-    let view = shared.cluster.borrow().clone();
-    let auth = match handshake::authenticate(
-        client,
-        &shared.config,
-        id,
-        view.primary_hello.as_ref(),
-    )
-    .await
-    {
-        Ok(a) => a,
+) -> Result<Option<Authenticated>, SessionError> {
+    let hello = shared.cluster.borrow().primary_hello.clone();
+    match handshake::authenticate(client, &shared.config, id, hello.as_ref()).await {
+        Ok(a) => Ok(Some(a)),
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(user = %user, "access denied");
-            return Ok(None);
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
-    let Some(primary) = view.primary() else {
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits (up to `[monitor] failover_hold_ms`) for a writable primary.
+async fn wait_for_primary(shared: &Shared) -> Option<usize> {
+    let mut rx = shared.cluster.clone();
+    let hold = Duration::from_millis(shared.config.monitor.failover_hold_ms);
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        if let Some(p) = rx.borrow_and_update().writable_primary() {
+            return Some(p);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Logs in to the primary on the authenticated client's behalf and sends the client the
+/// server's OK. `None` when the client was refused (it has been told why).
+async fn open_primary(
+    shared: &Shared,
+    client: &mut ClientConn,
+    auth: &Authenticated,
+) -> Result<Option<(BackendConn, usize)>, SessionError> {
+    let Some(index) = wait_for_primary(shared).await else {
         client
-            .send_err(auth.next_seq, &errors::no_primary())
+            .send_err(
+                auth.next_seq,
+                &errors::no_primary_within(shared.config.monitor.failover_hold_ms),
+            )
             .await?;
         return Err(SessionError::NoPrimary);
     };
+    let primary = &shared.config.servers[index];
     let r = &auth.response;
     let params = LoginParams {
         user: auth.user.name.as_bytes(),
@@ -184,7 +210,7 @@ async fn login(
         max_packet: r.max_packet,
         connect_attrs: r.connect_attrs.as_deref(),
     };
-    let Some(pool) = view.primary.and_then(|i| shared.pools.get(i)) else {
+    let Some(pool) = shared.pools.get(index) else {
         client
             .send_err(auth.next_seq, &errors::no_primary())
             .await?;
@@ -193,7 +219,7 @@ async fn login(
     match pool.acquire(params, &shared.pool_limits).await {
         Ok((conn, ok)) => {
             client.write_packet(auth.next_seq, &ok).await?;
-            Ok(Some((auth, conn)))
+            Ok(Some((conn, index)))
         }
         Err(PoolError::Backend(BackendError::Refused(err))) => {
             // The server's own answer (e.g. unknown database) goes to the client unchanged.
@@ -252,11 +278,11 @@ impl Session {
                     tracing::info!("closing a client idle for longer than client_idle_timeout_ms");
                     return self.close().await;
                 }
-                r = idle_backend_event(&mut self.backend) => {
-                    // The server closed (or spoke out of turn) while the session was idle: the
-                    // session's state is gone, so the client loses its connection, as it would
-                    // on a direct connection.
-                    return Err(SessionError::BackendLost(r));
+                r = idle_backend_event(&mut self.backend), if self.primary_lost.is_none() => {
+                    // The server closed (or spoke out of turn) while the session was idle. The
+                    // next command that needs the primary reconnects (see `primary.rs`).
+                    self.mark_primary_lost(r);
+                    continue;
                 }
                 _ = shutdown.changed() => continue,
             };
@@ -283,7 +309,13 @@ impl Session {
                     return self.close().await;
                 }
                 command::COM_CHANGE_USER => {
-                    let payload = payload.to_vec();
+                    if !self
+                        .primary_or_reply(ext.wire_len, ext.last_seq.wrapping_add(1), true)
+                        .await?
+                    {
+                        continue;
+                    }
+                    let payload = self.client.rbuf[HEADER_LEN..ext.wire_len].to_vec();
                     self.client.consume(ext.wire_len);
                     self.change_user(&payload).await?;
                     continue;
@@ -309,6 +341,11 @@ impl Session {
                     .await
                 {
                     Ok(()) => continue,
+                    Err(SessionError::BackendGone(detail)) => {
+                        self.backend_gone(None, detail, ext.last_seq.wrapping_add(1))
+                            .await?;
+                        continue;
+                    }
                     Err(SessionError::BackendLost(detail)) => {
                         let _ = self.client.send_err(1, &errors::server_lost(&detail)).await;
                         return Err(SessionError::BackendLost(detail));
@@ -343,6 +380,14 @@ impl Session {
                     route = Route::Primary;
                 }
             }
+            let on_replica = matches!(route, Route::Replica(i) if self.replicas[i].is_some());
+            if !on_replica
+                && !self
+                    .primary_or_reply(ext.wire_len, ext.last_seq.wrapping_add(1), false)
+                    .await?
+            {
+                continue;
+            }
             let (conn, server_index) = match route {
                 Route::Replica(i) => match self.replicas[i].as_mut() {
                     Some(rc) => (&mut rc.conn, Some(i)),
@@ -355,11 +400,10 @@ impl Session {
                 .write_all(&self.client.rbuf[..ext.wire_len])
                 .await
             {
-                let _ = self
-                    .client
-                    .send_err(1, &errors::server_lost(&e.to_string()))
-                    .await;
-                return Err(SessionError::BackendLost(e.to_string()));
+                self.client.consume(ext.wire_len);
+                self.backend_gone(server_index, e.to_string(), ext.last_seq.wrapping_add(1))
+                    .await?;
+                continue;
             }
             self.client.consume(ext.wire_len);
             let kind = ResponseKind::for_command(code);
@@ -407,6 +451,12 @@ impl Session {
                             self.reset_state().await;
                         }
                     }
+                }
+                Err(SessionError::BackendGone(detail)) => {
+                    // Nothing of the response reached the client: a clean error, and the
+                    // session goes on.
+                    self.backend_gone(server_index, detail, ext.last_seq.wrapping_add(1))
+                        .await?;
                 }
                 Err(SessionError::BackendLost(detail)) => {
                     // Whatever sequence id comes next is unknown mid-response; clients accept an
@@ -499,6 +549,37 @@ impl Session {
         }
     }
 
+    /// A backend connection broke before any of its answer reached the client. The client
+    /// gets an error saying the outcome is unknown; a broken replica connection is dropped, a
+    /// broken primary connection is replaced at the next command that needs it.
+    pub(super) async fn backend_gone(
+        &mut self,
+        server_index: Option<usize>,
+        detail: String,
+        seq: u8,
+    ) -> Result<(), SessionError> {
+        let name = match server_index {
+            Some(i) => self.shared.config.servers[i].name.clone(),
+            None => self.backend.server.clone(),
+        };
+        match server_index {
+            Some(i) => {
+                self.replicas[i] = None;
+                if self.txn_replica == Some(i) {
+                    self.txn_replica = None;
+                    self.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
+                }
+            }
+            None => {
+                self.mark_primary_lost(detail.clone());
+                self.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
+            }
+        }
+        self.client
+            .send_err(seq, &errors::lost_in_flight(&name, &detail))
+            .await
+    }
+
     async fn close(&mut self) -> Result<(), SessionError> {
         // The backend connections are returned to their pools (or closed) by `finish`.
         let _ = self.client.stream.shutdown().await;
@@ -519,6 +600,9 @@ impl Session {
             }
         }
         let in_trans = self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0;
+        if self.primary_lost.is_some() {
+            return;
+        }
         if clean && !in_trans && !self.options_changed && self.backend.rbuf.is_empty() {
             if let Some(pool) = self.shared.pools.get(self.primary_index) {
                 pool.release(self.backend);

@@ -19,7 +19,6 @@ use super::relay::{relay_response, relay_rewriting};
 use super::session::Session;
 use super::SessionError;
 use crate::backend::BackendConn;
-use crate::errors;
 use crate::router::{self, Route, StatementClass};
 
 /// One statement the client prepared.
@@ -40,6 +39,12 @@ pub struct Stmt {
 /// A replica connection's view of the session's statements: Sluice id → (server id, whether
 /// parameter types were sent on this connection).
 pub type ReplicaStmts = HashMap<u32, (u32, bool)>;
+
+/// The outcome reported when the backend broke before answering (the client got an error).
+const GONE: sluice_proto::tracker::Outcome = sluice_proto::tracker::Outcome {
+    status: None,
+    error: true,
+};
 
 fn unknown_statement(id: u32, what: &str) -> ErrPacket {
     ErrPacket::new(
@@ -70,6 +75,9 @@ impl Session {
                     self.client.consume(wire_len);
                     return self.client.send_err(seq, &err).await;
                 }
+                if !self.primary_or_reply(wire_len, seq, false).await? {
+                    return Ok(());
+                }
                 self.forward_raw_to_primary(wire_len).await?;
                 let sluice_id = self.next_stmt_id();
                 let (outcome, server) = self
@@ -93,6 +101,11 @@ impl Session {
             }
             COM_STMT_EXECUTE => self.execute(id, payload, wire_len, seq).await,
             COM_STMT_SEND_LONG_DATA => {
+                if !self.stmts.contains_key(&id) || self.ensure_primary(false).await.is_err() {
+                    // No response exists for this command: the execution reports the problem.
+                    self.client.consume(wire_len);
+                    return Ok(());
+                }
                 let Some(st) = self.stmts.get_mut(&id) else {
                     // No response exists for this command; the execution will report it.
                     self.client.consume(wire_len);
@@ -102,14 +115,23 @@ impl Session {
                 let pid = st.primary_id;
                 self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5]
                     .copy_from_slice(&pid.to_le_bytes());
-                self.forward_raw_to_primary(wire_len).await
+                match self.forward_raw_to_primary(wire_len).await {
+                    // No response exists for this command: the next one reconnects.
+                    Err(SessionError::BackendGone(d)) => {
+                        self.mark_primary_lost(d);
+                        Ok(())
+                    }
+                    r => r,
+                }
             }
             COM_STMT_CLOSE => {
                 self.client.consume(wire_len);
                 if let Some(st) = self.stmts.remove(&id) {
                     let mut p = vec![COM_STMT_CLOSE];
                     p.extend_from_slice(&st.primary_id.to_le_bytes());
-                    write_or_lost(&mut self.backend, &p).await?;
+                    if self.primary_lost.is_none() {
+                        write_or_lost(&mut self.backend, &p).await?;
+                    }
                     for rc in self.replicas.iter_mut().flatten() {
                         if let Some((rid, _)) = rc.stmts.remove(&id) {
                             let mut p = vec![COM_STMT_CLOSE];
@@ -123,6 +145,11 @@ impl Session {
                 Ok(())
             }
             COM_STMT_RESET => {
+                if self.stmts.contains_key(&id)
+                    && !self.primary_or_reply(wire_len, seq, false).await?
+                {
+                    return Ok(());
+                }
                 let Some(st) = self.stmts.get_mut(&id) else {
                     self.client.consume(wire_len);
                     return self
@@ -162,7 +189,7 @@ impl Session {
                         .send_err(seq, &unknown_statement(id, "mysqld_stmt_fetch"))
                         .await;
                 };
-                let (target, backend_id) = match st.last_exec {
+                let (target, mut backend_id) = match st.last_exec {
                     Route::Replica(i) => {
                         match self.replicas[i].as_ref().and_then(|rc| rc.stmts.get(&id)) {
                             Some(&(rid, _)) => (Route::Replica(i), rid),
@@ -171,6 +198,12 @@ impl Session {
                     }
                     Route::Primary => (Route::Primary, st.primary_id),
                 };
+                if target == Route::Primary {
+                    if !self.primary_or_reply(wire_len, seq, false).await? {
+                        return Ok(());
+                    }
+                    backend_id = self.stmts.get(&id).map_or(backend_id, |s| s.primary_id);
+                }
                 self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5]
                     .copy_from_slice(&backend_id.to_le_bytes());
                 self.send_and_relay(target, None, wire_len, ResponseKind::Fetch, seq)
@@ -230,6 +263,9 @@ impl Session {
             if !ok {
                 route = Route::Primary;
             }
+        }
+        if route == Route::Primary && !self.primary_or_reply(wire_len, seq, false).await? {
+            return Ok(());
         }
         let Some(st) = self.stmts.get_mut(&id) else {
             return Err(SessionError::Malformed("statement vanished".into()));
@@ -329,11 +365,7 @@ impl Session {
             .await;
         self.client.consume(wire_len);
         if let Err(e) = r {
-            let _ = self
-                .client
-                .send_err(1, &errors::server_lost(&e.to_string()))
-                .await;
-            return Err(SessionError::BackendLost(e.to_string()));
+            return Err(SessionError::BackendGone(e.to_string()));
         }
         Ok(())
     }
@@ -382,8 +414,8 @@ impl Session {
         };
         self.client.consume(wire_len);
         if let Err(e) = w {
-            let _ = self.client.send_err(1, &errors::server_lost(&e)).await;
-            return Err(SessionError::BackendLost(e));
+            self.backend_gone(index, e, seq).await?;
+            return Ok(GONE);
         }
         if let Some(i) = index {
             self.shared.outstanding[i].fetch_add(1, Ordering::Relaxed);
@@ -392,7 +424,13 @@ impl Session {
         if let Some(i) = index {
             self.shared.outstanding[i].fetch_sub(1, Ordering::Relaxed);
         }
-        r
+        match r {
+            Err(SessionError::BackendGone(d)) => {
+                self.backend_gone(index, d, seq).await?;
+                Ok(GONE)
+            }
+            r => r,
+        }
     }
 }
 
@@ -404,7 +442,7 @@ async fn write_or_lost(conn: &mut BackendConn, payload: &[u8]) -> Result<(), Ses
 
 /// Runs a command on a connection Sluice controls and reads its whole answer; returns the first
 /// packet's payload. An ERR answer is returned as `Ok` (the connection stays usable).
-async fn control(
+pub(super) async fn control(
     conn: &mut BackendConn,
     payload: &[u8],
     kind: ResponseKind,

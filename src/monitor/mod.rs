@@ -1,7 +1,787 @@
-//! Watches the servers. In this release: role discovery — every `[monitor] interval_ms` each
-//! server is asked for `@@read_only`; the one writable server is the primary. Lag, heartbeats and
-//! failover build on this loop.
+//! Watches the servers and keeps the cluster writable.
+//!
+//! Every `[monitor] interval_ms` all servers are probed at once (each probe bounded by
+//! `timeout_ms`): `read_only`, GTID positions, replication status, semi-sync settings and
+//! Sluice's generation row. Health flips only after `down_after` failed / `up_after`
+//! successful probes in a row. The primary is the one writable server of the newest
+//! generation; a writable server of an older generation (an old primary that came back) is
+//! fenced with `read_only = ON` at once and never receives writes. Lag is measured with a
+//! heartbeat ([`lag`]). When the primary is down *and* the replicas confirm that their link
+//! to it broke, [`failover`] promotes the most advanced replica — only in the Sluice instance
+//! that holds a lock on a majority of the servers. A new [`ClusterView`] is published on the
+//! watch channel whenever anything changed; sessions never wait on the monitor.
 
-mod discovery;
+pub mod failover;
+pub mod gtid;
+pub mod lag;
+pub mod probe;
 
-pub use discovery::run_discovery;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backend::{self, LoginParams};
+use crate::cluster::{
+    ClusterTx, ClusterView, FailoverRecord, LagSource, MonitorState, Role, ServerHello,
+};
+use crate::config::{Config, FailoverMode};
+use probe::{Probe, ServerConn};
+
+pub use lag::now_ms;
+
+/// Operator commands for a running monitor (the admin port and tests send them).
+#[derive(Debug)]
+pub enum Command {
+    /// Lift the anti-flap block and re-enable automatic failover after a failure.
+    Acknowledge,
+    /// Planned switchover to the named replica.
+    Switchover { to: String },
+    /// Promote a replica now (the primary must be down); `None` = the best candidate.
+    Failover { to: Option<String> },
+}
+
+type Reply = oneshot::Sender<Result<String, String>>;
+
+/// Sends commands to a running monitor.
+#[derive(Clone)]
+pub struct MonitorHandle {
+    tx: mpsc::Sender<(Command, Reply)>,
+}
+
+impl MonitorHandle {
+    pub async fn send(&self, cmd: Command) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((cmd, tx))
+            .await
+            .map_err(|_| "the monitor has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the monitor has stopped".to_string())?
+    }
+}
+
+/// The monitor's state. Also used without a running proxy by `sluice switchover` and
+/// `sluice failover`.
+pub struct Monitor {
+    pub(crate) config: Arc<Config>,
+    pub(crate) user: String,
+    pub(crate) password: String,
+    pub(crate) timeout: Duration,
+    pub(crate) conns: Vec<ServerConn>,
+    /// This tick's probe of each server (`None` = failed).
+    pub(crate) probes: Vec<Option<Probe>>,
+    errors: Vec<Option<String>>,
+    fails: Vec<u32>,
+    oks: Vec<u32>,
+    pub(crate) healthy: Vec<bool>,
+    seen: Vec<bool>,
+    /// The replica's IO thread was running while the primary was last reachable.
+    pub(crate) io_ok: Vec<bool>,
+    io_bad: Vec<u32>,
+    /// The server had `rpl_semi_sync_slave_enabled` at its last successful probe.
+    pub(crate) semi_slave: Vec<bool>,
+    /// The server came back after being down (cleared once looked at).
+    returned: Vec<bool>,
+    /// Why a server is kept out of routing and promotion.
+    pub(crate) excluded: Vec<Option<String>>,
+    rejoin_after: Vec<Option<Instant>>,
+    lag: Vec<(Option<u64>, LagSource)>,
+    pub(crate) generation: u64,
+    /// The primary as last known (it may be down now).
+    pub(crate) known_primary: Option<usize>,
+    pub(crate) primary: Option<usize>,
+    hold: bool,
+    /// Semi-sync as last seen on the live primary: (enabled, active, clients).
+    pub(crate) semi_sync: (bool, bool, u32),
+    /// This instance's last automatic failover (ms), unless acknowledged.
+    pub(crate) last_failover_ms: Option<u64>,
+    /// Automatic failover is disabled after a failover was refused or failed midway.
+    pub(crate) disabled: Option<String>,
+    pub(crate) history: Vec<FailoverRecord>,
+    pub(crate) state: MonitorState,
+    heartbeat_failing: bool,
+    conflict_logged: bool,
+    hello: Option<(usize, ServerHello)>,
+    tx: Option<ClusterTx>,
+}
+
+impl Monitor {
+    pub fn new(config: Arc<Config>, tx: Option<ClusterTx>) -> Monitor {
+        let (user, password) = config
+            .monitor
+            .credentials(&config.users)
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .unwrap_or_default();
+        let n = config.servers.len();
+        Monitor {
+            timeout: Duration::from_millis(config.monitor.timeout_ms),
+            user,
+            password,
+            conns: (0..n).map(|_| ServerConn::default()).collect(),
+            probes: vec![None; n],
+            errors: vec![None; n],
+            fails: vec![0; n],
+            oks: vec![0; n],
+            healthy: vec![false; n],
+            seen: vec![false; n],
+            io_ok: vec![false; n],
+            io_bad: vec![0; n],
+            semi_slave: vec![false; n],
+            returned: vec![false; n],
+            excluded: vec![None; n],
+            rejoin_after: vec![None; n],
+            lag: vec![(None, LagSource::None); n],
+            generation: 0,
+            known_primary: None,
+            primary: None,
+            hold: false,
+            semi_sync: (false, false, 0),
+            last_failover_ms: None,
+            disabled: None,
+            history: Vec::new(),
+            state: MonitorState::Starting,
+            heartbeat_failing: false,
+            conflict_logged: false,
+            hello: None,
+            tx,
+            config,
+        }
+    }
+
+    pub(crate) fn name(&self, i: usize) -> &str {
+        &self.config.servers[i].name
+    }
+
+    /// Probes every server at once and updates health counters.
+    pub(crate) async fn probe_all(&mut self) {
+        let (user, password, timeout) = (&self.user, &self.password, self.timeout);
+        let futs = self
+            .conns
+            .iter_mut()
+            .zip(&self.config.servers)
+            .map(|(sc, s)| sc.probe(&s.address, user, password, timeout));
+        let results = futures::future::join_all(futs).await;
+        let m = &self.config.monitor;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(p) => {
+                    self.oks[i] += 1;
+                    self.fails[i] = 0;
+                    if !self.healthy[i] && (!self.seen[i] || self.oks[i] >= m.up_after) {
+                        if self.seen[i] {
+                            tracing::info!(server = %self.config.servers[i].name, "server is up again");
+                            self.returned[i] = true;
+                        }
+                        self.healthy[i] = true;
+                    }
+                    self.seen[i] = true;
+                    self.errors[i] = None;
+                    self.semi_slave[i] = p.semi_sync_slave;
+                    self.probes[i] = Some(p);
+                }
+                Err(e) => {
+                    self.fails[i] += 1;
+                    self.oks[i] = 0;
+                    if self.healthy[i] && self.fails[i] >= m.down_after {
+                        tracing::warn!(server = %self.config.servers[i].name, error = %e, failed_probes = self.fails[i], "server is down");
+                        self.healthy[i] = false;
+                    } else if self.errors[i].is_none() {
+                        tracing::debug!(server = %self.config.servers[i].name, error = %e, "probe failed");
+                    }
+                    if !self.seen[i] && self.errors[i].is_none() {
+                        tracing::warn!(server = %self.config.servers[i].name, error = %e, "server probe failed");
+                    }
+                    self.errors[i] = Some(e);
+                    self.probes[i] = None;
+                }
+            }
+        }
+        let newest = self
+            .probes
+            .iter()
+            .flatten()
+            .map(Probe::generation)
+            .max()
+            .unwrap_or(0);
+        self.generation = self.generation.max(newest);
+    }
+
+    /// The newest generation row any reachable server holds.
+    pub(crate) fn newest_row(&self) -> Option<probe::GenerationRow> {
+        self.probes
+            .iter()
+            .flatten()
+            .filter_map(|p| p.generation.clone())
+            .max_by_key(|g| g.generation)
+    }
+
+    /// Sets `read_only = ON` on writable servers of an older generation: old primaries.
+    async fn fence_stale(&mut self) {
+        for i in 0..self.conns.len() {
+            let stale = match &self.probes[i] {
+                Some(p) => !p.read_only && p.generation() < self.generation,
+                None => false,
+            };
+            if !stale {
+                continue;
+            }
+            let gen = self.probes[i].as_ref().map_or(0, Probe::generation);
+            let flavor = self.conns[i].flavor();
+            let timeout = self.timeout;
+            let Some(c) = self.conns[i].conn.as_mut() else {
+                continue;
+            };
+            let stmts: &[&str] = match flavor {
+                probe::Flavor::MariaDb => &["SET GLOBAL read_only = ON"],
+                probe::Flavor::MySql => &["SET GLOBAL super_read_only = ON"],
+            };
+            match probe::run_sql(c, timeout, stmts).await {
+                Ok(()) => {
+                    tracing::warn!(server = %self.config.servers[i].name, generation = gen, current = self.generation, "fenced a writable server of an old generation (set read_only = ON); it never receives writes");
+                    if let Some(p) = self.probes[i].as_mut() {
+                        p.read_only = true;
+                    }
+                    if self.excluded[i].is_none() {
+                        self.excluded[i] = Some(format!(
+                            "fenced: old primary of generation {gen} (current {})",
+                            self.generation
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(server = %self.config.servers[i].name, error = %e, "cannot fence an old primary; it is excluded from routing");
+                    self.excluded[i] = Some(format!("stale primary, fencing failed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// The one writable server of the newest generation, if exactly one.
+    fn choose_primary(&mut self) -> Option<usize> {
+        let writable: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| {
+                self.healthy[i]
+                    && self.probes[i]
+                        .as_ref()
+                        .is_some_and(|p| !p.read_only && p.generation() >= self.generation)
+            })
+            .collect();
+        match writable.as_slice() {
+            [one] => {
+                self.conflict_logged = false;
+                Some(*one)
+            }
+            [] => {
+                // A primary that missed fewer than `down_after` probes is still the primary.
+                self.primary
+                    .filter(|&k| self.healthy[k] && self.probes[k].is_none())
+            }
+            many => {
+                if !self.conflict_logged {
+                    let names: Vec<&str> = many.iter().map(|&i| self.name(i)).collect();
+                    tracing::error!(servers = ?names, "several servers of the newest generation are writable (read_only=OFF); refusing to pick a primary");
+                    self.conflict_logged = true;
+                }
+                None
+            }
+        }
+    }
+
+    /// A primary that restarted with `read_only = ON` (as production configs often say) while
+    /// no other server took over: it is still the primary of the newest generation, so writes
+    /// are re-enabled on it (under the failover lock). An operator setting `read_only` on a
+    /// running primary is left alone: only a server that was down and came back qualifies.
+    async fn restore_restarted_primary(&mut self) -> Option<usize> {
+        let i = (0..self.conns.len()).find(|&i| {
+            let Some(p) = self.probes[i].as_ref().filter(|_| self.returned[i]) else {
+                return false;
+            };
+            let ours = match &p.generation {
+                Some(g) => {
+                    g.primary_name == self.config.servers[i].name && g.generation == self.generation
+                }
+                None => self.generation == 0 && self.known_primary == Some(i),
+            };
+            p.read_only && p.replication.is_none() && ours && self.excluded[i].is_none()
+        })?;
+        if !self.lock_majority().await {
+            return None;
+        }
+        let flavor = self.conns[i].flavor();
+        let stmts: &[&str] = match flavor {
+            probe::Flavor::MariaDb => &["SET GLOBAL read_only = OFF"],
+            probe::Flavor::MySql => &[
+                "SET GLOBAL super_read_only = OFF",
+                "SET GLOBAL read_only = OFF",
+            ],
+        };
+        let timeout = self.timeout;
+        let r = match self.conns[i].conn.as_mut() {
+            Some(c) => probe::run_sql(c, timeout, stmts).await,
+            None => Err("not connected".into()),
+        };
+        self.unlock_all().await;
+        match r {
+            Ok(()) => {
+                tracing::warn!(server = %self.name(i), generation = self.generation, "the primary restarted read-only and no other server took over: writes re-enabled on it");
+                if let Some(p) = self.probes[i].as_mut() {
+                    p.read_only = false;
+                }
+                Some(i)
+            }
+            Err(e) => {
+                tracing::error!(server = %self.name(i), error = %e, "cannot re-enable writes on the restarted primary");
+                None
+            }
+        }
+    }
+
+    /// Heartbeat and semi-sync status on the primary; lag on the replicas.
+    async fn measure(&mut self, primary: Option<usize>) {
+        let timeout = self.timeout;
+        let mut written = false;
+        if let Some(p) = primary {
+            let sc = &mut self.conns[p];
+            if sc.conn.is_some() {
+                let r = async {
+                    probe::ensure_schema(sc, timeout).await?;
+                    let c = sc.conn.as_mut().ok_or("not connected")?;
+                    lag::write_heartbeat(c, timeout).await
+                }
+                .await;
+                match r {
+                    Ok(()) => written = true,
+                    Err(e) if !self.heartbeat_failing => {
+                        tracing::warn!(server = %self.config.servers[p].name, error = %e, "cannot write the heartbeat; using Seconds_Behind_Master");
+                    }
+                    Err(_) => {}
+                }
+                let enabled = self.probes[p].as_ref().is_some_and(|x| x.semi_sync_master);
+                self.semi_sync = (enabled, false, 0);
+                if enabled {
+                    if let Some(c) = self.conns[p].conn.as_mut() {
+                        let st = probe::query_value(
+                            c,
+                            timeout,
+                            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                             WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS'",
+                        )
+                        .await;
+                        let clients = probe::query_value(
+                            c,
+                            timeout,
+                            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                             WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'",
+                        )
+                        .await;
+                        self.semi_sync = (
+                            true,
+                            matches!(st, Ok(Some(v)) if v.eq_ignore_ascii_case("ON")),
+                            clients
+                                .ok()
+                                .flatten()
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0),
+                        );
+                    }
+                }
+            }
+        }
+        self.heartbeat_failing = primary.is_some() && !written;
+        for i in 0..self.conns.len() {
+            self.lag[i] = (None, LagSource::None);
+            let Some(rep) = self.probes[i]
+                .as_ref()
+                .filter(|p| p.read_only)
+                .and_then(|p| p.replication.clone())
+            else {
+                continue;
+            };
+            if let Some(c) = self.conns[i].conn.as_mut() {
+                match lag::measure(c, &rep, written, timeout).await {
+                    Ok(l) => self.lag[i] = l,
+                    Err(e) => {
+                        tracing::debug!(server = %self.config.servers[i].name, error = %e, "lag probe failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// One monitoring round: probe, fence, choose the primary, measure lag, act on a dead
+    /// primary, rejoin stray servers, publish.
+    pub(crate) async fn tick(&mut self) {
+        self.probe_all().await;
+        self.fence_stale().await;
+        let mut primary = self.choose_primary();
+        if primary.is_none() {
+            primary = self.restore_restarted_primary().await;
+        }
+        self.returned.iter_mut().for_each(|r| *r = false);
+        if primary != self.primary {
+            match primary {
+                Some(i) => {
+                    tracing::info!(server = %self.name(i), address = %self.config.servers[i].address, generation = self.generation, "primary discovered")
+                }
+                None => tracing::warn!("no primary available"),
+            }
+        }
+        self.primary = primary;
+        let now = now_ms();
+        self.hold = primary
+            .and_then(|p| self.probes[p].as_ref())
+            .and_then(|p| p.generation.as_ref())
+            .is_some_and(|g| g.switchover_until_ms > now);
+        if let Some(p) = primary {
+            self.known_primary = Some(p);
+            if self.probes[p].is_some() {
+                // Sticky: one bad reading (the primary may have died between the probes of
+                // this round) does not clear it.
+                for i in 0..self.conns.len() {
+                    if i == p {
+                        continue;
+                    }
+                    let Some(x) = self.probes[i].as_ref() else {
+                        continue;
+                    };
+                    if x.replication.as_ref().is_some_and(|r| r.io_yes()) {
+                        self.io_ok[i] = true;
+                        self.io_bad[i] = 0;
+                    } else {
+                        self.io_bad[i] += 1;
+                        if self.io_bad[i] >= 2 {
+                            self.io_ok[i] = false;
+                        }
+                    }
+                }
+            }
+            if matches!(
+                self.state,
+                MonitorState::PrimaryUnreachableFromProxy
+                    | MonitorState::PrimaryDead
+                    | MonitorState::NoPrimary
+                    | MonitorState::Starting
+                    | MonitorState::Blocked { .. }
+                    | MonitorState::Switching
+            ) {
+                self.state = MonitorState::Ok;
+            }
+        }
+        self.measure(primary).await;
+        if primary.is_none() {
+            self.on_no_primary().await;
+        } else {
+            self.rejoin_strays().await;
+        }
+        self.update_hello().await;
+        self.publish();
+    }
+
+    /// No primary this round: decide whether the known primary is dead and what to do.
+    async fn on_no_primary(&mut self) {
+        let Some(k) = self.known_primary else {
+            self.state = MonitorState::NoPrimary;
+            return;
+        };
+        if self.healthy[k] {
+            // Reachable but not writable (a switchover in progress, or an operator set
+            // read_only): not a failure.
+            self.state = MonitorState::NoPrimary;
+            return;
+        }
+        if self.config.monitor.failover == FailoverMode::Off {
+            self.state = MonitorState::NoPrimary;
+            return;
+        }
+        match failover::assess(self, k) {
+            failover::Assessment::UnreachableFromProxy(receiving) => {
+                if self.state != MonitorState::PrimaryUnreachableFromProxy {
+                    let names: Vec<&str> = receiving.iter().map(|&i| self.name(i)).collect();
+                    tracing::error!(primary = %self.name(k), replicas_receiving = ?names, "primary unreachable from proxy: the replicas still receive from it, so it is not dead; no failover");
+                }
+                self.state = MonitorState::PrimaryUnreachableFromProxy;
+            }
+            failover::Assessment::Unconfirmed(why) => {
+                if self.state != MonitorState::NoPrimary {
+                    tracing::warn!(primary = %self.name(k), reason = %why, "primary down but not confirmed dead; no failover");
+                }
+                self.state = MonitorState::NoPrimary;
+            }
+            failover::Assessment::Confirmed(_) => {
+                if self.config.monitor.failover == FailoverMode::Manual {
+                    if self.state != MonitorState::PrimaryDead {
+                        tracing::error!(primary = %self.name(k), "primary is dead (confirmed by the replicas); failover = manual: run `sluice failover`");
+                    }
+                    self.state = MonitorState::PrimaryDead;
+                    return;
+                }
+                if let Some(reason) = self.disabled.clone() {
+                    self.state = MonitorState::Failed { reason };
+                    return;
+                }
+                if let Some(until_ms) = self.blocked_until() {
+                    if !matches!(self.state, MonitorState::Blocked { .. }) {
+                        tracing::error!(primary = %self.name(k), until_ms, "primary is dead but automatic failover is blocked (anti-flap, failover_block_s) until acknowledged");
+                    }
+                    self.state = MonitorState::Blocked { until_ms };
+                    return;
+                }
+                if let Err(e) = self.failover(Some(k), None, true).await {
+                    if self.state == MonitorState::Ok || self.state == MonitorState::Switching {
+                        tracing::warn!(primary = %self.name(k), reason = %e, "primary is dead; no failover this round");
+                    }
+                    if !matches!(
+                        self.state,
+                        MonitorState::Failed { .. } | MonitorState::Blocked { .. }
+                    ) {
+                        self.state = MonitorState::NoPrimary;
+                    }
+                }
+            }
+        }
+    }
+
+    /// When automatic failover is blocked by anti-flap, until when (ms since the epoch).
+    pub(crate) fn blocked_until(&self) -> Option<u64> {
+        let block = self.config.monitor.failover_block_s.saturating_mul(1000);
+        if block == 0 {
+            return None;
+        }
+        let row = self
+            .newest_row()
+            .filter(|r| r.kind == "failover" && !r.acknowledged)
+            .map(|r| r.changed_at_ms);
+        let last = row.max(self.last_failover_ms)?;
+        let until = last + block;
+        (now_ms() < until).then_some(until)
+    }
+
+    async fn update_hello(&mut self) {
+        let Some(p) = self.primary else {
+            self.hello = None;
+            return;
+        };
+        if self.hello.as_ref().is_some_and(|(i, _)| *i == p) {
+            return;
+        }
+        let s = &self.config.servers[p];
+        let params = LoginParams {
+            user: self.user.as_bytes(),
+            password: self.password.as_bytes(),
+            database: None,
+            capabilities: u64::from(u32::MAX),
+            charset: 45,
+            max_packet: self.config.proxy.max_packet_bytes.min(u64::from(u32::MAX)) as u32,
+            connect_attrs: None,
+        };
+        match backend::connect(&s.name, &s.address, params, self.timeout).await {
+            Ok((conn, _)) => {
+                let h = ServerHello {
+                    version: conn.handshake.server_version.clone(),
+                    capabilities: conn.handshake.capabilities,
+                    charset: conn.handshake.charset,
+                };
+                conn.quit().await;
+                self.hello = Some((p, h));
+            }
+            Err(e) => {
+                tracing::warn!(server = %s.name, error = %e, "cannot log in to the primary to read its handshake");
+            }
+        }
+    }
+
+    /// The view sessions route by.
+    pub(crate) fn view(&self) -> ClusterView {
+        let servers = self
+            .config
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let p = self.probes[i].as_ref();
+                let role = match p {
+                    _ if !self.healthy[i] => Role::Unknown,
+                    None => Role::Unknown,
+                    Some(_) if Some(i) == self.primary => Role::Primary,
+                    Some(p) if p.read_only => Role::Replica,
+                    // Writable but not the primary: an unfenced conflict.
+                    Some(_) => Role::Unknown,
+                };
+                crate::cluster::ServerState {
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                    weight: s.weight,
+                    role,
+                    healthy: self.healthy[i],
+                    version: p.map(|p| p.version.clone()),
+                    last_error: self.errors[i].clone(),
+                    lag_ms: self.lag[i].0,
+                    lag_source: self.lag[i].1,
+                    gtid_pos: p.map(|p| p.current_pos.text.clone()).unwrap_or_default(),
+                    generation: p.map_or(0, Probe::generation),
+                    excluded: self.excluded[i].clone(),
+                    source: p
+                        .and_then(|p| p.replication.as_ref())
+                        .map(probe::Replication::source),
+                }
+            })
+            .collect();
+        ClusterView {
+            servers,
+            primary: self.primary,
+            primary_hello: self
+                .hello
+                .as_ref()
+                .filter(|(i, _)| Some(*i) == self.primary)
+                .map(|(_, h)| h.clone()),
+            generation: self.generation,
+            hold: self.hold,
+            state: self.state.clone(),
+            history: Arc::new(self.history.clone()),
+        }
+    }
+
+    /// Publishes the view if it changed.
+    pub(crate) fn publish(&self) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let view = self.view();
+        let old = tx.borrow().clone();
+        if changed(&old, &view) {
+            tx.send_replace(Arc::new(view));
+        }
+    }
+
+    /// Publishes a state change at once (e.g. "switching": writes wait).
+    pub(crate) fn publish_state(&mut self, state: MonitorState, primary: Option<usize>) {
+        self.state = state;
+        self.primary = primary;
+        self.publish();
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Result<String, String> {
+        match cmd {
+            Command::Acknowledge => self.acknowledge().await,
+            Command::Switchover { to } => {
+                let i = self.index_of(&to)?;
+                self.switchover(i).await
+            }
+            Command::Failover { to } => {
+                let target = to.as_deref().map(|n| self.index_of(n)).transpose()?;
+                self.manual_failover(target).await
+            }
+        }
+    }
+
+    pub fn index_of(&self, name: &str) -> Result<usize, String> {
+        self.config
+            .servers
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| format!("no server named {name:?} in [[servers]]"))
+    }
+
+    /// Lifts the anti-flap block (here and, through the generation row, in every instance)
+    /// and re-enables automatic failover.
+    pub async fn acknowledge(&mut self) -> Result<String, String> {
+        self.last_failover_ms = None;
+        self.disabled = None;
+        if let Some(p) = self.primary {
+            if let Some(c) = self.conns[p].conn.as_mut() {
+                probe::run_sql(
+                    c,
+                    self.timeout,
+                    &["UPDATE sluice.cluster SET acknowledged = 1 WHERE id = 1"],
+                )
+                .await?;
+            }
+        }
+        if matches!(
+            self.state,
+            MonitorState::Blocked { .. } | MonitorState::Failed { .. }
+        ) {
+            self.state = MonitorState::NoPrimary;
+        }
+        tracing::info!("failover acknowledged: automatic failover re-enabled");
+        Ok("acknowledged: automatic failover re-enabled".into())
+    }
+
+    /// [`Monitor::acknowledge`] for a process that is not monitoring (the CLI).
+    pub async fn acknowledge_now(&mut self) -> Result<String, String> {
+        self.probe_all().await;
+        self.primary = self.live_primary();
+        if self.primary.is_none() {
+            return Err("no live primary to record the acknowledgement on".into());
+        }
+        self.acknowledge().await
+    }
+
+    /// Closes every monitor connection (releasing locks).
+    pub async fn close(&mut self) {
+        for sc in &mut self.conns {
+            if let Some(c) = sc.conn.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+            }
+        }
+    }
+}
+
+fn changed(a: &ClusterView, b: &ClusterView) -> bool {
+    a.primary != b.primary
+        || a.primary_hello != b.primary_hello
+        || a.generation != b.generation
+        || a.hold != b.hold
+        || a.state != b.state
+        || a.history.len() != b.history.len()
+        || a.servers.iter().zip(&b.servers).any(|(x, y)| {
+            x.role != y.role
+                || x.healthy != y.healthy
+                || x.last_error != y.last_error
+                || x.lag_ms != y.lag_ms
+                || x.excluded != y.excluded
+                || x.generation != y.generation
+                || x.source != y.source
+        })
+}
+
+/// Starts the monitor task; returns a handle for operator commands.
+pub fn spawn(
+    config: Arc<Config>,
+    tx: ClusterTx,
+    shutdown: watch::Receiver<bool>,
+) -> (MonitorHandle, tokio::task::JoinHandle<()>) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(8);
+    let task = tokio::spawn(run(config, tx, cmd_rx, shutdown));
+    (MonitorHandle { tx: cmd_tx }, task)
+}
+
+/// Runs until `shutdown` flips to true.
+async fn run(
+    config: Arc<Config>,
+    tx: ClusterTx,
+    mut commands: mpsc::Receiver<(Command, Reply)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_millis(config.monitor.interval_ms);
+    // While writes wait for a switchover, look more often so the pause ends sooner.
+    let fast = interval.min(Duration::from_millis(50));
+    let mut m = Monitor::new(config, Some(tx));
+    loop {
+        let started = Instant::now();
+        m.tick().await;
+        let period = if m.hold { fast } else { interval };
+        let sleep = tokio::time::sleep(period.saturating_sub(started.elapsed()));
+        tokio::select! {
+            _ = sleep => {}
+            Some((cmd, reply)) = commands.recv() => {
+                let r = m.handle(cmd).await;
+                m.publish();
+                let _ = reply.send(r);
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    m.close().await;
+}

@@ -135,6 +135,10 @@ mod tests {
             last_error: None,
             lag_ms: lag,
             lag_source: LagSource::Heartbeat,
+            gtid_pos: String::new(),
+            generation: 0,
+            excluded: None,
+            source: None,
         }
     }
 
@@ -146,7 +150,7 @@ mod tests {
         ClusterView {
             servers,
             primary: Some(0),
-            primary_hello: None,
+            ..ClusterView::default()
         }
     }
 

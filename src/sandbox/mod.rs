@@ -145,6 +145,8 @@ impl Topology {
                     name: n.name.clone(),
                     address: n.address(),
                     weight: 1,
+                    no_promote: false,
+                    priority: 0,
                 })
                 .collect(),
             users: self
@@ -159,6 +161,8 @@ impl Topology {
             monitor: MonitorConfig {
                 user: Some(self.spec.monitor.0.clone()),
                 password: Some(self.spec.monitor.1.clone()),
+                replication_user: Some(REPL_USER.to_string()),
+                replication_password: Some(REPL_PASSWORD.to_string()),
                 ..MonitorConfig::default()
             },
             routing: Default::default(),
@@ -166,9 +170,44 @@ impl Topology {
         }
     }
 
+    /// [`Topology::proxy_config`] as a TOML file, with the sandbox's real (throwaway)
+    /// passwords, for the CLI (`sluice switchover --config …`).
+    pub fn config_toml(&self, listen: &str) -> String {
+        let q = |s: &str| format!("{s:?}");
+        let mut t = format!("[proxy]\nlisten = {}\n\n", q(listen));
+        for n in &self.nodes {
+            t.push_str(&format!(
+                "[[servers]]\nname = {}\naddress = {}\n\n",
+                q(&n.name),
+                q(&n.address())
+            ));
+        }
+        for (u, p) in &self.spec.users {
+            t.push_str(&format!(
+                "[[users]]\nname = {}\npassword = {}\n\n",
+                q(u),
+                q(p)
+            ));
+        }
+        let (mu, mp) = &self.spec.monitor;
+        t.push_str(&format!(
+            "[monitor]\nuser = {}\npassword = {}\nreplication_user = {}\nreplication_password = {}\n",
+            q(mu),
+            q(mp),
+            q(REPL_USER),
+            q(REPL_PASSWORD)
+        ));
+        t
+    }
+
     /// Runs SQL as root over the node's socket; returns the output (tab-separated, no headers).
     pub async fn sql(&self, node: usize, sql: &str) -> Result<String, SandboxError> {
         self.nodes[node].sql(&self.bins, sql).await
+    }
+
+    /// Like [`Topology::sql`], with column names: one `name: value` line per column.
+    pub async fn sql_vertical(&self, node: usize, sql: &str) -> Result<String, SandboxError> {
+        self.nodes[node].sql_vertical(&self.bins, sql).await
     }
 
     async fn setup_primary(&self) -> Result<(), SandboxError> {

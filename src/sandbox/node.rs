@@ -200,11 +200,27 @@ impl Node {
 
     /// Runs SQL as root over the socket with the command-line client.
     pub async fn sql(&self, bins: &Binaries, sql: &str) -> Result<String, SandboxError> {
+        self.sql_args(bins, &["-N", "-B"], sql).await
+    }
+
+    /// Like [`Node::sql`], one `name: value` line per column (vertical output).
+    pub async fn sql_vertical(&self, bins: &Binaries, sql: &str) -> Result<String, SandboxError> {
+        self.sql_args(bins, &["-E"], sql).await
+    }
+
+    async fn sql_args(
+        &self,
+        bins: &Binaries,
+        args: &[&str],
+        sql: &str,
+    ) -> Result<String, SandboxError> {
         let out = tokio::process::Command::new(&bins.client)
             .arg("--no-defaults")
             .arg("--protocol=socket")
             .arg(format!("--socket={}", self.socket().display()))
-            .args(["-uroot", "-N", "-B", "-e", sql])
+            .arg("-uroot")
+            .args(args)
+            .args(["-e", sql])
             .stdin(Stdio::null())
             .output()
             .await

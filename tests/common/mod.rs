@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod fault;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -64,8 +65,13 @@ impl Harness {
 
     /// Like [`Harness::start`], with a chance to adjust the proxy config.
     pub async fn start_with(replicas: usize, tweak: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_spec(spec(replicas), tweak).await
+    }
+
+    /// A topology from `spec` (e.g. with extra server settings) and Sluice in front.
+    pub async fn start_spec(spec: TopologySpec, tweak: impl FnOnce(&mut Config)) -> Harness {
         init_tracing();
-        let topo = Topology::start(spec(replicas))
+        let topo = Topology::start(spec)
             .await
             .unwrap_or_else(|e| panic!("cannot start the test topology: {e}"));
         let mut config = config_for(&topo);

@@ -1,0 +1,404 @@
+//! One monitor connection per server, and what one probe of a server reads: `read_only`,
+//! version, GTID positions, the replication status (MariaDB and MySQL column names), semi-sync
+//! settings, and Sluice's own generation row. Every call is bounded by `[monitor] timeout_ms`
+//! (mysql_async has no timeouts of its own).
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Row;
+
+use super::gtid::GtidPos;
+
+/// The advisory lock a Sluice instance must hold on a majority of the servers to promote.
+pub const LOCK_NAME: &str = "sluice.failover";
+
+/// `sluice.cluster`: one row, replicated to every server, saying which failover generation the
+/// cluster is in, and whether a switchover is about to pause writes.
+pub const CLUSTER_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice.cluster (\
+     id TINYINT UNSIGNED NOT NULL PRIMARY KEY, \
+     generation BIGINT UNSIGNED NOT NULL, \
+     primary_name VARCHAR(255) NOT NULL, \
+     kind VARCHAR(16) NOT NULL, \
+     changed_at_ms BIGINT UNSIGNED NOT NULL, \
+     acknowledged TINYINT NOT NULL DEFAULT 0, \
+     switchover_until_ms BIGINT UNSIGNED NOT NULL DEFAULT 0) ENGINE=InnoDB";
+pub const HEARTBEAT_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice.heartbeat \
+     (id INT UNSIGNED NOT NULL PRIMARY KEY, ts_ms BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB";
+
+/// The server's flavour decides which statements and variables exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    MariaDb,
+    MySql,
+}
+
+/// The monitor's connection to one server.
+#[derive(Default)]
+pub struct ServerConn {
+    pub conn: Option<mysql_async::Conn>,
+    pub flavor: Option<Flavor>,
+    /// This connection holds [`LOCK_NAME`].
+    pub locked: bool,
+    /// `sluice.heartbeat` and `sluice.cluster` exist (checked on this connection).
+    pub schema_ready: bool,
+}
+
+/// Sluice's generation row as one server has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerationRow {
+    pub generation: u64,
+    pub primary_name: String,
+    pub kind: String,
+    pub changed_at_ms: u64,
+    pub acknowledged: bool,
+    pub switchover_until_ms: u64,
+}
+
+/// `SHOW REPLICA STATUS`, reduced to what the monitor needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// `Yes`, `Connecting` or `No`.
+    pub io_running: String,
+    pub sql_running: bool,
+    pub source_host: String,
+    pub source_port: u16,
+    pub last_io_errno: u32,
+    pub last_io_error: String,
+    pub last_sql_errno: u32,
+    pub last_sql_error: String,
+    pub seconds_behind: Option<u64>,
+    /// Last GTID received (MariaDB `Gtid_IO_Pos`; MySQL `Retrieved_Gtid_Set`).
+    pub io_pos: Option<GtidPos>,
+}
+
+impl Replication {
+    pub fn io_yes(&self) -> bool {
+        self.io_running.eq_ignore_ascii_case("yes")
+    }
+
+    pub fn source(&self) -> String {
+        format!("{}:{}", self.source_host, self.source_port)
+    }
+}
+
+/// Everything one probe read.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    pub read_only: bool,
+    pub version: String,
+    pub server_id: u64,
+    /// MariaDB `gtid_current_pos`, MySQL `gtid_executed`.
+    pub current_pos: GtidPos,
+    /// Applied by replication (MariaDB `gtid_slave_pos`; MySQL `gtid_executed`).
+    pub applied_pos: GtidPos,
+    pub binlog_pos: GtidPos,
+    pub replication: Option<Replication>,
+    pub generation: Option<GenerationRow>,
+    pub semi_sync_master: bool,
+    pub semi_sync_slave: bool,
+}
+
+impl Probe {
+    /// The most advanced position this server holds (received or applied).
+    pub fn received_pos(&self) -> GtidPos {
+        let base = self.applied_pos.max(&self.binlog_pos);
+        match self.replication.as_ref().and_then(|r| r.io_pos.as_ref()) {
+            Some(io) => base.max(io),
+            None => base,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.as_ref().map_or(0, |g| g.generation)
+    }
+}
+
+pub fn err_text(e: mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => format!("ERROR {} ({}): {}", s.code, s.state, s.message),
+        other => other.to_string(),
+    }
+}
+
+fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Runs `fut` within `timeout`, mapping errors to text.
+pub async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(err_text),
+        Err(_) => Err(format!("{what} timed out after {} ms", timeout.as_millis())),
+    }
+}
+
+fn text(row: &Row, names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| {
+        row.get_opt::<Option<String>, _>(*n)
+            .and_then(Result::ok)
+            .flatten()
+    })
+}
+
+fn at(row: &Row, i: usize) -> Option<String> {
+    row.get_opt::<Option<String>, _>(i)
+        .and_then(Result::ok)
+        .flatten()
+}
+
+impl ServerConn {
+    /// Connects when needed (bounded) and returns the connection.
+    pub async fn connect(
+        &mut self,
+        address: &str,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<&mut mysql_async::Conn, String> {
+        if self.conn.is_none() {
+            self.locked = false;
+            self.schema_ready = false;
+            let (host, port) = address
+                .rsplit_once(':')
+                .ok_or_else(|| "bad address".to_string())?;
+            let opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname(host.to_string())
+                .tcp_port(port.parse().map_err(|_| "bad port".to_string())?)
+                .user(Some(user.to_string()))
+                .pass(Some(password.to_string()))
+                .prefer_socket(false)
+                // A lock held by a monitor that vanished without closing its socket is
+                // released when the server drops the idle connection.
+                .setup(vec!["SET SESSION wait_timeout = 30".to_string()]);
+            let mut c = bounded(timeout, "connect", mysql_async::Conn::new(opts)).await?;
+            let version: Option<String> =
+                bounded(timeout, "version query", c.query_first("SELECT @@version")).await?;
+            let flavor = if version.unwrap_or_default().contains("MariaDB") {
+                Flavor::MariaDb
+            } else {
+                Flavor::MySql
+            };
+            self.flavor = Some(flavor);
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Drops the connection (and with it any lock it held).
+    pub fn reset(&mut self) {
+        self.conn = None;
+        self.locked = false;
+        self.schema_ready = false;
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.flavor.unwrap_or(Flavor::MariaDb)
+    }
+
+    /// Reads the server's state. On error the connection is dropped.
+    pub async fn probe(
+        &mut self,
+        address: &str,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<Probe, String> {
+        let r = self.probe_inner(address, user, password, timeout).await;
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+
+    async fn probe_inner(
+        &mut self,
+        address: &str,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<Probe, String> {
+        self.connect(address, user, password, timeout).await?;
+        let flavor = self.flavor();
+        let c = self.conn.as_mut().expect("connected");
+        let vars = match flavor {
+            Flavor::MariaDb => {
+                "SELECT @@read_only, @@version, @@server_id, @@gtid_current_pos, \
+                 @@gtid_slave_pos, @@gtid_binlog_pos, @@rpl_semi_sync_master_enabled, \
+                 @@rpl_semi_sync_slave_enabled"
+            }
+            Flavor::MySql => {
+                "SELECT @@read_only OR @@super_read_only, @@version, @@server_id, \
+                 @@gtid_executed, @@gtid_executed, @@gtid_executed, 0, 0"
+            }
+        };
+        let row: Option<Row> = bounded(timeout, "probe", c.query_first(vars)).await?;
+        let row = row.ok_or("empty probe result")?;
+        let pos = |i| GtidPos::parse(&at(&row, i).unwrap_or_default()).unwrap_or_default();
+        let mut p = Probe {
+            read_only: at(&row, 0).is_some_and(|v| v != "0"),
+            version: at(&row, 1).unwrap_or_default(),
+            server_id: at(&row, 2).and_then(|v| v.parse().ok()).unwrap_or(0),
+            current_pos: pos(3),
+            applied_pos: pos(4),
+            binlog_pos: pos(5),
+            semi_sync_master: at(&row, 6).is_some_and(|v| v == "1"),
+            semi_sync_slave: at(&row, 7).is_some_and(|v| v == "1"),
+            ..Probe::default()
+        };
+        p.replication = replication_status(c, flavor, timeout).await?;
+        p.generation = read_generation(c, timeout).await?;
+        Ok(p)
+    }
+}
+
+/// `SHOW REPLICA STATUS` (or `SHOW SLAVE STATUS` on servers without it); `None` when the
+/// server is not configured as a replica.
+pub async fn replication_status(
+    c: &mut mysql_async::Conn,
+    flavor: Flavor,
+    timeout: Duration,
+) -> Result<Option<Replication>, String> {
+    let row: Option<Row> = match bounded(
+        timeout,
+        "replication status",
+        c.query_first::<Row, _>("SHOW REPLICA STATUS"),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) if e.contains("ERROR 1064") => {
+            bounded(
+                timeout,
+                "replication status",
+                c.query_first("SHOW SLAVE STATUS"),
+            )
+            .await?
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let num = |names: &[&str]| text(&row, names).and_then(|v| v.parse::<u64>().ok());
+    let io_pos = match flavor {
+        Flavor::MariaDb => text(&row, &["Gtid_IO_Pos"]),
+        Flavor::MySql => text(&row, &["Retrieved_Gtid_Set"]),
+    }
+    .and_then(|t| GtidPos::parse(&t));
+    let r = Replication {
+        io_running: text(&row, &["Slave_IO_Running", "Replica_IO_Running"]).unwrap_or_default(),
+        sql_running: text(&row, &["Slave_SQL_Running", "Replica_SQL_Running"])
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+        source_host: text(&row, &["Master_Host", "Source_Host"]).unwrap_or_default(),
+        source_port: num(&["Master_Port", "Source_Port"]).unwrap_or(0) as u16,
+        last_io_errno: num(&["Last_IO_Errno"]).unwrap_or(0) as u32,
+        last_io_error: text(&row, &["Last_IO_Error"]).unwrap_or_default(),
+        last_sql_errno: num(&["Last_SQL_Errno"]).unwrap_or(0) as u32,
+        last_sql_error: text(&row, &["Last_SQL_Error"]).unwrap_or_default(),
+        seconds_behind: num(&["Seconds_Behind_Master", "Seconds_Behind_Source"]),
+        io_pos,
+    };
+    // A server whose replication was reset reports an empty host.
+    if r.source_host.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(r))
+}
+
+/// Sluice's generation row on this server; `None` when it has none yet.
+pub async fn read_generation(
+    c: &mut mysql_async::Conn,
+    timeout: Duration,
+) -> Result<Option<GenerationRow>, String> {
+    let q = "SELECT generation, primary_name, kind, changed_at_ms, acknowledged, \
+             switchover_until_ms FROM sluice.cluster WHERE id = 1";
+    let r: Result<Option<Row>, mysql_async::Error> =
+        match tokio::time::timeout(timeout, c.query_first(q)).await {
+            Ok(r) => r,
+            Err(_) => return Err("generation query timed out".into()),
+        };
+    match r {
+        Ok(Some(row)) => {
+            let n = |i| at(&row, i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Ok(Some(GenerationRow {
+                generation: n(0),
+                primary_name: at(&row, 1).unwrap_or_default(),
+                kind: at(&row, 2).unwrap_or_default(),
+                changed_at_ms: n(3),
+                acknowledged: n(4) != 0,
+                switchover_until_ms: n(5),
+            }))
+        }
+        Ok(None) => Ok(None),
+        // No `sluice` schema (1049) or table (1146) yet.
+        Err(e) if matches!(server_code(&e), Some(1049 | 1146)) => Ok(None),
+        Err(e) => Err(err_text(e)),
+    }
+}
+
+/// Runs statements one by one on a monitor connection, each bounded.
+pub async fn run_sql(
+    c: &mut mysql_async::Conn,
+    timeout: Duration,
+    statements: &[&str],
+) -> Result<(), String> {
+    for s in statements {
+        bounded(timeout, s, c.query_drop(*s))
+            .await
+            .map_err(|e| format!("{s}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A single text value (first column of the first row).
+pub async fn query_value(
+    c: &mut mysql_async::Conn,
+    timeout: Duration,
+    sql: &str,
+) -> Result<Option<String>, String> {
+    let row: Option<Row> = bounded(timeout, sql, c.query_first(sql)).await?;
+    Ok(row.and_then(|r| at(&r, 0)))
+}
+
+/// Creates Sluice's schema on the primary if missing.
+pub async fn ensure_schema(sc: &mut ServerConn, timeout: Duration) -> Result<(), String> {
+    if sc.schema_ready {
+        return Ok(());
+    }
+    let c = sc.conn.as_mut().ok_or("not connected")?;
+    run_sql(
+        c,
+        timeout,
+        &[
+            "CREATE DATABASE IF NOT EXISTS sluice",
+            HEARTBEAT_TABLE_DDL,
+            CLUSTER_TABLE_DDL,
+        ],
+    )
+    .await?;
+    sc.schema_ready = true;
+    Ok(())
+}
+
+/// Escapes a value for a single-quoted SQL string.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for ch in s.chars() {
+        match ch {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}

@@ -1,0 +1,665 @@
+//! Failover with real servers killed for real: detection, promotion of the most advanced
+//! replica, repointing, fencing of a returning old primary, anti-flap, several Sluice
+//! instances, and a planned switchover under load. Clients are real (`mysql_async`) and record
+//! every write the proxy acknowledged; after each failover every acknowledged write must be on
+//! the new primary and on the remaining replica.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fault::FaultRelay;
+use common::{config_for, eventually, init_tracing, spec, Harness};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use sluice::cluster::MonitorState;
+use sluice::monitor::Command;
+use sluice::sandbox::{Topology, TopologySpec};
+use sluice::server::{self, Running};
+
+/// Semi-sync with the AFTER_SYNC wait point: a commit is acknowledged to the client only once
+/// a replica has received it.
+fn semisync_spec() -> TopologySpec {
+    let mut s = spec(2);
+    s.extra_cnf = [
+        "rpl_semi_sync_master_enabled = ON",
+        "rpl_semi_sync_slave_enabled = ON",
+        "rpl_semi_sync_master_wait_point = AFTER_SYNC",
+        "rpl_semi_sync_master_wait_no_slave = OFF",
+        "rpl_semi_sync_master_timeout = 10000",
+    ]
+    .map(String::from)
+    .to_vec();
+    s
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Writes {
+    /// Acknowledged insert ids, with the moments the insert was sent and its OK arrived.
+    acked: Vec<(u64, Instant, Instant)>,
+    errors: Vec<(Instant, String)>,
+    max_latency: Duration,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Writes>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `n` clients inserting into `ft.acked` through `opts` until stopped.
+    fn start(opts: OptsBuilder, n: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = Arc::new(Mutex::new(Writes::default()));
+        let tasks = (0..n)
+            .map(|w| tokio::spawn(writer(opts.clone(), w, stop.clone(), out.clone())))
+            .collect();
+        Load { stop, out, tasks }
+    }
+
+    async fn stop(self) -> Writes {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        std::mem::take(&mut *self.out.lock().unwrap())
+    }
+
+    /// The first acknowledgement of a write sent after `t`.
+    fn first_ack_after(&self, t: Instant) -> Option<Instant> {
+        self.out
+            .lock()
+            .unwrap()
+            .acked
+            .iter()
+            .filter(|(_, sent, _)| *sent >= t)
+            .map(|(_, _, done)| *done)
+            .min()
+    }
+}
+
+async fn writer(opts: OptsBuilder, w: usize, stop: Arc<AtomicBool>, out: Arc<Mutex<Writes>>) {
+    let mut conn: Option<Conn> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        if conn.is_none() {
+            match tokio::time::timeout(Duration::from_secs(10), Conn::new(opts.clone())).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(e)) => {
+                    out.lock()
+                        .unwrap()
+                        .errors
+                        .push((Instant::now(), format!("connect: {e}")));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(_) => {
+                    out.lock()
+                        .unwrap()
+                        .errors
+                        .push((Instant::now(), "connect timed out".into()));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        n += 1;
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            c.exec_drop("INSERT INTO ft.acked (w, n) VALUES (?, ?)", (w, n)),
+        )
+        .await;
+        let mut o = out.lock().unwrap();
+        match r {
+            Ok(Ok(())) => {
+                let id = c.last_insert_id().expect("insert id");
+                o.acked.push((id, t0, Instant::now()));
+                o.max_latency = o.max_latency.max(t0.elapsed());
+            }
+            Ok(Err(mysql_async::Error::Server(e))) => {
+                o.errors
+                    .push((Instant::now(), format!("ERROR {}: {}", e.code, e.message)));
+            }
+            Ok(Err(e)) => {
+                o.errors.push((Instant::now(), e.to_string()));
+                conn = None;
+            }
+            Err(_) => {
+                o.errors.push((Instant::now(), "insert timed out".into()));
+                conn = None;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.disconnect().await;
+    }
+}
+
+async fn create_table(opts: OptsBuilder) {
+    let mut c = Conn::new(opts).await.expect("connect through sluice");
+    c.query_drop(
+        "CREATE DATABASE IF NOT EXISTS ft; \
+         CREATE TABLE ft.acked (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, w INT, n BIGINT)",
+    )
+    .await
+    .expect("create the table");
+    c.disconnect().await.ok();
+}
+
+async fn ids_on(topo: &Topology, node: usize) -> HashSet<u64> {
+    topo.sql(node, "SELECT id FROM ft.acked")
+        .await
+        .unwrap_or_else(|e| panic!("read ids on node {node}: {e}"))
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits until `node` has applied everything `source` has in its binlog.
+async fn caught_up(topo: &Topology, node: usize, source: usize) {
+    let pos = topo.sql(source, "SELECT @@gtid_binlog_pos").await.unwrap();
+    let out = topo
+        .sql(
+            node,
+            &format!("SELECT MASTER_GTID_WAIT('{}', 30)", pos.trim()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.trim(),
+        "0",
+        "node {node} did not apply {} within 30 s",
+        pos.trim()
+    );
+}
+
+async fn wait_new_primary(p: &Running, not: usize, limit: Duration) -> usize {
+    let mut rx = p.cluster.clone();
+    let r = tokio::time::timeout(limit, async {
+        loop {
+            {
+                let v = rx.borrow_and_update();
+                if let Some(i) = v.primary.filter(|&i| i != not) {
+                    return i;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return usize::MAX;
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(i) if i != usize::MAX => i,
+        _ => panic!(
+            "no new primary within {limit:?}; state: {:?}",
+            p.cluster.borrow().state
+        ),
+    }
+}
+
+async fn replication_of(topo: &Topology, node: usize) -> String {
+    topo.sql_vertical(node, "SHOW SLAVE STATUS")
+        .await
+        .unwrap_or_default()
+}
+
+fn follows(status: &str, port: u16) -> bool {
+    status.contains(&format!("Master_Port: {port}\n"))
+        && status.contains("Slave_IO_Running: Yes")
+        && status.contains("Slave_SQL_Running: Yes")
+}
+
+fn report(name: &str, lines: &[String]) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let _ = std::fs::write(dir.join(name), lines.join("\n") + "\n");
+    for l in lines {
+        eprintln!("{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_primary_under_semisync_load_loses_no_acknowledged_write() {
+    let mut lines = Vec::new();
+    let mut gaps = Vec::new();
+    for run in 1..=10 {
+        let mut h = Harness::start_spec(semisync_spec(), |_| {}).await;
+        let clients = h
+            .root_sql(0, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
+            .await;
+        assert!(clients.contains('2'), "semi-sync clients: {clients:?}");
+        create_table(h.proxy_opts()).await;
+        let load = Load::start(h.proxy_opts(), 4);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let killed = Instant::now();
+        h.topo.nodes[0].kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = loop {
+            if let Some(t) = load.first_ack_after(killed) {
+                break t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run}: no write accepted within 30 s of the kill; state {:?}",
+                h.proxy.as_ref().unwrap().cluster.borrow().state
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let gap = first - killed;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writes = load.stop().await;
+        let proxy = h.proxy.as_ref().unwrap();
+        let new = wait_new_primary(proxy, 0, Duration::from_secs(5)).await;
+        let other = if new == 1 { 2 } else { 1 };
+        assert_eq!(proxy.cluster.borrow().generation, 1);
+        caught_up(&h.topo, other, new).await;
+        let on_new = ids_on(&h.topo, new).await;
+        let on_other = ids_on(&h.topo, other).await;
+        let lost_new: Vec<u64> = writes
+            .acked
+            .iter()
+            .map(|(id, _, _)| *id)
+            .filter(|id| !on_new.contains(id))
+            .collect();
+        let lost_other: Vec<u64> = writes
+            .acked
+            .iter()
+            .map(|(id, _, _)| *id)
+            .filter(|id| !on_other.contains(id))
+            .collect();
+        assert!(
+            lost_new.is_empty() && lost_other.is_empty(),
+            "run {run}: acknowledged writes missing: on the new primary {lost_new:?}, on the replica {lost_other:?}"
+        );
+        gaps.push(gap);
+        lines.push(format!(
+            "run {run}: write gap {} ms; {} writes acknowledged, 0 lost; {} errors during the switch; new primary db{}",
+            gap.as_millis(),
+            writes.acked.len(),
+            writes.errors.len(),
+            new + 1
+        ));
+        h.shutdown().await;
+    }
+    gaps.sort();
+    lines.push(format!(
+        "write gap after kill -9: median {} ms, worst {} ms over {} runs",
+        gaps[gaps.len() / 2].as_millis(),
+        gaps[gaps.len() - 1].as_millis(),
+        gaps.len()
+    ));
+    report("failover-write-gaps.txt", &lines);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cut_off_from_a_healthy_primary_does_not_fail_over() {
+    init_tracing();
+    let topo = Topology::start(spec(2)).await.expect("topology");
+    let relay = FaultRelay::start(topo.nodes[0].address()).await;
+    let mut config = config_for(&topo);
+    config.servers[0].address = relay.addr.to_string();
+    let proxy = server::start(Arc::new(config)).await.expect("start sluice");
+    assert!(proxy.wait_ready(Duration::from_secs(15)).await);
+    relay.cut();
+    let mut rx = proxy.cluster.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if rx.borrow_and_update().state == MonitorState::PrimaryUnreachableFromProxy {
+                return;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "state never became 'primary unreachable from proxy': {:?}",
+            proxy.cluster.borrow().state
+        )
+    });
+    // Longer than detection and than the replicas' slave_net_timeout (4 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let v = proxy.cluster.borrow().clone();
+    assert_eq!(v.state, MonitorState::PrimaryUnreachableFromProxy);
+    assert_eq!(v.generation, 0, "no failover may happen");
+    assert!(v.history.is_empty(), "{:?}", v.history);
+    for node in 1..=2 {
+        let ro = topo.sql(node, "SELECT @@read_only").await.unwrap();
+        assert_eq!(ro.trim(), "1", "replica {node} was promoted");
+        assert!(replication_of(&topo, node)
+            .await
+            .contains("Slave_IO_Running: Yes"));
+    }
+    assert_eq!(topo.sql(0, "SELECT @@read_only").await.unwrap().trim(), "0");
+    relay.restore();
+    let mut rx = proxy.cluster.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if rx.borrow_and_update().primary == Some(0) {
+                return;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the primary is back once the path heals");
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(proxy.local_addr.port())
+        .user(Some(common::USER))
+        .pass(Some(common::PASSWORD))
+        .prefer_socket(false);
+    let mut c = Conn::new(opts).await.unwrap();
+    c.query_drop("CREATE DATABASE IF NOT EXISTS cut_ok")
+        .await
+        .unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_advanced_replica_is_promoted_and_the_lagging_one_follows_it() {
+    let mut h = Harness::start(2).await;
+    // db2 receives but does not apply.
+    h.root_sql(1, "STOP SLAVE SQL_THREAD").await;
+    create_table(h.proxy_opts()).await;
+    let mut c = h.proxy_conn().await;
+    for n in 0..50 {
+        c.exec_drop("INSERT INTO ft.acked (w, n) VALUES (0, ?)", (n,))
+            .await
+            .unwrap();
+    }
+    drop(c);
+    caught_up(&h.topo, 2, 0).await;
+    let pos = h.root_sql(0, "SELECT @@gtid_binlog_pos").await;
+    let pos = pos.trim().to_string();
+    eventually("db2 to receive everything", Duration::from_secs(10), || {
+        let topo = &h.topo;
+        let pos = pos.clone();
+        async move {
+            // The heartbeat keeps writing: compare sequence numbers, not text.
+            let status = replication_of(topo, 1).await;
+            let io = status
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Gtid_IO_Pos: "))
+                .and_then(|p| p.rsplit('-').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            let want = pos.rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
+            io.is_some() && io >= want
+        }
+    })
+    .await;
+    h.topo.nodes[0].kill();
+    let proxy = h.proxy.as_ref().unwrap();
+    let new = wait_new_primary(proxy, 0, Duration::from_secs(20)).await;
+    assert_eq!(new, 2, "db3 applied more than db2 and must be promoted");
+    let db3_port = h.topo.nodes[2].port;
+    eventually("db2 to follow db3", Duration::from_secs(15), || {
+        let topo = &h.topo;
+        async move { follows(&replication_of(topo, 1).await, db3_port) }
+    })
+    .await;
+    caught_up(&h.topo, 1, 2).await;
+    assert_eq!(ids_on(&h.topo, 1).await.len(), 50);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_old_primary_is_fenced_and_rejoins() {
+    let mut s = spec(2);
+    s.extra_cnf = vec!["userstat = ON".into()];
+    let mut h = Harness::start_spec(s, |_| {}).await;
+    create_table(h.proxy_opts()).await;
+    h.topo.nodes[0].kill();
+    let new = wait_new_primary(h.proxy.as_ref().unwrap(), 0, Duration::from_secs(20)).await;
+    let load = Load::start(h.proxy_opts(), 2);
+    let bins = h.topo.bins.clone();
+    h.topo.nodes[0].start(&bins).await.expect("restart db1");
+    let back = Instant::now();
+    let mut read_only_after = None;
+    let mut samples = 0;
+    while back.elapsed() < Duration::from_secs(10) {
+        let v = h.proxy.as_ref().unwrap().cluster.borrow().clone();
+        assert_ne!(
+            v.primary,
+            Some(0),
+            "the old primary must never be the primary"
+        );
+        if read_only_after.is_none() && h.root_sql(0, "SELECT @@read_only").await.trim() == "1" {
+            read_only_after = Some(back.elapsed());
+        }
+        samples += 1;
+        if read_only_after.is_some() && samples > 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ro = read_only_after.expect("the old primary was never set read-only");
+    let port = h.topo.nodes[new].port;
+    eventually("the old primary to rejoin", Duration::from_secs(20), || {
+        let topo = &h.topo;
+        async move { follows(&replication_of(topo, 0).await, port) }
+    })
+    .await;
+    let writes = load.stop().await;
+    assert!(writes.errors.is_empty(), "{:?}", writes.errors);
+    assert!(!writes.acked.is_empty());
+    caught_up(&h.topo, 0, new).await;
+    let on_old = ids_on(&h.topo, 0).await;
+    assert!(writes.acked.iter().all(|(id, _, _)| on_old.contains(id)));
+    // Nothing was written there by a client session (only by replication).
+    let direct = h
+        .root_sql(
+            0,
+            "SELECT IFNULL(SUM(ROWS_INSERTED + ROWS_UPDATED), 0) FROM \
+             information_schema.USER_STATISTICS WHERE USER = 'app'",
+        )
+        .await;
+    assert_eq!(direct.trim(), "0", "a client write reached the old primary");
+    report(
+        "fencing.txt",
+        &[format!(
+            "old primary read-only {} ms after it accepted connections (monitor interval 250 ms)",
+            ro.as_millis()
+        )],
+    );
+    h.shutdown().await;
+}
+
+/// The primary stays up a while: its replica follows it (and the monitor sees that).
+async fn settle(topo: &Topology, replica: usize, port: u16) {
+    eventually(
+        "the replica to follow the primary",
+        Duration::from_secs(10),
+        || async move { follows(&replication_of(topo, replica).await, port) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_primary_fails_over_once_until_acknowledged() {
+    let mut h = Harness::start(2).await;
+    h.topo.nodes[0].kill();
+    let x = wait_new_primary(h.proxy.as_ref().unwrap(), 0, Duration::from_secs(20)).await;
+    let y = 3 - x; // the remaining replica (1 or 2)
+    let x_port = h.topo.nodes[x].port;
+    eventually(
+        "the other replica to follow the new primary",
+        Duration::from_secs(10),
+        || {
+            let topo = &h.topo;
+            async move { follows(&replication_of(topo, y).await, x_port) }
+        },
+    )
+    .await;
+    // The old primary comes back (fenced, it rejoins as a replica): a majority of the
+    // servers stays reachable when the new primary flaps.
+    let bins = h.topo.bins.clone();
+    h.topo.nodes[0].start(&bins).await.expect("restart db1");
+    settle(&h.topo, 0, x_port).await;
+    settle(&h.topo, y, x_port).await;
+    for round in 0..2 {
+        h.topo.nodes[x].kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let v = h.proxy.as_ref().unwrap().cluster.borrow().clone();
+        assert!(
+            matches!(v.state, MonitorState::Blocked { .. }),
+            "round {round}: {:?}",
+            v.state
+        );
+        assert_eq!(v.primary, None);
+        assert_eq!(v.generation, 1);
+        assert_eq!(h.root_sql(y, "SELECT @@read_only").await.trim(), "1");
+        h.topo.nodes[x].start(&bins).await.expect("restart");
+        let back = wait_new_primary(
+            h.proxy.as_ref().unwrap(),
+            usize::MAX,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(
+            back, x,
+            "the restarted primary of the newest generation is primary again"
+        );
+        settle(&h.topo, 0, x_port).await;
+        settle(&h.topo, y, x_port).await;
+    }
+    let proxy = h.proxy.as_ref().unwrap();
+    let ok = proxy
+        .cluster
+        .borrow()
+        .history
+        .iter()
+        .filter(|r| r.ok)
+        .count();
+    assert_eq!(ok, 1, "one automatic failover within the block period");
+    proxy
+        .monitor
+        .send(Command::Acknowledge)
+        .await
+        .expect("acknowledge");
+    h.topo.nodes[x].kill();
+    let z = wait_new_primary(h.proxy.as_ref().unwrap(), x, Duration::from_secs(20)).await;
+    assert_ne!(z, x);
+    assert_eq!(h.proxy.as_ref().unwrap().cluster.borrow().generation, 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sluice_instances_exactly_one_fails_over() {
+    init_tracing();
+    let mut topo = Topology::start(spec(2)).await.expect("topology");
+    let config = Arc::new(config_for(&topo));
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        let p = server::start(config.clone()).await.expect("start sluice");
+        assert!(p.wait_ready(Duration::from_secs(15)).await);
+        proxies.push(p);
+    }
+    topo.nodes[0].kill();
+    let mut new = Vec::new();
+    for p in &proxies {
+        new.push(wait_new_primary(p, 0, Duration::from_secs(20)).await);
+    }
+    assert!(new.iter().all(|&n| n == new[0]), "{new:?}");
+    // Give a late instance the chance to do something wrong.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let performed: Vec<usize> = proxies
+        .iter()
+        .map(|p| p.cluster.borrow().history.iter().filter(|r| r.ok).count())
+        .collect();
+    assert_eq!(performed.iter().sum::<usize>(), 1, "{performed:?}");
+    for p in &proxies {
+        assert_eq!(p.cluster.borrow().generation, 1);
+        let opts = OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(p.local_addr.port())
+            .user(Some(common::USER))
+            .pass(Some(common::PASSWORD))
+            .prefer_socket(false);
+        let mut c = Conn::new(opts).await.unwrap();
+        c.query_drop("CREATE DATABASE IF NOT EXISTS multi")
+            .await
+            .unwrap();
+        c.query_drop("CREATE TABLE IF NOT EXISTS multi.t (id INT AUTO_INCREMENT PRIMARY KEY)")
+            .await
+            .unwrap();
+        c.query_drop("INSERT INTO multi.t () VALUES ()")
+            .await
+            .unwrap();
+    }
+    let n = topo
+        .sql(new[0], "SELECT COUNT(*) FROM multi.t")
+        .await
+        .unwrap();
+    assert_eq!(n.trim(), "3", "every instance wrote to the new primary");
+    for p in proxies {
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_load_has_no_errors_and_demotes_the_old_primary() {
+    let h = Harness::start(2).await;
+    create_table(h.proxy_opts()).await;
+    let path = h.topo.root().join("cli.toml");
+    std::fs::write(&path, h.topo.config_toml("127.0.0.1:0")).unwrap();
+    let load = Load::start(h.proxy_opts(), 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = load.out.lock().unwrap().acked.len();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["switchover", "--config"])
+        .arg(&path)
+        .args(["--to", "db2"])
+        .output()
+        .await
+        .expect("run sluice switchover");
+    assert!(
+        out.status.success(),
+        "switchover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = h.proxy.as_ref().unwrap();
+    let new = wait_new_primary(proxy, 0, Duration::from_secs(5)).await;
+    assert_eq!(new, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = load.stop().await;
+    assert!(
+        writes.errors.is_empty(),
+        "autocommit writes during the switchover failed: {:?}",
+        writes.errors
+    );
+    assert!(
+        writes.acked.len() > before,
+        "writes continued after the switch"
+    );
+    let db2 = h.topo.nodes[1].port;
+    eventually(
+        "the old primary to replicate from db2",
+        Duration::from_secs(10),
+        || {
+            let topo = &h.topo;
+            async move { follows(&replication_of(topo, 0).await, db2) }
+        },
+    )
+    .await;
+    assert_eq!(h.root_sql(0, "SELECT @@read_only").await.trim(), "1");
+    let on_new = ids_on(&h.topo, 1).await;
+    assert!(writes.acked.iter().all(|(id, _, _)| on_new.contains(id)));
+    report(
+        "switchover-pause.txt",
+        &[format!(
+            "switchover under 4 writers: 0 errors, longest write {} ms ({} writes); {}",
+            writes.max_latency.as_millis(),
+            writes.acked.len(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        )],
+    );
+    h.shutdown().await;
+}
