@@ -663,3 +663,242 @@ async fn switchover_under_load_has_no_errors_and_demotes_the_old_primary() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_failover_as_documented() {
+    let mut h = Harness::start(2).await;
+    create_table(h.proxy_opts()).await;
+    // An idle session that has written before, with session state and a prepared statement.
+    let mut idle = h.proxy_conn().await;
+    idle.query_drop("SET NAMES utf8mb4").await.unwrap();
+    idle.query_drop("USE ft").await.unwrap();
+    let stmt = idle
+        .prep("INSERT INTO acked (w, n) VALUES (?, ?)")
+        .await
+        .unwrap();
+    idle.exec_drop(&stmt, (1, 1)).await.unwrap();
+    // A reader.
+    let mut reader = h.proxy_conn().await;
+    let n: Option<u64> = reader
+        .query_first("SELECT COUNT(*) FROM ft.acked")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(1));
+    // A session in the middle of a transaction.
+    let mut txn = h.proxy_conn().await;
+    txn.query_drop("BEGIN").await.unwrap();
+    txn.query_drop("INSERT INTO ft.acked (w, n) VALUES (2, 1)")
+        .await
+        .unwrap();
+    // A session holding state that cannot move.
+    let mut pinned = h.proxy_conn().await;
+    pinned
+        .query_drop("CREATE TEMPORARY TABLE ft.tmp (x INT)")
+        .await
+        .unwrap();
+
+    h.topo.nodes[0].kill();
+    let new = wait_new_primary(h.proxy.as_ref().unwrap(), 0, Duration::from_secs(20)).await;
+
+    // The idle session writes on the new primary, without reconnecting: same prepared
+    // statement, same default database, same character set.
+    idle.exec_drop(&stmt, (1, 2)).await.unwrap();
+    idle.query_drop("INSERT INTO acked (w, n) VALUES (1, 3)")
+        .await
+        .unwrap();
+    let cs: Option<String> = idle
+        .query_first("SELECT @@character_set_client")
+        .await
+        .unwrap();
+    assert_eq!(cs.as_deref(), Some("utf8mb4"));
+    let port: Option<u16> = idle.query_first("SELECT @@port FOR UPDATE").await.unwrap();
+    assert_eq!(port, Some(h.topo.nodes[new].port));
+    // The reader keeps reading.
+    let n: Option<u64> = reader
+        .query_first("SELECT COUNT(*) FROM ft.acked")
+        .await
+        .unwrap();
+    assert!(n.is_some());
+    // The transaction is reported lost once (40001), then the next one works.
+    match txn
+        .query_drop("INSERT INTO ft.acked (w, n) VALUES (2, 2)")
+        .await
+    {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!((e.code, e.state.as_str()), (9020, "40001"), "{e:?}")
+        }
+        other => panic!("expected 9020, got {other:?}"),
+    }
+    txn.query_drop("ROLLBACK").await.unwrap();
+    txn.query_drop("BEGIN").await.unwrap();
+    txn.query_drop("INSERT INTO ft.acked (w, n) VALUES (2, 3)")
+        .await
+        .unwrap();
+    txn.query_drop("COMMIT").await.unwrap();
+    // The temporary table existed only on the dead primary: 9021, then the connection ends.
+    match pinned.query_drop("INSERT INTO ft.tmp VALUES (1)").await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 9021, "{e:?}"),
+        other => panic!("expected 9021, got {other:?}"),
+    }
+    assert!(pinned.query_drop("SELECT 1").await.is_err());
+    let rows = h
+        .root_sql(new, "SELECT w, n FROM ft.acked ORDER BY w, n")
+        .await;
+    assert!(
+        rows.contains("1\t2") && rows.contains("1\t3") && rows.contains("2\t3"),
+        "{rows}"
+    );
+    assert!(
+        !rows.contains("2\t1"),
+        "the lost transaction must not appear: {rows}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semisync_failover_is_refused_after_a_fallback_to_asynchronous() {
+    let mut h = Harness::start_spec(semisync_spec(), |_| {}).await;
+    let proxy = h.proxy.as_ref().unwrap();
+    let mut rx = proxy.cluster.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !rx.borrow_and_update().semi_sync.active {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("semi-sync is detected as active");
+    assert_eq!(proxy.cluster.borrow().semi_sync.clients, 2);
+    // The replicas stop acknowledging: the primary falls back to asynchronous replication,
+    // and acknowledged writes are no longer guaranteed to be on a replica.
+    for node in 1..=2 {
+        h.root_sql(
+            node,
+            "SET GLOBAL rpl_semi_sync_slave_enabled = OFF; STOP SLAVE IO_THREAD; START SLAVE IO_THREAD",
+        )
+        .await;
+    }
+    let mut rx = proxy.cluster.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while rx.borrow_and_update().semi_sync.active {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the fallback is detected");
+    h.topo.nodes[0].kill();
+    let proxy = h.proxy.as_ref().unwrap();
+    let mut rx = proxy.cluster.clone();
+    let state = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let s = rx.borrow_and_update().state.clone();
+            if matches!(s, MonitorState::Failed { .. }) {
+                return s;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the failover is refused");
+    let MonitorState::Failed { reason } = state else {
+        unreachable!()
+    };
+    assert!(reason.contains("not active"), "{reason}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.root_sql(2, "SELECT @@read_only").await.trim(), "1");
+    assert_eq!(proxy.cluster.borrow().generation, 0);
+    // The operator decides: promote db3 by hand.
+    let path = h.topo.root().join("cli.toml");
+    std::fs::write(&path, h.topo.config_toml("127.0.0.1:0")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["failover", "--config"])
+        .arg(&path)
+        .args(["--to", "db3"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = wait_new_primary(proxy, 0, Duration::from_secs(10)).await;
+    assert_eq!(new, 2);
+    let mut rx = proxy.cluster.clone();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rx.borrow_and_update().state != MonitorState::Ok {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the operator's failover re-enables automatic failover");
+    let mut c = h.proxy_conn().await;
+    c.query_drop("CREATE DATABASE IF NOT EXISTS after_manual")
+        .await
+        .unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_mode_reports_a_dead_primary_and_the_operator_fails_over() {
+    let mut h = Harness::start_with(2, |c| {
+        c.monitor.failover = sluice::config::FailoverMode::Manual;
+        c.servers[1].no_promote = true;
+    })
+    .await;
+    let mut c = h.proxy_conn().await;
+    h.topo.nodes[0].kill();
+    let proxy = h.proxy.as_ref().unwrap();
+    let mut rx = proxy.cluster.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while rx.borrow_and_update().state != MonitorState::PrimaryDead {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the dead primary is reported");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        proxy.cluster.borrow().generation,
+        0,
+        "manual: nothing promoted"
+    );
+    // A write waits (up to failover_hold_ms) while the operator fails over, then runs on
+    // the new primary.
+    let write = tokio::spawn(async move {
+        let r = c
+            .query_drop("CREATE DATABASE IF NOT EXISTS manual_ok")
+            .await;
+        (r, c)
+    });
+    let path = h.topo.root().join("cli.toml");
+    let toml = h
+        .topo
+        .config_toml("127.0.0.1:0")
+        .replace("name = \"db2\"\n", "name = \"db2\"\nno_promote = true\n");
+    std::fs::write(&path, toml).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["failover", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = wait_new_primary(proxy, 0, Duration::from_secs(10)).await;
+    assert_eq!(new, 2, "db2 is no_promote");
+    let (r, _c) = write.await.unwrap();
+    r.expect("the held write ran on the new primary");
+    assert_eq!(
+        h.root_sql(
+            2,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'manual_ok'"
+        )
+        .await
+        .trim(),
+        "1"
+    );
+    h.shutdown().await;
+}

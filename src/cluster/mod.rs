@@ -126,6 +126,17 @@ impl MonitorState {
     }
 }
 
+/// Semi-synchronous replication as the primary reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SemiSync {
+    /// `rpl_semi_sync_master_enabled`.
+    pub enabled: bool,
+    /// `Rpl_semi_sync_master_status`: ON, not fallen back to asynchronous.
+    pub active: bool,
+    /// `Rpl_semi_sync_master_clients`: replicas acknowledging.
+    pub clients: u32,
+}
+
 /// One failover or switchover this instance performed (or tried).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverRecord {
@@ -155,6 +166,8 @@ pub struct ClusterView {
     /// Writes wait: a switchover or failover is under way.
     pub hold: bool,
     pub state: MonitorState,
+    /// Semi-synchronous replication on the primary, as last seen.
+    pub semi_sync: SemiSync,
     /// Failovers and switchovers this instance ran, oldest first.
     pub history: Arc<Vec<FailoverRecord>>,
 }

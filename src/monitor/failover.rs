@@ -221,15 +221,17 @@ impl Monitor {
 
     /// Under semi-sync, whether the reachable replicas must hold every acknowledged write.
     fn semi_sync_check(&self, dead: usize) -> Result<(), String> {
-        let (enabled, active, _) = self.semi_sync;
-        if !enabled {
+        let s = &self.semi_sync;
+        if !s.enabled {
             return Ok(());
         }
-        if !active {
+        if !s.active {
             return Err(format!(
-                "semi-sync was enabled on {} but not active (it had fallen back to asynchronous \
-                 replication): acknowledged transactions may exist only on the dead primary",
-                self.name(dead)
+                "semi-sync was enabled on {} but not active (no acknowledging replica, or \
+                 commits acknowledged without one: Rpl_semi_sync_master_no_tx = {}): \
+                 acknowledged transactions may exist only on the dead primary",
+                self.name(dead),
+                s.no_tx
             ));
         }
         for i in 0..self.conns.len() {
@@ -301,6 +303,7 @@ impl Monitor {
             if let Err(why) = self.semi_sync_check(k) {
                 tracing::error!(primary = %from, reason = %why, "failover refused (fail closed); automatic failover disabled until acknowledged");
                 self.disabled = Some(format!("failover refused: {why}"));
+                self.disabled_at = self.generation;
                 self.state = MonitorState::Failed {
                     reason: format!("failover refused: {why}"),
                 };
@@ -350,6 +353,7 @@ impl Monitor {
                 let reason = format!("failover to {name} failed midway: {e}");
                 tracing::error!(%reason, "automatic failover disabled until acknowledged");
                 self.disabled = Some(reason.clone());
+                self.disabled_at = self.generation;
                 self.state = MonitorState::Failed {
                     reason: reason.clone(),
                 };
@@ -859,6 +863,7 @@ impl Monitor {
                 let reason = format!("switchover to {to} failed midway: {e}");
                 tracing::error!(%reason, "automatic failover disabled until acknowledged");
                 self.disabled = Some(reason.clone());
+                self.disabled_at = self.generation;
                 self.hold = false;
                 self.publish_state(
                     MonitorState::Failed {

@@ -30,6 +30,18 @@ use probe::{Probe, ServerConn};
 
 pub use lag::now_ms;
 
+/// Semi-sync on the primary as the monitor last saw it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SemiSyncSeen {
+    pub enabled: bool,
+    /// Status ON, at least one acknowledging replica, and `Rpl_semi_sync_master_no_tx` did
+    /// not move since the previous probe.
+    pub active: bool,
+    pub clients: u32,
+    pub no_tx: u64,
+    pub primary: Option<usize>,
+}
+
 /// Operator commands for a running monitor (the admin port and tests send them).
 #[derive(Debug)]
 pub enum Command {
@@ -92,12 +104,14 @@ pub struct Monitor {
     pub(crate) known_primary: Option<usize>,
     pub(crate) primary: Option<usize>,
     hold: bool,
-    /// Semi-sync as last seen on the live primary: (enabled, active, clients).
-    pub(crate) semi_sync: (bool, bool, u32),
+    /// Semi-sync as last seen on the live primary.
+    pub(crate) semi_sync: SemiSyncSeen,
     /// This instance's last automatic failover (ms), unless acknowledged.
     pub(crate) last_failover_ms: Option<u64>,
     /// Automatic failover is disabled after a failover was refused or failed midway.
     pub(crate) disabled: Option<String>,
+    /// The generation when automatic failover was disabled.
+    pub(crate) disabled_at: u64,
     pub(crate) history: Vec<FailoverRecord>,
     pub(crate) state: MonitorState,
     heartbeat_failing: bool,
@@ -136,9 +150,10 @@ impl Monitor {
             known_primary: None,
             primary: None,
             hold: false,
-            semi_sync: (false, false, 0),
+            semi_sync: SemiSyncSeen::default(),
             last_failover_ms: None,
             disabled: None,
+            disabled_at: 0,
             history: Vec::new(),
             state: MonitorState::Starting,
             heartbeat_failing: false,
@@ -358,34 +373,36 @@ impl Monitor {
                     Err(_) => {}
                 }
                 let enabled = self.probes[p].as_ref().is_some_and(|x| x.semi_sync_master);
-                self.semi_sync = (enabled, false, 0);
+                let was = self.semi_sync.clone();
+                let mut now = SemiSyncSeen {
+                    enabled,
+                    ..SemiSyncSeen::default()
+                };
                 if enabled {
                     if let Some(c) = self.conns[p].conn.as_mut() {
-                        let st = probe::query_value(
-                            c,
-                            timeout,
-                            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
-                             WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS'",
-                        )
-                        .await;
-                        let clients = probe::query_value(
-                            c,
-                            timeout,
-                            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
-                             WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'",
-                        )
-                        .await;
-                        self.semi_sync = (
-                            true,
-                            matches!(st, Ok(Some(v)) if v.eq_ignore_ascii_case("ON")),
-                            clients
-                                .ok()
-                                .flatten()
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(0),
-                        );
+                        if let Ok((on, clients, no_tx)) = probe::semi_sync_status(c, timeout).await
+                        {
+                            // Effective only while a replica acknowledges and no commit went
+                            // through without an acknowledgement since the last look.
+                            let same_primary = was.primary == Some(p);
+                            now = SemiSyncSeen {
+                                enabled,
+                                active: on && clients > 0 && (!same_primary || no_tx == was.no_tx),
+                                clients,
+                                no_tx,
+                                primary: Some(p),
+                            };
+                        }
                     }
                 }
+                if now.active != was.active && enabled {
+                    if now.active {
+                        tracing::info!(server = %self.config.servers[p].name, clients = now.clients, "semi-sync replication active");
+                    } else {
+                        tracing::warn!(server = %self.config.servers[p].name, clients = now.clients, "semi-sync enabled but not effective (no acknowledging replica, or commits acknowledged without one): a failover now could lose acknowledged writes and would be refused");
+                    }
+                }
+                self.semi_sync = now;
             }
         }
         self.heartbeat_failing = primary.is_some() && !written;
@@ -413,6 +430,14 @@ impl Monitor {
     /// primary, rejoin stray servers, publish.
     pub(crate) async fn tick(&mut self) {
         self.probe_all().await;
+        if self.disabled.is_some() && self.generation > self.disabled_at {
+            // An operator promoted a server meanwhile (`sluice failover`/`switchover`).
+            tracing::info!(
+                generation = self.generation,
+                "a new generation appeared: automatic failover re-enabled"
+            );
+            self.disabled = None;
+        }
         self.fence_stale().await;
         let mut primary = self.choose_primary();
         if primary.is_none() {
@@ -456,17 +481,13 @@ impl Monitor {
                     }
                 }
             }
-            if matches!(
-                self.state,
-                MonitorState::PrimaryUnreachableFromProxy
-                    | MonitorState::PrimaryDead
-                    | MonitorState::NoPrimary
-                    | MonitorState::Starting
-                    | MonitorState::Blocked { .. }
-                    | MonitorState::Switching
-            ) {
-                self.state = MonitorState::Ok;
-            }
+            // With a primary, the state is "ok" unless automatic failover stays disabled.
+            self.state = match &self.disabled {
+                Some(reason) => MonitorState::Failed {
+                    reason: reason.clone(),
+                },
+                None => MonitorState::Ok,
+            };
         }
         self.measure(primary).await;
         if primary.is_none() {
@@ -638,6 +659,11 @@ impl Monitor {
             generation: self.generation,
             hold: self.hold,
             state: self.state.clone(),
+            semi_sync: crate::cluster::SemiSync {
+                enabled: self.semi_sync.enabled,
+                active: self.semi_sync.active,
+                clients: self.semi_sync.clients,
+            },
             history: Arc::new(self.history.clone()),
         }
     }
@@ -734,6 +760,7 @@ fn changed(a: &ClusterView, b: &ClusterView) -> bool {
         || a.generation != b.generation
         || a.hold != b.hold
         || a.state != b.state
+        || a.semi_sync != b.semi_sync
         || a.history.len() != b.history.len()
         || a.servers.iter().zip(&b.servers).any(|(x, y)| {
             x.role != y.role

@@ -368,6 +368,34 @@ pub async fn query_value(
     Ok(row.and_then(|r| at(&r, 0)))
 }
 
+/// `Rpl_semi_sync_master_status`, `…_clients` and `…_no_tx` (commits acknowledged to the
+/// client without any replica's acknowledgement).
+pub async fn semi_sync_status(
+    c: &mut mysql_async::Conn,
+    timeout: Duration,
+) -> Result<(bool, u32, u64), String> {
+    let rows: Vec<(String, String)> = bounded(
+        timeout,
+        "semi-sync status",
+        c.query(
+            "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME IN ('RPL_SEMI_SYNC_MASTER_STATUS', \
+             'RPL_SEMI_SYNC_MASTER_CLIENTS', 'RPL_SEMI_SYNC_MASTER_NO_TX')",
+        ),
+    )
+    .await?;
+    let mut out = (false, 0u32, 0u64);
+    for (name, value) in rows {
+        match name.to_ascii_uppercase().as_str() {
+            "RPL_SEMI_SYNC_MASTER_STATUS" => out.0 = value.eq_ignore_ascii_case("ON"),
+            "RPL_SEMI_SYNC_MASTER_CLIENTS" => out.1 = value.parse().unwrap_or(0),
+            "RPL_SEMI_SYNC_MASTER_NO_TX" => out.2 = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Creates Sluice's schema on the primary if missing.
 pub async fn ensure_schema(sc: &mut ServerConn, timeout: Duration) -> Result<(), String> {
     if sc.schema_ready {
