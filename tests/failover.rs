@@ -902,3 +902,72 @@ async fn manual_mode_reports_a_dead_primary_and_the_operator_fails_over() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primary_with_a_lost_tail_is_excluded_as_diverged() {
+    let mut h = Harness::start(2).await;
+    // The replicas stop receiving; the primary commits a transaction no replica will have.
+    h.root_sql(1, "STOP SLAVE").await;
+    h.root_sql(2, "STOP SLAVE").await;
+    h.root_sql(0, "CREATE DATABASE lost_tail").await;
+    // Long enough for the monitor to see the replicas' links down while the primary lives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.topo.nodes[0].kill();
+    // The replicas' links were already down: the death is not confirmed, nothing is promoted
+    // automatically. The operator fails over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.proxy.as_ref().unwrap().cluster.borrow().generation, 0);
+    let path = h.topo.root().join("cli.toml");
+    std::fs::write(&path, h.topo.config_toml("127.0.0.1:0")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["failover", "--config"])
+        .arg(&path)
+        .args(["--to", "db2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = h.proxy.as_ref().unwrap();
+    assert_eq!(wait_new_primary(proxy, 0, Duration::from_secs(10)).await, 1);
+    let db2 = h.topo.nodes[1].port;
+    eventually("db3 to follow db2", Duration::from_secs(10), || {
+        let topo = &h.topo;
+        async move { follows(&replication_of(topo, 2).await, db2) }
+    })
+    .await;
+    // The old primary comes back with its lost transaction: fenced, then excluded when its
+    // history turns out to have diverged (error 1236), never used.
+    let bins = h.topo.bins.clone();
+    h.topo.nodes[0].start(&bins).await.expect("restart db1");
+    let mut rx = proxy.cluster.clone();
+    let excluded = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            {
+                let v = rx.borrow_and_update();
+                assert_ne!(v.primary, Some(0));
+                if let Some(e) = v.servers[0]
+                    .excluded
+                    .clone()
+                    .filter(|e| e.starts_with("diverged"))
+                {
+                    return e;
+                }
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the old primary is excluded as diverged");
+    assert!(
+        excluded.contains("1236") || excluded.to_lowercase().contains("diverged"),
+        "{excluded}"
+    );
+    assert_eq!(h.root_sql(0, "SELECT @@read_only").await.trim(), "1");
+    let v = proxy.cluster.borrow().clone();
+    assert!(!v.servers[0].serves_reads_within(u64::MAX));
+    h.shutdown().await;
+}
