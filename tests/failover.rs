@@ -216,6 +216,30 @@ fn follows(status: &str, port: u16) -> bool {
         && status.contains("Slave_SQL_Running: Yes")
 }
 
+/// Runs the `sluice` binary with a config file for the topology (adjusted by `tweak`); it
+/// must succeed. Returns its standard output.
+async fn sluice_cli(
+    topo: &Topology,
+    args: &[&str],
+    tweak: impl FnOnce(String) -> String,
+) -> String {
+    let path = topo.root().join("cli.toml");
+    std::fs::write(&path, tweak(topo.config_toml("127.0.0.1:0"))).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .expect("run sluice");
+    assert!(
+        out.status.success(),
+        "sluice {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn report(name: &str, lines: &[String]) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let _ = std::fs::write(dir.join(name), lines.join("\n") + "\n");
@@ -608,23 +632,10 @@ async fn three_sluice_instances_exactly_one_fails_over() {
 async fn switchover_under_load_has_no_errors_and_demotes_the_old_primary() {
     let h = Harness::start(2).await;
     create_table(h.proxy_opts()).await;
-    let path = h.topo.root().join("cli.toml");
-    std::fs::write(&path, h.topo.config_toml("127.0.0.1:0")).unwrap();
     let load = Load::start(h.proxy_opts(), 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = load.out.lock().unwrap().acked.len();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["switchover", "--config"])
-        .arg(&path)
-        .args(["--to", "db2"])
-        .output()
-        .await
-        .expect("run sluice switchover");
-    assert!(
-        out.status.success(),
-        "switchover failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sluice_cli(&h.topo, &["switchover", "--to", "db2"], |t| t).await;
     let proxy = h.proxy.as_ref().unwrap();
     let new = wait_new_primary(proxy, 0, Duration::from_secs(5)).await;
     assert_eq!(new, 1);
@@ -658,7 +669,7 @@ async fn switchover_under_load_has_no_errors_and_demotes_the_old_primary() {
             "switchover under 4 writers: 0 errors, longest write {} ms ({} writes); {}",
             writes.max_latency.as_millis(),
             writes.acked.len(),
-            String::from_utf8_lossy(&out.stdout).trim()
+            out.trim()
         )],
     );
     h.shutdown().await;
@@ -807,20 +818,7 @@ async fn semisync_failover_is_refused_after_a_fallback_to_asynchronous() {
     assert_eq!(h.root_sql(2, "SELECT @@read_only").await.trim(), "1");
     assert_eq!(proxy.cluster.borrow().generation, 0);
     // The operator decides: promote db3 by hand.
-    let path = h.topo.root().join("cli.toml");
-    std::fs::write(&path, h.topo.config_toml("127.0.0.1:0")).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["failover", "--config"])
-        .arg(&path)
-        .args(["--to", "db3"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sluice_cli(&h.topo, &["failover", "--to", "db3"], |t| t).await;
     let new = wait_new_primary(proxy, 0, Duration::from_secs(10)).await;
     assert_eq!(new, 2);
     let mut rx = proxy.cluster.clone();
@@ -870,23 +868,10 @@ async fn manual_mode_reports_a_dead_primary_and_the_operator_fails_over() {
             .await;
         (r, c)
     });
-    let path = h.topo.root().join("cli.toml");
-    let toml = h
-        .topo
-        .config_toml("127.0.0.1:0")
-        .replace("name = \"db2\"\n", "name = \"db2\"\nno_promote = true\n");
-    std::fs::write(&path, toml).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["failover", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sluice_cli(&h.topo, &["failover"], |t| {
+        t.replace("name = \"db2\"\n", "name = \"db2\"\nno_promote = true\n")
+    })
+    .await;
     let new = wait_new_primary(proxy, 0, Duration::from_secs(10)).await;
     assert_eq!(new, 2, "db2 is no_promote");
     let (r, _c) = write.await.unwrap();
@@ -917,20 +902,7 @@ async fn an_old_primary_with_a_lost_tail_is_excluded_as_diverged() {
     // automatically. The operator fails over.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(h.proxy.as_ref().unwrap().cluster.borrow().generation, 0);
-    let path = h.topo.root().join("cli.toml");
-    std::fs::write(&path, h.topo.config_toml("127.0.0.1:0")).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["failover", "--config"])
-        .arg(&path)
-        .args(["--to", "db2"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sluice_cli(&h.topo, &["failover", "--to", "db2"], |t| t).await;
     let proxy = h.proxy.as_ref().unwrap();
     assert_eq!(wait_new_primary(proxy, 0, Duration::from_secs(10)).await, 1);
     let db2 = h.topo.nodes[1].port;

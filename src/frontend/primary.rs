@@ -24,7 +24,7 @@ use sluice_proto::tracker::ResponseKind;
 
 use super::session::Session;
 use super::SessionError;
-use crate::backend::{BackendError, LoginParams, PoolError};
+use crate::backend::{BackendError, PoolError};
 use crate::errors;
 use crate::router::PinReason;
 
@@ -108,15 +108,7 @@ impl Session {
 
     /// Opens a connection to server `p` for this session and moves the session onto it.
     async fn connect_primary(&mut self, p: usize) -> Result<(), Unavailable> {
-        let params = LoginParams {
-            user: self.user.name.as_bytes(),
-            password: self.user.password.as_bytes(),
-            database: self.login.database.as_deref(),
-            capabilities: self.capabilities,
-            charset: self.login.charset,
-            max_packet: self.login.max_packet,
-            connect_attrs: self.login.connect_attrs.as_deref(),
-        };
+        let params = self.login_params();
         let server = self.shared.config.servers[p].name.clone();
         let mut conn = match self.shared.pools[p]
             .acquire(params, &self.shared.pool_limits)

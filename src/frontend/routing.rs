@@ -256,15 +256,7 @@ impl Session {
             let Some(server) = self.shared.config.servers.get(i) else {
                 return false;
             };
-            let params = LoginParams {
-                user: self.user.name.as_bytes(),
-                password: self.user.password.as_bytes(),
-                database: self.login.database.as_deref(),
-                capabilities: self.capabilities,
-                charset: self.login.charset,
-                max_packet: self.login.max_packet,
-                connect_attrs: self.login.connect_attrs.as_deref(),
-            };
+            let params = self.login_params();
             match self.shared.pools[i]
                 .acquire(params, &self.shared.pool_limits)
                 .await
@@ -300,6 +292,19 @@ impl Session {
 }
 
 impl Session {
+    /// How this session's user logs in to a server (for replica and new-primary connections).
+    pub(super) fn login_params(&self) -> LoginParams<'_> {
+        LoginParams {
+            user: self.user.name.as_bytes(),
+            password: self.user.password.as_bytes(),
+            database: self.login.database.as_deref(),
+            capabilities: self.capabilities,
+            charset: self.login.charset,
+            max_packet: self.login.max_packet,
+            connect_attrs: self.login.connect_attrs.as_deref(),
+        }
+    }
+
     /// Read-your-writes: whether replica `i` has applied the session's last write (waiting for
     /// it up to the configured bound). False sends the read to the primary.
     pub(super) async fn replica_has_our_writes(&mut self, i: usize) -> bool {
