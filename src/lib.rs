@@ -3,14 +3,17 @@
 //!
 //! Layout (one folder per concern): `config/` loads and validates the configuration,
 //! `frontend/` owns client connections, `backend/` owns server connections, `cluster/` is the
-//! published view of the servers, `monitor/` keeps that view current, `sandbox/` starts local
+//! published view of the servers, `monitor/` keeps that view current, `admin/` is the MySQL-protocol admin port, `metrics/`
+//! the Prometheus endpoint, `sandbox/` starts local
 //! MariaDB topologies (for `sluice sandbox` and the tests), `server` wires it all together.
 
+pub mod admin;
 pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod errors;
 pub mod frontend;
+pub mod metrics;
 pub mod monitor;
 pub mod router;
 pub mod sandbox;

@@ -223,6 +223,17 @@ async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitC
     if !ready {
         println!("(warning: no primary discovered yet; see the log)");
     }
+    if let Some(a) = running.admin_addr {
+        println!("Admin port (SHOW SERVERS, SHOW SESSIONS, SWITCHOVER TO db2, …):");
+        println!(
+            "  mariadb -h 127.0.0.1 -P {} -u admin -p{}",
+            a.port(),
+            sluice::sandbox::ADMIN_PASSWORD
+        );
+    }
+    if let Some(m) = running.metrics_addr {
+        println!("Metrics: curl http://{m}/metrics");
+    }
     println!("Config: {}", path.display());
     println!(
         "Planned switchover: sluice switchover --config {} --to db2",

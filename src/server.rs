@@ -21,6 +21,10 @@ pub struct Running {
     pub cluster: ClusterRx,
     /// Operator commands (switchover, failover, acknowledge) for this instance's monitor.
     pub monitor: monitor::MonitorHandle,
+    /// Where the admin port listens (when `[admin] password` is set).
+    pub admin_addr: Option<SocketAddr>,
+    /// Where the metrics endpoint listens (unless `[metrics] listen = ""`).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
     monitor_task: JoinHandle<()>,
@@ -28,18 +32,40 @@ pub struct Running {
     grace: Duration,
 }
 
-/// Binds `[proxy] listen` and starts serving.
+/// Binds `[proxy] listen` (and the admin and metrics ports) and starts serving.
 pub async fn start(config: Arc<Config>) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.listen_addr()).await?;
-    start_with_listener(config, listener)
+    start_with_listener(config, listener).await
 }
 
-/// Serves on an already bound listener.
-pub fn start_with_listener(config: Arc<Config>, listener: TcpListener) -> std::io::Result<Running> {
+async fn bind(what: &str, addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{what} {addr}: {e}")))
+}
+
+/// Serves on an already bound client listener.
+pub async fn start_with_listener(
+    config: Arc<Config>,
+    listener: TcpListener,
+) -> std::io::Result<Running> {
+    let admin_listener = match &config.admin.password {
+        Some(_) => Some(bind("[admin] listen", &config.admin.listen).await?),
+        None => {
+            tracing::warn!("the admin port is off: set [admin] password to enable it (there is no default password)");
+            None
+        }
+    };
+    let metrics_listener = match config.metrics.listen.as_str() {
+        "" => None,
+        addr => Some(bind("[metrics] listen", addr).await?),
+    };
     let local_addr = listener.local_addr()?;
     let rules = crate::router::rules::load(&config.routing.rules, &config.base_dir)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown_rx_admin = shutdown_rx.clone();
+    let shutdown_rx_metrics = shutdown_rx.clone();
     let (cluster_tx, cluster_rx) = cluster::channel(&config.servers);
     let (monitor_handle, monitor) = monitor::spawn(config.clone(), cluster_tx, shutdown_rx.clone());
     let shared = Arc::new(Shared::new(
@@ -49,12 +75,34 @@ pub fn start_with_listener(config: Arc<Config>, listener: TcpListener) -> std::i
         shutdown_rx,
     ));
     let (done_tx, done_rx) = mpsc::channel(1);
+    let mut admin_addr = None;
+    if let Some(l) = admin_listener {
+        admin_addr = l.local_addr().ok();
+        let ctx = Arc::new(crate::admin::AdminCtx::new(
+            shared.clone(),
+            monitor_handle.clone(),
+        ));
+        tokio::spawn(crate::admin::serve(l, ctx, shutdown_rx_admin));
+        tracing::info!(listen = ?admin_addr, "admin port is listening");
+    }
+    let mut metrics_addr = None;
+    if let Some(l) = metrics_listener {
+        metrics_addr = l.local_addr().ok();
+        tokio::spawn(crate::metrics::http::serve(
+            l,
+            shared.clone(),
+            shutdown_rx_metrics,
+        ));
+        tracing::info!(listen = ?metrics_addr, "metrics endpoint is listening");
+    }
     let listener = tokio::spawn(frontend::serve(listener, shared, done_tx));
     tracing::info!(listen = %local_addr, "sluice is listening");
     Ok(Running {
         local_addr,
         cluster: cluster_rx,
         monitor: monitor_handle,
+        admin_addr,
+        metrics_addr,
         shutdown: shutdown_tx,
         listener,
         monitor_task: monitor,

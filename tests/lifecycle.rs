@@ -24,7 +24,7 @@ fn toml_for(topo: &Topology, order: &[usize], listen: &str) -> String {
     c.proxy.listen = listen.to_string();
     c.servers = order.iter().map(|&i| c.servers[i].clone()).collect();
     let mut t = format!(
-        "[proxy]\nlisten = \"{}\"\nshutdown_grace_ms = 5000\n",
+        "[proxy]\nlisten = \"{}\"\nshutdown_grace_ms = 5000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         c.proxy.listen
     );
     for s in &c.servers {

@@ -33,6 +33,8 @@ pub struct ServerPool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Sessions waiting for a free slot now.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Why a connection could not be had.
@@ -68,7 +70,13 @@ impl ServerPool {
             idle: Mutex::new(Vec::new()),
             max_idle: limits.max_idle,
             idle_timeout: limits.idle_timeout,
+            waiting: Default::default(),
         }
+    }
+
+    /// Sessions waiting for a connection slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Connections in use and idle.
@@ -111,17 +119,21 @@ impl ServerPool {
                 _ => continue,
             }
         }
-        let permit =
-            match tokio::time::timeout(limits.wait, self.slots.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                _ => {
-                    return Err(PoolError::Exhausted {
-                        server: self.name.clone(),
-                        max: self.max,
-                        waited_ms: limits.wait.as_millis() as u64,
-                    })
-                }
-            };
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let got = tokio::time::timeout(limits.wait, self.slots.clone().acquire_owned()).await;
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let permit = match got {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(PoolError::Exhausted {
+                    server: self.name.clone(),
+                    max: self.max,
+                    waited_ms: limits.wait.as_millis() as u64,
+                })
+            }
+        };
         let (mut conn, ok) = connect(&self.name, &self.address, p, limits.connect_timeout).await?;
         conn.slot = Some(permit);
         Ok((conn, ok))

@@ -168,6 +168,8 @@ pub struct ClusterView {
     pub state: MonitorState,
     /// Semi-synchronous replication on the primary, as last seen.
     pub semi_sync: SemiSync,
+    /// Monitor rounds in which the heartbeat could not be written on the primary (total).
+    pub heartbeat_failures: u64,
     /// Failovers and switchovers this instance ran, oldest first.
     pub history: Arc<Vec<FailoverRecord>>,
 }

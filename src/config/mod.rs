@@ -23,9 +23,51 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub monitor: MonitorConfig,
     pub routing: RoutingConfig,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
     /// The folder of the config file (relative rule paths start there). Not a key.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
+}
+
+/// `[admin]`: the MySQL-protocol admin port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+    pub user: String,
+    /// No default: without a password the admin port does not start.
+    #[serde(deserialize_with = "opt_string_or_number", serialize_with = "mask_opt")]
+    pub password: Option<String>,
+    /// Allow binding a non-loopback address although the admin port has no TLS yet.
+    pub allow_remote_plaintext: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:6032".into(),
+            user: "admin".into(),
+            password: None,
+            allow_remote_plaintext: false,
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics and health endpoints (HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint; an empty string turns it off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:6070".into(),
+        }
+    }
 }
 
 /// `[routing]`: where statements go.
@@ -316,6 +358,44 @@ impl Config {
                     },
                 ));
             }
+        }
+        match self.admin.listen.parse::<SocketAddr>() {
+            Err(_) => {
+                return Err(bad(
+                    "admin.listen".into(),
+                    format!(
+                        "expected an IP address and port such as 127.0.0.1:6032, found {:?}",
+                        self.admin.listen
+                    ),
+                ))
+            }
+            Ok(a) if !a.ip().is_loopback() && !self.admin.allow_remote_plaintext => {
+                return Err(bad(
+                    "admin.listen".into(),
+                    format!(
+                        "{a} is not a loopback address and the admin port has no TLS yet: \
+                         passwords and commands would cross the network in clear text \
+                         (set admin.allow_remote_plaintext = true to accept that)"
+                    ),
+                ))
+            }
+            Ok(_) => {}
+        }
+        if self.admin.password.as_deref() == Some("") {
+            return Err(bad(
+                "admin.password".into(),
+                "an empty admin password is not allowed (leave the key out to keep the admin port off)"
+                    .into(),
+            ));
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "metrics.listen".into(),
+                format!(
+                    "expected an IP address and port such as 127.0.0.1:6070 (or \"\" for off), found {:?}",
+                    self.metrics.listen
+                ),
+            ));
         }
         if self.servers.is_empty() {
             return Err(bad(

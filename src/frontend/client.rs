@@ -16,6 +16,8 @@ pub struct ClientConn {
     pub rbuf: BytesMut,
     pub peer: SocketAddr,
     pub max_packet: usize,
+    /// Where ERR packets sent to this client are counted (for metrics).
+    pub errors: Option<std::sync::Arc<crate::metrics::ErrorCounts>>,
 }
 
 impl ClientConn {
@@ -25,6 +27,7 @@ impl ClientConn {
             rbuf: BytesMut::with_capacity(16 << 10),
             peer,
             max_packet,
+            errors: None,
         }
     }
 
@@ -74,6 +77,9 @@ impl ClientConn {
     }
 
     pub async fn send_err(&mut self, seq: u8, err: &ErrPacket) -> Result<(), SessionError> {
+        if let Some(e) = &self.errors {
+            e.record(err.code);
+        }
         self.write_packet(seq, &err.encode()).await
     }
 }

@@ -13,7 +13,7 @@ use sluice_proto::ssl_request::SslRequest;
 use super::client::ClientConn;
 use super::SessionError;
 use crate::cluster::ServerHello;
-use crate::config::{Config, UserConfig};
+use crate::config::UserConfig;
 use crate::errors;
 
 /// Capabilities Sluice can relay. Compression and TLS are not offered (yet); MariaDB's
@@ -63,9 +63,10 @@ pub fn new_salt() -> Vec<u8> {
     (0..20).map(|_| rng.gen_range(1u8..=127)).collect()
 }
 
+/// Greets the client and checks its credentials against `users`.
 pub async fn authenticate(
     client: &mut ClientConn,
-    config: &Config,
+    users: &[UserConfig],
     connection_id: u32,
     hello: Option<&ServerHello>,
 ) -> Result<Authenticated, SessionError> {
@@ -122,7 +123,9 @@ pub async fn authenticate(
         token = reply.payload.to_vec();
     }
 
-    let user = config.find_user(&response.username);
+    let user = users
+        .iter()
+        .find(|u| u.name.as_bytes() == response.username.as_slice());
     let ok = match user {
         Some(u) => {
             let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));

@@ -36,6 +36,12 @@ pub struct Shared {
     /// Routing rules, in evaluation order, and how often each matched.
     pub rules: Arc<Vec<Rule>>,
     pub rule_hits: Vec<AtomicU64>,
+    /// Commands answered per configured server.
+    pub server_queries: Vec<AtomicU64>,
+    /// Open sessions, for the admin port.
+    pub sessions: super::registry::Registry,
+    /// Prometheus handles (histograms used on the hot path, the rest filled at scrape).
+    pub metrics: crate::metrics::Metrics,
     next_id: AtomicU32,
 }
 
@@ -56,6 +62,12 @@ pub struct Counters {
     /// Reads sent to the primary because no replica had applied the session's last write
     /// within `[routing] read_your_writes_timeout_ms`.
     pub ryw_fallbacks: AtomicU64,
+    /// Client connections accepted (and counted against the limit).
+    pub connections_total: AtomicU64,
+    /// Commands answered, by route (0 primary, 1 replica) and statement class.
+    pub queries: [[AtomicU64; crate::router::StatementClass::COUNT]; 2],
+    /// Sessions closed by `KILL SESSION`.
+    pub sessions_killed: AtomicU64,
 }
 
 impl Shared {
@@ -83,15 +95,22 @@ impl Shared {
             rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
             rules,
             outstanding: config.servers.iter().map(|_| AtomicU32::new(0)).collect(),
+            server_queries: config.servers.iter().map(|_| AtomicU64::new(0)).collect(),
             config,
             cluster,
             shutdown,
             counters: Counters::default(),
             turn: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
+            sessions: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
             next_id: AtomicU32::new(1),
         }
     }
+}
+
+fn shared_abort(shared: &Shared, id: u32, h: tokio::task::AbortHandle) {
+    shared.sessions.set_abort(id, h);
 }
 
 /// Accepts clients until shutdown. Each session holds a clone of `done`; the caller knows all
@@ -99,6 +118,7 @@ impl Shared {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
     let mut shutdown = shared.shutdown.clone();
     let max_packet = shared.config.proxy.max_packet_bytes as usize;
+    let shared_for_abort = shared.clone();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -140,24 +160,37 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
             continue;
         }
         shared.clients.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let shared_end = shared.clone();
+        let info = Arc::new(super::registry::SessionInfo::new(id, peer));
+        shared.sessions.insert(info.clone());
+        // Removes the session from the registry and the count when the task ends or is
+        // aborted (KILL SESSION).
+        let guard = super::registry::SessionGuard {
+            shared: shared.clone(),
+            id,
+        };
         let shared = shared.clone();
         let done = done.clone();
         let span = tracing::info_span!("session", id, client = %peer, user = tracing::field::Empty);
-        tokio::spawn(
+        let task = tokio::spawn(
             async move {
-                let client = ClientConn::new(stream, peer, max_packet);
-                match session::run(shared, client, id).await {
+                let _guard = guard;
+                let mut client = ClientConn::new(stream, peer, max_packet);
+                client.errors = Some(shared.metrics.errors.clone());
+                match session::run(shared, client, id, info).await {
                     Ok(()) => tracing::debug!("session ended"),
                     Err(e) if e.is_normal() => tracing::debug!("session ended: {e}"),
                     Err(e) => tracing::info!("session ended: {e}"),
                 }
-                shared_end.clients.fetch_sub(1, Ordering::Relaxed);
                 drop(done);
             }
             .instrument(span),
         );
+        shared_abort(&shared_for_abort, id, task.abort_handle());
     }
     tracing::info!("listener closed");
 }

@@ -1,11 +1,12 @@
 //! The client side: the listener, the handshake and authentication, and the per-client session
 //! loop that relays each command and its response as raw packets.
 
-mod client;
+pub(crate) mod client;
 mod error;
-mod handshake;
+pub(crate) mod handshake;
 mod listener;
 mod primary;
+pub mod registry;
 mod relay;
 mod routing;
 mod session;

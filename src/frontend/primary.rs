@@ -166,6 +166,9 @@ impl Session {
         }
         tracing::info!(server = %server, "session moved to the new primary");
         self.primary_index = p;
+        self.info
+            .primary
+            .store(p, std::sync::atomic::Ordering::Relaxed);
         self.status = (self.status & !SERVER_STATUS_IN_TRANS) | SERVER_STATUS_AUTOCOMMIT;
         Ok(())
     }

@@ -187,11 +187,13 @@ impl Session {
                 tracing::debug!(reason = p.as_str(), "session pinned to the primary");
             }
             self.pins |= pin_bit(p);
+            self.info.pins.store(self.pins, Ordering::Relaxed);
             let i = PinReason::ALL.iter().position(|&x| x == p).unwrap_or(0);
             self.shared.counters.pins[i].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(p) = effect.unpin {
             self.pins &= !pin_bit(p);
+            self.info.pins.store(self.pins, Ordering::Relaxed);
         }
         if let (true, Some(p)) = (effect.replay, payload) {
             match p.first() {
@@ -202,6 +204,8 @@ impl Session {
                 _ => {}
             }
             self.state_log.push(p);
+            self.info
+                .set_names(&self.user.name, self.current_db.as_deref());
         }
     }
 
@@ -234,6 +238,9 @@ impl Session {
         // The server deallocated the session's prepared statements.
         self.stmts.clear();
         self.pins = 0;
+        self.info.pins.store(0, Ordering::Relaxed);
+        self.info
+            .set_names(&self.user.name, self.current_db.as_deref());
         for slot in self.replicas.iter_mut() {
             if let Some(rc) = slot.take() {
                 rc.conn.quit().await;

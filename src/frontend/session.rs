@@ -77,6 +77,8 @@ pub(super) struct Session {
     pub(super) options_changed: bool,
     /// The primary connection broke (why): the next command needing the primary reconnects.
     pub(super) primary_lost: Option<String>,
+    /// What the admin port sees of this session.
+    pub(super) info: Arc<super::registry::SessionInfo>,
 }
 
 /// What a replica connection must be opened with.
@@ -88,7 +90,12 @@ pub(super) struct LoginInfo {
 }
 
 /// Runs a session to its end.
-pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result<(), SessionError> {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut client: ClientConn,
+    id: u32,
+    info: Arc<super::registry::SessionInfo>,
+) -> Result<(), SessionError> {
     let config = shared.config.clone();
     let handshake_ms = config.proxy.handshake_timeout_ms;
     // The deadline covers the whole handshake, however slowly the bytes trickle in.
@@ -105,6 +112,7 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         return Ok(());
     };
     tracing::Span::current().record("user", tracing::field::display(&auth.user.name));
+    info.primary.store(primary_index, Ordering::Relaxed);
     tracing::debug!("client authenticated");
     let r = auth.response;
     let login = LoginInfo {
@@ -139,8 +147,10 @@ pub async fn run(shared: Arc<Shared>, mut client: ClientConn, id: u32) -> Result
         idle: true,
         options_changed: false,
         primary_lost: None,
+        info,
     };
     s.current_db = s.login.database.clone();
+    s.info.set_names(&s.user.name, s.current_db.as_deref());
     let result = s.command_loop().await;
     let orderly = matches!(result, Ok(()) | Err(SessionError::ClientClosed));
     s.finish(orderly).await;
@@ -154,7 +164,7 @@ async fn authenticate(
     id: u32,
 ) -> Result<Option<Authenticated>, SessionError> {
     let hello = shared.cluster.borrow().primary_hello.clone();
-    match handshake::authenticate(client, &shared.config, id, hello.as_ref()).await {
+    match handshake::authenticate(client, &shared.config.users, id, hello.as_ref()).await {
         Ok(a) => Ok(Some(a)),
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(user = %user, "access denied");
@@ -260,6 +270,7 @@ impl Session {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             self.idle = true;
+            self.info.busy.store(false, Ordering::Relaxed);
             if *shutdown.borrow() {
                 return self.close().await;
             }
@@ -287,6 +298,7 @@ impl Session {
                 _ = shutdown.changed() => continue,
             };
             self.idle = false;
+            self.info.busy.store(true, Ordering::Relaxed);
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             if ext.first_seq != 0 {
                 let _ = self
@@ -422,6 +434,7 @@ impl Session {
                 self.shared.outstanding[i].fetch_add(1, Ordering::Relaxed);
             }
             let local_files = self.capabilities & cap::CLIENT_LOCAL_FILES != 0;
+            let started = std::time::Instant::now();
             let result = relay_response(
                 &mut self.client,
                 conn,
@@ -433,6 +446,14 @@ impl Session {
             if let Some(i) = server_index {
                 self.shared.outstanding[i].fetch_sub(1, Ordering::Relaxed);
             }
+            if result.is_ok() {
+                let class = if code == command::COM_QUERY {
+                    effect.class
+                } else {
+                    StatementClass::Command
+                };
+                self.count(server_index, class, started);
+            }
             match result {
                 Ok(outcome) => {
                     self.previous = route;
@@ -443,6 +464,10 @@ impl Session {
                     }
                     if let Some(st) = outcome.status {
                         self.status = st;
+                        self.info.in_transaction.store(
+                            st & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0,
+                            Ordering::Relaxed,
+                        );
                     }
                     if !outcome.error && server_index.is_none() {
                         self.wrote |= Session::may_write(code, effect.class);
@@ -546,6 +571,23 @@ impl Session {
                     .await;
                 Err(SessionError::Backend(e))
             }
+        }
+    }
+
+    /// Counts a command answered on `server` (`None` = the primary) and its latency.
+    pub(super) fn count(
+        &self,
+        server: Option<usize>,
+        class: StatementClass,
+        started: std::time::Instant,
+    ) {
+        let route = usize::from(server.is_some());
+        self.shared.counters.queries[route][class.index()].fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.query_seconds[route].observe(started.elapsed().as_secs_f64());
+        let at = server.unwrap_or(self.primary_index);
+        self.info.last_server.store(at, Ordering::Relaxed);
+        if let Some(q) = self.shared.server_queries.get(at) {
+            q.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -307,9 +307,15 @@ impl Session {
         st.long_data = false;
         st.last_exec = route;
         self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&backend_id.to_le_bytes());
+        let started = std::time::Instant::now();
         let outcome = self
             .send_and_relay(route, rebuilt, wire_len, ResponseKind::Execute, seq)
             .await?;
+        let server = match route {
+            Route::Replica(i) => Some(i),
+            Route::Primary => None,
+        };
+        self.count(server, c.class, started);
         self.previous = route;
         if let Some(s) = outcome.status {
             self.status = s;

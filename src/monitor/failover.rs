@@ -200,7 +200,9 @@ impl Monitor {
     /// Replicas that may be promoted, best first.
     fn candidates(&self, dead: Option<usize>) -> Vec<Candidate> {
         let cands = (0..self.conns.len())
-            .filter(|&i| Some(i) != dead && self.healthy[i] && self.excluded[i].is_none())
+            .filter(|&i| {
+                Some(i) != dead && self.healthy[i] && self.excluded[i].is_none() && !self.offline[i]
+            })
             .filter(|&i| !self.config.servers[i].no_promote)
             .filter_map(|i| {
                 let p = self.probes[i].as_ref()?;
@@ -752,6 +754,7 @@ impl Monitor {
         }
         let ok_target = self.healthy[t]
             && self.excluded[t].is_none()
+            && !self.offline[t]
             && !self.config.servers[t].no_promote
             && self.probes[t]
                 .as_ref()

@@ -51,6 +51,8 @@ pub enum Command {
     Switchover { to: String },
     /// Promote a replica now (the primary must be down); `None` = the best candidate.
     Failover { to: Option<String> },
+    /// Take a replica out of service (no new reads, never promoted) or put it back.
+    SetServer { name: String, online: bool },
 }
 
 type Reply = oneshot::Sender<Result<String, String>>;
@@ -98,6 +100,8 @@ pub struct Monitor {
     /// Why a server is kept out of routing and promotion.
     pub(crate) excluded: Vec<Option<String>>,
     rejoin_after: Vec<Option<Instant>>,
+    /// Taken out of service by an operator (`SET SERVER name OFFLINE`).
+    pub(crate) offline: Vec<bool>,
     lag: Vec<(Option<u64>, LagSource)>,
     pub(crate) generation: u64,
     /// The primary as last known (it may be down now).
@@ -115,6 +119,7 @@ pub struct Monitor {
     pub(crate) history: Vec<FailoverRecord>,
     pub(crate) state: MonitorState,
     heartbeat_failing: bool,
+    heartbeat_failures: u64,
     conflict_logged: bool,
     hello: Option<(usize, ServerHello)>,
     tx: Option<ClusterTx>,
@@ -145,6 +150,7 @@ impl Monitor {
             returned: vec![false; n],
             excluded: vec![None; n],
             rejoin_after: vec![None; n],
+            offline: vec![false; n],
             lag: vec![(None, LagSource::None); n],
             generation: 0,
             known_primary: None,
@@ -157,6 +163,7 @@ impl Monitor {
             history: Vec::new(),
             state: MonitorState::Starting,
             heartbeat_failing: false,
+            heartbeat_failures: 0,
             conflict_logged: false,
             hello: None,
             tx,
@@ -406,6 +413,9 @@ impl Monitor {
             }
         }
         self.heartbeat_failing = primary.is_some() && !written;
+        if self.heartbeat_failing {
+            self.heartbeat_failures += 1;
+        }
         for i in 0..self.conns.len() {
             self.lag[i] = (None, LagSource::None);
             let Some(rep) = self.probes[i]
@@ -641,7 +651,11 @@ impl Monitor {
                     lag_source: self.lag[i].1,
                     gtid_pos: p.map(|p| p.current_pos.text.clone()).unwrap_or_default(),
                     generation: p.map_or(0, Probe::generation),
-                    excluded: self.excluded[i].clone(),
+                    excluded: if self.offline[i] {
+                        Some("offline (set by the admin port)".into())
+                    } else {
+                        self.excluded[i].clone()
+                    },
                     source: p
                         .and_then(|p| p.replication.as_ref())
                         .map(probe::Replication::source),
@@ -665,6 +679,7 @@ impl Monitor {
                 clients: self.semi_sync.clients,
             },
             history: Arc::new(self.history.clone()),
+            heartbeat_failures: self.heartbeat_failures,
         }
     }
 
@@ -697,6 +712,21 @@ impl Monitor {
             Command::Failover { to } => {
                 let target = to.as_deref().map(|n| self.index_of(n)).transpose()?;
                 self.manual_failover(target).await
+            }
+            Command::SetServer { name, online } => {
+                let i = self.index_of(&name)?;
+                if !online && self.primary == Some(i) {
+                    return Err(format!(
+                        "{name} is the primary: SWITCHOVER TO another server first"
+                    ));
+                }
+                self.offline[i] = !online;
+                tracing::warn!(server = %name, online, "server state set by the admin port");
+                Ok(if online {
+                    format!("{name} is online")
+                } else {
+                    format!("{name} is offline: no new reads, never promoted; current statements finish")
+                })
             }
         }
     }
@@ -761,6 +791,7 @@ fn changed(a: &ClusterView, b: &ClusterView) -> bool {
         || a.hold != b.hold
         || a.state != b.state
         || a.semi_sync != b.semi_sync
+        || a.heartbeat_failures != b.heartbeat_failures
         || a.history.len() != b.history.len()
         || a.servers.iter().zip(&b.servers).any(|(x, y)| {
             x.role != y.role

@@ -34,11 +34,39 @@ pub enum StatementClass {
     Multi,
     /// Not recognised: primary.
     Other,
+    /// Not a query: a protocol command (prepared-statement commands, ping, …).
+    Command,
 }
 
 impl StatementClass {
+    /// How many classes there are (for per-class counters).
+    pub const COUNT: usize = 14;
+    pub const ALL: [StatementClass; Self::COUNT] = [
+        StatementClass::Read,
+        StatementClass::ReadPrimary,
+        StatementClass::ReadPrevious,
+        StatementClass::Write,
+        StatementClass::Ddl,
+        StatementClass::Begin,
+        StatementClass::BeginReadOnly,
+        StatementClass::Commit,
+        StatementClass::Rollback,
+        StatementClass::SessionSet,
+        StatementClass::Use,
+        StatementClass::Multi,
+        StatementClass::Other,
+        // Commands other than COM_QUERY are counted here.
+        StatementClass::Command,
+    ];
+
+    /// Index into [`StatementClass::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
+            StatementClass::Command => "command",
             StatementClass::Read => "read",
             StatementClass::ReadPrimary => "read_primary",
             StatementClass::ReadPrevious => "read_previous",

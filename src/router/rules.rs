@@ -139,21 +139,8 @@ pub struct RuleError {
     pub msg: String,
 }
 
-const CLASSES: [StatementClass; 13] = [
-    StatementClass::Read,
-    StatementClass::ReadPrimary,
-    StatementClass::ReadPrevious,
-    StatementClass::Write,
-    StatementClass::Ddl,
-    StatementClass::Begin,
-    StatementClass::BeginReadOnly,
-    StatementClass::Commit,
-    StatementClass::Rollback,
-    StatementClass::SessionSet,
-    StatementClass::Use,
-    StatementClass::Multi,
-    StatementClass::Other,
-];
+/// The classes a rule can name: every statement class (`command` never matches a query).
+const CLASSES: [StatementClass; StatementClass::COUNT] = StatementClass::ALL;
 
 /// Loads rule files in order. Relative paths are taken from `base` (the config file's folder).
 pub fn load(paths: &[String], base: &Path) -> Result<Vec<Rule>, RuleError> {

@@ -67,6 +67,9 @@ pub struct Topology {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// The sandbox's admin password (user `admin`).
+pub const ADMIN_PASSWORD: &str = "admin-pw";
+
 /// The replication login the replicas use.
 pub const REPL_USER: &str = "sluice_repl";
 const REPL_PASSWORD: &str = "sluice-repl-pw";
@@ -133,6 +136,7 @@ impl Topology {
     /// client listener on `listen`, everything else at its default.
     pub fn proxy_config(&self, listen: &str) -> crate::config::Config {
         use crate::config::{Config, MonitorConfig, ProxyConfig, ServerConfig, UserConfig};
+        let ephemeral = listen.ends_with(":0");
         Config {
             proxy: ProxyConfig {
                 listen: listen.to_string(),
@@ -166,6 +170,24 @@ impl Topology {
                 ..MonitorConfig::default()
             },
             routing: Default::default(),
+            // The sandbox's admin login (a throwaway password, printed by `sluice sandbox`).
+            // A listener on port 0 (tests) gets the admin and metrics ports on port 0 too.
+            admin: crate::config::AdminConfig {
+                listen: if ephemeral {
+                    "127.0.0.1:0".into()
+                } else {
+                    crate::config::AdminConfig::default().listen
+                },
+                password: Some(ADMIN_PASSWORD.into()),
+                ..Default::default()
+            },
+            metrics: crate::config::MetricsConfig {
+                listen: if ephemeral {
+                    "127.0.0.1:0".into()
+                } else {
+                    crate::config::MetricsConfig::default().listen
+                },
+            },
             base_dir: std::path::PathBuf::from("."),
         }
     }
@@ -190,6 +212,10 @@ impl Topology {
             ));
         }
         let (mu, mp) = &self.spec.monitor;
+        t.push_str(&format!(
+            "[admin]\nuser = \"admin\"\npassword = {}\n\n",
+            q(ADMIN_PASSWORD)
+        ));
         t.push_str(&format!(
             "[monitor]\nuser = {}\npassword = {}\nreplication_user = {}\nreplication_password = {}\n",
             q(mu),

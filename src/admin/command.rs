@@ -1,0 +1,203 @@
+//! The admin port's statements, parsed from the query text (case-insensitive, surrounding
+//! whitespace and a trailing `;` ignored). Each variant is served by its own file.
+
+/// One admin statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    ShowServers,
+    ShowPools,
+    ShowSessions,
+    ShowRules,
+    ShowConfig,
+    ShowStats,
+    ShowFailovers,
+    /// `SELECT * FROM servers [WHERE column = 'value']`.
+    SelectServers {
+        filter: Option<(String, String)>,
+    },
+    SetServer {
+        name: String,
+        online: bool,
+    },
+    Switchover {
+        to: String,
+    },
+    FailoverAcknowledge,
+    KillSession {
+        id: u32,
+    },
+    /// `SELECT @@var, …` and other client start-up chatter (`SELECT DATABASE()`, …).
+    Variables(Vec<String>),
+    /// `SET …`, `USE …`, `BEGIN`, …: accepted and ignored (drivers send them at connect).
+    Ignored,
+    /// Named in the documentation as coming later.
+    NotYet(&'static str),
+    Empty,
+    Unknown(String),
+}
+
+fn words(sql: &str) -> Vec<String> {
+    sql.split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+fn unquote(s: &str) -> String {
+    s.trim()
+        .trim_matches(|c| c == '\'' || c == '"' || c == '`')
+        .to_string()
+}
+
+impl AdminCommand {
+    pub fn parse(sql: &str) -> AdminCommand {
+        let sql = sql.trim().trim_end_matches(';').trim();
+        if sql.is_empty() {
+            return AdminCommand::Empty;
+        }
+        let w = words(sql);
+        let ws: Vec<&str> = w.iter().map(String::as_str).collect();
+        match ws.as_slice() {
+            ["SHOW", "SERVERS"] => AdminCommand::ShowServers,
+            ["SHOW", "POOLS"] => AdminCommand::ShowPools,
+            ["SHOW", "SESSIONS"] | ["SHOW", "PROCESSLIST"] => AdminCommand::ShowSessions,
+            ["SHOW", "RULES"] => AdminCommand::ShowRules,
+            ["SHOW", "CONFIG"] => AdminCommand::ShowConfig,
+            ["SHOW", "STATS"] => AdminCommand::ShowStats,
+            ["SHOW", "FAILOVERS"] => AdminCommand::ShowFailovers,
+            ["SHOW", "QUERY", "DIGEST"] | ["RESET", "QUERY", "DIGEST"] => {
+                AdminCommand::NotYet("the query digest")
+            }
+            ["RELOAD"] => AdminCommand::NotYet("RELOAD (hot reload)"),
+            ["FAILOVER", "ACKNOWLEDGE"] => AdminCommand::FailoverAcknowledge,
+            ["SWITCHOVER", "TO", _] => AdminCommand::Switchover {
+                to: unquote(sql.split_whitespace().nth(2).unwrap_or("")),
+            },
+            ["SET", "SERVER", _, state @ ("ONLINE" | "OFFLINE")] => AdminCommand::SetServer {
+                name: unquote(sql.split_whitespace().nth(2).unwrap_or("")),
+                online: *state == "ONLINE",
+            },
+            ["KILL", "SESSION", id] | ["KILL", id] => match id.parse() {
+                Ok(id) => AdminCommand::KillSession { id },
+                Err(_) => AdminCommand::Unknown(sql.to_string()),
+            },
+            ["SELECT", "*", "FROM", "SERVERS"] => AdminCommand::SelectServers { filter: None },
+            ["SELECT", "*", "FROM", "SERVERS", "WHERE", ..] => {
+                let cond = sql.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+                match cond.split_once('=') {
+                    Some((col, val)) => AdminCommand::SelectServers {
+                        filter: Some((col.trim().to_ascii_lowercase(), unquote(val))),
+                    },
+                    None => AdminCommand::Unknown(sql.to_string()),
+                }
+            }
+            ["SET", ..] | ["USE", ..] | ["BEGIN"] | ["COMMIT"] | ["ROLLBACK"] => {
+                AdminCommand::Ignored
+            }
+            ["SELECT", ..] => {
+                // `SELECT @@a, @@b LIMIT 1`, `SELECT DATABASE()`, `SELECT 1`.
+                let list = sql[6..]
+                    .split(|c: char| c.is_ascii_whitespace())
+                    .take_while(|t| !t.eq_ignore_ascii_case("limit"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let items: Vec<String> = list
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                let known = items.iter().all(|i| {
+                    i.starts_with("@@")
+                        || i.eq_ignore_ascii_case("database()")
+                        || i.eq_ignore_ascii_case("version()")
+                        || i.eq_ignore_ascii_case("user()")
+                        || i.eq_ignore_ascii_case("connection_id()")
+                        || i.parse::<i64>().is_ok()
+                });
+                if known && !items.is_empty() {
+                    AdminCommand::Variables(items)
+                } else {
+                    AdminCommand::Unknown(sql.to_string())
+                }
+            }
+            _ => AdminCommand::Unknown(sql.to_string()),
+        }
+    }
+
+    /// Short name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminCommand::ShowServers => "show_servers",
+            AdminCommand::ShowPools => "show_pools",
+            AdminCommand::ShowSessions => "show_sessions",
+            AdminCommand::ShowRules => "show_rules",
+            AdminCommand::ShowConfig => "show_config",
+            AdminCommand::ShowStats => "show_stats",
+            AdminCommand::ShowFailovers => "show_failovers",
+            AdminCommand::SelectServers { .. } => "select_servers",
+            AdminCommand::SetServer { .. } => "set_server",
+            AdminCommand::Switchover { .. } => "switchover",
+            AdminCommand::FailoverAcknowledge => "failover_acknowledge",
+            AdminCommand::KillSession { .. } => "kill_session",
+            AdminCommand::Variables(_) => "variables",
+            AdminCommand::Ignored => "ignored",
+            AdminCommand::NotYet(_) => "not_yet",
+            AdminCommand::Empty => "empty",
+            AdminCommand::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// What the admin port understands, for error messages.
+pub const HELP: &str = "SHOW SERVERS | SHOW POOLS | SHOW SESSIONS | SHOW RULES | SHOW CONFIG | \
+     SHOW STATS | SHOW FAILOVERS | SELECT * FROM servers [WHERE col = 'v'] | \
+     SET SERVER name OFFLINE|ONLINE | SWITCHOVER TO name | FAILOVER ACKNOWLEDGE | \
+     KILL SESSION id";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_statements() {
+        use AdminCommand::*;
+        assert_eq!(AdminCommand::parse(" show servers ; "), ShowServers);
+        assert_eq!(AdminCommand::parse("SHOW POOLS"), ShowPools);
+        assert_eq!(
+            AdminCommand::parse("switchover to db2"),
+            Switchover { to: "db2".into() }
+        );
+        assert_eq!(
+            AdminCommand::parse("SET SERVER 'db3' OFFLINE"),
+            SetServer {
+                name: "db3".into(),
+                online: false
+            }
+        );
+        assert_eq!(
+            AdminCommand::parse("kill session 42"),
+            KillSession { id: 42 }
+        );
+        assert_eq!(
+            AdminCommand::parse("SELECT * FROM servers WHERE role = 'replica'"),
+            SelectServers {
+                filter: Some(("role".into(), "replica".into()))
+            }
+        );
+        assert_eq!(
+            AdminCommand::parse("select @@version_comment limit 1"),
+            Variables(vec!["@@version_comment".into()])
+        );
+        assert_eq!(AdminCommand::parse(";"), Empty);
+        assert_eq!(AdminCommand::parse(""), Empty);
+        assert!(matches!(AdminCommand::parse("DROP TABLE x"), Unknown(_)));
+        assert!(matches!(
+            AdminCommand::parse("\u{0}\u{1}garbage"),
+            Unknown(_)
+        ));
+        assert!(matches!(AdminCommand::parse("KILL SESSION x"), Unknown(_)));
+        assert!(matches!(
+            AdminCommand::parse("SELECT * FROM users"),
+            Unknown(_)
+        ));
+    }
+}

@@ -1,0 +1,72 @@
+//! `SHOW SERVERS` and `SELECT * FROM servers [WHERE col = 'v']`.
+
+use std::sync::atomic::Ordering;
+
+use super::{AdminCtx, Reply, ResultSet};
+
+const COLUMNS: [&str; 14] = [
+    "name",
+    "address",
+    "role",
+    "healthy",
+    "lag_ms",
+    "gtid_pos",
+    "generation",
+    "excluded",
+    "source",
+    "conn_in_use",
+    "conn_idle",
+    "queries_total",
+    "queries_per_s",
+    "last_error",
+];
+
+pub(super) fn run(ctx: &AdminCtx, filter: Option<&(String, String)>) -> Reply {
+    if let Some((col, _)) = filter {
+        if !COLUMNS.contains(&col.as_str()) {
+            return Reply::error(
+                1054,
+                b"42S22",
+                format!(
+                    "Unknown column '{col}' in 'where clause' (columns: {})",
+                    COLUMNS.join(", ")
+                ),
+            );
+        }
+    }
+    let view = ctx.shared.cluster.borrow().clone();
+    let rates = ctx.query_rates();
+    let mut rs = ResultSet::new(&COLUMNS);
+    for (i, s) in view.servers.iter().enumerate() {
+        let (in_use, idle) = ctx.shared.pools.get(i).map_or((0, 0), |p| p.counts());
+        let total = ctx
+            .shared
+            .server_queries
+            .get(i)
+            .map_or(0, |q| q.load(Ordering::Relaxed));
+        let row = vec![
+            Some(s.name.clone()),
+            Some(s.address.clone()),
+            Some(s.role.as_str().to_string()),
+            Some(if s.healthy { "yes" } else { "no" }.to_string()),
+            s.lag_ms.map(|l| l.to_string()),
+            Some(s.gtid_pos.clone()),
+            Some(s.generation.to_string()),
+            s.excluded.clone(),
+            s.source.clone(),
+            Some(in_use.to_string()),
+            Some(idle.to_string()),
+            Some(total.to_string()),
+            Some(format!("{:.1}", rates.get(i).copied().unwrap_or(0.0))),
+            s.last_error.clone(),
+        ];
+        if let Some((col, val)) = filter {
+            let at = COLUMNS.iter().position(|c| c == col).unwrap_or(0);
+            if row[at].as_deref() != Some(val.as_str()) {
+                continue;
+            }
+        }
+        rs.push(row);
+    }
+    Reply::Rows(rs)
+}

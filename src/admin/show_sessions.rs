@@ -1,0 +1,53 @@
+//! `SHOW SESSIONS`: the open client sessions.
+
+use std::sync::atomic::Ordering;
+
+use super::{AdminCtx, Reply, ResultSet};
+use crate::router::PinReason;
+
+pub(super) fn run(ctx: &AdminCtx) -> Reply {
+    let mut rs = ResultSet::new(&[
+        "id", "client", "user", "db", "state", "pinned", "backend", "age_s",
+    ]);
+    let names: Vec<&str> = ctx
+        .shared
+        .config
+        .servers
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for s in ctx.shared.sessions.list() {
+        let (user, db) = s.names();
+        let state = if s.busy.load(Ordering::Relaxed) {
+            "running"
+        } else if s.in_transaction.load(Ordering::Relaxed) {
+            "idle in transaction"
+        } else {
+            "idle"
+        };
+        let pins = s.pins.load(Ordering::Relaxed);
+        let pinned: Vec<&str> = PinReason::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| pins & (1 << i) != 0)
+            .map(|(_, p)| p.as_str())
+            .collect();
+        let backend = s.last_server.load(Ordering::Relaxed);
+        let backend = if backend == usize::MAX {
+            s.primary.load(Ordering::Relaxed)
+        } else {
+            backend
+        };
+        rs.push(vec![
+            Some(s.id.to_string()),
+            Some(s.client.to_string()),
+            Some(user),
+            db,
+            Some(state.to_string()),
+            (!pinned.is_empty()).then(|| pinned.join(",")),
+            names.get(backend).map(|n| n.to_string()),
+            Some(s.started.elapsed().as_secs().to_string()),
+        ]);
+    }
+    Reply::Rows(rs)
+}

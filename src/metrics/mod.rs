@@ -1,0 +1,397 @@
+//! Prometheus metrics and health endpoints.
+//!
+//! The hot path touches only atomics (`frontend::Counters`) and two cached histogram handles;
+//! everything else is copied into the `prometheus` registry when `/metrics` is scraped. The
+//! HTTP endpoint (`http.rs`) serves `/metrics`, `/healthz` (the process is alive) and
+//! `/readyz` (a primary is known and the client listener is up). Names are in `names.rs`;
+//! docs/metrics.md describes each metric.
+
+pub mod http;
+pub mod names;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::cluster::{ClusterView, Role};
+use crate::frontend::Shared;
+use crate::router::{PinReason, StatementClass};
+
+/// Error codes counted one by one; any other code is counted as `other`.
+pub const COUNTED_ERRORS: [u16; 18] = [
+    1040, 1043, 1045, 1047, 1153, 1156, 1243, 1835, 2013, 9001, 9002, 9003, 9004, 9010, 9011, 9012,
+    9020, 9021,
+];
+
+/// ERR packets Sluice sent to clients, by code.
+#[derive(Default)]
+pub struct ErrorCounts {
+    counts: [AtomicU64; COUNTED_ERRORS.len() + 1],
+}
+
+impl ErrorCounts {
+    pub fn record(&self, code: u16) {
+        let i = COUNTED_ERRORS
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(COUNTED_ERRORS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        self.counts[i].load(Ordering::Relaxed)
+    }
+}
+
+/// The registry and the metric handles.
+pub struct Metrics {
+    registry: Registry,
+    /// Latency of commands, by route (0 = primary, 1 = replica).
+    pub query_seconds: [Histogram; 2],
+    pub errors: std::sync::Arc<ErrorCounts>,
+    client_connections: IntGauge,
+    connections_total: IntCounter,
+    rejected: IntCounterVec,
+    idle_timeouts: IntCounter,
+    killed: IntCounter,
+    queries: IntCounterVec,
+    reads: IntCounterVec,
+    fallbacks: IntCounterVec,
+    pins: IntCounterVec,
+    invalid_hints: IntCounter,
+    rule_matches: IntCounterVec,
+    backend: IntGaugeVec,
+    outstanding: IntGaugeVec,
+    server_up: IntGaugeVec,
+    server_role: IntGaugeVec,
+    excluded: IntGaugeVec,
+    lag: GaugeVec,
+    primary_known: IntGauge,
+    generation: IntGauge,
+    failovers: IntCounterVec,
+    failover_seconds: HistogramVec,
+    failovers_seen: Mutex<usize>,
+    semi_sync: IntGauge,
+    heartbeat_failures: IntCounter,
+    errors_total: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// Brings a counter up to a cumulative value read from an atomic.
+fn sync(c: &IntCounter, v: u64) {
+    let cur = c.get();
+    if v > cur {
+        c.inc_by(v - cur);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        use names::*;
+        let r = Registry::new();
+        let buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        let q = HistogramVec::new(
+            HistogramOpts::new(
+                QUERY_DURATION_SECONDS,
+                "Time from forwarding a command to the end of its response, by route",
+            )
+            .buckets(buckets),
+            &["route"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(q.clone())).expect("unique metric");
+        let query_seconds = [
+            q.with_label_values(&["primary"]),
+            q.with_label_values(&["replica"]),
+        ];
+        let lag = GaugeVec::new(
+            Opts::new(
+                REPLICA_LAG_SECONDS,
+                "Measured replication lag of each replica (absent when unknown)",
+            ),
+            &["server"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(lag.clone())).expect("unique metric");
+        let failover_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                FAILOVER_DURATION_SECONDS,
+                "From the decision to fail over (or switch over) to the new primary taking writes",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(failover_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            query_seconds,
+            errors: Default::default(),
+            client_connections: gauge(&r, CLIENT_CONNECTIONS, "Client sessions open now"),
+            connections_total: counter(&r, CLIENT_CONNECTIONS_TOTAL, "Client connections accepted"),
+            rejected: counter_vec(
+                &r,
+                CLIENT_CONNECTIONS_REJECTED_TOTAL,
+                "Client connections refused, by reason",
+                &["reason"],
+            ),
+            idle_timeouts: counter(
+                &r,
+                CLIENT_IDLE_TIMEOUTS_TOTAL,
+                "Sessions closed after client_idle_timeout_ms without a command",
+            ),
+            killed: counter(&r, SESSIONS_KILLED_TOTAL, "Sessions ended by KILL SESSION"),
+            queries: counter_vec(
+                &r,
+                QUERIES_TOTAL,
+                "Commands answered, by route and statement class",
+                &["route", "class"],
+            ),
+            reads: counter_vec(
+                &r,
+                READS_ROUTED_TOTAL,
+                "Reads (class read), by where they ran",
+                &["target"],
+            ),
+            fallbacks: counter_vec(
+                &r,
+                ROUTING_FALLBACKS_TOTAL,
+                "Reads sent to the primary instead of a replica, by reason",
+                &["reason"],
+            ),
+            pins: counter_vec(
+                &r,
+                PINS_TOTAL,
+                "Statements that pinned a session to the primary, by reason",
+                &["reason"],
+            ),
+            invalid_hints: counter(&r, INVALID_HINTS_TOTAL, "Sluice hints ignored as invalid"),
+            rule_matches: counter_vec(
+                &r,
+                RULE_MATCHES_TOTAL,
+                "Statements matched by each routing rule",
+                &["rule"],
+            ),
+            backend: gauge_vec(
+                &r,
+                BACKEND_CONNECTIONS,
+                "Backend connections per server, by state",
+                &["server", "state"],
+            ),
+            outstanding: gauge_vec(
+                &r,
+                BACKEND_OUTSTANDING,
+                "Reads in flight per server",
+                &["server"],
+            ),
+            server_up: gauge_vec(
+                &r,
+                SERVER_UP,
+                "1 when the monitor counts the server as healthy",
+                &["server"],
+            ),
+            server_role: gauge_vec(
+                &r,
+                SERVER_ROLE,
+                "1 for the server's current role (primary, replica, unknown)",
+                &["server", "role"],
+            ),
+            excluded: gauge_vec(
+                &r,
+                SERVER_EXCLUDED,
+                "1 when the server is kept out of routing (diverged, fenced, offline)",
+                &["server"],
+            ),
+            lag,
+            primary_known: gauge(&r, PRIMARY_KNOWN, "1 when a writable primary is known"),
+            generation: gauge(&r, GENERATION, "The newest failover generation seen"),
+            failovers: counter_vec(
+                &r,
+                FAILOVERS_TOTAL,
+                "Failovers and switchovers this instance ran, by kind and outcome",
+                &["kind", "outcome"],
+            ),
+            failover_seconds,
+            failovers_seen: Mutex::new(0),
+            semi_sync: gauge(
+                &r,
+                SEMI_SYNC_ACTIVE,
+                "1 when semi-synchronous replication is effective on the primary",
+            ),
+            heartbeat_failures: counter(
+                &r,
+                HEARTBEAT_WRITE_FAILURES_TOTAL,
+                "Monitor rounds in which the heartbeat could not be written on the primary",
+            ),
+            errors_total: counter_vec(
+                &r,
+                ERRORS_TOTAL,
+                "ERR packets Sluice itself sent to clients, by error code",
+                &["code"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Copies the process's counters and the cluster view into the registry and renders the
+    /// text exposition format.
+    pub fn render(&self, shared: &Shared) -> String {
+        let c = &shared.counters;
+        let view: ClusterView = (**shared.cluster.borrow()).clone();
+        self.client_connections
+            .set(shared.clients.load(Ordering::Relaxed) as i64);
+        sync(
+            &self.connections_total,
+            c.connections_total.load(Ordering::Relaxed),
+        );
+        sync(
+            &self.rejected.with_label_values(&["max_client_connections"]),
+            c.rejected_too_many.load(Ordering::Relaxed),
+        );
+        sync(&self.idle_timeouts, c.idle_timeouts.load(Ordering::Relaxed));
+        sync(&self.killed, c.sessions_killed.load(Ordering::Relaxed));
+        for (r, route) in ["primary", "replica"].iter().enumerate() {
+            for class in StatementClass::ALL {
+                let v = c.queries[r][class.index()].load(Ordering::Relaxed);
+                if v > 0 {
+                    sync(&self.queries.with_label_values(&[route, class.as_str()]), v);
+                }
+            }
+        }
+        sync(
+            &self.reads.with_label_values(&["replica"]),
+            c.replica_reads.load(Ordering::Relaxed),
+        );
+        sync(
+            &self.reads.with_label_values(&["primary"]),
+            c.primary_reads.load(Ordering::Relaxed),
+        );
+        sync(
+            &self.fallbacks.with_label_values(&["read_your_writes"]),
+            c.ryw_fallbacks.load(Ordering::Relaxed),
+        );
+        for (i, p) in PinReason::ALL.iter().enumerate() {
+            sync(
+                &self.pins.with_label_values(&[p.as_str()]),
+                c.pins[i].load(Ordering::Relaxed),
+            );
+        }
+        sync(&self.invalid_hints, c.invalid_hints.load(Ordering::Relaxed));
+        for (rule, hits) in shared.rules.iter().zip(&shared.rule_hits) {
+            sync(
+                &self.rule_matches.with_label_values(&[&rule.name]),
+                hits.load(Ordering::Relaxed),
+            );
+        }
+        for (i, s) in view.servers.iter().enumerate() {
+            if let Some(pool) = shared.pools.get(i) {
+                let (in_use, idle) = pool.counts();
+                self.backend
+                    .with_label_values(&[&s.name, "in_use"])
+                    .set(in_use as i64);
+                self.backend
+                    .with_label_values(&[&s.name, "idle"])
+                    .set(idle as i64);
+                self.backend
+                    .with_label_values(&[&s.name, "waiting"])
+                    .set(pool.waiting() as i64);
+            }
+            if let Some(o) = shared.outstanding.get(i) {
+                self.outstanding
+                    .with_label_values(&[&s.name])
+                    .set(i64::from(o.load(Ordering::Relaxed)));
+            }
+            self.server_up
+                .with_label_values(&[&s.name])
+                .set(i64::from(s.healthy));
+            for role in [Role::Primary, Role::Replica, Role::Unknown] {
+                self.server_role
+                    .with_label_values(&[&s.name, role.as_str()])
+                    .set(i64::from(s.role == role));
+            }
+            self.excluded
+                .with_label_values(&[&s.name])
+                .set(i64::from(s.excluded.is_some()));
+            match (s.role, s.lag_ms) {
+                (Role::Replica, Some(ms)) => {
+                    self.lag
+                        .with_label_values(&[&s.name])
+                        .set(ms as f64 / 1000.0);
+                }
+                _ => {
+                    let _ = self.lag.remove_label_values(&[&s.name]);
+                }
+            }
+        }
+        self.primary_known
+            .set(i64::from(view.writable_primary().is_some()));
+        self.generation.set(view.generation as i64);
+        self.semi_sync
+            .set(i64::from(view.semi_sync.enabled && view.semi_sync.active));
+        sync(&self.heartbeat_failures, view.heartbeat_failures);
+        if let Ok(mut seen) = self.failovers_seen.lock() {
+            for rec in view.history.iter().skip(*seen) {
+                let outcome = if rec.ok { "success" } else { "failure" };
+                self.failovers.with_label_values(&[rec.kind, outcome]).inc();
+                if rec.ok {
+                    self.failover_seconds
+                        .with_label_values(&[rec.kind])
+                        .observe(rec.duration_ms as f64 / 1000.0);
+                }
+            }
+            *seen = view.history.len();
+        }
+        for (i, code) in COUNTED_ERRORS.iter().enumerate() {
+            let v = self.errors.get(i);
+            if v > 0 {
+                sync(
+                    &self.errors_total.with_label_values(&[&code.to_string()]),
+                    v,
+                );
+            }
+        }
+        let other = self.errors.get(COUNTED_ERRORS.len());
+        if other > 0 {
+            sync(&self.errors_total.with_label_values(&["other"]), other);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,427 @@
+//! The admin port (through `mysql_async`, the `mariadb` CLI and PyMySQL) and the metrics
+//! endpoint (scraped over HTTP and parsed with the Prometheus project's own Python parser),
+//! against real traffic and real servers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{eventually, python_with_pymysql, spec, Harness};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row};
+use sluice::sandbox::ADMIN_PASSWORD;
+
+fn admin_opts(h: &Harness, password: &str) -> OptsBuilder {
+    let addr = h.proxy.as_ref().unwrap().admin_addr.expect("admin port on");
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(addr.port())
+        .user(Some("admin"))
+        .pass(Some(password))
+        .prefer_socket(false)
+}
+
+async fn admin(h: &Harness) -> Conn {
+    Conn::new(admin_opts(h, ADMIN_PASSWORD))
+        .await
+        .expect("admin login")
+}
+
+/// Rows as maps column → value.
+async fn table(c: &mut Conn, sql: &str) -> Vec<HashMap<String, Option<String>>> {
+    let rows: Vec<Row> = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter()
+        .map(|r| {
+            let cols: Vec<String> = r
+                .columns_ref()
+                .iter()
+                .map(|c| c.name_str().into_owned())
+                .collect();
+            cols.into_iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    (
+                        name,
+                        r.get_opt::<Option<String>, _>(i)
+                            .and_then(Result::ok)
+                            .flatten(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The SELECT statements user `app` ran on a server, by the server's own count.
+async fn select_commands(h: &Harness, node: usize) -> u64 {
+    h.root_sql(
+        node,
+        "SELECT IFNULL(SUM(SELECT_COMMANDS), 0) FROM information_schema.USER_STATISTICS WHERE USER = 'app'",
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+fn val<'a>(row: &'a HashMap<String, Option<String>>, col: &str) -> Option<&'a str> {
+    row.get(col)
+        .unwrap_or_else(|| panic!("no column {col} in {row:?}"))
+        .as_deref()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_shows_true_values_and_takes_commands() {
+    let mut s = spec(2);
+    s.extra_cnf = vec!["userstat = ON".into()];
+    let h = Harness::start_spec(s, |_| {}).await;
+    let mut app = h.proxy_conn().await;
+    app.query_drop("CREATE DATABASE IF NOT EXISTS adm")
+        .await
+        .unwrap();
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A reader connected (its driver's start-up query done), fresh statistics on the
+    // replicas, Sluice's own figures noted: then 100 reads through Sluice.
+    let mut reader = h.proxy_conn().await;
+    for _ in 0..10 {
+        // Opens the session's connection to each replica.
+        let _: Option<u64> = reader.query_first("SELECT 1 FROM DUAL").await.unwrap();
+    }
+    for node in 1..=2 {
+        h.root_sql(node, "FLUSH LOCAL USER_STATISTICS").await;
+    }
+    for _ in 0..4 {
+        let _: Option<u64> = reader.query_first("SELECT 1 FROM DUAL").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server_before = [
+        0,
+        select_commands(&h, 1).await,
+        select_commands(&h, 2).await,
+    ];
+    let mut a = admin(&h).await;
+    let before = table(&mut a, "SHOW SERVERS").await;
+    let stats_before = table(&mut a, "SHOW STATS").await;
+    for _ in 0..100 {
+        let _: Option<u64> = reader
+            .query_first("SELECT COUNT(*) FROM information_schema.SCHEMATA")
+            .await
+            .unwrap();
+    }
+    // The server updates its per-user statistics after it answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let servers = table(&mut a, "SHOW SERVERS").await;
+    assert_eq!(servers.len(), 3);
+    let mut on_replicas = 0u64;
+    for (i, row) in servers.iter().enumerate() {
+        assert_eq!(val(row, "name"), Some(format!("db{}", i + 1).as_str()));
+        assert_eq!(val(row, "healthy"), Some("yes"));
+        let role = if i == 0 { "primary" } else { "replica" };
+        assert_eq!(val(row, "role"), Some(role));
+        if i > 0 {
+            let total = |r: &HashMap<String, Option<String>>| -> u64 {
+                val(r, "queries_total").unwrap().parse().unwrap()
+            };
+            let ours = total(row) - total(&before[i]);
+            let theirs = select_commands(&h, i).await - server_before[i];
+            assert_eq!(ours, theirs, "server db{}", i + 1);
+            on_replicas += ours;
+            let _ = val(row, "lag_ms"); // the column exists (NULL while unknown)
+        }
+    }
+    assert_eq!(on_replicas, 100, "{servers:?}");
+    let stats = table(&mut a, "SHOW STATS").await;
+    let replica_reads = |t: &[HashMap<String, Option<String>>]| -> u64 {
+        t.iter()
+            .find(|r| val(r, "route") == Some("replica") && val(r, "class") == Some("read"))
+            .and_then(|r| val(r, "value"))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(replica_reads(&stats) - replica_reads(&stats_before), 100);
+    let replicas = table(&mut a, "SELECT * FROM servers WHERE role = 'replica'").await;
+    assert_eq!(replicas.len(), 2);
+
+    let pools = table(&mut a, "SHOW POOLS").await;
+    assert_eq!(pools.len(), 3);
+    assert!(pools.iter().all(|p| val(p, "max") == Some("500")));
+
+    let sessions = table(&mut a, "SHOW SESSIONS").await;
+    assert!(sessions.len() >= 2, "{sessions:?}");
+    assert!(sessions.iter().all(|s| val(s, "user") == Some("app")));
+
+    let config = table(&mut a, "SHOW CONFIG").await;
+    let pw = config
+        .iter()
+        .find(|r| val(r, "key") == Some("admin.password"))
+        .expect("admin.password listed");
+    assert_ne!(
+        val(pw, "value"),
+        Some(format!("\"{ADMIN_PASSWORD}\"").as_str())
+    );
+    assert!(
+        !format!("{config:?}").contains(ADMIN_PASSWORD),
+        "a password leaked"
+    );
+    assert!(
+        !format!("{config:?}").contains(common::PASSWORD),
+        "a password leaked"
+    );
+    let rules = table(&mut a, "SHOW RULES").await;
+    assert!(rules.is_empty());
+
+    // Taking a replica out of service: no new reads go there.
+    a.query_drop("SET SERVER db3 OFFLINE").await.unwrap();
+    eventually("db3 to show as offline", Duration::from_secs(5), || {
+        let p = h.proxy.as_ref().unwrap();
+        let v = p.cluster.borrow().clone();
+        async move { v.servers[2].excluded.is_some() }
+    })
+    .await;
+    let before = h
+        .root_sql(2, "SELECT IFNULL(SUM(SELECT_COMMANDS), 0) FROM information_schema.USER_STATISTICS WHERE USER = 'app'")
+        .await;
+    for _ in 0..30 {
+        let _: Option<u64> = reader.query_first("SELECT 1 FROM DUAL").await.unwrap();
+    }
+    let after = h
+        .root_sql(2, "SELECT IFNULL(SUM(SELECT_COMMANDS), 0) FROM information_schema.USER_STATISTICS WHERE USER = 'app'")
+        .await;
+    assert_eq!(before, after, "an offline server got reads");
+    let err = a.query_drop("SET SERVER db1 OFFLINE").await.unwrap_err();
+    assert!(err.to_string().contains("SWITCHOVER"), "{err}");
+    a.query_drop("SET SERVER db3 ONLINE").await.unwrap();
+
+    // KILL SESSION ends a client's session.
+    let mut victim = h.proxy_conn().await;
+    let _: Option<u64> = victim.query_first("SELECT 1").await.unwrap();
+    let sessions = table(&mut a, "SHOW SESSIONS").await;
+    let newest = sessions
+        .iter()
+        .map(|s| val(s, "id").unwrap().parse::<u32>().unwrap())
+        .max()
+        .unwrap();
+    a.query_drop(format!("KILL SESSION {newest}"))
+        .await
+        .unwrap();
+    assert!(victim.query_drop("SELECT 1").await.is_err());
+    assert!(a.query_drop("KILL SESSION 999999").await.is_err());
+
+    // Garbage never breaks the port.
+    for bad in [
+        ";",
+        "",
+        "DROP TABLE x",
+        "SHOW SERVERZ",
+        "\u{1}\u{2}\u{3}",
+        "SELECT * FROM users",
+    ] {
+        match a.query_drop(bad).await {
+            Err(mysql_async::Error::Server(e)) => {
+                assert!(matches!(e.code, 1064 | 1065), "{bad:?}: {e:?}")
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert_eq!(table(&mut a, "SHOW SERVERS").await.len(), 3);
+
+    // Operations through the monitor.
+    let ack: Vec<Row> = a.query("FAILOVER ACKNOWLEDGE").await.unwrap();
+    assert!(ack.is_empty());
+    a.query_drop("SWITCHOVER TO db2").await.unwrap();
+    let failovers = table(&mut a, "SHOW FAILOVERS").await;
+    assert_eq!(failovers.len(), 1);
+    assert_eq!(val(&failovers[0], "kind"), Some("switchover"));
+    assert_eq!(val(&failovers[0], "to"), Some("db2"));
+    assert_eq!(val(&failovers[0], "ok"), Some("yes"));
+    app.query_drop("CREATE DATABASE IF NOT EXISTS adm2")
+        .await
+        .unwrap();
+    assert_eq!(
+        h.root_sql(
+            1,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'adm2'"
+        )
+        .await
+        .trim(),
+        "1"
+    );
+
+    // A wrong admin password: 1045.
+    match Conn::new(admin_opts(&h, "wrong")).await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1045),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_works_from_the_cli_and_pymysql() {
+    let h = Harness::start(1).await;
+    let port = h.proxy.as_ref().unwrap().admin_addr.unwrap().port();
+    let out = tokio::process::Command::new(common::cli_binary())
+        .args(["--no-defaults", "--protocol=tcp", "-h127.0.0.1"])
+        .arg(format!("-P{port}"))
+        .args([
+            "-uadmin",
+            &format!("-p{ADMIN_PASSWORD}"),
+            "-e",
+            "SHOW SERVERS; SHOW POOLS",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("name\taddress\trole"), "{stdout}");
+    assert!(
+        stdout.contains("db1\t") && stdout.contains("primary"),
+        "{stdout}"
+    );
+    let py = format!(
+        "import pymysql\n\
+         c = pymysql.connect(host='127.0.0.1', port={port}, user='admin', password='{ADMIN_PASSWORD}')\n\
+         cur = c.cursor()\n\
+         cur.execute('SHOW SERVERS')\n\
+         print([r[0] for r in cur.fetchall()])\n\
+         try:\n    cur.execute('nonsense')\nexcept pymysql.err.MySQLError as e:\n    print('error', e.args[0])\n"
+    );
+    let out = tokio::process::Command::new(python_with_pymysql())
+        .args(["-c", &py])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("['db1', 'db2']"), "{stdout}");
+    assert!(stdout.contains("error 1064"), "{stdout}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_stays_off_without_a_password() {
+    let h = Harness::start_with(0, |c| c.admin.password = None).await;
+    assert!(h.proxy.as_ref().unwrap().admin_addr.is_none());
+    h.shutdown().await;
+}
+
+/// Scrapes a URL with Python's HTTP client and parses the body with prometheus_client's
+/// text-format parser; prints `name{labels} value` lines.
+async fn scrape(url: &str) -> (u16, String) {
+    let py = format!(
+        "import urllib.request, urllib.error, sys\n\
+         try:\n    r = urllib.request.urlopen('{url}', timeout=10); code = r.status; body = r.read().decode()\n\
+         except urllib.error.HTTPError as e:\n    code = e.code; body = e.read().decode()\n\
+         print(code)\n\
+         if '{url}'.endswith('/metrics'):\n\
+         \x20   from prometheus_client.parser import text_string_to_metric_families\n\
+         \x20   for fam in text_string_to_metric_families(body):\n\
+         \x20       for s in fam.samples:\n\
+         \x20           labels = ','.join('%s=%s' % kv for kv in sorted(s.labels.items()))\n\
+         \x20           print('%s{{%s}} %s' % (s.name, labels, s.value))\n\
+         else:\n    print(body.strip())\n"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &py])
+        .output()
+        .await
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "scrape failed (is prometheus_client installed? `pip install prometheus_client`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    (code.trim().parse().unwrap_or(0), rest.to_string())
+}
+
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_the_traffic_and_the_topology() {
+    let h = Harness::start(2).await;
+    let base = format!("http://{}", h.proxy.as_ref().unwrap().metrics_addr.unwrap());
+    let (code, body) = scrape(&format!("{base}/healthz")).await;
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = scrape(&format!("{base}/readyz")).await;
+    assert_eq!(code, 200, "{body}");
+    let mut c = h.proxy_conn().await;
+    let (_, before) = scrape(&format!("{base}/metrics")).await;
+    let reads_before =
+        sample(&before, "sluice_queries_total{class=read,route=replica}").unwrap_or(0.0);
+    for _ in 0..50 {
+        let _: Option<u64> = c.query_first("SELECT 1 FROM DUAL").await.unwrap();
+    }
+    c.query_drop("CREATE DATABASE IF NOT EXISTS met")
+        .await
+        .unwrap();
+    c.query_drop("SET @pinned = 1").await.unwrap();
+    let bad = mysql_async::Conn::new(h.opts(h.addr.port(), "app", "wrong")).await;
+    assert!(bad.is_err());
+    let (code, m) = scrape(&format!("{base}/metrics")).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&m, "sluice_queries_total{class=read,route=replica}"),
+        Some(reads_before + 50.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "sluice_reads_routed_total{target=replica}"),
+        Some(reads_before + 50.0)
+    );
+    assert_eq!(
+        sample(&m, "sluice_queries_total{class=ddl,route=primary}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "sluice_session_pins_total{reason=user_variable}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "sluice_errors_total{code=1045}"), Some(1.0));
+    assert_eq!(sample(&m, "sluice_client_connections{}"), Some(1.0));
+    assert!(sample(&m, "sluice_client_connections_total{}").unwrap() >= 2.0);
+    assert!(
+        sample(&m, "sluice_query_duration_seconds_count{route=replica}").unwrap() >= 50.0,
+        "{m}"
+    );
+    assert_eq!(sample(&m, "sluice_primary_known{}"), Some(1.0));
+    assert_eq!(
+        sample(&m, "sluice_server_role{role=primary,server=db1}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "sluice_server_up{server=db3}"), Some(1.0));
+    assert!(sample(&m, "sluice_replica_lag_seconds{server=db2}").is_some());
+    assert!(sample(&m, "sluice_backend_connections{server=db1,state=in_use}").unwrap() >= 1.0);
+
+    // A replica whose SQL thread stops has no lag figure any more (unknown, not zero).
+    h.root_sql(2, "STOP SLAVE SQL_THREAD").await;
+    let mut gone = false;
+    for _ in 0..50 {
+        let (_, m) = scrape(&format!("{base}/metrics")).await;
+        if sample(&m, "sluice_replica_lag_seconds{server=db3}").is_none() {
+            assert!(sample(&m, "sluice_replica_lag_seconds{server=db2}").is_some());
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the stopped replica still reports a lag");
+    let (code, _) = scrape(&format!("{base}/nope")).await;
+    assert_eq!(code, 404);
+    h.shutdown().await;
+}
