@@ -25,6 +25,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// Where the metrics endpoint listens (unless `[metrics] listen = ""`).
     pub metrics_addr: Option<SocketAddr>,
+    /// The state the sessions share (for reloads).
+    pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
     monitor_task: JoinHandle<()>,
@@ -70,7 +72,7 @@ pub async fn start_with_listener(
     let (monitor_handle, monitor) = monitor::spawn(config.clone(), cluster_tx, shutdown_rx.clone());
     let shared = Arc::new(Shared::new(
         config.clone(),
-        Arc::new(rules),
+        rules,
         cluster_rx.clone(),
         shutdown_rx,
     ));
@@ -95,7 +97,7 @@ pub async fn start_with_listener(
         ));
         tracing::info!(listen = ?metrics_addr, "metrics endpoint is listening");
     }
-    let listener = tokio::spawn(frontend::serve(listener, shared, done_tx));
+    let listener = tokio::spawn(frontend::serve(listener, shared.clone(), done_tx));
     tracing::info!(listen = %local_addr, "sluice is listening");
     Ok(Running {
         local_addr,
@@ -103,6 +105,7 @@ pub async fn start_with_listener(
         monitor: monitor_handle,
         admin_addr,
         metrics_addr,
+        shared,
         shutdown: shutdown_tx,
         listener,
         monitor_task: monitor,
@@ -150,13 +153,88 @@ impl Running {
     }
 }
 
-/// Runs until `signal` resolves, then shuts down gracefully.
+/// Re-reads the config file the proxy was started from (and its rule files) and applies the
+/// `[routing]` section and the rules. Anything else that changed needs a restart and is
+/// reported, not applied. An invalid file changes nothing. Returns a summary, or the error
+/// (file, key, reason).
+pub fn reload(shared: &Shared) -> Result<String, String> {
+    let result = reload_inner(shared);
+    let counter = match &result {
+        Ok(_) => &shared.reloads_ok,
+        Err(_) => &shared.reloads_failed,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match &result {
+        Ok(msg) => tracing::info!(%msg, "configuration reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; the old configuration stays in force")
+        }
+    }
+    result
+}
+
+fn reload_inner(shared: &Shared) -> Result<String, String> {
+    let old = &shared.config;
+    let path = old
+        .source
+        .as_ref()
+        .ok_or("this proxy was not started from a config file: nothing to reload")?;
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let rules =
+        crate::router::rules::load(&new.routing.rules, &new.base_dir).map_err(|e| e.to_string())?;
+    let mut restart = Vec::new();
+    if new.proxy != old.proxy {
+        restart.push("[proxy]");
+    }
+    if new.servers != old.servers {
+        restart.push("[[servers]]");
+    }
+    if new.users != old.users {
+        restart.push("[[users]]");
+    }
+    if new.monitor != old.monitor {
+        restart.push("[monitor]");
+    }
+    if new.admin != old.admin {
+        restart.push("[admin]");
+    }
+    if new.metrics != old.metrics {
+        restart.push("[metrics]");
+    }
+    let n = rules.len();
+    let gen = shared.set_routing(&new, rules);
+    let mut msg = format!(
+        "{}: [routing] applied (max_lag_ms = {}, read_your_writes = {:?}, {n} rule(s)), routing generation {gen}",
+        path.display(),
+        new.routing.max_lag_ms,
+        new.routing.read_your_writes
+    );
+    if !restart.is_empty() {
+        msg.push_str(&format!(
+            "; changed but NOT applied (need a restart in this release): {}",
+            restart.join(", ")
+        ));
+    }
+    Ok(msg)
+}
+
+/// Runs until `signal` resolves, then shuts down gracefully. SIGHUP reloads the config.
 pub async fn run(
     config: Arc<Config>,
     signal: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let running = start(config).await?;
-    signal.await;
+    let shared = running.shared.clone();
+    tokio::pin!(signal);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            Some(()) = hup.recv() => {
+                let _ = reload(&shared);
+            }
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

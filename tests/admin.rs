@@ -425,3 +425,130 @@ async fn metrics_match_the_traffic_and_the_topology() {
     assert_eq!(code, 404);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_routing_and_rules_under_load_and_refuses_a_broken_file() {
+    common::init_tracing();
+    let topo = sluice::sandbox::Topology::start(spec(2))
+        .await
+        .expect("topology");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    let base = topo
+        .config_toml("127.0.0.1:0")
+        .replace("[admin]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let write = |routing: &str| {
+        std::fs::write(
+            &path,
+            format!("{base}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[routing]\n{routing}"),
+        )
+        .unwrap()
+    };
+    write("max_lag_ms = 60000\n");
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[[rule]]\nname = \"no-answer\"\nmatch.regex = '^SELECT \\?$'\naction.deny = \"not here\"\n",
+    )
+    .unwrap();
+    let config = sluice::config::Config::load(&path).expect("valid config");
+    let proxy = sluice::server::start(std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    assert!(proxy.wait_ready(Duration::from_secs(15)).await);
+    let opts = |port: u16, user: &str, pw: &str| {
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some(user))
+            .pass(Some(pw))
+            .prefer_socket(false)
+    };
+    let app = opts(proxy.local_addr.port(), "app", "app-pw");
+    // A steady read load that must see no errors across the reloads.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut c = Conn::new(app).await.unwrap();
+            let (mut ok, mut errors) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match c
+                    .query_first::<u64, _>("SELECT COUNT(*) FROM information_schema.SCHEMATA")
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (ok, errors)
+        })
+    };
+    let mut c = Conn::new(app.clone()).await.unwrap();
+    assert_ne!(server_id(&mut c).await, 1, "reads go to replicas at first");
+    c.query_drop("SELECT 42").await.expect("no rule yet");
+
+    // New budget (0: reads stay on the primary) and a rule file, applied with RELOAD.
+    write("max_lag_ms = 0\nrules = [\"rules.toml\"]\n");
+    let mut a = Conn::new(opts(
+        proxy.admin_addr.unwrap().port(),
+        "admin",
+        ADMIN_PASSWORD,
+    ))
+    .await
+    .unwrap();
+    a.query_drop("RELOAD").await.expect("reload applied");
+    assert!(a.info().contains("[routing] applied"), "{}", a.info());
+    assert_eq!(
+        server_id(&mut c).await,
+        1,
+        "a 0 ms budget keeps reads on the primary"
+    );
+    match c.query_drop("SELECT 42").await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 9010, "{e:?}"),
+        other => panic!("the new rule must deny: {other:?}"),
+    }
+    let rules = table(&mut a, "SHOW RULES").await;
+    assert_eq!(rules.len(), 1);
+    assert_eq!(val(&rules[0], "name"), Some("no-answer"));
+
+    // A broken file is refused whole; the routing in force stays.
+    std::fs::write(&path, format!("{base}\n[routing]\nmax_lag_ms = \"soon\"\n")).unwrap();
+    match a.query_drop("RELOAD").await {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!(e.code, 9031);
+            assert!(e.message.contains("routing.max_lag_ms"), "{}", e.message);
+            assert!(e.message.contains("sluice.toml"), "{}", e.message);
+        }
+        other => panic!("a broken config must be refused: {other:?}"),
+    }
+    assert_eq!(server_id(&mut c).await, 1);
+    assert!(c.query_drop("SELECT 42").await.is_err());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, errors) = load.await.unwrap();
+    assert!(ok > 0);
+    assert!(
+        errors.is_empty(),
+        "client errors during the reloads: {errors:?}"
+    );
+    let m = scrape(&format!("http://{}/metrics", proxy.metrics_addr.unwrap()))
+        .await
+        .1;
+    assert_eq!(
+        sample(&m, "sluice_config_reloads_total{outcome=success}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "sluice_config_reloads_total{outcome=failure}"),
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+    drop(topo);
+}
+
+async fn server_id(c: &mut Conn) -> u64 {
+    c.query_first::<u64, _>("SELECT @@server_id")
+        .await
+        .unwrap()
+        .unwrap()
+}

@@ -58,10 +58,19 @@ async fn connections_are_reused_across_sessions_with_their_state_reset() {
         id,
         "a connection that held a lock is not reused"
     );
-    let free: Option<i64> = d
-        .query_first("SELECT IS_FREE_LOCK('pool-test')")
-        .await
-        .unwrap();
+    // The server releases the lock when it has processed the closed connection (a moment
+    // after Sluice closed it: poll, bounded).
+    let mut free = None;
+    for _ in 0..100 {
+        free = d
+            .query_first("SELECT IS_FREE_LOCK('pool-test')")
+            .await
+            .unwrap();
+        if free == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(free, Some(1), "and its lock was released when it closed");
     h.shutdown().await;
 }

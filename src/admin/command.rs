@@ -26,6 +26,8 @@ pub enum AdminCommand {
     KillSession {
         id: u32,
     },
+    /// Re-read the config file and rule files.
+    Reload,
     /// `SELECT @@var, …` and other client start-up chatter (`SELECT DATABASE()`, …).
     Variables(Vec<String>),
     /// `SET …`, `USE …`, `BEGIN`, …: accepted and ignored (drivers send them at connect).
@@ -67,7 +69,7 @@ impl AdminCommand {
             ["SHOW", "QUERY", "DIGEST"] | ["RESET", "QUERY", "DIGEST"] => {
                 AdminCommand::NotYet("the query digest")
             }
-            ["RELOAD"] => AdminCommand::NotYet("RELOAD (hot reload)"),
+            ["RELOAD"] => AdminCommand::Reload,
             ["FAILOVER", "ACKNOWLEDGE"] => AdminCommand::FailoverAcknowledge,
             ["SWITCHOVER", "TO", _] => AdminCommand::Switchover {
                 to: unquote(sql.split_whitespace().nth(2).unwrap_or("")),
@@ -138,6 +140,7 @@ impl AdminCommand {
             AdminCommand::Switchover { .. } => "switchover",
             AdminCommand::FailoverAcknowledge => "failover_acknowledge",
             AdminCommand::KillSession { .. } => "kill_session",
+            AdminCommand::Reload => "reload",
             AdminCommand::Variables(_) => "variables",
             AdminCommand::Ignored => "ignored",
             AdminCommand::NotYet(_) => "not_yet",
@@ -151,7 +154,7 @@ impl AdminCommand {
 pub const HELP: &str = "SHOW SERVERS | SHOW POOLS | SHOW SESSIONS | SHOW RULES | SHOW CONFIG | \
      SHOW STATS | SHOW FAILOVERS | SELECT * FROM servers [WHERE col = 'v'] | \
      SET SERVER name OFFLINE|ONLINE | SWITCHOVER TO name | FAILOVER ACKNOWLEDGE | \
-     KILL SESSION id";
+     KILL SESSION id | RELOAD";
 
 #[cfg(test)]
 mod tests {

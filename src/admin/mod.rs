@@ -114,6 +114,12 @@ impl AdminCtx {
             AdminCommand::Switchover { to } => operate::run(self, Command::Switchover { to }).await,
             AdminCommand::FailoverAcknowledge => operate::run(self, Command::Acknowledge).await,
             AdminCommand::KillSession { id } => kill_session::run(self, id),
+            AdminCommand::Reload => match crate::server::reload(&self.shared) {
+                Ok(msg) => Reply::Ok(msg),
+                Err(e) => {
+                    Reply::error(9031, b"HY000", format!("Sluice admin: reload refused: {e}"))
+                }
+            },
             AdminCommand::Variables(items) => variables::run(self, &items),
             AdminCommand::Ignored => Reply::Ok(String::new()),
             AdminCommand::NotYet(what) => Reply::error(

@@ -6,7 +6,8 @@ use super::{AdminCtx, Reply, ResultSet};
 
 pub(super) fn run(ctx: &AdminCtx) -> Reply {
     let mut rs = ResultSet::new(&["name", "file", "action", "max_lag_ms", "log_only", "hits"]);
-    for (rule, hits) in ctx.shared.rules.iter().zip(&ctx.shared.rule_hits) {
+    let routing = ctx.shared.routing();
+    for (rule, hits) in routing.rules.iter().zip(&routing.rule_hits) {
         let action = match (&rule.deny, rule.route) {
             (Some(msg), _) => format!("deny: {msg}"),
             (None, Some(r)) => format!("route {r:?}").to_lowercase(),

@@ -28,6 +28,9 @@ pub struct Config {
     /// The folder of the config file (relative rule paths start there). Not a key.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
+    /// The file this configuration was loaded from (for RELOAD and SIGHUP). Not a key.
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// `[admin]`: the MySQL-protocol admin port.
@@ -296,6 +299,7 @@ impl Config {
                 || std::path::PathBuf::from("."),
                 std::path::Path::to_path_buf,
             );
+        config.source = Some(path.to_path_buf());
         config.validate(path)?;
         crate::router::rules::load(&config.routing.rules, &config.base_dir)
             .map_err(|e| ConfigError::Rules(e.to_string()))?;

@@ -33,9 +33,13 @@ pub struct Shared {
     /// One connection pool per configured server, and their bounds.
     pub pools: Vec<ServerPool>,
     pub pool_limits: PoolLimits,
-    /// Routing rules, in evaluation order, and how often each matched.
-    pub rules: Arc<Vec<Rule>>,
-    pub rule_hits: Vec<AtomicU64>,
+    /// `[routing]` and the rules, replaced whole by a reload; sessions pick up a new one at
+    /// their next command (they compare `routing_gen`, one atomic load).
+    routing: std::sync::RwLock<Arc<RoutingState>>,
+    pub routing_gen: AtomicU64,
+    /// Config reloads that were applied / refused.
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
     /// Commands answered per configured server.
     pub server_queries: Vec<AtomicU64>,
     /// Open sessions, for the admin port.
@@ -70,10 +74,54 @@ pub struct Counters {
     pub sessions_killed: AtomicU64,
 }
 
+/// What routing decisions read: the `[routing]` settings and the compiled rules with their
+/// hit counters.
+pub struct RoutingState {
+    pub max_lag_ms: u64,
+    pub read_your_writes: crate::config::ReadYourWrites,
+    pub read_your_writes_timeout_ms: u64,
+    pub rules: Vec<Rule>,
+    pub rule_hits: Vec<AtomicU64>,
+    pub generation: u64,
+}
+
+impl RoutingState {
+    pub fn new(config: &Config, rules: Vec<Rule>, generation: u64) -> Self {
+        RoutingState {
+            max_lag_ms: config.routing.max_lag_ms,
+            read_your_writes: config.routing.read_your_writes,
+            read_your_writes_timeout_ms: config.routing.read_your_writes_timeout_ms,
+            rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
+            rules,
+            generation,
+        }
+    }
+}
+
 impl Shared {
+    /// The routing state in force.
+    pub fn routing(&self) -> Arc<RoutingState> {
+        match self.routing.read() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the routing state (a reload); sessions switch at their next command.
+    pub fn set_routing(&self, config: &Config, rules: Vec<Rule>) -> u64 {
+        let gen = self.routing_gen.load(Ordering::Relaxed) + 1;
+        let state = Arc::new(RoutingState::new(config, rules, gen));
+        match self.routing.write() {
+            Ok(mut w) => *w = state,
+            Err(p) => *p.into_inner() = state,
+        }
+        self.routing_gen.store(gen, Ordering::Release);
+        gen
+    }
+
     pub fn new(
         config: Arc<Config>,
-        rules: Arc<Vec<Rule>>,
+        rules: Vec<Rule>,
         cluster: ClusterRx,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -92,8 +140,10 @@ impl Shared {
                 .map(|s| ServerPool::new(&s.name, &s.address, pool_limits))
                 .collect(),
             pool_limits,
-            rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
-            rules,
+            routing: std::sync::RwLock::new(Arc::new(RoutingState::new(&config, rules, 0))),
+            routing_gen: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
             outstanding: config.servers.iter().map(|_| AtomicU32::new(0)).collect(),
             server_queries: config.servers.iter().map(|_| AtomicU64::new(0)).collect(),
             config,

@@ -93,9 +93,7 @@ impl Session {
         let reject = reject.or_else(|| match (why, strict_rule) {
             (Some(PrimaryReason::NoReplicaWithinBudget), Some(rule)) => Some(errors::no_replica(
                 &rule,
-                c.hints
-                    .max_lag_ms
-                    .unwrap_or(self.shared.config.routing.max_lag_ms),
+                c.hints.max_lag_ms.unwrap_or(self.routing.max_lag_ms),
             )),
             _ => None,
         });
@@ -124,14 +122,7 @@ impl Session {
         let outstanding = &self.shared.outstanding;
         let load = |i: usize| outstanding.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
         let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
-        router::route(
-            c,
-            &view,
-            &topology,
-            self.shared.config.routing.max_lag_ms,
-            load,
-            turn,
-        )
+        router::route(c, &view, &topology, self.routing.max_lag_ms, load, turn)
     }
 
     /// Applies the first matching rule to the classification (route and lag budget, unless
@@ -142,7 +133,7 @@ impl Session {
         sql: &[u8],
         c: &mut router::Classified<'_>,
     ) -> (Option<ErrPacket>, Option<String>) {
-        if self.shared.rules.is_empty() {
+        if self.routing.rules.is_empty() {
             return (None, None);
         }
         let subject = Subject {
@@ -153,7 +144,7 @@ impl Session {
             client: self.client.peer.ip(),
         };
         let Some((i, rule)) = self
-            .shared
+            .routing
             .rules
             .iter()
             .enumerate()
@@ -161,7 +152,7 @@ impl Session {
         else {
             return (None, None);
         };
-        self.shared.rule_hits[i].fetch_add(1, Ordering::Relaxed);
+        self.routing.rule_hits[i].fetch_add(1, Ordering::Relaxed);
         if rule.log_only {
             tracing::info!(rule = %rule.name, "rule matched (log_only: not applied)");
             return (None, None);
@@ -315,7 +306,7 @@ impl Session {
     /// Read-your-writes: whether replica `i` has applied the session's last write (waiting for
     /// it up to the configured bound). False sends the read to the primary.
     pub(super) async fn replica_has_our_writes(&mut self, i: usize) -> bool {
-        if self.shared.config.routing.read_your_writes == ReadYourWrites::Off {
+        if self.routing.read_your_writes == ReadYourWrites::Off {
             return true;
         }
         if self.wrote {
@@ -344,7 +335,7 @@ impl Session {
         if rc.seen_gtid.as_deref() == Some(gtid.as_str()) {
             return true;
         }
-        let timeout = self.shared.config.routing.read_your_writes_timeout_ms as f64 / 1000.0;
+        let timeout = self.routing.read_your_writes_timeout_ms as f64 / 1000.0;
         let sql = format!("SELECT MASTER_GTID_WAIT('{gtid}', {timeout})");
         match query_single_value(&mut rc.conn, sql.as_bytes()).await {
             Ok(Some(v)) if v == "0" => {

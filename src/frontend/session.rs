@@ -79,6 +79,8 @@ pub(super) struct Session {
     pub(super) primary_lost: Option<String>,
     /// What the admin port sees of this session.
     pub(super) info: Arc<super::registry::SessionInfo>,
+    /// The routing settings and rules in force (refreshed after a reload).
+    pub(super) routing: Arc<super::RoutingState>,
 }
 
 /// What a replica connection must be opened with.
@@ -124,6 +126,7 @@ pub async fn run(
         connect_attrs: r.connect_attrs,
     };
     let replicas = shared.config.servers.iter().map(|_| None).collect();
+    let shared_routing = shared.routing();
     let mut s = Session {
         client,
         backend,
@@ -148,6 +151,7 @@ pub async fn run(
         options_changed: false,
         primary_lost: None,
         info,
+        routing: shared_routing,
     };
     s.current_db = s.login.database.clone();
     s.info.set_names(&s.user.name, s.current_db.as_deref());
@@ -299,6 +303,10 @@ impl Session {
             };
             self.idle = false;
             self.info.busy.store(true, Ordering::Relaxed);
+            if self.shared.routing_gen.load(Ordering::Acquire) != self.routing.generation {
+                // A reload replaced the routing settings or rules.
+                self.routing = self.shared.routing();
+            }
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             if ext.first_seq != 0 {
                 let _ = self

@@ -78,6 +78,7 @@ pub struct Metrics {
     semi_sync: IntGauge,
     heartbeat_failures: IntCounter,
     errors_total: IntCounterVec,
+    reloads: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -265,6 +266,12 @@ impl Metrics {
                 "ERR packets Sluice itself sent to clients, by error code",
                 &["code"],
             ),
+            reloads: counter_vec(
+                &r,
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads (SIGHUP, admin RELOAD), by outcome",
+                &["outcome"],
+            ),
             registry: r,
         }
     }
@@ -313,7 +320,8 @@ impl Metrics {
             );
         }
         sync(&self.invalid_hints, c.invalid_hints.load(Ordering::Relaxed));
-        for (rule, hits) in shared.rules.iter().zip(&shared.rule_hits) {
+        let routing = shared.routing();
+        for (rule, hits) in routing.rules.iter().zip(&routing.rule_hits) {
             sync(
                 &self.rule_matches.with_label_values(&[&rule.name]),
                 hits.load(Ordering::Relaxed),
@@ -390,6 +398,14 @@ impl Metrics {
         if other > 0 {
             sync(&self.errors_total.with_label_values(&["other"]), other);
         }
+        sync(
+            &self.reloads.with_label_values(&["success"]),
+            shared.reloads_ok.load(Ordering::Relaxed),
+        );
+        sync(
+            &self.reloads.with_label_values(&["failure"]),
+            shared.reloads_failed.load(Ordering::Relaxed),
+        );
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -28,3 +28,4 @@ pub const SEMI_SYNC_ACTIVE: &str = "sluice_semi_sync_active";
 pub const HEARTBEAT_WRITE_FAILURES_TOTAL: &str = "sluice_heartbeat_write_failures_total";
 pub const ERRORS_TOTAL: &str = "sluice_errors_total";
 pub const ADMIN_COMMANDS_TOTAL: &str = "sluice_admin_commands_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "sluice_config_reloads_total";

@@ -70,6 +70,11 @@ pub fn route(
         return (Route::Primary, Some(PrimaryReason::Hint));
     }
     let budget = c.hints.max_lag_ms.unwrap_or(default_max_lag_ms);
+    if budget == 0 {
+        // A zero budget means "no staleness at all": only the primary guarantees that (a
+        // heartbeat can read 0 ms just after it was written).
+        return (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget));
+    }
     let eligible = |i: usize| topology.servers[i].serves_reads_within(budget);
     if let Some(name) = c.hints.server {
         if let Some(i) = topology

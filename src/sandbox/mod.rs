@@ -189,6 +189,7 @@ impl Topology {
                 },
             },
             base_dir: std::path::PathBuf::from("."),
+            source: None,
         }
     }
 
