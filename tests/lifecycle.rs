@@ -130,7 +130,8 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
     let h = Harness::start(2).await;
     // List the replicas first: the role must be discovered, not taken from the order.
     let port = sluice::sandbox::node_free_port();
-    let cfg = write_config(&toml_for(&h.topo, &[2, 1, 0], &format!("127.0.0.1:{port}")));
+    let text = toml_for(&h.topo, &[2, 1, 0], &format!("127.0.0.1:{port}"));
+    let cfg = write_config(&text);
     let mut child = tokio::process::Command::new(BIN)
         .args(["run", "--config"])
         .arg(cfg.path())
@@ -163,13 +164,39 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
         "traffic goes to the writable server (db1, server_id 1)"
     );
 
+    // SIGHUP re-reads the file: a 0 ms lag budget keeps even plain reads on the primary.
+    assert!(!text.contains("[routing]"));
+    std::fs::write(cfg.path(), format!("{text}[routing]\nmax_lag_ms = 0\n")).unwrap();
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+    let mut on_primary = false;
+    for _ in 0..50 {
+        let sid: Option<u32> = c.query_first("SELECT @@server_id").await.unwrap();
+        if sid == Some(1) {
+            // Stays there: the budget changed, not luck.
+            for _ in 0..20 {
+                let again: Option<u32> = c.query_first("SELECT @@server_id").await.unwrap();
+                assert_eq!(again, Some(1));
+            }
+            on_primary = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        on_primary,
+        "SIGHUP did not apply the new [routing] max_lag_ms"
+    );
+
     // A command in flight when SIGTERM arrives completes; then the process exits 0.
     let q = tokio::spawn(async move {
         let r: Option<i64> = c.query_first("SELECT SLEEP(1.5) + 7").await.unwrap();
         (r, c)
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = child.id().unwrap() as i32;
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
@@ -198,6 +225,7 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
         log.contains("primary discovered") && log.contains("db1"),
         "{log}"
     );
+    assert!(log.contains("configuration reloaded"), "{log}");
     // Each session logs in its own span, with the client's address and user.
     assert!(log.contains("session{id="), "{log}");
     assert!(log.contains(&format!("user={USER}")), "{log}");
