@@ -388,21 +388,7 @@ impl Monitor {
             if i == c || Some(i) == dead || !self.healthy[i] {
                 continue;
             }
-            match self.change_source(i, c, "slave_pos").await {
-                Ok(Follow::Following) => detail.push_str(&format!("; {} follows", self.name(i))),
-                Ok(Follow::Pending(why)) => {
-                    tracing::warn!(server = %self.name(i), status = %why, "repointed replica is not replicating yet");
-                    detail.push_str(&format!(
-                        "; {} repointed, not connected yet ({why})",
-                        self.name(i)
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(server = %self.name(i), error = %e, "replica cannot follow the new primary; excluded");
-                    detail.push_str(&format!("; {} excluded: {e}", self.name(i)));
-                    self.excluded[i] = Some(e);
-                }
-            }
+            self.repoint(i, c, "slave_pos", &mut detail).await;
         }
         if auto {
             self.last_failover_ms = Some(now_ms());
@@ -498,13 +484,7 @@ impl Monitor {
             now_ms(),
             u8::from(acknowledged)
         );
-        let writable: &[&str] = match flavor {
-            Flavor::MariaDb => &["SET GLOBAL read_only = OFF"],
-            Flavor::MySql => &[
-                "SET GLOBAL super_read_only = OFF",
-                "SET GLOBAL read_only = OFF",
-            ],
-        };
+        let writable = flavor.set_read_only(false);
         // The generation is written before the server becomes writable, so it is never
         // writable under an old generation (the monitor login may write while read-only).
         sc.schema_ready = false;
@@ -526,6 +506,26 @@ impl Monitor {
             Err(e) => return Err(e),
         }
         Ok(gen)
+    }
+
+    /// [`Monitor::change_source`] after a promotion: the outcome goes into `detail`; a server
+    /// that cannot follow is excluded.
+    async fn repoint(&mut self, i: usize, to: usize, use_gtid: &str, detail: &mut String) {
+        match self.change_source(i, to, use_gtid).await {
+            Ok(Follow::Following) => detail.push_str(&format!("; {} follows", self.name(i))),
+            Ok(Follow::Pending(why)) => {
+                tracing::warn!(server = %self.name(i), status = %why, "repointed server is not replicating yet");
+                detail.push_str(&format!(
+                    "; {} repointed, not connected yet ({why})",
+                    self.name(i)
+                ));
+            }
+            Err(e) => {
+                tracing::error!(server = %self.name(i), error = %e, "server cannot follow the new primary; excluded");
+                detail.push_str(&format!("; {} excluded: {e}", self.name(i)));
+                self.excluded[i] = Some(e);
+            }
+        }
     }
 
     /// Points server `i` at server `to` by GTID and checks (bounded) that it follows.
@@ -808,10 +808,7 @@ impl Monitor {
         .await;
         // 2. Stop writes on the primary.
         let pause = Instant::now();
-        let read_only: &[&str] = match flavor {
-            Flavor::MariaDb => &["SET GLOBAL read_only = ON"],
-            Flavor::MySql => &["SET GLOBAL super_read_only = ON"],
-        };
+        let read_only = flavor.set_read_only(true);
         let pos_q = match flavor {
             Flavor::MariaDb => "SELECT @@gtid_binlog_pos",
             Flavor::MySql => "SELECT @@gtid_executed",
@@ -836,13 +833,7 @@ impl Monitor {
         };
         if !matches!(&caught_up, Ok(Some(v)) if v == "0") {
             // Roll back: the old primary takes writes again.
-            let writable: &[&str] = match flavor {
-                Flavor::MariaDb => &["SET GLOBAL read_only = OFF"],
-                Flavor::MySql => &[
-                    "SET GLOBAL super_read_only = OFF",
-                    "SET GLOBAL read_only = OFF",
-                ],
-            };
+            let writable = flavor.set_read_only(false);
             if let Some(c) = self.conns[p].conn.as_mut() {
                 let _ = run_sql(c, timeout, writable).await;
                 let _ = run_sql(
@@ -898,21 +889,7 @@ impl Monitor {
                 continue;
             }
             let use_gtid = if i == p { "current_pos" } else { "slave_pos" };
-            match self.change_source(i, t, use_gtid).await {
-                Ok(Follow::Following) => detail.push_str(&format!("; {} follows", self.name(i))),
-                Ok(Follow::Pending(why)) => {
-                    tracing::warn!(server = %self.name(i), status = %why, "repointed server is not replicating yet");
-                    detail.push_str(&format!(
-                        "; {} repointed, not connected yet ({why})",
-                        self.name(i)
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(server = %self.name(i), error = %e, "cannot follow the new primary; excluded");
-                    detail.push_str(&format!("; {} excluded: {e}", self.name(i)));
-                    self.excluded[i] = Some(e);
-                }
-            }
+            self.repoint(i, t, use_gtid, &mut detail).await;
         }
         self.record(FailoverRecord {
             kind: "switchover",

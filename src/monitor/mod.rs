@@ -254,10 +254,7 @@ impl Monitor {
             let Some(c) = self.conns[i].conn.as_mut() else {
                 continue;
             };
-            let stmts: &[&str] = match flavor {
-                probe::Flavor::MariaDb => &["SET GLOBAL read_only = ON"],
-                probe::Flavor::MySql => &["SET GLOBAL super_read_only = ON"],
-            };
+            let stmts = flavor.set_read_only(true);
             match probe::run_sql(c, timeout, stmts).await {
                 Ok(()) => {
                     tracing::warn!(server = %self.config.servers[i].name, generation = gen, current = self.generation, "fenced a writable server of an old generation (set read_only = ON); it never receives writes");
@@ -331,13 +328,7 @@ impl Monitor {
             return None;
         }
         let flavor = self.conns[i].flavor();
-        let stmts: &[&str] = match flavor {
-            probe::Flavor::MariaDb => &["SET GLOBAL read_only = OFF"],
-            probe::Flavor::MySql => &[
-                "SET GLOBAL super_read_only = OFF",
-                "SET GLOBAL read_only = OFF",
-            ],
-        };
+        let stmts = flavor.set_read_only(false);
         let timeout = self.timeout;
         let r = match self.conns[i].conn.as_mut() {
             Some(c) => probe::run_sql(c, timeout, stmts).await,

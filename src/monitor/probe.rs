@@ -33,6 +33,21 @@ pub enum Flavor {
     MySql,
 }
 
+impl Flavor {
+    /// The statements that make a server read-only (`true`) or writable (`false`).
+    pub fn set_read_only(self, on: bool) -> &'static [&'static str] {
+        match (self, on) {
+            (Flavor::MariaDb, true) => &["SET GLOBAL read_only = ON"],
+            (Flavor::MariaDb, false) => &["SET GLOBAL read_only = OFF"],
+            (Flavor::MySql, true) => &["SET GLOBAL super_read_only = ON"],
+            (Flavor::MySql, false) => &[
+                "SET GLOBAL super_read_only = OFF",
+                "SET GLOBAL read_only = OFF",
+            ],
+        }
+    }
+}
+
 /// The monitor's connection to one server.
 #[derive(Default)]
 pub struct ServerConn {
