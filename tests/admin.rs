@@ -262,6 +262,7 @@ async fn admin_port_shows_true_values_and_takes_commands() {
 async fn admin_port_works_from_the_cli_and_pymysql() {
     let h = Harness::start(1).await;
     let port = h.proxy.as_ref().unwrap().admin_addr.unwrap().port();
+    let _: Option<u64> = h.proxy_conn().await.query_first("SELECT 1").await.unwrap();
     let out = tokio::process::Command::new(common::cli_binary())
         .args(["--no-defaults", "--protocol=tcp", "-h127.0.0.1"])
         .arg(format!("-P{port}"))
@@ -269,7 +270,7 @@ async fn admin_port_works_from_the_cli_and_pymysql() {
             "-uadmin",
             &format!("-p{ADMIN_PASSWORD}"),
             "-e",
-            "SHOW SERVERS; SHOW POOLS",
+            "SHOW SERVERS; SHOW POOLS; SHOW QUERY DIGEST",
         ])
         .output()
         .await
@@ -281,6 +282,7 @@ async fn admin_port_works_from_the_cli_and_pymysql() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("name\taddress\trole"), "{stdout}");
+    assert!(stdout.contains("digest\tdigest_text\tcount"), "{stdout}");
     assert!(
         stdout.contains("db1\t") && stdout.contains("primary"),
         "{stdout}"
@@ -306,6 +308,97 @@ async fn admin_port_works_from_the_cli_and_pymysql() {
     );
     assert!(stdout.contains("['db1', 'db2']"), "{stdout}");
     assert!(stdout.contains("error 1064"), "{stdout}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_digest_counts_statements_by_shape() {
+    let h = Harness::start(1).await;
+    let mut app = h.proxy_conn().await;
+    app.query_drop("CREATE DATABASE IF NOT EXISTS dg")
+        .await
+        .unwrap();
+    app.query_drop("CREATE TABLE IF NOT EXISTS dg.t (id INT PRIMARY KEY, v INT)")
+        .await
+        .unwrap();
+    let mut a = admin(&h).await;
+    a.query_drop("RESET QUERY DIGEST").await.unwrap();
+    assert!(table(&mut a, "SHOW QUERY DIGEST").await.is_empty());
+    for i in 0..20 {
+        app.query_drop(format!("INSERT INTO dg.t VALUES ({i}, {})", i * 10))
+            .await
+            .unwrap();
+    }
+    app.query_drop("UPDATE dg.t SET v = v + 1 WHERE id < 5")
+        .await
+        .unwrap();
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Text queries differing only in literals, spacing and case share one digest; the
+    // prepared form (`?`) is the same statement too.
+    for i in 0..60 {
+        let sql = if i % 2 == 0 {
+            format!("SELECT v FROM dg.t WHERE id = {}", i % 20)
+        } else {
+            format!("select  v from dg.t   where id={} /* c */", i % 20)
+        };
+        let _: Option<i64> = app.query_first(sql).await.unwrap();
+    }
+    let stmt = app.prep("SELECT v FROM dg.t WHERE id = ?").await.unwrap();
+    for i in 0..10 {
+        let _: Option<i64> = app.exec_first(&stmt, (i,)).await.unwrap();
+    }
+    let all: Vec<i64> = app.query("SELECT v FROM dg.t").await.unwrap();
+    assert_eq!(all.len(), 20);
+    assert!(app.query_drop("SELECT * FROM dg.nosuch").await.is_err());
+
+    let rows = table(&mut a, "SHOW QUERY DIGEST").await;
+    let find = |text: &str| {
+        rows.iter()
+            .find(|r| val(r, "digest_text") == Some(text))
+            .unwrap_or_else(|| panic!("no digest {text:?} in {rows:?}"))
+    };
+    let num = |r: &HashMap<String, Option<String>>, c: &str| -> f64 {
+        val(r, c).unwrap().parse().unwrap()
+    };
+    let insert = find("INSERT INTO DG.T VALUES (?, ?)");
+    assert_eq!(num(insert, "count"), 20.0);
+    assert_eq!(num(insert, "rows"), 20.0, "affected rows");
+    assert_eq!(val(insert, "route"), Some("primary"));
+    let update = find("UPDATE DG.T SET V = V + ? WHERE ID < ?");
+    assert_eq!(num(update, "rows"), 5.0);
+    let point = find("SELECT V FROM DG.T WHERE ID = ?");
+    assert_eq!(num(point, "count"), 70.0);
+    assert_eq!(num(point, "rows"), 70.0);
+    assert_eq!(num(point, "on_replica"), 70.0, "{point:?}");
+    assert_eq!(val(point, "route"), Some("replica"));
+    let (avg, p99, max, total) = (
+        num(point, "avg_ms"),
+        num(point, "p99_ms"),
+        num(point, "max_ms"),
+        num(point, "total_ms"),
+    );
+    assert!(
+        avg > 0.0 && avg <= p99 && p99 <= max && max <= total,
+        "{point:?}"
+    );
+    assert!((total / 70.0 - avg).abs() < 0.01, "{point:?}");
+    assert_eq!(num(find("SELECT V FROM DG.T"), "rows"), 20.0);
+    let bad = find("SELECT * FROM DG.NOSUCH");
+    assert_eq!((num(bad, "count"), num(bad, "errors")), (1.0, 1.0));
+    assert_eq!(val(bad, "digest").unwrap().len(), 16);
+
+    a.query_drop("RESET QUERY DIGEST").await.unwrap();
+    assert!(table(&mut a, "SHOW QUERY DIGEST").await.is_empty());
+    let _: Option<i64> = app
+        .query_first("SELECT v FROM dg.t WHERE id = 3")
+        .await
+        .unwrap();
+    let rows = table(&mut a, "SHOW QUERY DIGEST").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(val(&rows[0], "count"), Some("1"));
     h.shutdown().await;
 }
 

@@ -106,6 +106,7 @@ pub struct ResponseTracker {
     deprecate_eof: bool,
     state: State,
     last_status: Option<u16>,
+    rows: u64,
 }
 
 /// Why a response cannot be followed: the server sent something this command cannot get.
@@ -130,7 +131,14 @@ impl ResponseTracker {
             deprecate_eof,
             state,
             last_status: None,
+            rows: 0,
         }
+    }
+
+    /// Rows of the response so far: rows of its result sets plus the affected rows its OK
+    /// packets reported (for statistics; never used to find the end).
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
 
     pub fn kind(&self) -> ResponseKind {
@@ -198,6 +206,7 @@ impl ResponseTracker {
                     };
                     return Ok(self.end_of_result(status));
                 }
+                self.rows += 1;
                 Ok(Progress::More)
             }
             State::PrepareParams { params, columns } => {
@@ -284,6 +293,7 @@ impl ResponseTracker {
             ResponseKind::Query | ResponseKind::Execute => match head {
                 0x00 if small => {
                     let status = ok_status(prefix)?;
+                    self.rows = self.rows.saturating_add(affected_rows(prefix));
                     Ok(self.end_of_result(status))
                 }
                 0xFB if small && self.kind == ResponseKind::Query => {
@@ -346,6 +356,12 @@ fn ok_status(p: &[u8]) -> Result<u16, ProtoError> {
     r.u16("status flags")
 }
 
+/// Affected rows of a well-formed OK packet (0 when it cannot be read).
+fn affected_rows(p: &[u8]) -> u64 {
+    let mut r = Reader::new(p.get(1..).unwrap_or_default());
+    r.lenenc_int("affected rows").unwrap_or(0)
+}
+
 /// Status flags of an EOF packet.
 fn eof_status(p: &[u8]) -> Result<u16, ProtoError> {
     let mut r = Reader::new(p);
@@ -389,6 +405,27 @@ mod tests {
         );
         assert_eq!(p[..5], [Progress::More; 5]);
         assert_eq!(p[5], done(2));
+    }
+
+    #[test]
+    fn counts_rows_and_affected_rows() {
+        let mut t = ResponseTracker::new(ResponseKind::Query, false);
+        for p in [
+            &b"\x01"[..],
+            COLDEF,
+            EOF_AC,
+            b"\x011",
+            b"\x012",
+            b"\x013",
+            EOF_AC,
+        ] {
+            t.feed(p.len(), p).unwrap();
+        }
+        assert_eq!(t.rows(), 3);
+        let mut t = ResponseTracker::new(ResponseKind::Query, true);
+        let ok_7 = b"\x00\x07\x00\x02\x00\x00\x00";
+        assert_eq!(t.feed(ok_7.len(), ok_7).unwrap(), done(2));
+        assert_eq!(t.rows(), 7);
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub enum AdminCommand {
     Variables(Vec<String>),
     /// `SET …`, `USE …`, `BEGIN`, …: accepted and ignored (drivers send them at connect).
     Ignored,
-    /// Named in the documentation as coming later.
-    NotYet(&'static str),
+    ShowQueryDigest,
+    ResetQueryDigest,
     Empty,
     Unknown(String),
 }
@@ -66,9 +66,8 @@ impl AdminCommand {
             ["SHOW", "CONFIG"] => AdminCommand::ShowConfig,
             ["SHOW", "STATS"] => AdminCommand::ShowStats,
             ["SHOW", "FAILOVERS"] => AdminCommand::ShowFailovers,
-            ["SHOW", "QUERY", "DIGEST"] | ["RESET", "QUERY", "DIGEST"] => {
-                AdminCommand::NotYet("the query digest")
-            }
+            ["SHOW", "QUERY", "DIGEST"] => AdminCommand::ShowQueryDigest,
+            ["RESET", "QUERY", "DIGEST"] => AdminCommand::ResetQueryDigest,
             ["RELOAD"] => AdminCommand::Reload,
             ["FAILOVER", "ACKNOWLEDGE"] => AdminCommand::FailoverAcknowledge,
             ["SWITCHOVER", "TO", _] => AdminCommand::Switchover {
@@ -143,7 +142,8 @@ impl AdminCommand {
             AdminCommand::Reload => "reload",
             AdminCommand::Variables(_) => "variables",
             AdminCommand::Ignored => "ignored",
-            AdminCommand::NotYet(_) => "not_yet",
+            AdminCommand::ShowQueryDigest => "show_query_digest",
+            AdminCommand::ResetQueryDigest => "reset_query_digest",
             AdminCommand::Empty => "empty",
             AdminCommand::Unknown(_) => "unknown",
         }
@@ -152,7 +152,7 @@ impl AdminCommand {
 
 /// What the admin port understands, for error messages.
 pub const HELP: &str = "SHOW SERVERS | SHOW POOLS | SHOW SESSIONS | SHOW RULES | SHOW CONFIG | \
-     SHOW STATS | SHOW FAILOVERS | SELECT * FROM servers [WHERE col = 'v'] | \
+     SHOW STATS | SHOW QUERY DIGEST | RESET QUERY DIGEST | SHOW FAILOVERS | SELECT * FROM servers [WHERE col = 'v'] | \
      SET SERVER name OFFLINE|ONLINE | SWITCHOVER TO name | FAILOVER ACKNOWLEDGE | \
      KILL SESSION id | RELOAD";
 
@@ -190,6 +190,8 @@ mod tests {
             AdminCommand::parse("select @@version_comment limit 1"),
             Variables(vec!["@@version_comment".into()])
         );
+        assert_eq!(AdminCommand::parse("show query digest"), ShowQueryDigest);
+        assert_eq!(AdminCommand::parse("RESET QUERY DIGEST;"), ResetQueryDigest);
         assert_eq!(AdminCommand::parse(";"), Empty);
         assert_eq!(AdminCommand::parse(""), Empty);
         assert!(matches!(AdminCommand::parse("DROP TABLE x"), Unknown(_)));

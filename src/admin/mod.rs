@@ -11,6 +11,7 @@
 mod command;
 mod kill_session;
 mod operate;
+mod query_digest;
 mod resultset;
 mod show_config;
 mod show_failovers;
@@ -122,11 +123,8 @@ impl AdminCtx {
             },
             AdminCommand::Variables(items) => variables::run(self, &items),
             AdminCommand::Ignored => Reply::Ok(String::new()),
-            AdminCommand::NotYet(what) => Reply::error(
-                1235,
-                b"42000",
-                format!("Sluice admin: {what} is not available in this release"),
-            ),
+            AdminCommand::ShowQueryDigest => query_digest::show(self),
+            AdminCommand::ResetQueryDigest => query_digest::reset(self),
             AdminCommand::Empty => Reply::error(1065, b"42000", "Query was empty"),
             AdminCommand::Unknown(sql) => {
                 let shown: String = sql.chars().take(80).collect();

@@ -63,6 +63,8 @@ pub struct BackendConn {
     pub user: Vec<u8>,
     /// The connection's slot in its server's pool (released when the connection is dropped).
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Rows of the last relayed response (result rows plus affected rows), for the digest.
+    pub last_rows: u64,
 }
 
 /// Connects to `address` and logs in. Returns the connection and the server's final OK payload
@@ -94,6 +96,7 @@ async fn connect_inner(
         rbuf: BytesMut::with_capacity(16 << 10),
         handshake: HandshakeV10::default(),
         capabilities: 0,
+        last_rows: 0,
         scramble: Vec::new(),
         user: p.user.to_vec(),
         slot: None,

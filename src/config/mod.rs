@@ -44,6 +44,10 @@ pub struct AdminConfig {
     pub password: Option<String>,
     /// Allow binding a non-loopback address although the admin port has no TLS yet.
     pub allow_remote_plaintext: bool,
+    /// Keep per-statement statistics for `SHOW QUERY DIGEST`.
+    pub query_digest: bool,
+    /// Bound on distinct normalized statements kept; the rest count as `(other)`.
+    pub query_digest_max_entries: usize,
 }
 
 impl Default for AdminConfig {
@@ -53,6 +57,8 @@ impl Default for AdminConfig {
             user: "admin".into(),
             password: None,
             allow_remote_plaintext: false,
+            query_digest: true,
+            query_digest_max_entries: 5000,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct Shared {
     pub sessions: super::registry::Registry,
     /// Prometheus handles (histograms used on the hot path, the rest filled at scrape).
     pub metrics: crate::metrics::Metrics,
+    /// Per-statement statistics (`SHOW QUERY DIGEST`).
+    pub digests: crate::metrics::digest::Digests,
     next_id: AtomicU32,
 }
 
@@ -133,6 +135,10 @@ impl Shared {
             connect_timeout: std::time::Duration::from_millis(p.connect_timeout_ms),
             idle_timeout: std::time::Duration::from_millis(p.pool_idle_timeout_ms),
         };
+        let digests = crate::metrics::digest::Digests::new(
+            config.admin.query_digest,
+            config.admin.query_digest_max_entries,
+        );
         Shared {
             pools: config
                 .servers
@@ -154,6 +160,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             sessions: Default::default(),
             metrics: crate::metrics::Metrics::new(),
+            digests,
             next_id: AtomicU32::new(1),
         }
     }

@@ -126,6 +126,7 @@ pub async fn relay_rewriting(
         }
         if body_left == 0 {
             if let Some(o) = outcome {
+                backend.last_rows = tracker.rows();
                 return Ok((o, server_statement_id));
             }
             if infile {

@@ -395,6 +395,10 @@ impl Session {
                 continue;
             }
             let replay_copy = effect.replay.then(|| payload.to_vec());
+            let digest = match code {
+                command::COM_QUERY => self.shared.digests.begin(&payload[1..]),
+                _ => None,
+            };
             if let Route::Replica(i) = route {
                 if !self.ensure_replica(i).await || !self.replica_has_our_writes(i).await {
                     route = Route::Primary;
@@ -451,8 +455,15 @@ impl Session {
                 local_files,
             )
             .await;
+            let rows = conn.last_rows;
             if let Some(i) = server_index {
                 self.shared.outstanding[i].fetch_sub(1, Ordering::Relaxed);
+            }
+            if let (Some(d), Ok(o)) = (digest, &result) {
+                let took = started.elapsed();
+                self.shared
+                    .digests
+                    .record(d, took, rows, server_index.is_some(), o.error);
             }
             if result.is_ok() {
                 let class = if code == command::COM_QUERY {

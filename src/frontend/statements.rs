@@ -24,6 +24,8 @@ use crate::router::{self, Route, StatementClass};
 /// One statement the client prepared.
 pub struct Stmt {
     pub sql: Vec<u8>,
+    /// The statement's digest (computed once, at prepare).
+    pub digest: u64,
     pub params: u16,
     /// The primary's id for it.
     pub primary_id: u32,
@@ -87,6 +89,7 @@ impl Session {
                     self.stmts.insert(
                         sluice_id,
                         Stmt {
+                            digest: crate::router::lexer::digest(&payload[1..]),
                             sql: payload[1..].to_vec(),
                             params,
                             primary_id,
@@ -246,6 +249,7 @@ impl Session {
             }
         }
         let sql = st.sql.clone();
+        let digest = self.shared.digests.begin_hashed(st.digest, &sql);
         let long_data = st.long_data;
         let c = router::classify_query(&sql);
         let mut route = Route::Primary;
@@ -315,6 +319,15 @@ impl Session {
             Route::Replica(i) => Some(i),
             Route::Primary => None,
         };
+        if let Some(d) = digest {
+            let rows = match server.and_then(|i| self.replicas[i].as_ref()) {
+                Some(rc) => rc.conn.last_rows,
+                None => self.backend.last_rows,
+            };
+            self.shared
+                .digests
+                .record(d, started.elapsed(), rows, server.is_some(), outcome.error);
+        }
         self.count(server, c.class, started);
         self.previous = route;
         if let Some(s) = outcome.status {

@@ -6,6 +6,7 @@
 //! `/readyz` (a primary is known and the client listener is up). Names are in `names.rs`;
 //! docs/metrics.md describes each metric.
 
+pub mod digest;
 pub mod http;
 pub mod names;
 

@@ -283,31 +283,109 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// Where [`walk_normalized`] writes the normalized statement.
+pub trait NormSink {
+    fn put(&mut self, bytes: &[u8]);
+    /// The last byte written, `None` while nothing was.
+    fn last(&self) -> Option<u8>;
+}
+
+impl NormSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn last(&self) -> Option<u8> {
+        <[u8]>::last(self).copied()
+    }
+}
+
+/// FNV-1a over the normalized bytes: the digest of a statement, computed without building
+/// its text.
+#[derive(Debug, Clone, Copy)]
+pub struct NormHash {
+    pub hash: u64,
+    last: Option<u8>,
+}
+
+impl Default for NormHash {
+    fn default() -> Self {
+        NormHash {
+            hash: 0xcbf2_9ce4_8422_2325,
+            last: None,
+        }
+    }
+}
+
+impl NormSink for NormHash {
+    fn put(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.hash ^= u64::from(b);
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        if let Some(&b) = bytes.last() {
+            self.last = Some(b);
+        }
+    }
+    fn last(&self) -> Option<u8> {
+        self.last
+    }
+}
+
+/// Writes the normalized form of `sql` to `out` (see [`normalize`]).
+pub fn walk_normalized(sql: &[u8], out: &mut impl NormSink) {
+    let mut lx = Lexer::new(sql);
+    let mut upper = [0u8; 64];
+    while let Some(t) = lx.next_token() {
+        let glue = matches!(t, Token::Punct(b',' | b')' | b';' | b'.'))
+            || matches!(out.last(), Some(b'(' | b'.'));
+        if out.last().is_some() && !glue {
+            out.put(b" ");
+        }
+        let put_upper = |out: &mut dyn FnMut(&[u8]), w: &[u8], buf: &mut [u8; 64]| {
+            for chunk in w.chunks(buf.len()) {
+                let n = chunk.len();
+                buf[..n].copy_from_slice(chunk);
+                buf[..n].make_ascii_uppercase();
+                out(&buf[..n]);
+            }
+        };
+        match t {
+            Token::Word(w) => put_upper(&mut |b| out.put(b), w, &mut upper),
+            Token::Quoted(q) => {
+                out.put(b"`");
+                out.put(q);
+                out.put(b"`");
+            }
+            Token::UserVar => out.put(b"@?"),
+            Token::SysVar(v) => {
+                out.put(b"@@");
+                put_upper(&mut |b| out.put(b), v, &mut upper);
+            }
+            Token::Str | Token::Number => out.put(b"?"),
+            Token::Punct(p) => out.put(&[p]),
+        }
+    }
+}
+
 /// The normalized form of a statement, for rules and digests: comments dropped, literals
-/// replaced by `?`, keywords and identifiers upper-cased (quoted identifiers kept as written),
-/// single spaces between tokens. `SELECT * FROM t WHERE id = 42 /* x */` →
+/// replaced by `?`, keywords and identifiers upper-cased (ASCII letters; quoted identifiers
+/// kept as written), single spaces between tokens. `SELECT * FROM t WHERE id = 42 /* x */` →
 /// `SELECT * FROM T WHERE ID = ?`.
 pub fn normalize(sql: &[u8]) -> String {
-    let mut lx = Lexer::new(sql);
-    let mut out = String::with_capacity(sql.len().min(1024));
-    while let Some(t) = lx.next_token() {
-        let piece: std::borrow::Cow<'_, str> = match t {
-            Token::Word(w) => String::from_utf8_lossy(w).to_uppercase().into(),
-            Token::Quoted(q) => format!("`{}`", String::from_utf8_lossy(q)).into(),
-            Token::UserVar => "@?".into(),
-            Token::SysVar(v) => format!("@@{}", String::from_utf8_lossy(v).to_uppercase()).into(),
-            Token::Str | Token::Number => "?".into(),
-            Token::Punct(p) => (p as char).to_string().into(),
-        };
-        let glue = matches!(t, Token::Punct(b',' | b')' | b';' | b'.'))
-            || out.ends_with('(')
-            || out.ends_with('.');
-        if !out.is_empty() && !glue {
-            out.push(' ');
-        }
-        out.push_str(&piece);
+    let mut out = Vec::with_capacity(sql.len().min(1024));
+    walk_normalized(sql, &mut out);
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
-    out
+}
+
+/// The digest of a statement: a hash of its normalized form (equal for statements that differ
+/// only in literals, comments, spacing or keyword case).
+pub fn digest(sql: &[u8]) -> u64 {
+    let mut h = NormHash::default();
+    walk_normalized(sql, &mut h);
+    h.hash
 }
 
 /// ASCII case-insensitive comparison with an upper-case keyword.
@@ -385,6 +463,17 @@ mod tests {
         );
         assert_eq!(words("SELECT 1--x"), ["SELECT", "N", "-", "-", "X"]);
         assert_eq!(words("SELECT 1-- x"), ["SELECT", "N"]);
+    }
+
+    #[test]
+    fn digest_matches_normalized_text() {
+        let a = digest(b"select * from t where id = 42 /* x */");
+        let b = digest(b"SELECT *  FROM t WHERE id=7");
+        assert_eq!(a, b);
+        assert_ne!(a, digest(b"SELECT * FROM t WHERE id = 7 AND x = 1"));
+        let mut h = NormHash::default();
+        h.put(normalize(b"select a, b from t where c in (1, 2)").as_bytes());
+        assert_eq!(h.hash, digest(b"select a, b from t where c in (1, 2)"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the session state and the topology — no sockets, unit-tested on its own).
 
 pub mod classify;
-mod lexer;
+pub mod lexer;
 pub mod route;
 pub mod rules;
 pub mod slow_path;
