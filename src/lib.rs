@@ -5,7 +5,7 @@
 //! `frontend/` owns client connections, `backend/` owns server connections, `cluster/` is the
 //! published view of the servers, `monitor/` keeps that view current, `admin/` is the MySQL-protocol admin port, `metrics/`
 //! the Prometheus endpoint, `sandbox/` starts local
-//! MariaDB topologies (for `sluice sandbox` and the tests), `server` wires it all together.
+//! MariaDB topologies (for `sluice sandbox` and the tests), `server` wires it all together, `reload` applies a changed configuration.
 
 pub mod admin;
 pub mod backend;
@@ -15,6 +15,7 @@ pub mod errors;
 pub mod frontend;
 pub mod metrics;
 pub mod monitor;
+pub mod reload;
 pub mod router;
 pub mod sandbox;
 pub mod server;

@@ -141,6 +141,8 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = self.listener.await;
+        // A reload may have changed it.
+        self.grace = Duration::from_millis(self.shared.config().proxy.shutdown_grace_ms);
         let drained = tokio::time::timeout(self.grace, self.sessions_done.recv()).await;
         if drained.is_err() {
             tracing::warn!(
@@ -153,71 +155,6 @@ impl Running {
     }
 }
 
-/// Re-reads the config file the proxy was started from (and its rule files) and applies the
-/// `[routing]` section and the rules. Anything else that changed needs a restart and is
-/// reported, not applied. An invalid file changes nothing. Returns a summary, or the error
-/// (file, key, reason).
-pub fn reload(shared: &Shared) -> Result<String, String> {
-    let result = reload_inner(shared);
-    let counter = match &result {
-        Ok(_) => &shared.reloads_ok,
-        Err(_) => &shared.reloads_failed,
-    };
-    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match &result {
-        Ok(msg) => tracing::info!(%msg, "configuration reloaded"),
-        Err(e) => {
-            tracing::error!(error = %e, "configuration reload refused; the old configuration stays in force")
-        }
-    }
-    result
-}
-
-fn reload_inner(shared: &Shared) -> Result<String, String> {
-    let old = &shared.config;
-    let path = old
-        .source
-        .as_ref()
-        .ok_or("this proxy was not started from a config file: nothing to reload")?;
-    let new = Config::load(path).map_err(|e| e.to_string())?;
-    let rules =
-        crate::router::rules::load(&new.routing.rules, &new.base_dir).map_err(|e| e.to_string())?;
-    let mut restart = Vec::new();
-    if new.proxy != old.proxy {
-        restart.push("[proxy]");
-    }
-    if new.servers != old.servers {
-        restart.push("[[servers]]");
-    }
-    if new.users != old.users {
-        restart.push("[[users]]");
-    }
-    if new.monitor != old.monitor {
-        restart.push("[monitor]");
-    }
-    if new.admin != old.admin {
-        restart.push("[admin]");
-    }
-    if new.metrics != old.metrics {
-        restart.push("[metrics]");
-    }
-    let n = rules.len();
-    let gen = shared.set_routing(&new, rules);
-    let mut msg = format!(
-        "{}: [routing] applied (max_lag_ms = {}, read_your_writes = {:?}, {n} rule(s)), routing generation {gen}",
-        path.display(),
-        new.routing.max_lag_ms,
-        new.routing.read_your_writes
-    );
-    if !restart.is_empty() {
-        msg.push_str(&format!(
-            "; changed but NOT applied (need a restart in this release): {}",
-            restart.join(", ")
-        ));
-    }
-    Ok(msg)
-}
-
 /// Runs until `signal` resolves, then shuts down gracefully. SIGHUP reloads the config.
 pub async fn run(
     config: Arc<Config>,
@@ -225,13 +162,14 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let running = start(config).await?;
     let shared = running.shared.clone();
+    let monitor = running.monitor.clone();
     tokio::pin!(signal);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = &mut signal => break,
             Some(()) = hup.recv() => {
-                let _ = reload(&shared);
+                let _ = crate::reload::reload(&shared, &monitor).await;
             }
         }
     }

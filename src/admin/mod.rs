@@ -70,7 +70,7 @@ pub struct AdminCtx {
 
 impl AdminCtx {
     pub fn new(shared: Arc<Shared>, monitor: MonitorHandle) -> Self {
-        let n = shared.server_queries.len();
+        let n = shared.routing().slots.len();
         AdminCtx {
             shared,
             monitor,
@@ -82,13 +82,16 @@ impl AdminCtx {
     fn query_rates(&self) -> Vec<f64> {
         let now: Vec<u64> = self
             .shared
-            .server_queries
+            .routing()
+            .slots
             .iter()
-            .map(|q| q.load(Ordering::Relaxed))
+            .map(|s| s.queries.load(Ordering::Relaxed))
             .collect();
         let Ok(mut last) = self.last_rates.lock() else {
             return vec![0.0; now.len()];
         };
+        // Servers added by a reload start from 0.
+        last.1.resize(now.len(), 0);
         let secs = last.0.elapsed().as_secs_f64().max(0.001);
         let rates = now
             .iter()
@@ -115,12 +118,14 @@ impl AdminCtx {
             AdminCommand::Switchover { to } => operate::run(self, Command::Switchover { to }).await,
             AdminCommand::FailoverAcknowledge => operate::run(self, Command::Acknowledge).await,
             AdminCommand::KillSession { id } => kill_session::run(self, id),
-            AdminCommand::Reload => match crate::server::reload(&self.shared) {
-                Ok(msg) => Reply::Ok(msg),
-                Err(e) => {
-                    Reply::error(9031, b"HY000", format!("Sluice admin: reload refused: {e}"))
+            AdminCommand::Reload => {
+                match crate::reload::reload(&self.shared, &self.monitor).await {
+                    Ok(msg) => Reply::Ok(msg),
+                    Err(e) => {
+                        Reply::error(9031, b"HY000", format!("Sluice admin: reload refused: {e}"))
+                    }
                 }
-            },
+            }
             AdminCommand::Variables(items) => variables::run(self, &items),
             AdminCommand::Ignored => Reply::Ok(String::new()),
             AdminCommand::ShowQueryDigest => query_digest::show(self),
@@ -176,12 +181,13 @@ async fn connection(
     id: u32,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::frontend::SessionError> {
-    let admin = &ctx.shared.config.admin;
+    let config = ctx.shared.config();
+    let admin = &config.admin;
     let users = [UserConfig {
         name: admin.user.clone(),
         password: admin.password.clone().unwrap_or_default(),
     }];
-    let timeout = Duration::from_millis(ctx.shared.config.proxy.handshake_timeout_ms);
+    let timeout = Duration::from_millis(config.proxy.handshake_timeout_ms);
     let auth = match tokio::time::timeout(
         timeout,
         handshake::authenticate(&mut client, &users, id, None),

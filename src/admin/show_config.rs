@@ -25,7 +25,7 @@ fn flatten(prefix: &str, v: &toml::Value, rs: &mut ResultSet) {
 
 pub(super) fn run(ctx: &AdminCtx) -> Reply {
     let mut rs = ResultSet::new(&["key", "value"]);
-    match ctx.shared.config.to_masked_toml().parse::<toml::Value>() {
+    match ctx.shared.config().to_masked_toml().parse::<toml::Value>() {
         Ok(v) => flatten("", &v, &mut rs),
         Err(e) => return Reply::error(1105, b"HY000", format!("cannot render the config: {e}")),
     }

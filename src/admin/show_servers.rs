@@ -37,13 +37,14 @@ pub(super) fn run(ctx: &AdminCtx, filter: Option<&(String, String)>) -> Reply {
     let view = ctx.shared.cluster.borrow().clone();
     let rates = ctx.query_rates();
     let mut rs = ResultSet::new(&COLUMNS);
+    let routing = ctx.shared.routing();
     for (i, s) in view.servers.iter().enumerate() {
-        let (in_use, idle) = ctx.shared.pools.get(i).map_or((0, 0), |p| p.counts());
-        let total = ctx
-            .shared
-            .server_queries
-            .get(i)
-            .map_or(0, |q| q.load(Ordering::Relaxed));
+        if routing.config.servers.get(i).is_some_and(|c| c.removed) {
+            continue;
+        }
+        let slot = routing.slot(i);
+        let (in_use, idle) = slot.map_or((0, 0), |s| s.pool.counts());
+        let total = slot.map_or(0, |s| s.queries.load(Ordering::Relaxed));
         let row = vec![
             Some(s.name.clone()),
             Some(s.address.clone()),

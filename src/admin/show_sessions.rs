@@ -9,13 +9,8 @@ pub(super) fn run(ctx: &AdminCtx) -> Reply {
     let mut rs = ResultSet::new(&[
         "id", "client", "user", "db", "state", "pinned", "backend", "age_s",
     ]);
-    let names: Vec<&str> = ctx
-        .shared
-        .config
-        .servers
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
+    let config = ctx.shared.config();
+    let names: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
     for s in ctx.shared.sessions.list() {
         let (user, db) = s.names();
         let state = if s.busy.load(Ordering::Relaxed) {

@@ -13,7 +13,7 @@ fn value(ctx: &AdminCtx, item: &str) -> Option<String> {
     Some(match name.as_str() {
         "version_comment" => "Sluice admin".into(),
         "version" | "version()" => super::VERSION.into(),
-        "max_allowed_packet" => ctx.shared.config.proxy.max_packet_bytes.to_string(),
+        "max_allowed_packet" => ctx.shared.config().proxy.max_packet_bytes.to_string(),
         "wait_timeout" | "interactive_timeout" => "28800".into(),
         "autocommit" => "1".into(),
         "character_set_client" | "character_set_connection" | "character_set_results" => {
@@ -26,7 +26,7 @@ fn value(ctx: &AdminCtx, item: &str) -> Option<String> {
         "lower_case_table_names" => "0".into(),
         "net_write_timeout" | "net_read_timeout" => "60".into(),
         "database()" => return None,
-        "user()" => format!("{}@localhost", ctx.shared.config.admin.user),
+        "user()" => format!("{}@localhost", ctx.shared.config().admin.user),
         "connection_id()" => "0".into(),
         n if n.parse::<i64>().is_ok() => n.to_string(),
         _ => return None,

@@ -9,6 +9,7 @@
 //! statements) and sets the new session's user, database and character set. The idle list is
 //! behind a std mutex held only to push or pop, never across an await.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,12 +30,14 @@ pub struct ServerPool {
     pub name: String,
     pub address: String,
     slots: Arc<Semaphore>,
-    max: usize,
+    max: AtomicUsize,
     idle: Mutex<Vec<Idle>>,
-    max_idle: usize,
-    idle_timeout: Duration,
+    max_idle: AtomicUsize,
+    idle_timeout_ms: AtomicU64,
     /// Sessions waiting for a free slot now.
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: AtomicUsize,
+    /// The server was removed from the configuration: nothing is pooled any more.
+    retired: AtomicBool,
 }
 
 /// Why a connection could not be had.
@@ -66,23 +69,75 @@ impl ServerPool {
             name: name.to_string(),
             address: address.to_string(),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
-            max: limits.max_connections,
+            max: AtomicUsize::new(limits.max_connections),
             idle: Mutex::new(Vec::new()),
-            max_idle: limits.max_idle,
-            idle_timeout: limits.idle_timeout,
+            max_idle: AtomicUsize::new(limits.max_idle),
+            idle_timeout_ms: AtomicU64::new(limits.idle_timeout.as_millis() as u64),
             waiting: Default::default(),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Applies new bounds (a reload): a larger `max_connections` adds slots at once; a smaller
+    /// one takes free slots away now and the rest as busy connections come back.
+    pub fn set_limits(&self, limits: &PoolLimits) {
+        let old = self.max.swap(limits.max_connections, Ordering::AcqRel);
+        let new = limits.max_connections;
+        if new > old {
+            self.slots.add_permits(new - old);
+        } else if new < old {
+            let mut owed = old - new;
+            owed -= self.slots.forget_permits(owed);
+            if owed > 0 {
+                // Busy slots: take them back as they are released.
+                let slots = self.slots.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = slots.acquire_many_owned(owed as u32).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        self.max_idle.store(limits.max_idle, Ordering::Relaxed);
+        self.idle_timeout_ms
+            .store(limits.idle_timeout.as_millis() as u64, Ordering::Relaxed);
+        let keep = limits.max_idle;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.truncate(keep);
+        }
+    }
+
+    /// The server left the configuration: idle connections are closed now, busy ones when
+    /// their sessions give them back.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// The most connections this pool opens.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
     }
 
     /// Sessions waiting for a connection slot now.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Connections in use and idle.
     pub fn counts(&self) -> (usize, usize) {
         let idle = self.idle.lock().map_or(0, |v| v.len());
-        (self.max - self.slots.available_permits() - idle, idle)
+        let max = self.max();
+        (
+            max.saturating_sub(self.slots.available_permits() + idle),
+            idle,
+        )
     }
 
     /// A connection logged in with `p`, reused when possible. Returns the server's OK payload.
@@ -119,17 +174,15 @@ impl ServerPool {
                 _ => continue,
             }
         }
-        self.waiting
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         let got = tokio::time::timeout(limits.wait, self.slots.clone().acquire_owned()).await;
-        self.waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
         let permit = match got {
             Ok(Ok(p)) => p,
             _ => {
                 return Err(PoolError::Exhausted {
                     server: self.name.clone(),
-                    max: self.max,
+                    max: self.max(),
                     waited_ms: limits.wait.as_millis() as u64,
                 })
             }
@@ -140,9 +193,10 @@ impl ServerPool {
     }
 
     fn pop_idle(&self) -> Option<BackendConn> {
+        let timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         let mut idle = self.idle.lock().ok()?;
         while let Some(i) = idle.pop() {
-            if i.since.elapsed() < self.idle_timeout {
+            if i.since.elapsed() < timeout {
                 return Some(i.conn);
             }
             // Too old: the server may have closed it (wait_timeout). Dropping closes it.
@@ -152,11 +206,12 @@ impl ServerPool {
 
     /// Gives back a connection in a known state; beyond `max_idle` it is closed.
     pub fn release(&self, conn: BackendConn) {
-        if conn.slot.is_none() {
+        if conn.slot.is_none() || self.is_retired() {
             return;
         }
+        let max_idle = self.max_idle.load(Ordering::Relaxed);
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.max_idle {
+            if idle.len() < max_idle {
                 idle.push(Idle {
                     conn,
                     since: Instant::now(),

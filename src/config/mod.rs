@@ -178,6 +178,10 @@ pub struct ServerConfig {
     /// Among equally advanced failover candidates, the higher priority is promoted.
     #[serde(default)]
     pub priority: i32,
+    /// Not a key: set on a server a reload removed (its index stays taken so that indices in
+    /// the cluster view never change meaning).
+    #[serde(skip)]
+    pub removed: bool,
 }
 
 fn default_weight() -> u32 {

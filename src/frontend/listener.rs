@@ -18,30 +18,25 @@ use crate::config::Config;
 use crate::errors;
 use crate::router::rules::Rule;
 
-/// What every session shares: the config snapshot, the cluster view, the shutdown signal.
+/// What every session shares: the configuration and servers in force (replaced whole by a
+/// reload), the cluster view, the shutdown signal, counters.
 pub struct Shared {
-    pub config: Arc<Config>,
     pub cluster: ClusterRx,
     pub shutdown: watch::Receiver<bool>,
-    /// Statements in flight per configured server (for least-outstanding replica choice).
-    pub outstanding: Vec<AtomicU32>,
     pub counters: Counters,
     /// Rotates among equally loaded replicas.
     pub turn: AtomicUsize,
     /// Client sessions open now.
     pub clients: AtomicUsize,
-    /// One connection pool per configured server, and their bounds.
-    pub pools: Vec<ServerPool>,
-    pub pool_limits: PoolLimits,
-    /// `[routing]` and the rules, replaced whole by a reload; sessions pick up a new one at
-    /// their next command (they compare `routing_gen`, one atomic load).
+    /// The configuration, servers and rules in force, replaced whole by a reload; sessions pick
+    /// up a new one at their next command (they compare `routing_gen`, one atomic load).
     routing: std::sync::RwLock<Arc<RoutingState>>,
     pub routing_gen: AtomicU64,
     /// Config reloads that were applied / refused.
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
-    /// Commands answered per configured server.
-    pub server_queries: Vec<AtomicU64>,
+    /// One reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
     /// Open sessions, for the admin port.
     pub sessions: super::registry::Registry,
     /// Prometheus handles (histograms used on the hot path, the rest filled at scrape).
@@ -49,6 +44,40 @@ pub struct Shared {
     /// Per-statement statistics (`SHOW QUERY DIGEST`).
     pub digests: crate::metrics::digest::Digests,
     next_id: AtomicU32,
+}
+
+/// One configured server's pool and counters. Server indices never change while Sluice runs:
+/// a server added by a reload gets the next index, a removed one keeps its index with its pool
+/// retired (`ServerConfig::removed`), so an index in a cluster view always means the same
+/// server.
+pub struct ServerSlot {
+    pub pool: ServerPool,
+    /// Statements in flight (for least-outstanding replica choice).
+    pub outstanding: AtomicU32,
+    /// Commands answered.
+    pub queries: AtomicU64,
+}
+
+impl ServerSlot {
+    pub fn new(server: &crate::config::ServerConfig, limits: PoolLimits) -> Self {
+        ServerSlot {
+            pool: ServerPool::new(&server.name, &server.address, limits),
+            outstanding: AtomicU32::new(0),
+            queries: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The pool bounds `[proxy]` sets.
+pub fn pool_limits(config: &Config) -> PoolLimits {
+    let p = &config.proxy;
+    PoolLimits {
+        max_connections: p.max_backend_connections as usize,
+        max_idle: p.pool_max_idle as usize,
+        wait: std::time::Duration::from_millis(p.pool_wait_ms),
+        connect_timeout: std::time::Duration::from_millis(p.connect_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(p.pool_idle_timeout_ms),
+    }
 }
 
 /// Process-wide counters (served by the metrics endpoint once it exists).
@@ -76,9 +105,13 @@ pub struct Counters {
     pub sessions_killed: AtomicU64,
 }
 
-/// What routing decisions read: the `[routing]` settings and the compiled rules with their
-/// hit counters.
+/// What sessions read, as one snapshot: the configuration (its `servers` include removed ones,
+/// flagged, so that indices stay stable), one slot per server, the pool bounds, the
+/// `[routing]` settings and the compiled rules with their hit counters.
 pub struct RoutingState {
+    pub config: Arc<Config>,
+    pub slots: Vec<Arc<ServerSlot>>,
+    pub pool_limits: PoolLimits,
     pub max_lag_ms: u64,
     pub read_your_writes: crate::config::ReadYourWrites,
     pub read_your_writes_timeout_ms: u64,
@@ -88,20 +121,38 @@ pub struct RoutingState {
 }
 
 impl RoutingState {
-    pub fn new(config: &Config, rules: Vec<Rule>, generation: u64) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        slots: Vec<Arc<ServerSlot>>,
+        rules: Vec<Rule>,
+        generation: u64,
+    ) -> Self {
         RoutingState {
             max_lag_ms: config.routing.max_lag_ms,
             read_your_writes: config.routing.read_your_writes,
             read_your_writes_timeout_ms: config.routing.read_your_writes_timeout_ms,
             rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
+            pool_limits: pool_limits(&config),
             rules,
+            slots,
+            config,
             generation,
         }
+    }
+
+    /// The slot of server `i` (`None` for an index this snapshot does not know yet).
+    pub fn slot(&self, i: usize) -> Option<&ServerSlot> {
+        self.slots.get(i).map(|s| &**s)
+    }
+
+    /// A server's configured name.
+    pub fn server_name(&self, i: usize) -> &str {
+        self.config.servers.get(i).map_or("?", |s| s.name.as_str())
     }
 }
 
 impl Shared {
-    /// The routing state in force.
+    /// The snapshot in force.
     pub fn routing(&self) -> Arc<RoutingState> {
         match self.routing.read() {
             Ok(r) => r.clone(),
@@ -109,10 +160,20 @@ impl Shared {
         }
     }
 
-    /// Replaces the routing state (a reload); sessions switch at their next command.
-    pub fn set_routing(&self, config: &Config, rules: Vec<Rule>) -> u64 {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.routing().config.clone()
+    }
+
+    /// Replaces the snapshot (a reload); sessions switch at their next command.
+    pub fn set_routing(
+        &self,
+        config: Arc<Config>,
+        slots: Vec<Arc<ServerSlot>>,
+        rules: Vec<Rule>,
+    ) -> u64 {
         let gen = self.routing_gen.load(Ordering::Relaxed) + 1;
-        let state = Arc::new(RoutingState::new(config, rules, gen));
+        let state = Arc::new(RoutingState::new(config, slots, rules, gen));
         match self.routing.write() {
             Ok(mut w) => *w = state,
             Err(p) => *p.into_inner() = state,
@@ -127,32 +188,22 @@ impl Shared {
         cluster: ClusterRx,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let p = &config.proxy;
-        let pool_limits = PoolLimits {
-            max_connections: p.max_backend_connections as usize,
-            max_idle: p.pool_max_idle as usize,
-            wait: std::time::Duration::from_millis(p.pool_wait_ms),
-            connect_timeout: std::time::Duration::from_millis(p.connect_timeout_ms),
-            idle_timeout: std::time::Duration::from_millis(p.pool_idle_timeout_ms),
-        };
+        let limits = pool_limits(&config);
+        let slots = config
+            .servers
+            .iter()
+            .map(|s| Arc::new(ServerSlot::new(s, limits)))
+            .collect();
         let digests = crate::metrics::digest::Digests::new(
             config.admin.query_digest,
             config.admin.query_digest_max_entries,
         );
         Shared {
-            pools: config
-                .servers
-                .iter()
-                .map(|s| ServerPool::new(&s.name, &s.address, pool_limits))
-                .collect(),
-            pool_limits,
-            routing: std::sync::RwLock::new(Arc::new(RoutingState::new(&config, rules, 0))),
+            routing: std::sync::RwLock::new(Arc::new(RoutingState::new(config, slots, rules, 0))),
             routing_gen: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-            outstanding: config.servers.iter().map(|_| AtomicU32::new(0)).collect(),
-            server_queries: config.servers.iter().map(|_| AtomicU64::new(0)).collect(),
-            config,
+            reload_lock: tokio::sync::Mutex::new(()),
             cluster,
             shutdown,
             counters: Counters::default(),
@@ -174,7 +225,6 @@ fn shared_abort(shared: &Shared, id: u32, h: tokio::task::AbortHandle) {
 /// sessions ended when every clone is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
     let mut shutdown = shared.shutdown.clone();
-    let max_packet = shared.config.proxy.max_packet_bytes as usize;
     let shared_for_abort = shared.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -195,7 +245,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
         let _ = stream.set_nodelay(true);
         // Over the limit: refused before the handshake, as MySQL does (error 1040 in place of
         // the greeting), with nothing allocated for the session.
-        let limit = shared.config.proxy.max_client_connections as usize;
+        let config = shared.config();
+        let limit = config.proxy.max_client_connections as usize;
+        let max_packet = config.proxy.max_packet_bytes as usize;
         if shared.clients.load(Ordering::Relaxed) >= limit {
             shared
                 .counters

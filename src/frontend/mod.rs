@@ -13,4 +13,4 @@ mod session;
 mod statements;
 
 pub use error::SessionError;
-pub use listener::{serve, Counters, RoutingState, Shared};
+pub use listener::{pool_limits, serve, Counters, RoutingState, ServerSlot, Shared};

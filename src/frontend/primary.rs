@@ -77,7 +77,7 @@ impl Session {
                 )));
             }
         }
-        let hold = self.shared.config.monitor.failover_hold_ms;
+        let hold = self.routing.config.monitor.failover_hold_ms;
         let deadline = Instant::now() + Duration::from_millis(hold);
         let mut rx = self.shared.cluster.clone();
         let mut last_error = None;
@@ -108,12 +108,17 @@ impl Session {
 
     /// Opens a connection to server `p` for this session and moves the session onto it.
     async fn connect_primary(&mut self, p: usize) -> Result<(), Unavailable> {
+        if p >= self.routing.slots.len() {
+            // Promoted a server added by a reload this session has not seen yet.
+            self.refresh_snapshot();
+        }
+        let routing = self.routing.clone();
+        let Some(slot) = routing.slot(p) else {
+            return Err(Unavailable::Reply(errors::no_primary()));
+        };
         let params = self.login_params();
-        let server = self.shared.config.servers[p].name.clone();
-        let mut conn = match self.shared.pools[p]
-            .acquire(params, &self.shared.pool_limits)
-            .await
-        {
+        let server = slot.pool.name.clone();
+        let mut conn = match slot.pool.acquire(params, &routing.pool_limits).await {
             Ok((c, _)) => c,
             Err(PoolError::Backend(BackendError::Refused(e))) => return Err(Unavailable::Reply(e)),
             Err(PoolError::Exhausted {

@@ -119,8 +119,14 @@ impl Session {
             previous: self.previous,
         };
         let topology = self.shared.cluster.borrow().clone();
-        let outstanding = &self.shared.outstanding;
-        let load = |i: usize| outstanding.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
+        let slots = &self.routing.slots;
+        // A server this session's snapshot does not know yet (a reload is being applied)
+        // looks fully loaded; the next command sees it.
+        let load = |i: usize| {
+            slots
+                .get(i)
+                .map_or(u32::MAX, |s| s.outstanding.load(Ordering::Relaxed))
+        };
         let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
         router::route(c, &view, &topology, self.routing.max_lag_ms, load, turn)
     }
@@ -242,6 +248,9 @@ impl Session {
     /// Makes sure the session has a usable, up-to-date connection to replica `i`. Returns false
     /// (and the caller uses the primary) if it cannot be had.
     pub(super) async fn ensure_replica(&mut self, i: usize) -> bool {
+        if i >= self.replicas.len() || i >= self.routing.slots.len() {
+            return false;
+        }
         if let Some(rc) = &self.replicas[i] {
             // A connection the server closed while idle shows as readable EOF.
             let mut probe = [0u8; 1];
@@ -251,14 +260,12 @@ impl Session {
             }
         }
         if self.replicas[i].is_none() {
-            let Some(server) = self.shared.config.servers.get(i) else {
+            let routing = self.routing.clone();
+            let Some(slot) = routing.slot(i) else {
                 return false;
             };
             let params = self.login_params();
-            match self.shared.pools[i]
-                .acquire(params, &self.shared.pool_limits)
-                .await
-            {
+            match slot.pool.acquire(params, &routing.pool_limits).await {
                 Ok((conn, _)) => {
                     self.replicas[i] = Some(ReplicaConn {
                         conn,
@@ -268,7 +275,7 @@ impl Session {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(server = %server.name, error = %e, "cannot get a replica connection; reading from the primary");
+                    tracing::warn!(server = %slot.pool.name, error = %e, "cannot get a replica connection; reading from the primary");
                     return false;
                 }
             }

@@ -98,19 +98,21 @@ pub async fn run(
     id: u32,
     info: Arc<super::registry::SessionInfo>,
 ) -> Result<(), SessionError> {
-    let config = shared.config.clone();
-    let handshake_ms = config.proxy.handshake_timeout_ms;
+    let snapshot = shared.routing();
+    let handshake_ms = snapshot.config.proxy.handshake_timeout_ms;
     // The deadline covers the whole handshake, however slowly the bytes trickle in.
     let auth = tokio::time::timeout(
         Duration::from_millis(handshake_ms),
-        authenticate(&shared, &mut client, id),
+        authenticate(&shared, &snapshot, &mut client, id),
     )
     .await
     .map_err(|_| SessionError::HandshakeTimeout(handshake_ms))??;
     let Some(auth) = auth else {
         return Ok(());
     };
-    let Some((backend, primary_index)) = open_primary(&shared, &mut client, &auth).await? else {
+    let Some((backend, primary_index)) =
+        open_primary(&shared, &snapshot, &mut client, &auth).await?
+    else {
         return Ok(());
     };
     tracing::Span::current().record("user", tracing::field::display(&auth.user.name));
@@ -125,8 +127,7 @@ pub async fn run(
         max_packet: r.max_packet,
         connect_attrs: r.connect_attrs,
     };
-    let replicas = shared.config.servers.iter().map(|_| None).collect();
-    let shared_routing = shared.routing();
+    let replicas = snapshot.slots.iter().map(|_| None).collect();
     let mut s = Session {
         client,
         backend,
@@ -151,7 +152,7 @@ pub async fn run(
         options_changed: false,
         primary_lost: None,
         info,
-        routing: shared_routing,
+        routing: snapshot,
     };
     s.current_db = s.login.database.clone();
     s.info.set_names(&s.user.name, s.current_db.as_deref());
@@ -164,11 +165,12 @@ pub async fn run(
 /// Authenticates the client. `None` when the client was refused (it has been told why).
 async fn authenticate(
     shared: &Shared,
+    snapshot: &super::RoutingState,
     client: &mut ClientConn,
     id: u32,
 ) -> Result<Option<Authenticated>, SessionError> {
     let hello = shared.cluster.borrow().primary_hello.clone();
-    match handshake::authenticate(client, &shared.config.users, id, hello.as_ref()).await {
+    match handshake::authenticate(client, &snapshot.config.users, id, hello.as_ref()).await {
         Ok(a) => Ok(Some(a)),
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(user = %user, "access denied");
@@ -179,9 +181,9 @@ async fn authenticate(
 }
 
 /// Waits (up to `[monitor] failover_hold_ms`) for a writable primary.
-async fn wait_for_primary(shared: &Shared) -> Option<usize> {
+async fn wait_for_primary(shared: &Shared, hold_ms: u64) -> Option<usize> {
     let mut rx = shared.cluster.clone();
-    let hold = Duration::from_millis(shared.config.monitor.failover_hold_ms);
+    let hold = Duration::from_millis(hold_ms);
     let deadline = tokio::time::Instant::now() + hold;
     loop {
         if let Some(p) = rx.borrow_and_update().writable_primary() {
@@ -198,19 +200,17 @@ async fn wait_for_primary(shared: &Shared) -> Option<usize> {
 /// server's OK. `None` when the client was refused (it has been told why).
 async fn open_primary(
     shared: &Shared,
+    snapshot: &super::RoutingState,
     client: &mut ClientConn,
     auth: &Authenticated,
 ) -> Result<Option<(BackendConn, usize)>, SessionError> {
-    let Some(index) = wait_for_primary(shared).await else {
+    let hold_ms = snapshot.config.monitor.failover_hold_ms;
+    let Some(index) = wait_for_primary(shared, hold_ms).await else {
         client
-            .send_err(
-                auth.next_seq,
-                &errors::no_primary_within(shared.config.monitor.failover_hold_ms),
-            )
+            .send_err(auth.next_seq, &errors::no_primary_within(hold_ms))
             .await?;
         return Err(SessionError::NoPrimary);
     };
-    let primary = &shared.config.servers[index];
     let r = &auth.response;
     let params = LoginParams {
         user: auth.user.name.as_bytes(),
@@ -224,13 +224,21 @@ async fn open_primary(
         max_packet: r.max_packet,
         connect_attrs: r.connect_attrs.as_deref(),
     };
-    let Some(pool) = shared.pools.get(index) else {
+    // A server added by a reload that happened after this session's snapshot was taken.
+    let fresh;
+    let snapshot = if index < snapshot.slots.len() {
+        snapshot
+    } else {
+        fresh = shared.routing();
+        &fresh
+    };
+    let Some(pool) = snapshot.slot(index).map(|s| &s.pool) else {
         client
             .send_err(auth.next_seq, &errors::no_primary())
             .await?;
         return Err(SessionError::NoPrimary);
     };
-    match pool.acquire(params, &shared.pool_limits).await {
+    match pool.acquire(params, &snapshot.pool_limits).await {
         Ok((conn, ok)) => {
             client.write_packet(auth.next_seq, &ok).await?;
             Ok(Some((conn, index)))
@@ -255,13 +263,11 @@ async fn open_primary(
             Err(SessionError::NoPrimary)
         }
         Err(PoolError::Backend(e)) => {
-            let detail = format!("{} ({}): {e}", primary.name, primary.address);
+            let detail = format!("{} ({}): {e}", pool.name, pool.address);
             tracing::warn!(error = %detail, "backend login failed");
             let err = match &e {
-                BackendError::AuthPlugin(plugin) => {
-                    errors::backend_auth_plugin(&primary.name, plugin)
-                }
-                _ => errors::backend_connect(&primary.name, &e.to_string()),
+                BackendError::AuthPlugin(plugin) => errors::backend_auth_plugin(&pool.name, plugin),
+                _ => errors::backend_connect(&pool.name, &e.to_string()),
             };
             client.send_err(auth.next_seq, &err).await?;
             Err(SessionError::Backend(e))
@@ -270,6 +276,28 @@ async fn open_primary(
 }
 
 impl Session {
+    /// A reload replaced the configuration, servers or rules: take the new snapshot. New
+    /// servers get a (still empty) replica slot; connections to removed servers are closed
+    /// unless a read-only transaction runs there (it ends first).
+    pub(super) fn refresh_snapshot(&mut self) {
+        self.routing = self.shared.routing();
+        let n = self.routing.slots.len();
+        if self.replicas.len() < n {
+            self.replicas.resize_with(n, || None);
+        }
+        for (i, r) in self.replicas.iter_mut().enumerate() {
+            let removed = self
+                .routing
+                .config
+                .servers
+                .get(i)
+                .is_some_and(|s| s.removed);
+            if removed && r.is_some() && self.txn_replica != Some(i) {
+                *r = None;
+            }
+        }
+    }
+
     async fn command_loop(&mut self) -> Result<(), SessionError> {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
@@ -287,7 +315,7 @@ impl Session {
                     }
                     Err(e) => return Err(e),
                 },
-                _ = idle_deadline(self.shared.config.proxy.client_idle_timeout_ms) => {
+                _ = idle_deadline(self.routing.config.proxy.client_idle_timeout_ms) => {
                     // Like the server's wait_timeout: the client stayed silent too long.
                     self.shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("closing a client idle for longer than client_idle_timeout_ms");
@@ -304,8 +332,7 @@ impl Session {
             self.idle = false;
             self.info.busy.store(true, Ordering::Relaxed);
             if self.shared.routing_gen.load(Ordering::Acquire) != self.routing.generation {
-                // A reload replaced the routing settings or rules.
-                self.routing = self.shared.routing();
+                self.refresh_snapshot();
             }
             let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
             if ext.first_seq != 0 {
@@ -443,7 +470,9 @@ impl Session {
                 c.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(i) = server_index {
-                self.shared.outstanding[i].fetch_add(1, Ordering::Relaxed);
+                if let Some(slot) = self.routing.slot(i) {
+                    slot.outstanding.fetch_add(1, Ordering::Relaxed);
+                }
             }
             let local_files = self.capabilities & cap::CLIENT_LOCAL_FILES != 0;
             let started = std::time::Instant::now();
@@ -457,7 +486,9 @@ impl Session {
             .await;
             let rows = conn.last_rows;
             if let Some(i) = server_index {
-                self.shared.outstanding[i].fetch_sub(1, Ordering::Relaxed);
+                if let Some(slot) = self.routing.slot(i) {
+                    slot.outstanding.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             if let (Some(d), Ok(o)) = (digest, &result) {
                 let took = started.elapsed();
@@ -511,7 +542,7 @@ impl Session {
                 Err(SessionError::BackendProtocol(detail)) => {
                     // Named only on this error path: no per-query copy of the name.
                     let server_name = match server_index {
-                        Some(i) => self.shared.config.servers[i].name.as_str(),
+                        Some(i) => self.routing.server_name(i),
                         None => self.backend.server.as_str(),
                     };
                     let e = errors::backend_protocol(server_name, &detail);
@@ -550,7 +581,7 @@ impl Session {
             token = reply.payload.to_vec();
             seq = reply.last_seq.wrapping_add(1);
         }
-        let user = self.shared.config.find_user(&cu.username).cloned();
+        let user = self.routing.config.find_user(&cu.username).cloned();
         let verified = user.as_ref().is_some_and(|u| {
             let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));
             verify_native(stored.as_ref(), &self.salt, &token)
@@ -605,8 +636,8 @@ impl Session {
         self.shared.metrics.query_seconds[route].observe(started.elapsed().as_secs_f64());
         let at = server.unwrap_or(self.primary_index);
         self.info.last_server.store(at, Ordering::Relaxed);
-        if let Some(q) = self.shared.server_queries.get(at) {
-            q.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.routing.slot(at) {
+            slot.queries.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -620,7 +651,7 @@ impl Session {
         seq: u8,
     ) -> Result<(), SessionError> {
         let name = match server_index {
-            Some(i) => self.shared.config.servers[i].name.clone(),
+            Some(i) => self.routing.server_name(i).to_string(),
             None => self.backend.server.clone(),
         };
         match server_index {
@@ -654,7 +685,9 @@ impl Session {
         for (i, slot) in self.replicas.iter_mut().enumerate() {
             if let Some(rc) = slot.take() {
                 if clean && self.txn_replica.is_none() && rc.conn.rbuf.is_empty() {
-                    self.shared.pools[i].release(rc.conn);
+                    if let Some(slot) = self.routing.slot(i) {
+                        slot.pool.release(rc.conn);
+                    }
                 } else {
                     rc.conn.quit().await;
                 }
@@ -665,7 +698,7 @@ impl Session {
             return;
         }
         if clean && !in_trans && !self.options_changed && self.backend.rbuf.is_empty() {
-            if let Some(pool) = self.shared.pools.get(self.primary_index) {
+            if let Some(pool) = self.routing.slot(self.primary_index).map(|s| &s.pool) {
                 pool.release(self.backend);
                 return;
             }

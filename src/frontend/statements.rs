@@ -437,11 +437,15 @@ impl Session {
             return Ok(GONE);
         }
         if let Some(i) = index {
-            self.shared.outstanding[i].fetch_add(1, Ordering::Relaxed);
+            if let Some(slot) = self.routing.slot(i) {
+                slot.outstanding.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let r = relay_response(&mut self.client, conn, kind, seq, false).await;
         if let Some(i) = index {
-            self.shared.outstanding[i].fetch_sub(1, Ordering::Relaxed);
+            if let Some(slot) = self.routing.slot(i) {
+                slot.outstanding.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         match r {
             Err(SessionError::BackendGone(d)) => {

@@ -329,7 +329,24 @@ impl Metrics {
             );
         }
         for (i, s) in view.servers.iter().enumerate() {
-            if let Some(pool) = shared.pools.get(i) {
+            if routing.config.servers.get(i).is_some_and(|c| c.removed) {
+                // Removed by a reload: its series go away (a server re-added under the same
+                // name at a new index sets them again below).
+                let n = s.name.as_str();
+                for state in ["in_use", "idle", "waiting"] {
+                    let _ = self.backend.remove_label_values(&[n, state]);
+                }
+                for role in [Role::Primary, Role::Replica, Role::Unknown] {
+                    let _ = self.server_role.remove_label_values(&[n, role.as_str()]);
+                }
+                let _ = self.outstanding.remove_label_values(&[n]);
+                let _ = self.server_up.remove_label_values(&[n]);
+                let _ = self.excluded.remove_label_values(&[n]);
+                let _ = self.lag.remove_label_values(&[n]);
+                continue;
+            }
+            let slot = routing.slot(i);
+            if let Some(pool) = slot.map(|s| &s.pool) {
                 let (in_use, idle) = pool.counts();
                 self.backend
                     .with_label_values(&[&s.name, "in_use"])
@@ -341,10 +358,10 @@ impl Metrics {
                     .with_label_values(&[&s.name, "waiting"])
                     .set(pool.waiting() as i64);
             }
-            if let Some(o) = shared.outstanding.get(i) {
+            if let Some(slot) = slot {
                 self.outstanding
                     .with_label_values(&[&s.name])
-                    .set(i64::from(o.load(Ordering::Relaxed)));
+                    .set(i64::from(slot.outstanding.load(Ordering::Relaxed)));
             }
             self.server_up
                 .with_label_values(&[&s.name])

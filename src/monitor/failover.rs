@@ -126,7 +126,9 @@ impl Monitor {
     /// Takes the failover lock on a majority of the configured servers, or none.
     pub(crate) async fn lock_majority(&mut self) -> bool {
         let n = self.conns.len();
-        let need = n / 2 + 1;
+        // Servers a reload removed do not count (and are never connected).
+        let configured = self.config.servers.iter().filter(|s| !s.removed).count();
+        let need = configured / 2 + 1;
         let mut held = 0;
         let timeout = self.timeout;
         for i in 0..n {

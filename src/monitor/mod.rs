@@ -53,6 +53,9 @@ pub enum Command {
     Failover { to: Option<String> },
     /// Take a replica out of service (no new reads, never promoted) or put it back.
     SetServer { name: String, online: bool },
+    /// A reload: new `[monitor]` settings, credentials and server list (the same servers at
+    /// the same indices, new ones appended, removed ones flagged).
+    Reconfigure(Arc<Config>),
 }
 
 type Reply = oneshot::Sender<Result<String, String>>;
@@ -182,10 +185,21 @@ impl Monitor {
             .conns
             .iter_mut()
             .zip(&self.config.servers)
-            .map(|(sc, s)| sc.probe(&s.address, user, password, timeout));
+            .map(|(sc, s)| async move {
+                if s.removed {
+                    return Err(String::new());
+                }
+                sc.probe(&s.address, user, password, timeout).await
+            });
         let results = futures::future::join_all(futs).await;
         let m = &self.config.monitor;
         for (i, r) in results.into_iter().enumerate() {
+            if self.config.servers[i].removed {
+                self.healthy[i] = false;
+                self.probes[i] = None;
+                self.errors[i] = None;
+                continue;
+            }
             match r {
                 Ok(p) => {
                     self.oks[i] += 1;
@@ -704,6 +718,7 @@ impl Monitor {
                 let target = to.as_deref().map(|n| self.index_of(n)).transpose()?;
                 self.manual_failover(target).await
             }
+            Command::Reconfigure(config) => self.reconfigure(config),
             Command::SetServer { name, online } => {
                 let i = self.index_of(&name)?;
                 if !online && self.primary == Some(i) {
@@ -722,11 +737,88 @@ impl Monitor {
         }
     }
 
+    /// Applies a reloaded configuration (see [`Command::Reconfigure`]). Refused, with nothing
+    /// changed, when it would remove the primary.
+    fn reconfigure(&mut self, config: Arc<Config>) -> Result<String, String> {
+        let old_n = self.conns.len();
+        let n = config.servers.len();
+        if n < old_n {
+            return Err(
+                "a reload may not shrink the server list (removed servers stay flagged)".into(),
+            );
+        }
+        for i in 0..old_n {
+            let removed = config.servers[i].removed && !self.config.servers[i].removed;
+            let moved = config.servers[i].address != self.config.servers[i].address;
+            if (removed || moved) && (self.primary == Some(i) || self.known_primary == Some(i)) {
+                return Err(format!(
+                    "server {} is the primary: switch over to another server before removing or moving it",
+                    self.config.servers[i].name
+                ));
+            }
+        }
+        let mut done = Vec::new();
+        for i in old_n..n {
+            self.conns.push(ServerConn::default());
+            self.probes.push(None);
+            self.errors.push(None);
+            self.fails.push(0);
+            self.oks.push(0);
+            self.healthy.push(false);
+            self.seen.push(false);
+            self.io_ok.push(false);
+            self.io_bad.push(0);
+            self.semi_slave.push(false);
+            self.returned.push(false);
+            self.excluded.push(None);
+            self.rejoin_after.push(None);
+            self.offline.push(false);
+            self.lag.push((None, LagSource::None));
+            done.push(format!("monitoring {}", config.servers[i].name));
+        }
+        for i in 0..old_n {
+            if config.servers[i].removed && !self.config.servers[i].removed {
+                self.conns[i] = ServerConn::default();
+                self.healthy[i] = false;
+                self.probes[i] = None;
+                self.errors[i] = None;
+                self.lag[i] = (None, LagSource::None);
+                self.excluded[i] = Some("removed from the configuration".into());
+                done.push(format!(
+                    "stopped monitoring {}",
+                    self.config.servers[i].name
+                ));
+            }
+        }
+        let (user, password) = config
+            .monitor
+            .credentials(&config.users)
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .unwrap_or_default();
+        if user != self.user || password != self.password {
+            // New credentials: every probe connection logs in again.
+            for (sc, s) in self.conns.iter_mut().zip(&config.servers) {
+                if !s.removed {
+                    *sc = ServerConn::default();
+                }
+            }
+            self.user = user;
+            self.password = password;
+            done.push("new monitor credentials".into());
+        }
+        if config.monitor != self.config.monitor {
+            done.push("new [monitor] settings".into());
+        }
+        self.timeout = Duration::from_millis(config.monitor.timeout_ms);
+        self.config = config;
+        Ok(done.join(", "))
+    }
+
     pub fn index_of(&self, name: &str) -> Result<usize, String> {
         self.config
             .servers
             .iter()
-            .position(|s| s.name == name)
+            .position(|s| s.name == name && !s.removed)
             .ok_or_else(|| format!("no server named {name:?} in [[servers]]"))
     }
 
@@ -784,8 +876,11 @@ fn changed(a: &ClusterView, b: &ClusterView) -> bool {
         || a.semi_sync != b.semi_sync
         || a.heartbeat_failures != b.heartbeat_failures
         || a.history.len() != b.history.len()
+        || a.servers.len() != b.servers.len()
         || a.servers.iter().zip(&b.servers).any(|(x, y)| {
             x.role != y.role
+                || x.weight != y.weight
+                || x.address != y.address
                 || x.healthy != y.healthy
                 || x.last_error != y.last_error
                 || x.lag_ms != y.lag_ms
@@ -813,11 +908,12 @@ async fn run(
     mut commands: mpsc::Receiver<(Command, Reply)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_millis(config.monitor.interval_ms);
-    // While writes wait for a switchover, look more often so the pause ends sooner.
-    let fast = interval.min(Duration::from_millis(50));
     let mut m = Monitor::new(config, Some(tx));
     loop {
+        // Re-read each round: a reload may change it.
+        let interval = Duration::from_millis(m.config.monitor.interval_ms);
+        // While writes wait for a switchover, look more often so the pause ends sooner.
+        let fast = interval.min(Duration::from_millis(50));
         let started = Instant::now();
         m.tick().await;
         let period = if m.hold { fast } else { interval };
