@@ -19,6 +19,15 @@ pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
 /// The server went away in the middle of a command (the client library's CR_SERVER_LOST code).
 pub const CR_SERVER_LOST: u16 = 2013;
 
+/// A user has `[[users]] max_connections` sessions open (MySQL's ER_TOO_MANY_USER_CONNECTIONS).
+pub const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
+/// The client address is not allowed by `[firewall]` (MySQL's ER_HOST_NOT_PRIVILEGED).
+pub const ER_HOST_NOT_PRIVILEGED: u16 = 1130;
+/// The client address is blocked after failed logins (MySQL's ER_HOST_IS_BLOCKED).
+pub const ER_HOST_IS_BLOCKED: u16 = 1129;
+/// A source address opened connections faster than `[firewall] connection_rate_per_source`.
+pub const SLUICE_CONNECTION_RATE: u16 = 9040;
+
 /// No writable primary is known (none discovered yet, or none reachable).
 pub const SLUICE_NO_PRIMARY: u16 = 9001;
 /// Connecting or logging in to a backend server failed.
@@ -188,4 +197,40 @@ pub fn pool_exhausted(server: &str, max: usize, waited_ms: u64) -> ErrPacket {
 
 pub fn too_many_connections() -> ErrPacket {
     ErrPacket::new(ER_CON_COUNT_ERROR, b"08004", "Too many connections")
+}
+
+pub fn host_not_allowed(ip: &str) -> ErrPacket {
+    ErrPacket::new(
+        ER_HOST_NOT_PRIVILEGED,
+        b"HY000",
+        format!("Host '{ip}' is not allowed to connect to this Sluice server"),
+    )
+}
+
+pub fn host_blocked(ip: &str, remaining_s: u64) -> ErrPacket {
+    ErrPacket::new(
+        ER_HOST_IS_BLOCKED,
+        b"HY000",
+        format!(
+            "Host '{ip}' is blocked because of many connection errors for {remaining_s} more seconds; unblock with 'FLUSH HOSTS' on the Sluice admin port"
+        ),
+    )
+}
+
+pub fn connection_rate(ip: &str, per_s: u32) -> ErrPacket {
+    ErrPacket::new(
+        SLUICE_CONNECTION_RATE,
+        b"08004",
+        format!(
+            "Sluice: too many new connections from '{ip}' ([firewall] connection_rate_per_source = {per_s} per second); try again later"
+        ),
+    )
+}
+
+pub fn too_many_user_connections(user: &str) -> ErrPacket {
+    ErrPacket::new(
+        ER_TOO_MANY_USER_CONNECTIONS,
+        b"42000",
+        format!("User {user} already has more than 'max_user_connections' active connections"),
+    )
 }

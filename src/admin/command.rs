@@ -34,6 +34,10 @@ pub enum AdminCommand {
     Ignored,
     ShowQueryDigest,
     ResetQueryDigest,
+    /// Addresses blocked after failed logins.
+    ShowBlockedHosts,
+    /// Lift every block.
+    FlushHosts,
     Empty,
     Unknown(String),
 }
@@ -68,6 +72,8 @@ impl AdminCommand {
             ["SHOW", "FAILOVERS"] => AdminCommand::ShowFailovers,
             ["SHOW", "QUERY", "DIGEST"] => AdminCommand::ShowQueryDigest,
             ["RESET", "QUERY", "DIGEST"] => AdminCommand::ResetQueryDigest,
+            ["SHOW", "BLOCKED", "HOSTS"] => AdminCommand::ShowBlockedHosts,
+            ["FLUSH", "HOSTS"] => AdminCommand::FlushHosts,
             ["RELOAD"] => AdminCommand::Reload,
             ["FAILOVER", "ACKNOWLEDGE"] => AdminCommand::FailoverAcknowledge,
             ["SWITCHOVER", "TO", _] => AdminCommand::Switchover {
@@ -144,6 +150,8 @@ impl AdminCommand {
             AdminCommand::Ignored => "ignored",
             AdminCommand::ShowQueryDigest => "show_query_digest",
             AdminCommand::ResetQueryDigest => "reset_query_digest",
+            AdminCommand::ShowBlockedHosts => "show_blocked_hosts",
+            AdminCommand::FlushHosts => "flush_hosts",
             AdminCommand::Empty => "empty",
             AdminCommand::Unknown(_) => "unknown",
         }
@@ -152,7 +160,7 @@ impl AdminCommand {
 
 /// What the admin port understands, for error messages.
 pub const HELP: &str = "SHOW SERVERS | SHOW POOLS | SHOW SESSIONS | SHOW RULES | SHOW CONFIG | \
-     SHOW STATS | SHOW QUERY DIGEST | RESET QUERY DIGEST | SHOW FAILOVERS | SELECT * FROM servers [WHERE col = 'v'] | \
+     SHOW STATS | SHOW QUERY DIGEST | RESET QUERY DIGEST | SHOW FAILOVERS | SHOW BLOCKED HOSTS | FLUSH HOSTS | SELECT * FROM servers [WHERE col = 'v'] | \
      SET SERVER name OFFLINE|ONLINE | SWITCHOVER TO name | FAILOVER ACKNOWLEDGE | \
      KILL SESSION id | RELOAD";
 

@@ -9,6 +9,7 @@
 //! dispatches. It starts only when `[admin] password` is set.
 
 mod command;
+mod hosts;
 mod kill_session;
 mod operate;
 mod query_digest;
@@ -130,6 +131,8 @@ impl AdminCtx {
             AdminCommand::Ignored => Reply::Ok(String::new()),
             AdminCommand::ShowQueryDigest => query_digest::show(self),
             AdminCommand::ResetQueryDigest => query_digest::reset(self),
+            AdminCommand::ShowBlockedHosts => hosts::show(self),
+            AdminCommand::FlushHosts => hosts::flush(self),
             AdminCommand::Empty => Reply::error(1065, b"42000", "Query was empty"),
             AdminCommand::Unknown(sql) => {
                 let shown: String = sql.chars().take(80).collect();
@@ -183,14 +186,14 @@ async fn connection(
 ) -> Result<(), crate::frontend::SessionError> {
     let config = ctx.shared.config();
     let admin = &config.admin;
-    let users = [UserConfig {
-        name: admin.user.clone(),
-        password: admin.password.clone().unwrap_or_default(),
-    }];
+    let users = [UserConfig::new(
+        &admin.user,
+        admin.password.as_deref().unwrap_or_default(),
+    )];
     let timeout = Duration::from_millis(config.proxy.handshake_timeout_ms);
     let auth = match tokio::time::timeout(
         timeout,
-        handshake::authenticate(&mut client, &users, id, None),
+        handshake::authenticate(&mut client, &users, id, None, false),
     )
     .await
     {

@@ -3,6 +3,7 @@
 //!
 //! Unknown keys are errors, and every error names the file (or variable) and the key.
 
+mod cidr;
 mod error;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use cidr::Cidr;
 pub use error::ConfigError;
 
 /// The whole configuration.
@@ -25,12 +27,44 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
+    pub firewall: FirewallConfig,
     /// The folder of the config file (relative rule paths start there). Not a key.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
     /// The file this configuration was loaded from (for RELOAD and SIGHUP). Not a key.
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
+}
+
+/// `[firewall]`: who may connect, how often, and what happens after failed logins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    /// Client addresses (CIDR or single address, IPv4/IPv6) allowed to connect; empty = all.
+    pub allow: Vec<String>,
+    /// Client addresses refused even when `allow` matches.
+    pub deny: Vec<String>,
+    /// New connections per second one source address may open (token bucket); 0 = no limit.
+    pub connection_rate_per_source: u32,
+    /// Connections a source may open at once above the rate (the bucket's size).
+    pub connection_burst_per_source: u32,
+    /// Failed logins in a row after which a source address is blocked; 0 = never blocked.
+    pub max_login_failures: u32,
+    /// How long a blocked address stays blocked (admin `FLUSH HOSTS` lifts every block).
+    pub block_s: u64,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            connection_rate_per_source: 0,
+            connection_burst_per_source: 20,
+            max_login_failures: 20,
+            block_s: 300,
+        }
+    }
 }
 
 /// `[admin]`: the MySQL-protocol admin port.
@@ -42,6 +76,9 @@ pub struct AdminConfig {
     /// No default: without a password the admin port does not start.
     #[serde(deserialize_with = "opt_string_or_number", serialize_with = "mask_opt")]
     pub password: Option<String>,
+    /// Read the password from this file instead (first line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
     /// Allow binding a non-loopback address although the admin port has no TLS yet.
     pub allow_remote_plaintext: bool,
     /// Keep per-statement statistics for `SHOW QUERY DIGEST`.
@@ -56,6 +93,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:6032".into(),
             user: "admin".into(),
             password: None,
+            password_file: None,
             allow_remote_plaintext: false,
             query_digest: true,
             query_digest_max_entries: 5000,
@@ -193,8 +231,35 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
-    #[serde(deserialize_with = "string_or_number", serialize_with = "mask")]
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        serialize_with = "mask"
+    )]
     pub password: String,
+    /// Read the password from this file (first line; relative to the config file's folder)
+    /// instead of writing it in the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Client addresses this user may connect from (CIDR); empty = any allowed by
+    /// `[firewall]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Sessions this user may have open at once; 0 = no limit (error 1203 beyond it).
+    #[serde(default)]
+    pub max_connections: u32,
+}
+
+impl UserConfig {
+    pub fn new(name: &str, password: &str) -> Self {
+        UserConfig {
+            name: name.into(),
+            password: password.into(),
+            password_file: None,
+            allow: Vec::new(),
+            max_connections: 0,
+        }
+    }
 }
 
 /// `[monitor]`: the connection that probes the servers.
@@ -205,6 +270,9 @@ pub struct MonitorConfig {
     pub user: Option<String>,
     #[serde(deserialize_with = "opt_string_or_number", serialize_with = "mask_opt")]
     pub password: Option<String>,
+    /// Read the password from this file instead (first line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
     /// How often each server is probed.
     pub interval_ms: u64,
     /// Deadline for one probe (connect and query).
@@ -258,6 +326,7 @@ impl Default for MonitorConfig {
         MonitorConfig {
             user: None,
             password: None,
+            password_file: None,
             interval_ms: 250,
             timeout_ms: 1_000,
             down_after: 3,
@@ -310,10 +379,59 @@ impl Config {
                 std::path::Path::to_path_buf,
             );
         config.source = Some(path.to_path_buf());
+        config.read_secret_files(path)?;
         config.validate(path)?;
         crate::router::rules::load(&config.routing.rules, &config.base_dir)
             .map_err(|e| ConfigError::Rules(e.to_string()))?;
         Ok(config)
+    }
+
+    /// Fills passwords given as `password_file` (first line of the file, relative to the
+    /// config file's folder). Setting both `password` and `password_file` is an error.
+    fn read_secret_files(&mut self, file: &Path) -> Result<(), ConfigError> {
+        let base = self.base_dir.clone();
+        let read = |key: String, name: &str, inline_set: bool| -> Result<String, ConfigError> {
+            let bad = |msg: String| ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key: key.clone(),
+                msg,
+            };
+            if inline_set {
+                return Err(bad("set either password or password_file, not both".into()));
+            }
+            let p = base.join(name);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| bad(format!("cannot read {}: {e}", p.display())))?;
+            let line = text.lines().next().unwrap_or("").to_string();
+            if line.is_empty() {
+                return Err(bad(format!("{} is empty", p.display())));
+            }
+            Ok(line)
+        };
+        for (i, u) in self.users.iter_mut().enumerate() {
+            if let Some(f) = &u.password_file {
+                u.password = read(
+                    format!("users[{i}].password_file"),
+                    f,
+                    !u.password.is_empty(),
+                )?;
+            }
+        }
+        if let Some(f) = &self.monitor.password_file {
+            self.monitor.password = Some(read(
+                "monitor.password_file".into(),
+                f,
+                self.monitor.password.is_some(),
+            )?);
+        }
+        if let Some(f) = &self.admin.password_file {
+            self.admin.password = Some(read(
+                "admin.password_file".into(),
+                f,
+                self.admin.password.is_some(),
+            )?);
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: addresses parse, names are unique, limits are sane.
@@ -323,6 +441,22 @@ impl Config {
             key,
             msg,
         };
+        let cidrs = |key: String, list: &[String]| -> Result<(), ConfigError> {
+            for (i, c) in list.iter().enumerate() {
+                if Cidr::parse(c).is_none() {
+                    return Err(bad(
+                        format!("{key}[{i}]"),
+                        format!("expected an address or CIDR range such as 10.0.0.0/8 or fd00::/8, found {c:?}"),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        cidrs("firewall.allow".into(), &self.firewall.allow)?;
+        cidrs("firewall.deny".into(), &self.firewall.deny)?;
+        for (i, u) in self.users.iter().enumerate() {
+            cidrs(format!("users[{i}].allow"), &u.allow)?;
+        }
         if self.proxy.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(
                 "proxy.listen".into(),
@@ -597,6 +731,63 @@ password = "secret"
         let f = write(&format!("{GOOD}\n[monitor]\ninterval_ms = \"fast\"\n"));
         let e = Config::load(f.path()).unwrap_err().to_string();
         assert!(e.contains("monitor.interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn firewall_addresses_are_checked() {
+        let f = write(&format!(
+            "{GOOD}allow = [\"10.0.0.0/8\", \"10.0.0.0/99\"]\n[firewall]\ndeny = [\"::1\"]\n"
+        ));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("users[0].allow[1]"), "{e}");
+        let f = write(&format!("{GOOD}[firewall]\nallow = [\"everyone\"]\n"));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("firewall.allow[0]"), "{e}");
+        let f = write(&format!(
+            "{GOOD}max_connections = 5\n[firewall]\nallow = [\"127.0.0.0/8\", \"fd00::/8\"]\nmax_login_failures = 0\n"
+        ));
+        let c = Config::load(f.path()).unwrap();
+        assert_eq!(c.users[0].max_connections, 5);
+        assert_eq!(c.firewall.max_login_failures, 0);
+    }
+
+    #[test]
+    fn passwords_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.pw"), "s3cret-from-file\n").unwrap();
+        std::fs::write(dir.path().join("admin.pw"), "adm1n\n").unwrap();
+        let body = GOOD.replace("password = \"secret\"", "password_file = \"app.pw\"")
+            + "[admin]\npassword_file = \"admin.pw\"\n";
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, &body).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.users[0].password, "s3cret-from-file");
+        assert_eq!(c.admin.password.as_deref(), Some("adm1n"));
+        let shown = c.to_masked_toml();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("adm1n"),
+            "{shown}"
+        );
+        // Both, or a missing file: the key is named.
+        std::fs::write(
+            &path,
+            body.replace(
+                "password_file = \"app.pw\"",
+                "password = \"x\"\npassword_file = \"app.pw\"",
+            ),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("users[0].password_file") && e.contains("not both"),
+            "{e}"
+        );
+        std::fs::write(&path, body.replace("app.pw", "nope.pw")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("users[0].password_file") && e.contains("nope.pw"),
+            "{e}"
+        );
     }
 
     #[test]

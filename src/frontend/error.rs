@@ -16,6 +16,10 @@ pub enum SessionError {
     HandshakeTimeout(u64),
     #[error("authentication failed for user {0:?}")]
     AccessDenied(String),
+    /// The user's `allow` list does not include the client address (the client was told
+    /// "access denied", as for a wrong password).
+    #[error("user {0:?} may not connect from this address")]
+    AddressDenied(String),
     #[error("backend: {0}")]
     Backend(#[from] BackendError),
     #[error("backend protocol error: {0}")]

@@ -64,11 +64,13 @@ pub fn new_salt() -> Vec<u8> {
 }
 
 /// Greets the client and checks its credentials against `users`.
+/// `check_address`: apply each user's `allow` list to the client's address.
 pub async fn authenticate(
     client: &mut ClientConn,
     users: &[UserConfig],
     connection_id: u32,
     hello: Option<&ServerHello>,
+    check_address: bool,
 ) -> Result<Authenticated, SessionError> {
     let salt = new_salt();
     let server_caps = hello.map_or(u64::from(u32::MAX), |h| h.capabilities & 0xFFFF_FFFF);
@@ -126,10 +128,13 @@ pub async fn authenticate(
     let user = users
         .iter()
         .find(|u| u.name.as_bytes() == response.username.as_slice());
+    let address_ok =
+        !user.is_some_and(|u| check_address && !super::firewall::user_admits(u, client.peer.ip()));
     let ok = match user {
         Some(u) => {
             let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));
-            verify_native(stored.as_ref(), &salt, &token)
+            // Checked whatever the address: the answer takes the same time either way.
+            verify_native(stored.as_ref(), &salt, &token) && address_ok
         }
         None => false,
     };
@@ -149,9 +154,12 @@ pub async fn authenticate(
                     &errors::access_denied(&response.username, &host, !token.is_empty()),
                 )
                 .await?;
-            Err(SessionError::AccessDenied(
-                String::from_utf8_lossy(&response.username).into_owned(),
-            ))
+            let name = String::from_utf8_lossy(&response.username).into_owned();
+            Err(if address_ok {
+                SessionError::AccessDenied(name)
+            } else {
+                SessionError::AddressDenied(name)
+            })
         }
     }
 }

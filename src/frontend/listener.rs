@@ -43,6 +43,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// Per-statement statistics (`SHOW QUERY DIGEST`).
     pub digests: crate::metrics::digest::Digests,
+    /// Per-source and per-user connection state (`[firewall]`).
+    pub firewall: super::firewall::Firewall,
     next_id: AtomicU32,
 }
 
@@ -110,6 +112,8 @@ pub struct Counters {
 /// `[routing]` settings and the compiled rules with their hit counters.
 pub struct RoutingState {
     pub config: Arc<Config>,
+    /// `[firewall] allow` / `deny`, parsed.
+    pub addresses: super::firewall::AddressLists,
     pub slots: Vec<Arc<ServerSlot>>,
     pub pool_limits: PoolLimits,
     pub max_lag_ms: u64,
@@ -133,6 +137,7 @@ impl RoutingState {
             read_your_writes_timeout_ms: config.routing.read_your_writes_timeout_ms,
             rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
             pool_limits: pool_limits(&config),
+            addresses: super::firewall::AddressLists::new(&config.firewall),
             rules,
             slots,
             config,
@@ -212,9 +217,21 @@ impl Shared {
             sessions: Default::default(),
             metrics: crate::metrics::Metrics::new(),
             digests,
+            firewall: Default::default(),
             next_id: AtomicU32::new(1),
         }
     }
+}
+
+/// Sends an ERR in place of the greeting and closes (in the background, bounded).
+fn refuse(stream: tokio::net::TcpStream, err: sluice_proto::err::ErrPacket) {
+    tokio::spawn(async move {
+        let mut out = bytes::BytesMut::new();
+        framing::write_packet(&mut out, 0, &err.encode_pre_handshake());
+        let mut stream = stream;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+    });
 }
 
 fn shared_abort(shared: &Shared, id: u32, h: tokio::task::AbortHandle) {
@@ -245,27 +262,35 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
         let _ = stream.set_nodelay(true);
         // Over the limit: refused before the handshake, as MySQL does (error 1040 in place of
         // the greeting), with nothing allocated for the session.
-        let config = shared.config();
+        let routing = shared.routing();
+        let config = &routing.config;
         let limit = config.proxy.max_client_connections as usize;
         let max_packet = config.proxy.max_packet_bytes as usize;
+        // The firewall answers before a greeting is sent (as MySQL does for a host it does
+        // not accept), and nothing is allocated for a session.
+        if let Err(r) = shared
+            .firewall
+            .admit(peer.ip(), &config.firewall, &routing.addresses)
+        {
+            let ip = super::firewall::canonical(peer.ip()).to_string();
+            let err = match r {
+                super::firewall::Refusal::Address => errors::host_not_allowed(&ip),
+                super::firewall::Refusal::Blocked { remaining_s } => {
+                    errors::host_blocked(&ip, remaining_s)
+                }
+                super::firewall::Refusal::Rate { per_s } => errors::connection_rate(&ip, per_s),
+            };
+            tracing::info!(client = %peer, reason = super::firewall::Refusal::REASONS[r.index()], "connection refused by the firewall");
+            refuse(stream, err);
+            continue;
+        }
         if shared.clients.load(Ordering::Relaxed) >= limit {
             shared
                 .counters
                 .rejected_too_many
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = %peer, limit, "too many client connections");
-            tokio::spawn(async move {
-                let mut out = bytes::BytesMut::new();
-                framing::write_packet(
-                    &mut out,
-                    0,
-                    &errors::too_many_connections().encode_pre_handshake(),
-                );
-                let mut stream = stream;
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out))
-                        .await;
-            });
+            refuse(stream, errors::too_many_connections());
             continue;
         }
         shared.clients.fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 
 pub(crate) mod client;
 mod error;
+pub mod firewall;
 pub(crate) mod handshake;
 mod listener;
 mod primary;

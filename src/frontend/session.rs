@@ -100,14 +100,44 @@ pub async fn run(
 ) -> Result<(), SessionError> {
     let snapshot = shared.routing();
     let handshake_ms = snapshot.config.proxy.handshake_timeout_ms;
+    let ip = client.peer.ip();
+    let firewall = &snapshot.config.firewall;
     // The deadline covers the whole handshake, however slowly the bytes trickle in.
     let auth = tokio::time::timeout(
         Duration::from_millis(handshake_ms),
         authenticate(&shared, &snapshot, &mut client, id),
     )
     .await
-    .map_err(|_| SessionError::HandshakeTimeout(handshake_ms))??;
-    let Some(auth) = auth else {
+    .map_err(|_| SessionError::HandshakeTimeout(handshake_ms))
+    .and_then(|r| r);
+    // Failed logins count toward blocking the address: wrong credentials, a malformed or
+    // abandoned handshake. A client that just closes (a load balancer's TCP check) does not.
+    let auth = match auth {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            shared.firewall.login_failed(ip, firewall);
+            return Ok(());
+        }
+        Err(e) => {
+            if matches!(
+                e,
+                SessionError::Malformed(_) | SessionError::HandshakeTimeout(_)
+            ) {
+                shared.firewall.login_failed(ip, firewall);
+            }
+            return Err(e);
+        }
+    };
+    shared.firewall.login_ok(ip);
+    // Held until the session ends.
+    let Some(_user_slot) = shared.firewall.user_slot(&auth.user) else {
+        tracing::info!(user = %auth.user.name, limit = auth.user.max_connections, "user has too many sessions");
+        client
+            .send_err(
+                auth.next_seq,
+                &errors::too_many_user_connections(&auth.user.name),
+            )
+            .await?;
         return Ok(());
     };
     let Some((backend, primary_index)) =
@@ -170,10 +200,16 @@ async fn authenticate(
     id: u32,
 ) -> Result<Option<Authenticated>, SessionError> {
     let hello = shared.cluster.borrow().primary_hello.clone();
-    match handshake::authenticate(client, &snapshot.config.users, id, hello.as_ref()).await {
+    let users = &snapshot.config.users;
+    match handshake::authenticate(client, users, id, hello.as_ref(), true).await {
         Ok(a) => Ok(Some(a)),
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(user = %user, "access denied");
+            Ok(None)
+        }
+        Err(SessionError::AddressDenied(user)) => {
+            shared.firewall.refused[super::firewall::USER_ADDRESS].fetch_add(1, Ordering::Relaxed);
+            tracing::info!(user = %user, "access denied: the user may not connect from this address");
             Ok(None)
         }
         Err(e) => Err(e),
@@ -582,9 +618,11 @@ impl Session {
             seq = reply.last_seq.wrapping_add(1);
         }
         let user = self.routing.config.find_user(&cu.username).cloned();
+        let ip = self.client.peer.ip();
         let verified = user.as_ref().is_some_and(|u| {
             let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));
             verify_native(stored.as_ref(), &self.salt, &token)
+                && super::firewall::user_admits(u, ip)
         });
         let Some(user) = user.filter(|_| verified) else {
             let host = self.client.peer.ip().to_string();

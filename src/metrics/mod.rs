@@ -292,6 +292,15 @@ impl Metrics {
             &self.rejected.with_label_values(&["max_client_connections"]),
             c.rejected_too_many.load(Ordering::Relaxed),
         );
+        for (i, reason) in crate::frontend::firewall::Refusal::REASONS
+            .iter()
+            .enumerate()
+        {
+            sync(
+                &self.rejected.with_label_values(&[reason]),
+                shared.firewall.refused[i].load(Ordering::Relaxed),
+            );
+        }
         sync(&self.idle_timeouts, c.idle_timeouts.load(Ordering::Relaxed));
         sync(&self.killed, c.sessions_killed.load(Ordering::Relaxed));
         for (r, route) in ["primary", "replica"].iter().enumerate() {

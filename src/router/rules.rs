@@ -5,6 +5,8 @@
 //! start-up with an error naming the file, the rule and the key.
 
 use std::net::IpAddr;
+
+pub use crate::config::Cidr;
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
@@ -65,41 +67,6 @@ pub enum OnNoReplica {
     #[default]
     Primary,
     Error,
-}
-
-/// A client address range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() { max } else { p.parse().ok()? };
-        (prefix <= max).then_some(Cidr { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
 }
 
 /// A validated rule.

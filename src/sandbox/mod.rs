@@ -158,10 +158,7 @@ impl Topology {
                 .spec
                 .users
                 .iter()
-                .map(|(u, p)| UserConfig {
-                    name: u.clone(),
-                    password: p.clone(),
-                })
+                .map(|(u, p)| UserConfig::new(u, p))
                 .collect(),
             monitor: MonitorConfig {
                 user: Some(self.spec.monitor.0.clone()),
@@ -189,6 +186,7 @@ impl Topology {
                     crate::config::MetricsConfig::default().listen
                 },
             },
+            firewall: Default::default(),
             base_dir: std::path::PathBuf::from("."),
             source: None,
         }
