@@ -28,6 +28,9 @@ pub const ER_HOST_IS_BLOCKED: u16 = 1129;
 /// A source address opened connections faster than `[firewall] connection_rate_per_source`.
 pub const SLUICE_CONNECTION_RATE: u16 = 9040;
 
+/// A plaintext login while `[proxy.tls] require = true` (MySQL's ER_SECURE_TRANSPORT_REQUIRED).
+pub const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
+
 /// No writable primary is known (none discovered yet, or none reachable).
 pub const SLUICE_NO_PRIMARY: u16 = 9001;
 /// Connecting or logging in to a backend server failed.
@@ -232,5 +235,13 @@ pub fn too_many_user_connections(user: &str) -> ErrPacket {
         ER_TOO_MANY_USER_CONNECTIONS,
         b"42000",
         format!("User {user} already has more than 'max_user_connections' active connections"),
+    )
+}
+
+pub fn insecure_transport() -> ErrPacket {
+    ErrPacket::new(
+        ER_SECURE_TRANSPORT_REQUIRED,
+        b"HY000",
+        "Connections using insecure transport are prohibited while [proxy.tls] require = true",
     )
 }

@@ -19,3 +19,4 @@ pub mod reload;
 pub mod router;
 pub mod sandbox;
 pub mod server;
+pub mod tls;

@@ -90,6 +90,8 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
     let rules =
         crate::router::rules::load(&new.routing.rules, &new.base_dir).map_err(|e| e.to_string())?;
 
+    // Certificates are read again (a renewed one is picked up); a broken one refuses all.
+    let tls = crate::tls::client_acceptor(&new).map_err(|e| format!("{}: {e}", path.display()))?;
     let (servers, mut applied) = plan_servers(&old.servers, &new.servers);
     new.servers = servers;
     let mut restart = Vec::new();
@@ -152,7 +154,7 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
         .digests
         .configure(new.admin.query_digest, new.admin.query_digest_max_entries);
     let n = rules.len();
-    let gen = shared.set_routing(new.clone(), slots, rules);
+    let gen = shared.set_routing(new.clone(), slots, rules, tls);
     let mut msg = format!(
         "{}: applied (routing generation {gen}): [routing] max_lag_ms = {}, read_your_writes = {:?}, {n} rule(s)",
         path.display(),

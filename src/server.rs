@@ -65,6 +65,7 @@ pub async fn start_with_listener(
     let local_addr = listener.local_addr()?;
     let rules = crate::router::rules::load(&config.routing.rules, &config.base_dir)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tls = crate::tls::client_acceptor(&config).map_err(std::io::Error::other)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_rx_admin = shutdown_rx.clone();
     let shutdown_rx_metrics = shutdown_rx.clone();
@@ -73,6 +74,7 @@ pub async fn start_with_listener(
     let shared = Arc::new(Shared::new(
         config.clone(),
         rules,
+        tls,
         cluster_rx.clone(),
         shutdown_rx,
     ));

@@ -688,7 +688,12 @@ async fn sessions_survive_a_failover_as_documented() {
         .await
         .unwrap();
     idle.exec_drop(&stmt, (1, 1)).await.unwrap();
-    // A reader.
+    // A reader (another session: it sees the row once the replicas applied it; read-your-writes
+    // is per session).
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
     let mut reader = h.proxy_conn().await;
     let n: Option<u64> = reader
         .query_first("SELECT COUNT(*) FROM ft.acked")

@@ -193,7 +193,7 @@ async fn connection(
     let timeout = Duration::from_millis(config.proxy.handshake_timeout_ms);
     let auth = match tokio::time::timeout(
         timeout,
-        handshake::authenticate(&mut client, &users, id, None, false),
+        handshake::authenticate(&mut client, &users, id, None, &Default::default()),
     )
     .await
     {
@@ -251,11 +251,7 @@ async fn connection(
                 match ctx.execute(cmd).await {
                     Reply::Rows(rs) => {
                         let out = rs.encode(seq, caps);
-                        client
-                            .stream
-                            .write_all(&out)
-                            .await
-                            .map_err(crate::frontend::SessionError::ClientIo)?;
+                        client.write_all(&out).await?;
                     }
                     Reply::Ok(info) => client.write_packet(seq, &ok(&info)).await?,
                     Reply::Err(e) => client.send_err(seq, &e).await?,

@@ -7,7 +7,7 @@ use crate::router::PinReason;
 
 pub(super) fn run(ctx: &AdminCtx) -> Reply {
     let mut rs = ResultSet::new(&[
-        "id", "client", "user", "db", "state", "pinned", "backend", "age_s",
+        "id", "client", "user", "db", "state", "pinned", "backend", "age_s", "tls",
     ]);
     let config = ctx.shared.config();
     let names: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
@@ -42,6 +42,7 @@ pub(super) fn run(ctx: &AdminCtx) -> Reply {
             (!pinned.is_empty()).then(|| pinned.join(",")),
             names.get(backend).map(|n| n.to_string()),
             Some(s.started.elapsed().as_secs().to_string()),
+            s.tls.get().cloned(),
         ]);
     }
     Reply::Rows(rs)

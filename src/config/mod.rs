@@ -180,6 +180,22 @@ pub struct ProxyConfig {
     pub max_client_connections: u32,
     /// A client session with no command for this long is closed (0 = never).
     pub client_idle_timeout_ms: u64,
+    /// `[proxy.tls]`: TLS for clients; absent = plaintext only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProxyTlsConfig>,
+}
+
+/// `[proxy.tls]`: the certificate clients see, and whether plaintext logins are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTlsConfig {
+    /// PEM certificate chain (leaf first), relative to the config file's folder.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Refuse clients that do not switch to TLS (error 3159), before reading any credential.
+    #[serde(default)]
+    pub require: bool,
 }
 
 impl Default for ProxyConfig {
@@ -196,6 +212,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout_ms: 60_000,
             max_client_connections: 10_000,
             client_idle_timeout_ms: 28_800_000,
+            tls: None,
         }
     }
 }

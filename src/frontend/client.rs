@@ -1,18 +1,117 @@
 //! The client socket with its read buffer: reads whole packets bounded by
 //! `[proxy] max_packet_bytes` (nothing is allocated for a claimed size), writes packets and ERRs.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use sluice_proto::err::ErrPacket;
 use sluice_proto::framing::{self, FrameError, Packet, PacketExtent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::SessionError;
 
+/// The client's socket: plain TCP, or TLS after an SSLRequest.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Only while switching to TLS.
+    Switching,
+}
+
+impl ClientStream {
+    /// The TLS cipher suite and version in use, if TLS is on.
+    pub fn tls_info(&self) -> Option<(String, String)> {
+        match self {
+            ClientStream::Tls(t) => {
+                let c = t.get_ref().1;
+                Some((
+                    c.negotiated_cipher_suite()
+                        .map(|s| format!("{:?}", s.suite()))
+                        .unwrap_or_default(),
+                    c.protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default(),
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn switching() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "switching to TLS")
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Switching => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Switching => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ClientStream::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::Switching => false,
+        }
+    }
+}
+
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     pub rbuf: BytesMut,
     pub peer: SocketAddr,
     pub max_packet: usize,
@@ -23,7 +122,7 @@ pub struct ClientConn {
 impl ClientConn {
     pub fn new(stream: TcpStream, peer: SocketAddr, max_packet: usize) -> Self {
         ClientConn {
-            stream,
+            stream: ClientStream::Plain(stream),
             rbuf: BytesMut::with_capacity(16 << 10),
             peer,
             max_packet,
@@ -63,6 +162,58 @@ impl ClientConn {
         Ok(framing::parse(&mut self.rbuf, ext))
     }
 
+    /// Reads one packet without reading a byte past it (the bytes after an SSLRequest belong
+    /// to the TLS handshake). Only single-frame packets: handshake packets are small.
+    pub async fn read_packet_exact(&mut self) -> Result<Packet, SessionError> {
+        if !self.rbuf.is_empty() {
+            return self.read_packet().await;
+        }
+        let mut head = [0u8; 4];
+        self.read_exact(&mut head).await?;
+        let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+        if len > self.max_packet.min(framing::MAX_FRAME_PAYLOAD - 1) {
+            return Err(SessionError::TooLarge(len));
+        }
+        self.rbuf.reserve(4 + len);
+        self.rbuf.extend_from_slice(&head);
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + len, 0);
+        let mut body = self.rbuf.split_off(start);
+        let r = self.read_exact(&mut body).await;
+        self.rbuf.unsplit(body);
+        r?;
+        self.read_packet().await
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), SessionError> {
+        match self.stream.read_exact(buf).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(SessionError::ClientClosed),
+            Err(e) => Err(SessionError::ClientIo(e)),
+        }
+    }
+
+    /// Switches the connection to TLS (after an SSLRequest; nothing was read past it).
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+    ) -> Result<(), SessionError> {
+        match std::mem::replace(&mut self.stream, ClientStream::Switching) {
+            ClientStream::Plain(tcp) => {
+                let tls = acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| SessionError::Malformed(format!("TLS handshake failed: {e}")))?;
+                self.stream = ClientStream::Tls(Box::new(tls));
+                Ok(())
+            }
+            other => {
+                self.stream = other;
+                Err(SessionError::Malformed("a second SSLRequest".into()))
+            }
+        }
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.rbuf.advance(n);
     }
@@ -70,10 +221,19 @@ impl ClientConn {
     pub async fn write_packet(&mut self, seq: u8, payload: &[u8]) -> Result<(), SessionError> {
         let mut out = BytesMut::with_capacity(payload.len() + 4);
         framing::write_packet(&mut out, seq, payload);
+        self.write_all(&out).await
+    }
+
+    /// Writes bytes to the client (and pushes them out of the TLS layer).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
         self.stream
-            .write_all(&out)
+            .write_all(bytes)
             .await
-            .map_err(SessionError::ClientIo)
+            .map_err(SessionError::ClientIo)?;
+        if let ClientStream::Tls(_) = self.stream {
+            self.stream.flush().await.map_err(SessionError::ClientIo)?;
+        }
+        Ok(())
     }
 
     pub async fn send_err(&mut self, seq: u8, err: &ErrPacket) -> Result<(), SessionError> {

@@ -20,6 +20,9 @@ pub enum SessionError {
     /// "access denied", as for a wrong password).
     #[error("user {0:?} may not connect from this address")]
     AddressDenied(String),
+    /// `[proxy.tls] require = true` and the client did not switch to TLS.
+    #[error("plaintext login refused: [proxy.tls] require = true")]
+    InsecureTransport,
     #[error("backend: {0}")]
     Backend(#[from] BackendError),
     #[error("backend protocol error: {0}")]

@@ -16,7 +16,8 @@ use crate::cluster::ServerHello;
 use crate::config::UserConfig;
 use crate::errors;
 
-/// Capabilities Sluice can relay. Compression and TLS are not offered (yet); MariaDB's
+/// Capabilities Sluice can relay (`CLIENT_SSL` is added when `[proxy.tls]` is set).
+/// Compression is not offered; MariaDB's
 /// extended capabilities are not offered either, so `CLIENT_LONG_PASSWORD` ("CLIENT_MYSQL")
 /// stays set.
 pub const SUPPORTED: u64 = cap::CLIENT_LONG_PASSWORD
@@ -63,18 +64,32 @@ pub fn new_salt() -> Vec<u8> {
     (0..20).map(|_| rng.gen_range(1u8..=127)).collect()
 }
 
+/// How a listener authenticates.
+#[derive(Default, Clone)]
+pub struct AuthOptions {
+    /// Apply each user's `allow` list to the client's address.
+    pub check_address: bool,
+    /// Offer TLS (`CLIENT_SSL`) with this acceptor.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Refuse a client that does not switch to TLS, before reading its credentials.
+    pub require_tls: bool,
+}
+
 /// Greets the client and checks its credentials against `users`.
-/// `check_address`: apply each user's `allow` list to the client's address.
 pub async fn authenticate(
     client: &mut ClientConn,
     users: &[UserConfig],
     connection_id: u32,
     hello: Option<&ServerHello>,
-    check_address: bool,
+    opts: &AuthOptions,
 ) -> Result<Authenticated, SessionError> {
+    let check_address = opts.check_address;
     let salt = new_salt();
     let server_caps = hello.map_or(u64::from(u32::MAX), |h| h.capabilities & 0xFFFF_FFFF);
-    let offered = SUPPORTED & (server_caps | cap::CLIENT_LONG_PASSWORD);
+    let mut offered = SUPPORTED & (server_caps | cap::CLIENT_LONG_PASSWORD);
+    if opts.tls.is_some() {
+        offered |= cap::CLIENT_SSL;
+    }
     let greeting = HandshakeV10 {
         server_version: hello.map_or(DEFAULT_VERSION.to_vec(), |h| h.version.clone()),
         connection_id,
@@ -86,18 +101,29 @@ pub async fn authenticate(
     };
     client.write_packet(0, &greeting.encode()).await?;
 
-    let pkt = client.read_packet().await?;
+    // Not a byte past the first packet: after an SSLRequest comes the TLS handshake.
+    let mut pkt = client.read_packet_exact().await?;
     let mut seq = pkt.last_seq.wrapping_add(1);
     if SslRequest::is_ssl_request(&pkt.payload) {
-        let e = sluice_proto::err::ErrPacket::new(
-            errors::ER_HANDSHAKE_ERROR,
-            b"08S01",
-            "Sluice: TLS is not enabled on this listener",
-        );
-        client.send_err(seq, &e).await?;
-        return Err(SessionError::Malformed(
-            "SSLRequest while TLS is off".into(),
-        ));
+        let Some(acceptor) = &opts.tls else {
+            let e = sluice_proto::err::ErrPacket::new(
+                errors::ER_HANDSHAKE_ERROR,
+                b"08S01",
+                "Sluice: TLS is not enabled on this listener",
+            );
+            client.send_err(seq, &e).await?;
+            return Err(SessionError::Malformed(
+                "SSLRequest while TLS is off".into(),
+            ));
+        };
+        client.start_tls(acceptor).await?;
+        pkt = client.read_packet().await?;
+        seq = pkt.last_seq.wrapping_add(1);
+    } else if opts.require_tls {
+        // Refused on the first four bytes (capability flags): the credentials that follow
+        // are never parsed, let alone checked or sent anywhere.
+        client.send_err(seq, &errors::insecure_transport()).await?;
+        return Err(SessionError::InsecureTransport);
     }
     let response = match HandshakeResponse41::parse(&pkt.payload) {
         Ok(r) => r,

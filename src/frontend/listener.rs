@@ -114,6 +114,9 @@ pub struct RoutingState {
     pub config: Arc<Config>,
     /// `[firewall] allow` / `deny`, parsed.
     pub addresses: super::firewall::AddressLists,
+    /// How clients authenticate: TLS from `[proxy.tls]` (certificates read at start and at
+    /// each reload), users' address lists.
+    pub auth: super::handshake::AuthOptions,
     pub slots: Vec<Arc<ServerSlot>>,
     pub pool_limits: PoolLimits,
     pub max_lag_ms: u64,
@@ -129,9 +132,15 @@ impl RoutingState {
         config: Arc<Config>,
         slots: Vec<Arc<ServerSlot>>,
         rules: Vec<Rule>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         generation: u64,
     ) -> Self {
         RoutingState {
+            auth: super::handshake::AuthOptions {
+                check_address: true,
+                require_tls: config.proxy.tls.as_ref().is_some_and(|t| t.require),
+                tls,
+            },
             max_lag_ms: config.routing.max_lag_ms,
             read_your_writes: config.routing.read_your_writes,
             read_your_writes_timeout_ms: config.routing.read_your_writes_timeout_ms,
@@ -176,9 +185,10 @@ impl Shared {
         config: Arc<Config>,
         slots: Vec<Arc<ServerSlot>>,
         rules: Vec<Rule>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> u64 {
         let gen = self.routing_gen.load(Ordering::Relaxed) + 1;
-        let state = Arc::new(RoutingState::new(config, slots, rules, gen));
+        let state = Arc::new(RoutingState::new(config, slots, rules, tls, gen));
         match self.routing.write() {
             Ok(mut w) => *w = state,
             Err(p) => *p.into_inner() = state,
@@ -190,6 +200,7 @@ impl Shared {
     pub fn new(
         config: Arc<Config>,
         rules: Vec<Rule>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         cluster: ClusterRx,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -204,7 +215,9 @@ impl Shared {
             config.admin.query_digest_max_entries,
         );
         Shared {
-            routing: std::sync::RwLock::new(Arc::new(RoutingState::new(config, slots, rules, 0))),
+            routing: std::sync::RwLock::new(Arc::new(RoutingState::new(
+                config, slots, rules, tls, 0,
+            ))),
             routing_gen: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),

@@ -26,6 +26,8 @@ pub struct SessionInfo {
     pub primary: AtomicUsize,
     /// Server index the last command ran on.
     pub last_server: AtomicUsize,
+    /// `TLSv1_3 TLS13_AES_256_GCM_SHA384` when the client uses TLS.
+    pub tls: std::sync::OnceLock<String>,
     abort: Mutex<Option<AbortHandle>>,
 }
 
@@ -41,6 +43,7 @@ impl SessionInfo {
             pins: AtomicU8::new(0),
             primary: AtomicUsize::new(usize::MAX),
             last_server: AtomicUsize::new(usize::MAX),
+            tls: std::sync::OnceLock::new(),
             abort: Mutex::new(None),
         }
     }

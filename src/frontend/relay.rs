@@ -117,11 +117,7 @@ pub async fn relay_rewriting(
         }
         if pos > 0 {
             forwarded = true;
-            client
-                .stream
-                .write_all(&backend.rbuf[..pos])
-                .await
-                .map_err(SessionError::ClientIo)?;
+            client.write_all(&backend.rbuf[..pos]).await?;
             backend.rbuf.advance(pos);
         }
         if body_left == 0 {

@@ -129,6 +129,10 @@ pub async fn run(
         }
     };
     shared.firewall.login_ok(ip);
+    if let Some((cipher, version)) = client.stream.tls_info() {
+        tracing::debug!(%cipher, %version, "client uses TLS");
+        let _ = info.tls.set(format!("{version} {cipher}"));
+    }
     // Held until the session ends.
     let Some(_user_slot) = shared.firewall.user_slot(&auth.user) else {
         tracing::info!(user = %auth.user.name, limit = auth.user.max_connections, "user has too many sessions");
@@ -201,7 +205,7 @@ async fn authenticate(
 ) -> Result<Option<Authenticated>, SessionError> {
     let hello = shared.cluster.borrow().primary_hello.clone();
     let users = &snapshot.config.users;
-    match handshake::authenticate(client, users, id, hello.as_ref(), true).await {
+    match handshake::authenticate(client, users, id, hello.as_ref(), &snapshot.auth).await {
         Ok(a) => Ok(Some(a)),
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(user = %user, "access denied");
