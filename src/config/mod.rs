@@ -180,6 +180,9 @@ pub struct ProxyConfig {
     pub max_client_connections: u32,
     /// A client session with no command for this long is closed (0 = never).
     pub client_idle_timeout_ms: u64,
+    /// The plugin the greeting names: `mysql_native_password` or `caching_sha2_password`
+    /// (clients answer with its token; others are switched per user).
+    pub default_auth_plugin: String,
     /// `[proxy.tls]`: TLS for clients; absent = plaintext only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProxyTlsConfig>,
@@ -212,6 +215,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout_ms: 60_000,
             max_client_connections: 10_000,
             client_idle_timeout_ms: 28_800_000,
+            default_auth_plugin: "mysql_native_password".into(),
             tls: None,
         }
     }
@@ -265,6 +269,10 @@ pub struct UserConfig {
     /// Sessions this user may have open at once; 0 = no limit (error 1203 beyond it).
     #[serde(default)]
     pub max_connections: u32,
+    /// Authentication plugins this user may use, preferred first (`mysql_native_password`,
+    /// `caching_sha2_password`); empty = both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_plugins: Vec<String>,
 }
 
 impl UserConfig {
@@ -275,6 +283,7 @@ impl UserConfig {
             password_file: None,
             allow: Vec::new(),
             max_connections: 0,
+            auth_plugins: Vec::new(),
         }
     }
 }
@@ -471,8 +480,26 @@ impl Config {
         };
         cidrs("firewall.allow".into(), &self.firewall.allow)?;
         cidrs("firewall.deny".into(), &self.firewall.deny)?;
+        const PLUGINS: [&str; 2] = ["mysql_native_password", "caching_sha2_password"];
         for (i, u) in self.users.iter().enumerate() {
             cidrs(format!("users[{i}].allow"), &u.allow)?;
+            for (j, p) in u.auth_plugins.iter().enumerate() {
+                if !PLUGINS.contains(&p.as_str()) {
+                    return Err(bad(
+                        format!("users[{i}].auth_plugins[{j}]"),
+                        format!("expected one of {PLUGINS:?}, found {p:?}"),
+                    ));
+                }
+            }
+        }
+        if !PLUGINS.contains(&self.proxy.default_auth_plugin.as_str()) {
+            return Err(bad(
+                "proxy.default_auth_plugin".into(),
+                format!(
+                    "expected one of {PLUGINS:?}, found {:?}",
+                    self.proxy.default_auth_plugin
+                ),
+            ));
         }
         if self.proxy.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(

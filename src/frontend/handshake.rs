@@ -64,6 +64,58 @@ pub fn new_salt() -> Vec<u8> {
     (0..20).map(|_| rng.gen_range(1u8..=127)).collect()
 }
 
+/// The authentication methods Sluice verifies itself (it holds the users' passwords).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthPlugin {
+    /// `mysql_native_password`.
+    #[default]
+    Native,
+    /// `caching_sha2_password`, fast path (`0x01 0x03` before the OK); no RSA, no full
+    /// authentication exchange: Sluice always knows the password, so a wrong token is a
+    /// wrong password.
+    CachingSha2,
+}
+
+impl AuthPlugin {
+    pub const ALL: [AuthPlugin; 2] = [AuthPlugin::Native, AuthPlugin::CachingSha2];
+
+    pub fn name(self) -> &'static [u8] {
+        match self {
+            AuthPlugin::Native => NATIVE_PASSWORD_PLUGIN,
+            AuthPlugin::CachingSha2 => sluice_proto::scramble::CACHING_SHA2_PLUGIN,
+        }
+    }
+
+    pub fn from_name(name: &[u8]) -> Option<AuthPlugin> {
+        AuthPlugin::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Checks a token in time that does not depend on where it differs.
+    pub fn verify(self, password: &[u8], salt: &[u8], token: &[u8]) -> bool {
+        match self {
+            AuthPlugin::Native => {
+                let stored = (!password.is_empty()).then(|| native_hash(password));
+                verify_native(stored.as_ref(), salt, token)
+            }
+            AuthPlugin::CachingSha2 => sluice_proto::scramble::verify_sha2(password, salt, token),
+        }
+    }
+}
+
+/// The plugins `user` may log in with, preferred first (an AuthSwitch asks for the first).
+pub fn allowed_plugins(user: &UserConfig) -> Vec<AuthPlugin> {
+    let listed: Vec<AuthPlugin> = user
+        .auth_plugins
+        .iter()
+        .filter_map(|n| AuthPlugin::from_name(n.as_bytes()))
+        .collect();
+    if listed.is_empty() {
+        AuthPlugin::ALL.to_vec()
+    } else {
+        listed
+    }
+}
+
 /// How a listener authenticates.
 #[derive(Default, Clone)]
 pub struct AuthOptions {
@@ -73,7 +125,10 @@ pub struct AuthOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Refuse a client that does not switch to TLS, before reading its credentials.
     pub require_tls: bool,
+    /// The plugin named in the greeting (`[proxy] default_auth_plugin`).
+    pub greeting_plugin: AuthPlugin,
 }
+
 
 /// Greets the client and checks its credentials against `users`.
 pub async fn authenticate(
@@ -97,7 +152,7 @@ pub async fn authenticate(
         capabilities: offered,
         charset: hello.map_or(45, |h| h.charset),
         status: status::SERVER_STATUS_AUTOCOMMIT,
-        auth_plugin: NATIVE_PASSWORD_PLUGIN.to_vec(),
+        auth_plugin: opts.greeting_plugin.name().to_vec(),
     };
     client.write_packet(0, &greeting.encode()).await?;
 
@@ -134,36 +189,49 @@ pub async fn authenticate(
     };
     let capabilities = response.capabilities & offered;
 
-    let mut token = response.auth_response.clone();
-    let wants_other_plugin = capabilities & cap::CLIENT_PLUGIN_AUTH != 0
-        && response
-            .auth_plugin
-            .as_deref()
-            .is_some_and(|p| p != NATIVE_PASSWORD_PLUGIN);
-    if wants_other_plugin {
-        let sw = AuthSwitchRequest {
-            plugin: NATIVE_PASSWORD_PLUGIN.to_vec(),
-            data: salt.clone(),
-        };
-        client.write_packet(seq, &sw.encode()).await?;
-        let reply = client.read_packet().await?;
-        seq = reply.last_seq.wrapping_add(1);
-        token = reply.payload.to_vec();
-    }
-
     let user = users
         .iter()
         .find(|u| u.name.as_bytes() == response.username.as_slice());
+    // The client answered the greeting with this plugin's token (pre-4.1 style clients
+    // without CLIENT_PLUGIN_AUTH always use mysql_native_password).
+    let answered = if capabilities & cap::CLIENT_PLUGIN_AUTH != 0 {
+        match response.auth_plugin.as_deref() {
+            Some(name) => AuthPlugin::from_name(name),
+            None => Some(opts.greeting_plugin),
+        }
+    } else {
+        Some(AuthPlugin::Native)
+    };
+    // An unknown user is offered every plugin, so that the exchange does not tell whether
+    // the name exists.
+    let allowed = user.map_or(AuthPlugin::ALL.to_vec(), allowed_plugins);
+    let mut token = response.auth_response.clone();
+    let plugin = match answered {
+        Some(p) if allowed.contains(&p) => p,
+        _ => {
+            let to = allowed[0];
+            let sw = AuthSwitchRequest {
+                plugin: to.name().to_vec(),
+                data: salt.clone(),
+            };
+            client.write_packet(seq, &sw.encode()).await?;
+            let reply = client.read_packet().await?;
+            seq = reply.last_seq.wrapping_add(1);
+            token = reply.payload.to_vec();
+            to
+        }
+    };
     let address_ok =
         !user.is_some_and(|u| check_address && !super::firewall::user_admits(u, client.peer.ip()));
-    let ok = match user {
-        Some(u) => {
-            let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));
-            // Checked whatever the address: the answer takes the same time either way.
-            verify_native(stored.as_ref(), &salt, &token) && address_ok
-        }
-        None => false,
-    };
+    // Checked whatever the address: the answer takes the same time either way.
+    let ok =
+        user.is_some_and(|u| plugin.verify(u.password.as_bytes(), &salt, &token)) && address_ok;
+    if ok && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
+        client
+            .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)
+            .await?;
+        seq = seq.wrapping_add(1);
+    }
     match (ok, user) {
         (true, Some(u)) => Ok(Authenticated {
             user: u.clone(),

@@ -140,6 +140,10 @@ impl RoutingState {
                 check_address: true,
                 require_tls: config.proxy.tls.as_ref().is_some_and(|t| t.require),
                 tls,
+                greeting_plugin: super::handshake::AuthPlugin::from_name(
+                    config.proxy.default_auth_plugin.as_bytes(),
+                )
+                .unwrap_or_default(),
             },
             max_lag_ms: config.routing.max_lag_ms,
             read_your_writes: config.routing.read_your_writes,

@@ -8,12 +8,11 @@ use sluice_proto::auth_switch::AuthSwitchRequest;
 use sluice_proto::command::{self, ChangeUser};
 use sluice_proto::err::ErrPacket;
 use sluice_proto::flags::cap;
-use sluice_proto::scramble::{native_hash, verify_native, NATIVE_PASSWORD_PLUGIN};
 use sluice_proto::tracker::ResponseKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::ClientConn;
-use super::handshake::{self, Authenticated};
+use super::handshake::{self, AuthPlugin, Authenticated};
 use super::relay::relay_response;
 use super::routing::ReplicaConn;
 use super::{SessionError, Shared};
@@ -606,28 +605,41 @@ impl Session {
         };
         let mut seq = 1u8;
         let mut token = cu.auth_response.clone();
-        if cu
-            .auth_plugin
-            .as_deref()
-            .is_some_and(|p| p != NATIVE_PASSWORD_PLUGIN)
-        {
-            self.salt = handshake::new_salt();
-            let sw = AuthSwitchRequest {
-                plugin: NATIVE_PASSWORD_PLUGIN.to_vec(),
-                data: self.salt.clone(),
-            };
-            self.client.write_packet(seq, &sw.encode()).await?;
-            let reply = self.client.read_packet().await?;
-            token = reply.payload.to_vec();
-            seq = reply.last_seq.wrapping_add(1);
-        }
         let user = self.routing.config.find_user(&cu.username).cloned();
+        let allowed = user.as_ref().map_or(AuthPlugin::ALL.to_vec(), |u| {
+            super::handshake::allowed_plugins(u)
+        });
+        // Without a plugin name the token is mysql_native_password's.
+        let answered = match cu.auth_plugin.as_deref() {
+            Some(name) => AuthPlugin::from_name(name),
+            None => Some(AuthPlugin::Native),
+        };
+        let plugin = match answered {
+            Some(p) if allowed.contains(&p) => p,
+            _ => {
+                self.salt = handshake::new_salt();
+                let sw = AuthSwitchRequest {
+                    plugin: allowed[0].name().to_vec(),
+                    data: self.salt.clone(),
+                };
+                self.client.write_packet(seq, &sw.encode()).await?;
+                let reply = self.client.read_packet().await?;
+                token = reply.payload.to_vec();
+                seq = reply.last_seq.wrapping_add(1);
+                allowed[0]
+            }
+        };
         let ip = self.client.peer.ip();
         let verified = user.as_ref().is_some_and(|u| {
-            let stored = (!u.password.is_empty()).then(|| native_hash(u.password.as_bytes()));
-            verify_native(stored.as_ref(), &self.salt, &token)
+            plugin.verify(u.password.as_bytes(), &self.salt, &token)
                 && super::firewall::user_admits(u, ip)
         });
+        if verified && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
+            self.client
+                .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)
+                .await?;
+            seq = seq.wrapping_add(1);
+        }
         let Some(user) = user.filter(|_| verified) else {
             let host = self.client.peer.ip().to_string();
             let e = errors::access_denied(&cu.username, &host, !token.is_empty());

@@ -1,0 +1,154 @@
+//! Client authentication plugins: caching_sha2_password (fast path, verified by Sluice) and
+//! mysql_native_password, per user, with AuthSwitch when the client answers with another
+//! plugin; through PyMySQL, mysql_async and a raw client that checks the bytes.
+
+mod common;
+
+use common::raw::CLIENT_CAPS;
+use common::{python_with_pymysql, Harness};
+use mysql_async::prelude::Queryable;
+use mysql_async::{ChangeUserOpts, Conn};
+use sluice_proto::flags::cap;
+use sluice_proto::framing::Packet;
+use sluice_proto::handshake::HandshakeV10;
+use sluice_proto::handshake_response::HandshakeResponse41;
+use sluice_proto::scramble::sha2_token;
+
+async fn pymysql_login(port: u16, user: &str, password: &str) -> String {
+    let py = format!(
+        "import pymysql\n\
+         try:\n\
+         \x20   c = pymysql.connect(host='127.0.0.1', port={port}, user='{user}', password='{password}')\n\
+         \x20   cur = c.cursor(); cur.execute('SELECT CURRENT_USER()'); print('ok', cur.fetchone()[0])\n\
+         except pymysql.err.MySQLError as e:\n\
+         \x20   print('err', e.args[0])\n"
+    );
+    let out = tokio::process::Command::new(python_with_pymysql())
+        .args(["-c", &py])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn current_user(c: &mut Conn) -> String {
+    c.query_first::<String, _>("SELECT CURRENT_USER()")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_sha2_through_an_auth_switch_and_change_user() {
+    // `app` may use only caching_sha2_password; the greeting names mysql_native_password,
+    // so clients are switched.
+    let h = Harness::start_with(0, |c| {
+        let app = c.users.iter_mut().find(|u| u.name == "app").unwrap();
+        app.auth_plugins = vec!["caching_sha2_password".into()];
+    })
+    .await;
+    let port = h.addr.port();
+    assert!(pymysql_login(port, "app", "app-pw")
+        .await
+        .starts_with("ok app@"));
+    assert_eq!(pymysql_login(port, "app", "wrong").await, "err 1045");
+    let mut c = h.proxy_conn().await;
+    assert!(current_user(&mut c).await.starts_with("app@"));
+    // COM_CHANGE_USER from a native user to the sha2-only one and back.
+    let mut o = Conn::new(h.opts(port, "other", "other-pw")).await.unwrap();
+    o.change_user(
+        ChangeUserOpts::default()
+            .with_user(Some("app".into()))
+            .with_pass(Some("app-pw".into())),
+    )
+    .await
+    .expect("change_user to a caching_sha2_password user");
+    assert!(current_user(&mut o).await.starts_with("app@"));
+    let bad = o
+        .change_user(
+            ChangeUserOpts::default()
+                .with_user(Some("app".into()))
+                .with_pass(Some("nope".into())),
+        )
+        .await;
+    assert!(bad.is_err());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_sha2_as_the_greeting_plugin() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.default_auth_plugin = "caching_sha2_password".into();
+        let other = c.users.iter_mut().find(|u| u.name == "other").unwrap();
+        other.auth_plugins = vec!["mysql_native_password".into()];
+    })
+    .await;
+    let port = h.addr.port();
+    // Clients answer the greeting with a caching_sha2_password token: no switch.
+    assert!(pymysql_login(port, "app", "app-pw")
+        .await
+        .starts_with("ok app@"));
+    let mut c = h.proxy_conn().await;
+    assert!(current_user(&mut c).await.starts_with("app@"));
+    // A native-only user answering with sha2 is switched to native.
+    assert!(pymysql_login(port, "other", "other-pw")
+        .await
+        .starts_with("ok other@"));
+    let mut o = Conn::new(h.opts(port, "other", "other-pw")).await.unwrap();
+    assert!(current_user(&mut o).await.starts_with("other@"));
+    // An empty password.
+    assert!(pymysql_login(port, "nopw", "")
+        .await
+        .starts_with("ok nopw@"));
+
+    // The bytes: greeting names caching_sha2_password; the right token gets 0x01 0x03, then
+    // OK; a wrong one gets ERR 1045 and no fast-auth packet.
+    for (password, good) in [("app-pw", true), ("bad", false)] {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let hello = read(&mut s, &mut buf).await;
+        let g = HandshakeV10::parse(&hello.payload).unwrap();
+        assert_eq!(g.auth_plugin, b"caching_sha2_password");
+        let resp = HandshakeResponse41 {
+            capabilities: CLIENT_CAPS & g.capabilities & 0xFFFF_FFFF | cap::CLIENT_PLUGIN_AUTH,
+            max_packet: 1 << 24,
+            charset: 45,
+            username: b"app".to_vec(),
+            auth_response: sha2_token(password.as_bytes(), &g.auth_data[..20]),
+            database: None,
+            auth_plugin: Some(b"caching_sha2_password".to_vec()),
+            connect_attrs: None,
+        };
+        let mut out = bytes::BytesMut::new();
+        sluice_proto::framing::write_packet(&mut out, 1, &resp.encode());
+        tokio::io::AsyncWriteExt::write_all(&mut s, &out)
+            .await
+            .unwrap();
+        let p = read(&mut s, &mut buf).await;
+        if good {
+            assert_eq!((p.last_seq, &p.payload[..]), (2, &[0x01, 0x03][..]));
+            let ok = read(&mut s, &mut buf).await;
+            assert_eq!((ok.last_seq, ok.payload[0]), (3, 0x00));
+        } else {
+            assert_eq!(p.payload[0], 0xFF);
+            assert_eq!(u16::from_le_bytes([p.payload[1], p.payload[2]]), 1045);
+        }
+    }
+    h.shutdown().await;
+}
+
+async fn read(s: &mut tokio::net::TcpStream, buf: &mut bytes::BytesMut) -> Packet {
+    use sluice_proto::framing;
+    loop {
+        if let Ok(ext) = framing::check(buf, 1 << 24) {
+            return framing::parse(buf, ext);
+        }
+        let n = tokio::io::AsyncReadExt::read_buf(s, buf).await.unwrap();
+        assert!(n > 0, "closed");
+    }
+}
