@@ -31,6 +31,10 @@ pub const SLUICE_CONNECTION_RATE: u16 = 9040;
 /// A plaintext login while `[proxy.tls] require = true` (MySQL's ER_SECURE_TRANSPORT_REQUIRED).
 pub const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 
+/// A session holds `[proxy] max_prepared_statements_per_session` statements (MySQL's
+/// ER_MAX_PREPARED_STMT_COUNT_REACHED).
+pub const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
+
 /// No writable primary is known (none discovered yet, or none reachable).
 pub const SLUICE_NO_PRIMARY: u16 = 9001;
 /// Connecting or logging in to a backend server failed.
@@ -243,5 +247,15 @@ pub fn insecure_transport() -> ErrPacket {
         ER_SECURE_TRANSPORT_REQUIRED,
         b"HY000",
         "Connections using insecure transport are prohibited while [proxy.tls] require = true",
+    )
+}
+
+pub fn too_many_prepared_statements(max: u32) -> ErrPacket {
+    ErrPacket::new(
+        ER_MAX_PREPARED_STMT_COUNT_REACHED,
+        b"42000",
+        format!(
+            "Can't create more than max_prepared_stmt_count statements (current value: {max}, [proxy] max_prepared_statements_per_session); close some first"
+        ),
     )
 }

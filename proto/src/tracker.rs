@@ -68,6 +68,10 @@ pub enum Progress {
     Done(Outcome),
 }
 
+/// More columns than any server sends (MySQL's and MariaDB's limit is 4096; prepared
+/// statements count columns in 16 bits): a larger count is a hostile or broken server.
+pub const MAX_COLUMNS: u64 = 65_535;
+
 /// How a complete response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -304,6 +308,9 @@ impl ResponseTracker {
                     let n = Reader::new(prefix).lenenc_int("column count")?;
                     if n == 0 {
                         return Err(TrackerError::Unexpected("zero column count"));
+                    }
+                    if n > MAX_COLUMNS {
+                        return Err(TrackerError::Unexpected("column count out of range"));
                     }
                     self.state = State::Columns(n);
                     Ok(Progress::More)
@@ -554,6 +561,15 @@ mod tests {
                 error: false
             })
         );
+    }
+
+    #[test]
+    fn absurd_column_counts_are_errors() {
+        let mut t = ResponseTracker::new(ResponseKind::Query, true);
+        let huge = b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff";
+        assert!(t.feed(huge.len(), huge).is_err());
+        let mut t = ResponseTracker::new(ResponseKind::Query, true);
+        assert!(t.feed(3, b"\xfc\x00\x10").is_ok(), "4096 columns are fine");
     }
 
     #[test]

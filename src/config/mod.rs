@@ -180,6 +180,8 @@ pub struct ProxyConfig {
     pub max_client_connections: u32,
     /// A client session with no command for this long is closed (0 = never).
     pub client_idle_timeout_ms: u64,
+    /// Prepared statements one session may hold open (error 1461 beyond).
+    pub max_prepared_statements_per_session: u32,
     /// The plugin the greeting names: `mysql_native_password` or `caching_sha2_password`
     /// (clients answer with its token; others are switched per user).
     pub default_auth_plugin: String,
@@ -216,6 +218,7 @@ impl Default for ProxyConfig {
             max_client_connections: 10_000,
             client_idle_timeout_ms: 28_800_000,
             default_auth_plugin: "mysql_native_password".into(),
+            max_prepared_statements_per_session: 1024,
             tls: None,
         }
     }

@@ -129,7 +129,6 @@ pub struct AuthOptions {
     pub greeting_plugin: AuthPlugin,
 }
 
-
 /// Greets the client and checks its credentials against `users`.
 pub async fn authenticate(
     client: &mut ClientConn,

@@ -104,6 +104,13 @@ pub async fn relay_rewriting(
                 match tracker.feed(h.len, prefix) {
                     Ok(Progress::More) => {}
                     Ok(Progress::Done(o)) => outcome = Some(o),
+                    // Refused before a byte of the request is forwarded: the client never
+                    // sees a file request it did not ask for.
+                    Ok(Progress::LocalInfile) if !client_local_files => {
+                        return Err(SessionError::BackendProtocol(
+                            "LOCAL INFILE request in answer to a statement that is not the client's LOAD DATA LOCAL (or the client did not enable local files)".into(),
+                        ));
+                    }
                     Ok(Progress::LocalInfile) => infile = true,
                     Err(e) => return Err(SessionError::BackendProtocol(e.to_string())),
                 }
@@ -126,11 +133,6 @@ pub async fn relay_rewriting(
                 return Ok((o, server_statement_id));
             }
             if infile {
-                if !client_local_files {
-                    return Err(SessionError::BackendProtocol(
-                        "LOCAL INFILE request to a client that did not enable it".into(),
-                    ));
-                }
                 seq = upload_local_file(client, backend, seq).await?;
                 tracker.local_infile_sent();
                 infile = false;

@@ -461,6 +461,11 @@ impl Session {
                 continue;
             }
             let replay_copy = effect.replay.then(|| payload.to_vec());
+            // A server may ask for a local file only in answer to the client's own
+            // `LOAD DATA LOCAL` (and only if the client enabled it).
+            let local_files = code == command::COM_QUERY
+                && self.capabilities & cap::CLIENT_LOCAL_FILES != 0
+                && crate::router::lexer::mentions_load_local(&payload[1..]);
             let digest = match code {
                 command::COM_QUERY => self.shared.digests.begin(&payload[1..]),
                 _ => None,
@@ -513,7 +518,6 @@ impl Session {
                     slot.outstanding.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let local_files = self.capabilities & cap::CLIENT_LOCAL_FILES != 0;
             let started = std::time::Instant::now();
             let result = relay_response(
                 &mut self.client,

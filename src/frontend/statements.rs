@@ -77,6 +77,20 @@ impl Session {
                     self.client.consume(wire_len);
                     return self.client.send_err(seq, &err).await;
                 }
+                let max = self
+                    .routing
+                    .config
+                    .proxy
+                    .max_prepared_statements_per_session;
+                if self.stmts.len() >= max as usize {
+                    // Bounded per session, so that one client cannot fill the server's
+                    // max_prepared_stmt_count (or Sluice's memory) by never closing any.
+                    self.client.consume(wire_len);
+                    return self
+                        .client
+                        .send_err(seq, &crate::errors::too_many_prepared_statements(max))
+                        .await;
+                }
                 if !self.primary_or_reply(wire_len, seq, false).await? {
                     return Ok(());
                 }

@@ -388,6 +388,29 @@ pub fn digest(sql: &[u8]) -> u64 {
     h.hash
 }
 
+/// Whether the text contains a `LOAD DATA … LOCAL` / `LOAD XML … LOCAL` statement (in any
+/// statement of a multi-statement query): only then may a server ask the client for a local
+/// file. A quick byte scan for `LOCAL` comes first, so most queries cost one pass of memchr
+/// speed.
+pub fn mentions_load_local(sql: &[u8]) -> bool {
+    let has_local = sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"LOCAL"));
+    if !has_local {
+        return false;
+    }
+    let mut lx = Lexer::new(sql);
+    let mut state = 0u8; // 1: after LOAD, 2..=4: after LOAD DATA|XML (and up to 2 modifiers)
+    while let Some(t) = lx.next_token() {
+        state = match (state, t) {
+            (_, Token::Word(w)) if eq_kw(w, b"LOAD") => 1,
+            (1, Token::Word(w)) if eq_kw(w, b"DATA") || eq_kw(w, b"XML") => 2,
+            (2..=4, Token::Word(w)) if eq_kw(w, b"LOCAL") => return true,
+            (2..=3, Token::Word(_)) => state + 1,
+            _ => 0,
+        };
+    }
+    false
+}
+
 /// ASCII case-insensitive comparison with an upper-case keyword.
 #[inline]
 pub fn eq_kw(word: &[u8], kw: &[u8]) -> bool {
@@ -463,6 +486,23 @@ mod tests {
         );
         assert_eq!(words("SELECT 1--x"), ["SELECT", "N", "-", "-", "X"]);
         assert_eq!(words("SELECT 1-- x"), ["SELECT", "N"]);
+    }
+
+    #[test]
+    fn finds_load_local() {
+        assert!(mentions_load_local(
+            b"LOAD DATA LOCAL INFILE 'x' INTO TABLE t"
+        ));
+        assert!(mentions_load_local(
+            b"load data concurrent local infile 'x' into table t"
+        ));
+        assert!(mentions_load_local(
+            b"SELECT 1; LOAD XML LOW_PRIORITY LOCAL INFILE 'x' INTO TABLE t"
+        ));
+        assert!(!mentions_load_local(b"LOAD DATA INFILE 'x' INTO TABLE t"));
+        assert!(!mentions_load_local(b"SELECT 'LOAD DATA LOCAL INFILE'"));
+        assert!(!mentions_load_local(b"SELECT local FROM t"));
+        assert!(!mentions_load_local(b"/* LOAD DATA LOCAL */ SELECT 1"));
     }
 
     #[test]

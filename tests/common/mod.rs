@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod fault;
+pub mod hostile;
 pub mod raw;
 
 use std::net::SocketAddr;
