@@ -13,6 +13,8 @@ pub mod cluster;
 pub mod config;
 pub mod errors;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod monitor;
 pub mod reload;

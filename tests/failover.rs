@@ -261,6 +261,17 @@ async fn kill_primary_under_semisync_load_loses_no_acknowledged_write() {
         create_table(h.proxy_opts()).await;
         let load = Load::start(h.proxy_opts(), 4);
         tokio::time::sleep(Duration::from_millis(800)).await;
+        // Sluice promotes only when it has *seen* semi-sync effective (two probes in a row);
+        // on a loaded machine that can take a few more rounds.
+        eventually(
+            "semi-sync seen as effective",
+            Duration::from_secs(15),
+            || {
+                let s = h.proxy.as_ref().unwrap().cluster.borrow().semi_sync;
+                async move { s.enabled && s.active && s.clients > 0 }
+            },
+        )
+        .await;
         let killed = Instant::now();
         h.topo.nodes[0].kill();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -13,12 +13,15 @@ pub mod err;
 pub mod error;
 pub mod flags;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod handshake_response;
 pub mod lenenc;
 pub mod ok;
 pub mod scramble;
 pub mod ssl_request;
+pub mod stmt;
 pub mod tracker;
 
 pub use error::ProtoError;

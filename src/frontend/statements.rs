@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use sluice_proto::command::*;
 use sluice_proto::err::{ErrPacket, ERR_HEADER};
 use sluice_proto::framing::HEADER_LEN;
+use sluice_proto::stmt::StmtExecute;
 use sluice_proto::tracker::{Progress, ResponseKind, ResponseTracker};
 use tokio::io::AsyncWriteExt;
 
@@ -255,12 +256,33 @@ impl Session {
                 .await;
         };
         // Where the parameter types sit: after id, flags, iteration count and the NULL bitmap.
-        let bound_at = 10 + usize::from(st.params).div_ceil(8);
-        let binds_types = st.params > 0 && payload.get(bound_at) == Some(&1);
-        if binds_types {
-            if let Some(t) = payload.get(bound_at + 1..bound_at + 1 + 2 * usize::from(st.params)) {
-                st.types = Some(t.to_vec());
+        let bound_at = 1 + StmtExecute::bound_flag_at(st.params);
+        // A malformed execution never reaches a server (the answer MySQL gives; the session
+        // goes on). Values sent as long data are not in the packet, so they are not checked.
+        let parsed = StmtExecute::parse(&payload[1..], st.params);
+        let well_formed = match &parsed {
+            Err(_) => false,
+            Ok(e) if st.long_data => e.iterations == 1,
+            Ok(e) => {
+                e.iterations == 1
+                    && match e.types.or(st.types.as_deref()) {
+                        Some(t) => e.check_values(t).is_ok(),
+                        None => st.params == 0,
+                    }
             }
+        };
+        if !well_formed {
+            self.client.consume(wire_len);
+            let e = ErrPacket::new(
+                1210,
+                b"HY000",
+                "Incorrect arguments to mysqld_stmt_execute (malformed parameters)",
+            );
+            return self.client.send_err(seq, &e).await;
+        }
+        let binds_types = matches!(&parsed, Ok(e) if e.types.is_some());
+        if let Ok(StmtExecute { types: Some(t), .. }) = &parsed {
+            st.types = Some(t.to_vec());
         }
         let sql = st.sql.clone();
         let digest = self.shared.digests.begin_hashed(st.digest, &sql);

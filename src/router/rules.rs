@@ -118,13 +118,27 @@ pub fn load(paths: &[String], base: &Path) -> Result<Vec<Rule>, RuleError> {
         } else {
             base.join(p)
         };
-        let err = |place: String, msg: String| RuleError {
+        let text = std::fs::read_to_string(&path).map_err(|e| RuleError {
             file: path.clone(),
-            place,
-            msg,
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| err("file".into(), e.to_string()))?;
-        let file: RuleFile = toml::from_str(&text).map_err(|e| {
+            place: "file".into(),
+            msg: e.to_string(),
+        })?;
+        rules.extend(parse(&text, &path)?);
+    }
+    Ok(rules)
+}
+
+/// Parses one rule file's text (`path` only names it in errors and in `SHOW RULES`).
+pub fn parse(text: &str, path: &Path) -> Result<Vec<Rule>, RuleError> {
+    let mut rules = Vec::new();
+    let path = path.to_path_buf();
+    let err = |place: String, msg: String| RuleError {
+        file: path.clone(),
+        place,
+        msg,
+    };
+    {
+        let file: RuleFile = toml::from_str(text).map_err(|e| {
             let place = e.span().map_or("file".to_string(), |sp| {
                 let line = text[..sp.start.min(text.len())].lines().count().max(1);
                 format!("line {line}")

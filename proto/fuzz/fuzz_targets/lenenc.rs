@@ -1,0 +1,7 @@
+//! Fuzz target `lenenc`: see `sluice_proto::fuzzing::lenenc` (the same body replays the corpus in
+//! `proto/tests/fuzz_corpus.rs`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sluice_proto::fuzzing::lenenc(data));

@@ -1,0 +1,52 @@
+//! The bodies of the fuzz targets for Sluice's own parsers (`fuzz/`), here so that the corpus
+//! kept in the repository is replayed by ordinary tests (`tests/fuzz_corpus.rs`).
+
+use crate::router;
+
+/// The statement classifier, normalizer, digest and `LOAD DATA LOCAL` finder on arbitrary
+/// bytes: no panic; the digest of the normalized text's normalization is stable.
+pub fn classifier(data: &[u8]) {
+    let c = router::classify_query(data);
+    let _ = (c.class, c.pin, c.unpin, c.hints.max_lag_ms);
+    let n = router::lexer::normalize(data);
+    let _ = router::lexer::digest(data);
+    let _ = router::lexer::mentions_load_local(data);
+    // Normalizing is idempotent once the text is normalized (literals are already `?`).
+    let twice = router::lexer::normalize(n.as_bytes());
+    assert_eq!(
+        router::lexer::normalize(twice.as_bytes()),
+        twice,
+        "normalize is not stable"
+    );
+    let _ = router::slow_path::tables(data);
+}
+
+/// The rule-file parser on arbitrary text: an error or rules, never a panic; rules it accepts
+/// can be evaluated against the input itself.
+pub fn rules(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(rules) = router::rules::parse(text, std::path::Path::new("fuzz.toml")) {
+        let subject = router::rules::Subject {
+            sql: data,
+            class: router::StatementClass::Read,
+            user: "app",
+            schema: None,
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+        };
+        let _ = router::rules::first_match(&rules, &subject);
+    }
+}
+
+/// Runs the named target (for corpus replay).
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "classifier" => classifier(data),
+        "rules" => rules(data),
+        other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+/// The targets, by name.
+pub const TARGETS: [&str; 2] = ["classifier", "rules"];
