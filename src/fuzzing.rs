@@ -14,7 +14,11 @@ pub fn classifier(data: &[u8]) {
     if std::str::from_utf8(data).is_ok() {
         let mut h = router::lexer::NormHash::default();
         router::lexer::NormSink::put(&mut h, n.as_bytes());
-        assert_eq!(h.hash, router::lexer::digest(data), "digest and normalize disagree");
+        assert_eq!(
+            h.hash,
+            router::lexer::digest(data),
+            "digest and normalize disagree"
+        );
     }
     let _ = router::slow_path::tables(data);
 }

@@ -92,6 +92,8 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
 
     // Certificates are read again (a renewed one is picked up); a broken one refuses all.
     let tls = crate::tls::client_acceptor(&new).map_err(|e| format!("{}: {e}", path.display()))?;
+    let backend_tls =
+        crate::tls::backend_tls(&new).map_err(|e| format!("{}: {e}", path.display()))?;
     let (servers, mut applied) = plan_servers(&old.servers, &new.servers);
     new.servers = servers;
     let mut restart = Vec::new();
@@ -134,8 +136,17 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
 
     let limits = pool_limits(&new);
     let mut slots = current.slots.clone();
+    if new.backend_tls != old.backend_tls {
+        // New connections use the new TLS settings; idle ones made with the old are closed.
+        for slot in &slots {
+            slot.pool.set_tls(backend_tls.clone());
+        }
+        applied.push("[backend_tls]".into());
+    }
     for s in &new.servers[slots.len()..] {
-        slots.push(Arc::new(ServerSlot::new(s, limits)));
+        let slot = ServerSlot::new(s, limits);
+        slot.pool.set_tls(backend_tls.clone());
+        slots.push(Arc::new(slot));
     }
     if limits.max_connections != current.pool_limits.max_connections
         || limits.max_idle != current.pool_limits.max_idle

@@ -66,6 +66,7 @@ pub async fn start_with_listener(
     let rules = crate::router::rules::load(&config.routing.rules, &config.base_dir)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let tls = crate::tls::client_acceptor(&config).map_err(std::io::Error::other)?;
+    let backend_tls = crate::tls::backend_tls(&config).map_err(std::io::Error::other)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_rx_admin = shutdown_rx.clone();
     let shutdown_rx_metrics = shutdown_rx.clone();
@@ -78,6 +79,9 @@ pub async fn start_with_listener(
         cluster_rx.clone(),
         shutdown_rx,
     ));
+    for slot in &shared.routing().slots {
+        slot.pool.set_tls(backend_tls.clone());
+    }
     let (done_tx, done_rx) = mpsc::channel(1);
     let mut admin_addr = None;
     if let Some(l) = admin_listener {

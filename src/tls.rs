@@ -3,13 +3,112 @@
 //! every reload, so a renewed certificate is picked up by `RELOAD`/SIGHUP without dropping
 //! sessions (open TLS sessions keep the certificate they were made with).
 
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
 use crate::config::Config;
+
+/// A socket that is plain TCP, or TLS once switched (`T` is the client or server side of a
+/// tokio-rustls stream).
+pub enum MaybeTls<T> {
+    Plain(TcpStream),
+    Tls(Box<T>),
+    /// Only while switching to TLS.
+    Switching,
+}
+
+impl<T> std::fmt::Debug for MaybeTls<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaybeTls::Plain(_) => "plain TCP",
+            MaybeTls::Tls(_) => "TLS",
+            MaybeTls::Switching => "switching to TLS",
+        })
+    }
+}
+
+impl<T> MaybeTls<T> {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTls::Tls(_))
+    }
+}
+
+fn switching() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "switching to TLS")
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Switching => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Switching => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            MaybeTls::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+            MaybeTls::Switching => false,
+        }
+    }
+}
 
 /// The acceptor for `[proxy.tls]`, or `None` when the section is absent. The error names the
 /// file and what is wrong with it.
@@ -52,4 +151,143 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("no certificate in {}", path.display()));
     }
     Ok(certs)
+}
+
+/// TLS to the servers (`[backend_tls]`), shared by every backend connection.
+pub struct BackendTls {
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name every server's certificate must carry instead of its host.
+    pub server_name: Option<String>,
+    /// For the monitor's mysql_async connections.
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub verify_server_name: bool,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("ca", &self.ca)
+            .field("verify_server_name", &self.verify_server_name)
+            .finish()
+    }
+}
+
+impl BackendTls {
+    /// The name to verify for a server at `address` (`host:port`).
+    pub fn name_for(
+        &self,
+        address: &str,
+    ) -> Result<rustls::pki_types::ServerName<'static>, String> {
+        let host = match &self.server_name {
+            Some(n) => n.clone(),
+            None => address
+                .rsplit_once(':')
+                .map_or(address, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        };
+        rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("[backend_tls]: {host:?} is not a valid server name: {e}"))
+    }
+}
+
+/// Accepts a certificate whose chain verifies but that names another host
+/// (`verify_server_name = false`).
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The connector for `[backend_tls]`, or `None` when the section is absent.
+pub fn backend_tls(config: &Config) -> Result<Option<Arc<BackendTls>>, String> {
+    let Some(t) = &config.backend_tls else {
+        return Ok(None);
+    };
+    let ca = config.base_dir.join(&t.ca);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(&ca).map_err(|e| format!("[backend_tls] ca: {e}"))? {
+        roots
+            .add(c)
+            .map_err(|e| format!("[backend_tls] ca: {}: {e}", ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("[backend_tls]: {e}"))?;
+    let builder = if t.verify_server_name {
+        builder.with_root_certificates(roots)
+    } else {
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("[backend_tls] ca: {e}"))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+    };
+    let (client, identity) = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (config.base_dir.join(cert), config.base_dir.join(key));
+            let chain = load_certs(&cert).map_err(|e| format!("[backend_tls] cert: {e}"))?;
+            let k = PrivateKeyDer::from_pem_file(&key)
+                .map_err(|e| format!("[backend_tls] key: cannot read {}: {e}", key.display()))?;
+            let c = builder
+                .with_client_auth_cert(chain, k)
+                .map_err(|e| format!("[backend_tls] cert/key: {e}"))?;
+            (c, Some((cert, key)))
+        }
+        (None, None) => (builder.with_no_client_auth(), None),
+        _ => return Err("[backend_tls]: set both cert and key, or neither".into()),
+    };
+    Ok(Some(Arc::new(BackendTls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        server_name: t.server_name.clone(),
+        ca,
+        identity,
+        verify_server_name: t.verify_server_name,
+    })))
 }

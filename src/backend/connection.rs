@@ -12,10 +12,15 @@ use sluice_proto::framing::{self, FrameError, Packet};
 use sluice_proto::handshake::HandshakeV10;
 use sluice_proto::handshake_response::HandshakeResponse41;
 use sluice_proto::scramble::{native_token, NATIVE_PASSWORD_PLUGIN};
+use sluice_proto::ssl_request::SslRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BackendError;
+use crate::tls::{BackendTls, MaybeTls};
+
+/// A connection to a server: plain TCP, or TLS with `[backend_tls]`.
+pub type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Capabilities Sluice always asks a backend for, whatever the client did.
 const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
@@ -51,7 +56,7 @@ pub struct LoginParams<'a> {
 pub struct BackendConn {
     /// The server's configured name.
     pub server: String,
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     /// Bytes read from the server and not consumed yet.
     pub rbuf: BytesMut,
     pub handshake: HandshakeV10,
@@ -74,9 +79,10 @@ pub async fn connect(
     address: &str,
     params: LoginParams<'_>,
     timeout: Duration,
+    tls: Option<&BackendTls>,
 ) -> Result<(BackendConn, Bytes), BackendError> {
     let ms = timeout.as_millis() as u64;
-    tokio::time::timeout(timeout, connect_inner(server, address, params))
+    tokio::time::timeout(timeout, connect_inner(server, address, params, tls))
         .await
         .map_err(|_| BackendError::Timeout(ms))?
 }
@@ -85,6 +91,7 @@ async fn connect_inner(
     server: &str,
     address: &str,
     p: LoginParams<'_>,
+    tls: Option<&BackendTls>,
 ) -> Result<(BackendConn, Bytes), BackendError> {
     let stream = TcpStream::connect(address)
         .await
@@ -92,7 +99,7 @@ async fn connect_inner(
     stream.set_nodelay(true)?;
     let mut conn = BackendConn {
         server: server.to_string(),
-        stream,
+        stream: MaybeTls::Plain(stream),
         rbuf: BytesMut::with_capacity(16 << 10),
         handshake: HandshakeV10::default(),
         capabilities: 0,
@@ -115,6 +122,32 @@ async fn connect_inner(
     if p.connect_attrs.is_none() {
         caps &= !cap::CLIENT_CONNECT_ATTRS;
     }
+    let mut seq = hello.last_seq.wrapping_add(1);
+    if let Some(tls) = tls {
+        // Never a silent fallback to plaintext: a server without TLS is an error.
+        if conn.handshake.capabilities & cap::CLIENT_SSL == 0 {
+            return Err(BackendError::Tls(format!(
+                "{server} ({address}) does not offer TLS, and [backend_tls] requires it"
+            )));
+        }
+        caps |= cap::CLIENT_SSL;
+        let req = SslRequest {
+            capabilities: caps,
+            max_packet: p.max_packet,
+            charset: p.charset,
+        };
+        conn.write_packet(seq, &req.encode()).await?;
+        seq = seq.wrapping_add(1);
+        let name = tls.name_for(address).map_err(BackendError::Tls)?;
+        let MaybeTls::Plain(tcp) = std::mem::replace(&mut conn.stream, MaybeTls::Switching) else {
+            return Err(BackendError::Tls("the connection is not plain TCP".into()));
+        };
+        let s =
+            tls.connector.connect(name, tcp).await.map_err(|e| {
+                BackendError::Tls(format!("TLS with {server} ({address}) failed: {e}"))
+            })?;
+        conn.stream = MaybeTls::Tls(Box::new(s));
+    }
     conn.capabilities = caps;
     conn.scramble = conn.handshake.auth_data.clone();
     let resp = HandshakeResponse41 {
@@ -127,8 +160,7 @@ async fn connect_inner(
         auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.to_vec()),
         connect_attrs: p.connect_attrs.map(<[u8]>::to_vec),
     };
-    conn.write_packet(hello.last_seq.wrapping_add(1), &resp.encode())
-        .await?;
+    conn.write_packet(seq, &resp.encode()).await?;
     let ok = conn.finish_auth(p.password).await?;
     Ok((conn, ok))
 }
@@ -142,7 +174,9 @@ pub(super) fn negotiate(client_caps: u64, server_caps: u64) -> u64 {
 }
 
 /// Capability bits that only matter during the login itself.
-pub(super) const LOGIN_ONLY: u64 = cap::CLIENT_CONNECT_WITH_DB | cap::CLIENT_CONNECT_ATTRS;
+/// (`CLIENT_SSL` is per hop: set on TLS connections whatever the client asked.)
+pub(super) const LOGIN_ONLY: u64 =
+    cap::CLIENT_CONNECT_WITH_DB | cap::CLIENT_CONNECT_ATTRS | cap::CLIENT_SSL;
 
 impl BackendConn {
     /// Reads one whole packet (control exchanges only; the relay streams instead).
@@ -230,6 +264,22 @@ impl BackendConn {
     pub async fn quit(mut self) {
         let _ = self.write_packet(0, &[COM_QUIT]).await;
         let _ = self.stream.shutdown().await;
+    }
+
+    /// Whether the server closed the connection (or sent something) while it sat idle; a
+    /// cheap non-blocking look at the socket.
+    pub fn looks_closed(&self) -> bool {
+        use futures::FutureExt;
+        let mut b = [0u8; 1];
+        match &self.stream {
+            MaybeTls::Plain(t) => t.peek(&mut b).now_or_never().is_some(),
+            // TLS records (a session ticket) may legitimately arrive; only EOF counts.
+            MaybeTls::Tls(t) => matches!(
+                t.get_ref().0.peek(&mut b).now_or_never(),
+                Some(Ok(0) | Err(_))
+            ),
+            MaybeTls::Switching => true,
+        }
     }
 
     /// Whether CLIENT_DEPRECATE_EOF is in effect.

@@ -21,6 +21,9 @@ pub enum BackendError {
         "the server asks for authentication plugin {0:?}, which Sluice cannot use for backends"
     )]
     AuthPlugin(String),
+    /// `[backend_tls]`: the server offers no TLS, or its certificate does not verify.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl From<sluice_proto::ProtoError> for BackendError {

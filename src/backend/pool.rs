@@ -38,6 +38,8 @@ pub struct ServerPool {
     waiting: AtomicUsize,
     /// The server was removed from the configuration: nothing is pooled any more.
     retired: AtomicBool,
+    /// `[backend_tls]` for new connections (replaced by a reload).
+    tls: std::sync::RwLock<Option<Arc<crate::tls::BackendTls>>>,
 }
 
 /// Why a connection could not be had.
@@ -75,6 +77,18 @@ impl ServerPool {
             idle_timeout_ms: AtomicU64::new(limits.idle_timeout.as_millis() as u64),
             waiting: Default::default(),
             retired: AtomicBool::new(false),
+            tls: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// Sets the TLS used by new connections (idle ones made before are closed: they must
+    /// match the configuration in force).
+    pub fn set_tls(&self, tls: Option<Arc<crate::tls::BackendTls>>) {
+        if let Ok(mut t) = self.tls.write() {
+            *t = tls;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
         }
     }
 
@@ -187,7 +201,15 @@ impl ServerPool {
                 })
             }
         };
-        let (mut conn, ok) = connect(&self.name, &self.address, p, limits.connect_timeout).await?;
+        let tls = self.tls.read().ok().and_then(|t| t.clone());
+        let (mut conn, ok) = connect(
+            &self.name,
+            &self.address,
+            p,
+            limits.connect_timeout,
+            tls.as_deref(),
+        )
+        .await?;
         conn.slot = Some(permit);
         Ok((conn, ok))
     }

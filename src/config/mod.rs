@@ -28,12 +28,40 @@ pub struct Config {
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub firewall: FirewallConfig,
+    /// `[backend_tls]`: TLS from Sluice (data path and monitor) to every server; absent =
+    /// plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<BackendTlsConfig>,
     /// The folder of the config file (relative rule paths start there). Not a key.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
     /// The file this configuration was loaded from (for RELOAD and SIGHUP). Not a key.
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
+}
+
+/// `[backend_tls]`: how Sluice verifies the servers' certificates (and proves itself).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM CA certificate(s) the servers' certificates must chain to (required).
+    pub ca: String,
+    /// Client certificate and key, for servers that require one (`REQUIRE X509`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Check that the certificate names the server (the host part of its address, or
+    /// `server_name`). On by default; turning it off still verifies the chain.
+    #[serde(default = "yes")]
+    pub verify_server_name: bool,
+    /// The name to verify instead of each server's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[firewall]`: who may connect, how often, and what happens after failed logins.

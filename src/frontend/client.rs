@@ -3,30 +3,25 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use sluice_proto::err::ErrPacket;
 use sluice_proto::framing::{self, FrameError, Packet, PacketExtent};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::tls::MaybeTls;
 use tokio::net::TcpStream;
 
 use super::SessionError;
 
 /// The client's socket: plain TCP, or TLS after an SSLRequest.
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    /// Only while switching to TLS.
-    Switching,
-}
+pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 impl ClientStream {
     /// The TLS cipher suite and version in use, if TLS is on.
     pub fn tls_info(&self) -> Option<(String, String)> {
         match self {
-            ClientStream::Tls(t) => {
+            MaybeTls::Tls(t) => {
                 let c = t.get_ref().1;
                 Some((
                     c.negotiated_cipher_suite()
@@ -38,74 +33,6 @@ impl ClientStream {
                 ))
             }
             _ => None,
-        }
-    }
-}
-
-fn switching() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "switching to TLS")
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            ClientStream::Switching => Poll::Ready(Err(switching())),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            ClientStream::Switching => Poll::Ready(Err(switching())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            ClientStream::Switching => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            ClientStream::Switching => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            ClientStream::Switching => Poll::Ready(Err(switching())),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientStream::Plain(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
-            ClientStream::Switching => false,
         }
     }
 }
@@ -122,7 +49,7 @@ pub struct ClientConn {
 impl ClientConn {
     pub fn new(stream: TcpStream, peer: SocketAddr, max_packet: usize) -> Self {
         ClientConn {
-            stream: ClientStream::Plain(stream),
+            stream: MaybeTls::Plain(stream),
             rbuf: BytesMut::with_capacity(16 << 10),
             peer,
             max_packet,
@@ -198,13 +125,13 @@ impl ClientConn {
         &mut self,
         acceptor: &tokio_rustls::TlsAcceptor,
     ) -> Result<(), SessionError> {
-        match std::mem::replace(&mut self.stream, ClientStream::Switching) {
-            ClientStream::Plain(tcp) => {
+        match std::mem::replace(&mut self.stream, MaybeTls::Switching) {
+            MaybeTls::Plain(tcp) => {
                 let tls = acceptor
                     .accept(tcp)
                     .await
                     .map_err(|e| SessionError::Malformed(format!("TLS handshake failed: {e}")))?;
-                self.stream = ClientStream::Tls(Box::new(tls));
+                self.stream = MaybeTls::Tls(Box::new(tls));
                 Ok(())
             }
             other => {
@@ -230,7 +157,7 @@ impl ClientConn {
             .write_all(bytes)
             .await
             .map_err(SessionError::ClientIo)?;
-        if let ClientStream::Tls(_) = self.stream {
+        if let MaybeTls::Tls(_) = self.stream {
             self.stream.flush().await.map_err(SessionError::ClientIo)?;
         }
         Ok(())

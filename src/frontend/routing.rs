@@ -251,13 +251,12 @@ impl Session {
         if i >= self.replicas.len() || i >= self.routing.slots.len() {
             return false;
         }
-        if let Some(rc) = &self.replicas[i] {
-            // A connection the server closed while idle shows as readable EOF.
-            let mut probe = [0u8; 1];
-            match rc.conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                _ => self.replicas[i] = None,
-            }
+        if self.replicas[i]
+            .as_ref()
+            .is_some_and(|rc| rc.conn.looks_closed())
+        {
+            // The server closed it while idle.
+            self.replicas[i] = None;
         }
         if self.replicas[i].is_none() {
             let routing = self.routing.clone();

@@ -126,6 +126,8 @@ pub struct Monitor {
     conflict_logged: bool,
     hello: Option<(usize, ServerHello)>,
     tx: Option<ClusterTx>,
+    /// `[backend_tls]`, for the probes and the login that reads the primary's handshake.
+    backend_tls: Option<Arc<crate::tls::BackendTls>>,
 }
 
 impl Monitor {
@@ -136,11 +138,19 @@ impl Monitor {
             .map(|(u, p)| (u.to_string(), p.to_string()))
             .unwrap_or_default();
         let n = config.servers.len();
+        // Validated when Sluice started (or reloaded): an error here cannot happen.
+        let backend_tls = crate::tls::backend_tls(&config).ok().flatten();
         Monitor {
             timeout: Duration::from_millis(config.monitor.timeout_ms),
             user,
             password,
-            conns: (0..n).map(|_| ServerConn::default()).collect(),
+            conns: (0..n)
+                .map(|_| ServerConn {
+                    tls: backend_tls.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            backend_tls,
             probes: vec![None; n],
             errors: vec![None; n],
             fails: vec![0; n],
@@ -611,7 +621,15 @@ impl Monitor {
             max_packet: self.config.proxy.max_packet_bytes.min(u64::from(u32::MAX)) as u32,
             connect_attrs: None,
         };
-        match backend::connect(&s.name, &s.address, params, self.timeout).await {
+        match backend::connect(
+            &s.name,
+            &s.address,
+            params,
+            self.timeout,
+            self.backend_tls.as_deref(),
+        )
+        .await
+        {
             Ok((conn, _)) => {
                 let h = ServerHello {
                     version: conn.handshake.server_version.clone(),
@@ -759,7 +777,7 @@ impl Monitor {
         }
         let mut done = Vec::new();
         for i in old_n..n {
-            self.conns.push(ServerConn::default());
+            self.conns.push(self.fresh_conn());
             self.probes.push(None);
             self.errors.push(None);
             self.fails.push(0);
@@ -778,7 +796,7 @@ impl Monitor {
         }
         for i in 0..old_n {
             if config.servers[i].removed && !self.config.servers[i].removed {
-                self.conns[i] = ServerConn::default();
+                self.conns[i] = self.fresh_conn();
                 self.healthy[i] = false;
                 self.probes[i] = None;
                 self.errors[i] = None;
@@ -795,11 +813,21 @@ impl Monitor {
             .credentials(&config.users)
             .map(|(u, p)| (u.to_string(), p.to_string()))
             .unwrap_or_default();
-        if user != self.user || password != self.password {
-            // New credentials: every probe connection logs in again.
+        let tls_changed = config.backend_tls != self.config.backend_tls;
+        if tls_changed {
+            self.backend_tls = crate::tls::backend_tls(&config).ok().flatten();
+            self.hello = None;
+            done.push("new [backend_tls]".into());
+        }
+        if user != self.user || password != self.password || tls_changed {
+            // New credentials or TLS: every probe connection logs in again.
+            let fresh = self.fresh_conn();
             for (sc, s) in self.conns.iter_mut().zip(&config.servers) {
                 if !s.removed {
-                    *sc = ServerConn::default();
+                    *sc = ServerConn {
+                        tls: fresh.tls.clone(),
+                        ..Default::default()
+                    };
                 }
             }
             self.user = user;
@@ -812,6 +840,13 @@ impl Monitor {
         self.timeout = Duration::from_millis(config.monitor.timeout_ms);
         self.config = config;
         Ok(done.join(", "))
+    }
+
+    fn fresh_conn(&self) -> ServerConn {
+        ServerConn {
+            tls: self.backend_tls.clone(),
+            ..Default::default()
+        }
     }
 
     pub fn index_of(&self, name: &str) -> Result<usize, String> {

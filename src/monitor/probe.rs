@@ -57,6 +57,8 @@ pub struct ServerConn {
     pub locked: bool,
     /// `sluice.heartbeat` and `sluice.cluster` exist (checked on this connection).
     pub schema_ready: bool,
+    /// `[backend_tls]`: the probe connects with TLS, verifying the server like the data path.
+    pub tls: Option<std::sync::Arc<crate::tls::BackendTls>>,
 }
 
 /// Sluice's generation row as one server has it.
@@ -192,7 +194,22 @@ impl ServerConn {
                 .prefer_socket(false)
                 // A lock held by a monitor that vanished without closing its socket is
                 // released when the server drops the idle connection.
-                .setup(vec!["SET SESSION wait_timeout = 30".to_string()]);
+                .setup(vec!["SET SESSION wait_timeout = 30".to_string()])
+                .ssl_opts(self.tls.as_ref().map(|t| {
+                    let mut o = mysql_async::SslOpts::default()
+                        .with_root_certs(vec![t.ca.clone().into()])
+                        .with_danger_skip_domain_validation(!t.verify_server_name);
+                    if let Some((cert, key)) = &t.identity {
+                        o = o.with_client_identity(Some(mysql_async::ClientIdentity::new(
+                            cert.clone().into(),
+                            key.clone().into(),
+                        )));
+                    }
+                    if let Some(name) = &t.server_name {
+                        o = o.with_danger_tls_hostname_override(Some(name.clone()));
+                    }
+                    o
+                }));
             let mut c = bounded(timeout, "connect", mysql_async::Conn::new(opts)).await?;
             let version: Option<String> =
                 bounded(timeout, "version query", c.query_first("SELECT @@version")).await?;

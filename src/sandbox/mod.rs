@@ -187,6 +187,7 @@ impl Topology {
                 },
             },
             firewall: Default::default(),
+            backend_tls: None,
             base_dir: std::path::PathBuf::from("."),
             source: None,
         }
