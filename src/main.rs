@@ -41,6 +41,14 @@ enum Cmd {
         /// Directory for the servers (default: a temporary one, removed on exit).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// An extra my.cnf line for every server (repeatable), e.g. `ssl_cert = /p/cert.pem`.
+        #[arg(long = "server-cnf")]
+        server_cnf: Vec<String>,
+        /// Serve clients with TLS: certificate chain and key (PEM) for `[proxy.tls]`.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Planned switchover: pause writes (in every Sluice instance), make the primary
     /// read-only, let NAME catch up, promote it, and make the others (the old primary
@@ -121,7 +129,13 @@ fn main() -> ExitCode {
             listen,
             replicas,
             dir,
-        } => rt.block_on(sandbox(listen, replicas, dir)),
+            server_cnf,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert.zip(tls_key);
+            rt.block_on(sandbox(listen, replicas, dir, server_cnf, tls))
+        }
         Cmd::Switchover { config, to } => operate(&rt, &config, Op::Switchover(to)),
         Cmd::Failover { config, to } => operate(&rt, &config, Op::Failover(to)),
         Cmd::Acknowledge { config } => operate(&rt, &config, Op::Acknowledge),
@@ -171,10 +185,17 @@ fn operate(rt: &tokio::runtime::Runtime, config: &std::path::Path, op: Op) -> Ex
     }
 }
 
-async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitCode {
+async fn sandbox(
+    listen: String,
+    replicas: usize,
+    dir: Option<PathBuf>,
+    server_cnf: Vec<String>,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> ExitCode {
     let spec = TopologySpec {
         replicas,
         dir,
+        extra_cnf: server_cnf,
         ..TopologySpec::default()
     };
     eprintln!("Starting a primary and {replicas} replica(s) from the installed server binaries…");
@@ -185,7 +206,14 @@ async fn sandbox(listen: String, replicas: usize, dir: Option<PathBuf>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    let config = topo.proxy_config(&listen);
+    let mut config = topo.proxy_config(&listen);
+    if let Some((cert, key)) = tls {
+        config.proxy.tls = Some(sluice::config::ProxyTlsConfig {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            require: false,
+        });
+    }
     let path = topo.root().join("sluice.toml");
     // The sandbox's own throwaway passwords are written as they are, so that
     // `sluice switchover --config <this file>` works against it.

@@ -136,16 +136,21 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
 
     let limits = pool_limits(&new);
     let mut slots = current.slots.clone();
-    if new.backend_tls != old.backend_tls {
-        // New connections use the new TLS settings; idle ones made with the old are closed.
-        for slot in &slots {
-            slot.pool.set_tls(backend_tls.clone());
-        }
+    let tls_changed = new.backend_tls != old.backend_tls;
+    if tls_changed {
         applied.push("[backend_tls]".into());
+    }
+    for (i, (slot, s)) in slots.iter().zip(&new.servers).enumerate() {
+        // New connections use the new TLS settings; idle ones made with the old are closed.
+        if tls_changed || old.servers.get(i).is_some_and(|o| o.tls != s.tls) {
+            slot.pool
+                .set_tls(crate::tls::for_server(backend_tls.as_ref(), s));
+        }
     }
     for s in &new.servers[slots.len()..] {
         let slot = ServerSlot::new(s, limits);
-        slot.pool.set_tls(backend_tls.clone());
+        slot.pool
+            .set_tls(crate::tls::for_server(backend_tls.as_ref(), s));
         slots.push(Arc::new(slot));
     }
     if limits.max_connections != current.pool_limits.max_connections
@@ -198,6 +203,7 @@ mod tests {
             weight: 1,
             no_promote: false,
             priority: 0,
+            tls: None,
             removed: false,
         }
     }

@@ -79,8 +79,9 @@ pub async fn start_with_listener(
         cluster_rx.clone(),
         shutdown_rx,
     ));
-    for slot in &shared.routing().slots {
-        slot.pool.set_tls(backend_tls.clone());
+    for (slot, s) in shared.routing().slots.iter().zip(&config.servers) {
+        slot.pool
+            .set_tls(crate::tls::for_server(backend_tls.as_ref(), s));
     }
     let (done_tx, done_rx) = mpsc::channel(1);
     let mut admin_addr = None;

@@ -242,6 +242,17 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
     }
 }
 
+/// The TLS a server is reached with: `[backend_tls]`, unless the server says `tls = false`.
+pub fn for_server(
+    global: Option<&Arc<BackendTls>>,
+    server: &crate::config::ServerConfig,
+) -> Option<Arc<BackendTls>> {
+    match server.tls {
+        Some(false) => None,
+        _ => global.cloned(),
+    }
+}
+
 /// The connector for `[backend_tls]`, or `None` when the section is absent.
 pub fn backend_tls(config: &Config) -> Result<Option<Arc<BackendTls>>, String> {
     let Some(t) = &config.backend_tls else {

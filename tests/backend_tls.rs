@@ -135,5 +135,27 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
         Err(BackendError::Tls(m)) => assert!(m.contains("does not offer TLS"), "{m}"),
         r => panic!("a server without TLS was used: {r:?}"),
     }
+    // `tls = false` on a server: reached in clear text although [backend_tls] is set.
+    let mut config = plain.proxy_config("127.0.0.1:0");
+    config.backend_tls = Some(backend_tls(&pki.ca, true, None));
+    config.servers[0].tls = Some(false);
+    let proxy = sluice::server::start(std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    assert!(proxy.wait_ready(Duration::from_secs(15)).await);
+    let mut c = mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(proxy.local_addr.port())
+            .user(Some(common::USER))
+            .pass(Some(common::PASSWORD))
+            .prefer_socket(false),
+    )
+    .await
+    .unwrap();
+    let one: Option<u64> = c.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    drop(c);
+    proxy.shutdown().await;
     drop(plain);
 }

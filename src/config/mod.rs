@@ -268,6 +268,11 @@ pub struct ServerConfig {
     /// Among equally advanced failover candidates, the higher priority is promoted.
     #[serde(default)]
     pub priority: i32,
+    /// `false`: this server is reached in clear text even when `[backend_tls]` is set (e.g. a
+    /// server on the same host); `true`: it must be TLS (an error without `[backend_tls]`);
+    /// unset: as `[backend_tls]` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
     /// Not a key: set on a server a reload removed (its index stays taken so that indices in
     /// the cluster view never change meaning).
     #[serde(skip)]
@@ -511,6 +516,22 @@ impl Config {
         };
         cidrs("firewall.allow".into(), &self.firewall.allow)?;
         cidrs("firewall.deny".into(), &self.firewall.deny)?;
+        for (i, sv) in self.servers.iter().enumerate() {
+            if sv.tls == Some(true) && self.backend_tls.is_none() {
+                return Err(bad(
+                    format!("servers[{i}].tls"),
+                    "true needs a [backend_tls] section (its ca)".into(),
+                ));
+            }
+        }
+        if let Some(t) = &self.backend_tls {
+            if t.cert.is_some() != t.key.is_some() {
+                return Err(bad(
+                    "backend_tls.cert".into(),
+                    "set both cert and key, or neither".into(),
+                ));
+            }
+        }
         const PLUGINS: [&str; 2] = ["mysql_native_password", "caching_sha2_password"];
         for (i, u) in self.users.iter().enumerate() {
             cidrs(format!("users[{i}].allow"), &u.allow)?;

@@ -144,9 +144,11 @@ impl Monitor {
             timeout: Duration::from_millis(config.monitor.timeout_ms),
             user,
             password,
-            conns: (0..n)
-                .map(|_| ServerConn {
-                    tls: backend_tls.clone(),
+            conns: config
+                .servers
+                .iter()
+                .map(|s| ServerConn {
+                    tls: crate::tls::for_server(backend_tls.as_ref(), s),
                     ..Default::default()
                 })
                 .collect(),
@@ -621,15 +623,8 @@ impl Monitor {
             max_packet: self.config.proxy.max_packet_bytes.min(u64::from(u32::MAX)) as u32,
             connect_attrs: None,
         };
-        match backend::connect(
-            &s.name,
-            &s.address,
-            params,
-            self.timeout,
-            self.backend_tls.as_deref(),
-        )
-        .await
-        {
+        let tls = crate::tls::for_server(self.backend_tls.as_ref(), s);
+        match backend::connect(&s.name, &s.address, params, self.timeout, tls.as_deref()).await {
             Ok((conn, _)) => {
                 let h = ServerHello {
                     version: conn.handshake.server_version.clone(),
@@ -777,7 +772,10 @@ impl Monitor {
         }
         let mut done = Vec::new();
         for i in old_n..n {
-            self.conns.push(self.fresh_conn());
+            self.conns.push(ServerConn {
+                tls: crate::tls::for_server(self.backend_tls.as_ref(), &config.servers[i]),
+                ..Default::default()
+            });
             self.probes.push(None);
             self.errors.push(None);
             self.fails.push(0);
@@ -796,7 +794,7 @@ impl Monitor {
         }
         for i in 0..old_n {
             if config.servers[i].removed && !self.config.servers[i].removed {
-                self.conns[i] = self.fresh_conn();
+                self.conns[i] = ServerConn::default();
                 self.healthy[i] = false;
                 self.probes[i] = None;
                 self.errors[i] = None;
@@ -819,13 +817,17 @@ impl Monitor {
             self.hello = None;
             done.push("new [backend_tls]".into());
         }
-        if user != self.user || password != self.password || tls_changed {
+        let server_tls_changed = config
+            .servers
+            .iter()
+            .zip(&self.config.servers)
+            .any(|(a, b)| a.tls != b.tls);
+        if user != self.user || password != self.password || tls_changed || server_tls_changed {
             // New credentials or TLS: every probe connection logs in again.
-            let fresh = self.fresh_conn();
             for (sc, s) in self.conns.iter_mut().zip(&config.servers) {
                 if !s.removed {
                     *sc = ServerConn {
-                        tls: fresh.tls.clone(),
+                        tls: crate::tls::for_server(self.backend_tls.as_ref(), s),
                         ..Default::default()
                     };
                 }
@@ -840,13 +842,6 @@ impl Monitor {
         self.timeout = Duration::from_millis(config.monitor.timeout_ms);
         self.config = config;
         Ok(done.join(", "))
-    }
-
-    fn fresh_conn(&self) -> ServerConn {
-        ServerConn {
-            tls: self.backend_tls.clone(),
-            ..Default::default()
-        }
     }
 
     pub fn index_of(&self, name: &str) -> Result<usize, String> {

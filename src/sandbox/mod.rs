@@ -151,6 +151,7 @@ impl Topology {
                     weight: 1,
                     no_promote: false,
                     priority: 0,
+                    tls: None,
                     removed: false,
                 })
                 .collect(),
