@@ -126,6 +126,43 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
             .unwrap(),
         "verify_server_name = false still verifies the chain and connects"
     );
+    // A client certificate for accounts that require one (REQUIRE X509): without it the server
+    // refuses the login; with [backend_tls] cert/key it succeeds.
+    h.root_sql(
+        0,
+        "CREATE USER 'x509'@'%' IDENTIFIED BY 'x509-pw' REQUIRE X509; GRANT SELECT ON *.* TO 'x509'@'%'",
+    )
+    .await;
+    let x509 = LoginParams {
+        user: b"x509",
+        password: b"x509-pw",
+        ..params()
+    };
+    let with_identity = |identity: bool| {
+        let mut t = backend_tls(&pki.ca, true, None);
+        if identity {
+            t.cert = Some(pki.cert.display().to_string());
+            t.key = Some(pki.key.display().to_string());
+        }
+        sluice::tls::backend_tls(&sluice::config::Config {
+            backend_tls: Some(t),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let tls = with_identity(false);
+    match connect("db", &addr, x509, Duration::from_secs(5), tls.as_deref()).await {
+        Err(BackendError::Refused(e)) => assert_eq!(e.code, 1045, "{e:?}"),
+        r => panic!(
+            "REQUIRE X509 without a client certificate: {:?}",
+            r.map(|_| ())
+        ),
+    }
+    let tls = with_identity(true);
+    let (conn, _) = connect("db", &addr, x509, Duration::from_secs(5), tls.as_deref())
+        .await
+        .expect("login with the client certificate");
+    assert!(conn.stream.is_tls());
     h.shutdown().await;
 
     let plain = sluice::sandbox::Topology::start(common::spec(0))
