@@ -540,6 +540,13 @@ name = "strict-schema"
 match.schema = ["strict"]
 match.class = ["read"]
 action.on_no_replica = "error"
+
+[[rule]]
+name = "u-needs-where"
+match.regex = '^(UPDATE|DELETE)\b'
+match.tables = ["u"]
+match.without_where = true
+action.deny = "add a WHERE"
 "#,
         )
         .unwrap();
@@ -572,6 +579,17 @@ action.on_no_replica = "error"
     }
     // log_only: it runs.
     c.query_drop("TRUNCATE TABLE strict.u").await.unwrap();
+    // A DELETE without WHERE on the guarded table is denied; with one it runs.
+    match c.query_drop("DELETE FROM strict.u").await {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!(e.code, 9010);
+            assert!(e.message.contains("u-needs-where"), "{}", e.message);
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    c.query_drop("DELETE FROM strict.u WHERE a = 1")
+        .await
+        .unwrap();
     // Routed by a regex over the normalized statement.
     assert_eq!(
         server_id(&mut c, "SELECT @@server_id AS on_primary").await,

@@ -411,6 +411,18 @@ pub fn mentions_load_local(sql: &[u8]) -> bool {
     false
 }
 
+/// Whether the statement contains the keyword `kw` (upper case) as a word — not inside a
+/// string, a quoted identifier or a comment.
+pub fn has_keyword(sql: &[u8], kw: &[u8]) -> bool {
+    let mut lx = Lexer::new(sql);
+    while let Some(t) = lx.next_token() {
+        if matches!(t, Token::Word(w) if eq_kw(w, kw)) {
+            return true;
+        }
+    }
+    false
+}
+
 /// ASCII case-insensitive comparison with an upper-case keyword.
 #[inline]
 pub fn eq_kw(word: &[u8], kw: &[u8]) -> bool {

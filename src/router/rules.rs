@@ -41,6 +41,9 @@ struct RawMatch {
     user: Option<Vec<String>>,
     schema: Option<Vec<String>>,
     client: Option<Vec<String>>,
+    /// Matches statements with no `WHERE` (e.g. an UPDATE or DELETE of a whole table).
+    #[serde(default)]
+    without_where: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +83,7 @@ pub struct Rule {
     users: Option<Vec<String>>,
     schemas: Option<Vec<String>>,
     clients: Option<Vec<Cidr>>,
+    without_where: bool,
     pub route: Option<RuleRoute>,
     pub max_lag_ms: Option<u64>,
     pub on_no_replica: OnNoReplica,
@@ -228,6 +232,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Rule>, RuleError> {
                     .map(|t| t.into_iter().map(|s| s.to_ascii_lowercase()).collect()),
                 users: r.when.user,
                 schemas: r.when.schema,
+                without_where: r.when.without_where,
                 clients,
                 route,
                 max_lag_ms: r.action.max_lag_ms,
@@ -266,6 +271,9 @@ impl Rule {
             .as_ref()
             .is_some_and(|c| !c.iter().any(|c| c.contains(s.client)))
         {
+            return false;
+        }
+        if self.without_where && super::lexer::has_keyword(s.sql, b"WHERE") {
             return false;
         }
         if let Some(re) = &self.regex {
@@ -376,6 +384,13 @@ action.max_lag_ms = 60000
 name = "office"
 match.client = ["10.1.0.0/16"]
 action.on_no_replica = "error"
+
+[[rule]]
+name = "no-unbounded-delete"
+match.regex = "^(UPDATE|DELETE) "
+match.tables = ["orders"]
+match.without_where = true
+action.deny = "UPDATE and DELETE on orders need a WHERE"
 "#,
         )
         .unwrap();
@@ -387,6 +402,22 @@ action.on_no_replica = "error"
             client: ip.parse().unwrap(),
         };
         let name = |s: &Subject<'_>| first_match(&rules, s).map(|r| r.name.clone());
+        let w = StatementClass::Write;
+        let hit = |sql: &'static str| name(&subject(sql, w, "app", "127.0.0.1"));
+        assert_eq!(
+            hit("DELETE FROM orders").as_deref(),
+            Some("no-unbounded-delete")
+        );
+        assert_eq!(
+            hit("update shop.orders set x = 1 /* WHERE */").as_deref(),
+            Some("no-unbounded-delete")
+        );
+        assert_eq!(hit("DELETE FROM orders WHERE id = 7"), None);
+        assert_eq!(hit("DELETE FROM carts"), None);
+        assert_eq!(
+            hit("UPDATE orders SET note = 'no where here' WHERE id = 1"),
+            None
+        );
         assert_eq!(
             name(&subject(
                 "drop table t",
