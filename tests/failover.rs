@@ -579,6 +579,23 @@ async fn flapping_primary_fails_over_once_until_acknowledged() {
         .send(Command::Acknowledge)
         .await
         .expect("acknowledge");
+    // The acknowledgement is a row on the primary; the survivors must have it before the
+    // primary dies, or they still carry the block (as they should).
+    for node in [0, y] {
+        eventually(
+            "the acknowledgement to replicate",
+            Duration::from_secs(10),
+            || {
+                let topo = &h.topo;
+                async move {
+                    topo.sql(node, "SELECT acknowledged FROM sluice.cluster WHERE id = 1")
+                        .await
+                        .is_ok_and(|v| v.trim() == "1")
+                }
+            },
+        )
+        .await;
+    }
     h.topo.nodes[x].kill();
     let z = wait_new_primary(h.proxy.as_ref().unwrap(), x, Duration::from_secs(20)).await;
     assert_ne!(z, x);
