@@ -346,6 +346,9 @@ impl Monitor {
         tracing::warn!(dead = %from, candidate = %name, received = %chosen.received, "failing over");
         self.publish_state(MonitorState::Switching, None);
         if let Err(e) = self.drain(c).await {
+            // A statement cut off by its deadline may still run on the server: the next round
+            // starts from a new connection.
+            self.conns[c].reset();
             tracing::warn!(candidate = %name, error = %e, "candidate has not applied its relay log yet; will retry");
             self.state = MonitorState::NoPrimary;
             self.publish();
@@ -420,7 +423,10 @@ impl Monitor {
             Flavor::MariaDb => ("STOP SLAVE IO_THREAD", "START SLAVE SQL_THREAD"),
             Flavor::MySql => ("STOP REPLICA IO_THREAD", "START REPLICA SQL_THREAD"),
         };
-        run_sql(conn, timeout, &[stop_io]).await?;
+        // STOP SLAVE waits for the IO thread to notice, which can take seconds while it is
+        // reconnecting to the dead primary on a loaded machine: bounded by the drain budget.
+        let stop_limit = Duration::from_millis(drain).max(timeout);
+        run_sql(conn, stop_limit, &[stop_io]).await?;
         let rep = probe::replication_status(conn, flavor, timeout)
             .await?
             .ok_or("candidate is no longer a replica")?;
