@@ -124,6 +124,8 @@ pub struct Monitor {
     heartbeat_failing: bool,
     heartbeat_failures: u64,
     conflict_logged: bool,
+    /// The last reason an automatic failover attempt failed (logged when it changes).
+    last_failover_error: Option<String>,
     hello: Option<(usize, ServerHello)>,
     tx: Option<ClusterTx>,
     /// `[backend_tls]`, for the probes and the login that reads the primary's handshake.
@@ -180,6 +182,7 @@ impl Monitor {
             heartbeat_failing: false,
             heartbeat_failures: 0,
             conflict_logged: false,
+            last_failover_error: None,
             hello: None,
             tx,
             config,
@@ -509,6 +512,7 @@ impl Monitor {
                 }
             }
             // With a primary, the state is "ok" unless automatic failover stays disabled.
+            self.last_failover_error = None;
             self.state = match &self.disabled {
                 Some(reason) => MonitorState::Failed {
                     reason: reason.clone(),
@@ -576,8 +580,10 @@ impl Monitor {
                     return;
                 }
                 if let Err(e) = self.failover(Some(k), None, true).await {
-                    if self.state == MonitorState::Ok || self.state == MonitorState::Switching {
-                        tracing::warn!(primary = %self.name(k), reason = %e, "primary is dead; no failover this round");
+                    // Retried every round; said again whenever the reason changes.
+                    if self.last_failover_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(primary = %self.name(k), reason = %e, "primary is dead; no failover this round (retrying)");
+                        self.last_failover_error = Some(e);
                     }
                     if !matches!(
                         self.state,
