@@ -81,6 +81,52 @@ def figures(text):
     return queries, qps, p95
 
 
+def start_sandbox(binary, work, port, replicas, extra=()):
+    """Starts `sluice sandbox`; returns the process, the primary's port and every server as
+    (name, port). Its output keeps being read so that it never blocks on a full pipe."""
+    sb = subprocess.Popen([binary, "sandbox", "--replicas", str(replicas), "--listen",
+                           f"127.0.0.1:{port}", "--dir", os.path.join(work, "topology"), *extra],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=dict(os.environ, SLUICE_LOG="warn"))
+    primary = None
+    servers = []
+    for line in sb.stdout:
+        m = re.match(r"\s+(primary|replica)\s+(\S+)\s+127\.0\.0\.1:(\d+)", line)
+        if m:
+            servers.append((m.group(2), int(m.group(3))))
+            if m.group(1) == "primary":
+                primary = int(m.group(3))
+        if line.startswith("Press Ctrl-C"):
+            break
+    if primary is None:
+        sb.kill()
+        raise SystemExit("sandbox did not start")
+    import threading
+    threading.Thread(target=lambda: [None for _ in sb.stdout], daemon=True).start()
+    return sb, primary, servers
+
+
+def start_haproxy(work, port, primary):
+    """HAProxy in TCP mode on `port`, forwarding to the primary."""
+    cfg = os.path.join(work, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend mysql
+    bind 127.0.0.1:{port}
+    default_backend primary
+backend primary
+    server db1 127.0.0.1:{primary}
+""")
+    return subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--time", type=int, default=10)
@@ -101,43 +147,9 @@ def main():
     sluice_port, haproxy_port = free_port(), free_port()
     procs = []
     try:
-        sb = subprocess.Popen([binary, "sandbox", "--replicas", str(args.replicas), "--listen",
-                               f"127.0.0.1:{sluice_port}", "--dir", os.path.join(work, "topology")],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env=dict(os.environ, SLUICE_LOG="warn"))
+        sb, primary, servers = start_sandbox(binary, work, sluice_port, args.replicas)
         procs.append(sb)
-        primary = None
-        servers = []
-        for line in sb.stdout:
-            m = re.match(r"\s+(primary|replica)\s+(\S+)\s+127\.0\.0\.1:(\d+)", line)
-            if m:
-                servers.append((m.group(2), int(m.group(3))))
-                if m.group(1) == "primary":
-                    primary = int(m.group(3))
-            if line.startswith("Press Ctrl-C"):
-                break
-        if primary is None:
-            raise SystemExit("sandbox did not start")
-        # Keep reading the sandbox's output so it never blocks on a full pipe.
-        import threading
-        threading.Thread(target=lambda: [None for _ in sb.stdout], daemon=True).start()
-        cfg = os.path.join(work, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(f"""global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend mysql
-    bind 127.0.0.1:{haproxy_port}
-    default_backend primary
-backend primary
-    server db1 127.0.0.1:{primary}
-""")
-        hp = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+        hp = start_haproxy(work, haproxy_port, primary)
         procs.append(hp)
         wait_port(haproxy_port)
         wait_port(sluice_port)

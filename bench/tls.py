@@ -18,10 +18,11 @@ sysbench 1.0 loads from its working directory: cacert.pem, client-cert.pem, clie
 Reports median QPS and the proxy processes' CPU time per query; runs of one configuration are
 back to back, repeated in rotating order. Installs sysbench and haproxy (apt) if missing.
 """
-import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile, threading
+import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, USER, PASSWORD, cpu_seconds, ensure, figures, free_port, wait_port  # noqa: E402
+from compare import (ROOT, USER, PASSWORD, cpu_seconds, ensure, figures, free_port,  # noqa: E402
+                     start_haproxy, start_sandbox, wait_port)
 
 
 def openssl(*args, cwd):
@@ -79,41 +80,12 @@ def main():
     try:
         cnf = [f"ssl_ca = {work}/cacert.pem", f"ssl_cert = {work}/server-cert.pem",
                f"ssl_key = {work}/server-key.pem"]
-        cmd = [binary, "sandbox", "--replicas", "0", "--listen", f"127.0.0.1:{sluice_port}",
-               "--dir", os.path.join(work, "topology"), "--tls-cert", f"{work}/server-cert.pem",
-               "--tls-key", f"{work}/server-key.pem"]
+        extra = ["--tls-cert", f"{work}/server-cert.pem", "--tls-key", f"{work}/server-key.pem"]
         for line in cnf:
-            cmd += ["--server-cnf", line]
-        sb = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env=dict(os.environ, SLUICE_LOG="warn"))
+            extra += ["--server-cnf", line]
+        sb, primary, _ = start_sandbox(binary, work, sluice_port, 0, extra)
         procs.append(sb)
-        primary = None
-        for line in sb.stdout:
-            m = re.match(r"\s+primary\s+\S+\s+127\.0\.0\.1:(\d+)", line)
-            if m:
-                primary = int(m.group(1))
-            if line.startswith("Press Ctrl-C"):
-                break
-        if primary is None:
-            raise SystemExit("sandbox did not start")
-        threading.Thread(target=lambda: [None for _ in sb.stdout], daemon=True).start()
-        cfg = os.path.join(work, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(f"""global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend mysql
-    bind 127.0.0.1:{haproxy_port}
-    default_backend primary
-backend primary
-    server db1 127.0.0.1:{primary}
-""")
-        hp = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+        hp = start_haproxy(work, haproxy_port, primary)
         procs.append(hp)
         wait_port(haproxy_port)
         wait_port(sluice_port)
