@@ -147,7 +147,7 @@ async fn admin_port_shows_true_values_and_takes_commands() {
 
     let pools = table(&mut a, "SHOW POOLS").await;
     assert_eq!(pools.len(), 3);
-    assert!(pools.iter().all(|p| val(p, "max") == Some("500")));
+    assert!(pools.iter().all(|p| val(p, "max") == Some("64")));
 
     let sessions = table(&mut a, "SHOW SESSIONS").await;
     assert!(sessions.len() >= 2, "{sessions:?}");
@@ -463,7 +463,8 @@ async fn metrics_match_the_traffic_and_the_topology() {
     c.query_drop("CREATE DATABASE IF NOT EXISTS met")
         .await
         .unwrap();
-    c.query_drop("SET @pinned = 1").await.unwrap();
+    // A computed user variable cannot be replayed: the session is pinned to its connection.
+    c.query_drop("SET @pinned = RAND()").await.unwrap();
     let bad = mysql_async::Conn::new(h.opts(h.addr.port(), "app", "wrong")).await;
     assert!(bad.is_err());
     let (code, m) = scrape(&format!("{base}/metrics")).await;
@@ -485,6 +486,20 @@ async fn metrics_match_the_traffic_and_the_topology() {
         sample(&m, "sluice_session_pins_total{reason=user_variable}"),
         Some(1.0)
     );
+    assert_eq!(
+        sample(&m, "sluice_sessions_pinned{reason=user_variable}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "sluice_sessions_pinned{reason=temp_table}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, "sluice_sessions_holding_connections{}"),
+        Some(1.0),
+        "the pinned session holds its connection"
+    );
+    assert!(sample(&m, "sluice_multiplexing_ratio{}").unwrap() > 0.0);
     assert_eq!(sample(&m, "sluice_errors_total{code=1045}"), Some(1.0));
     assert_eq!(sample(&m, "sluice_client_connections{}"), Some(1.0));
     assert!(sample(&m, "sluice_client_connections_total{}").unwrap() >= 2.0);

@@ -1,5 +1,7 @@
-//! Backend connection pools: connections are reused across client sessions (reset by
-//! COM_CHANGE_USER), never while they hold state, and the number per server is bounded.
+//! Backend connection pools with multiplexing: idle client sessions hold no server
+//! connection, connections move between sessions with each session's state brought along,
+//! never while they hold state, the number per server is bounded, waiting is bounded, and a
+//! broken connection does not poison the pool.
 
 mod common;
 
@@ -9,35 +11,41 @@ use common::Harness;
 use mysql_async::prelude::*;
 
 async fn backend_id(c: &mut mysql_async::Conn) -> u64 {
-    // In a transaction: the statement runs on the session's primary connection.
+    // In a transaction: the statements run on one server connection.
     c.query_drop("BEGIN").await.unwrap();
     let id: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
     c.query_drop("COMMIT").await.unwrap();
     id.unwrap()
 }
 
+/// Connections the proxy user holds on server `node` (from its PROCESSLIST).
+async fn app_connections(h: &Harness, node: usize) -> usize {
+    h.root_sql(
+        node,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN ('app', 'other')",
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap()
+}
+
 #[tokio::test]
 async fn connections_are_reused_across_sessions_with_their_state_reset() {
-    let h = Harness::start(0).await;
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
     let mut a = h.proxy_conn().await;
     let id = backend_id(&mut a).await;
     a.query_drop("SET SESSION time_zone = '+03:00'")
         .await
         .unwrap();
-    a.disconnect().await.unwrap();
-
+    // Two open sessions share the one connection, each with its own state.
     let mut b = h.proxy_conn().await;
-    assert_eq!(
-        backend_id(&mut b).await,
-        id,
-        "the idle connection is reused"
-    );
-    let tz: Option<String> = b.query_first("SELECT @@time_zone").await.unwrap();
-    assert_ne!(
-        tz.as_deref(),
-        Some("+03:00"),
-        "the previous session's state is gone"
-    );
+    assert_eq!(backend_id(&mut b).await, id, "the connection is shared");
+    let tz_b: Option<String> = b.query_first("SELECT @@time_zone").await.unwrap();
+    assert_ne!(tz_b.as_deref(), Some("+03:00"), "a's state is not b's");
+    let tz_a: Option<String> = a.query_first("SELECT @@time_zone").await.unwrap();
+    assert_eq!(tz_a.as_deref(), Some("+03:00"), "a's state travels with a");
+    a.disconnect().await.unwrap();
     b.disconnect().await.unwrap();
 
     // Another user gets the same connection, logged in as itself.
@@ -76,33 +84,95 @@ async fn connections_are_reused_across_sessions_with_their_state_reset() {
 }
 
 #[tokio::test]
-async fn the_number_of_backend_connections_is_bounded() {
+async fn many_sessions_share_a_bounded_pool_and_waiting_is_bounded() {
     let h = Harness::start_with(0, |c| {
         c.proxy.max_backend_connections = 2;
         c.proxy.pool_wait_ms = 300;
     })
     .await;
-    let mut a = h.proxy_conn().await;
-    let b = h.proxy_conn().await;
+    // Twenty idle sessions: logged in, each ran a statement, none holds a connection.
+    let mut sessions = Vec::new();
+    for i in 0..20i64 {
+        let mut c = h.proxy_conn().await;
+        let v: Option<i64> = c.query_first(format!("SELECT {i}")).await.unwrap();
+        assert_eq!(v, Some(i));
+        sessions.push(c);
+    }
+    assert!(app_connections(&h, 0).await <= 2);
+    // Two open transactions take both connections: a third session's statement waits
+    // pool_wait_ms, then gets 9012 naming the server and the limit; the first two go on.
+    let (mut a, mut b) = (sessions.pop().unwrap(), sessions.pop().unwrap());
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop("SELECT 1").await.unwrap();
+    b.query_drop("BEGIN").await.unwrap();
+    b.query_drop("SELECT 1").await.unwrap();
+    let mut c = sessions.pop().unwrap();
     let start = Instant::now();
-    match mysql_async::Conn::new(h.proxy_opts()).await {
+    match c.query_drop("SELECT 3").await {
         Err(mysql_async::Error::Server(e)) => {
             assert_eq!(e.code, 9012, "{}", e.message);
             assert!(e.message.contains("db1"), "{}", e.message);
+            assert!(e.message.contains('2'), "{}", e.message);
         }
-        other => panic!("expected 9012, got {:?}", other.map(|_| ())),
+        other => panic!("expected 9012, got {other:?}"),
     }
+    let waited = start.elapsed();
     assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "waited {:?}",
-        start.elapsed()
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
     );
-    // The first two keep working; once one leaves, a new session gets its connection.
     let v: Option<i64> = a.query_first("SELECT 1").await.unwrap();
     assert_eq!(v, Some(1));
-    b.disconnect().await.unwrap();
-    let mut c = h.proxy_conn().await;
-    let v: Option<i64> = c.query_first("SELECT 2").await.unwrap();
-    assert_eq!(v, Some(2));
+    // A waiting session gets the connection a commit gives back.
+    let waiter = tokio::spawn(async move {
+        let v: Option<i64> = c.query_first("SELECT 4").await.unwrap();
+        (c, v)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.query_drop("COMMIT").await.unwrap();
+    let (c, v) = waiter.await.unwrap();
+    assert_eq!(v, Some(4));
+    b.query_drop("COMMIT").await.unwrap();
+    // Every session still works.
+    for (i, mut s) in sessions.into_iter().chain([a, b, c]).enumerate() {
+        let v: Option<i64> = s.query_first(format!("SELECT {i}")).await.unwrap();
+        assert_eq!(v, Some(i as i64));
+    }
+    assert!(app_connections(&h, 0).await <= 2);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_killed_while_leased_fails_one_statement_only() {
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 2).await;
+    let mut a = h.proxy_conn().await;
+    let mut other = h.proxy_conn().await;
+    // a's statement is running on its leased connection when the server kills it.
+    let sleeper = tokio::spawn(async move {
+        let r = a.query_drop("SELECT SLEEP(5)").await;
+        (a, r)
+    });
+    let find = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(5)%'";
+    common::eventually("the sleep runs", Duration::from_secs(5), || async {
+        !h.root_sql(0, find).await.trim().is_empty()
+    })
+    .await;
+    let id = h.root_sql(0, find).await;
+    h.root_sql(0, &format!("KILL {}", id.trim())).await;
+    let (mut a, r) = sleeper.await.unwrap();
+    match r {
+        // The server's own "connection was killed" when it said so, else Sluice's 2013.
+        Err(mysql_async::Error::Server(e)) => {
+            assert!([1927, 2013].contains(&e.code), "{} {}", e.code, e.message)
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // The session goes on, and neither it nor anyone else gets the dead connection.
+    for i in 0..6i64 {
+        let v: Option<i64> = a.query_first(format!("SELECT {i}")).await.unwrap();
+        assert_eq!(v, Some(i));
+        let v: Option<i64> = other.query_first(format!("SELECT {i}")).await.unwrap();
+        assert_eq!(v, Some(i));
+    }
     h.shutdown().await;
 }

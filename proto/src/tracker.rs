@@ -111,6 +111,9 @@ pub struct ResponseTracker {
     state: State,
     last_status: Option<u16>,
     rows: u64,
+    /// Warnings and last insert id of the newest OK/EOF seen.
+    warnings: u16,
+    insert_id: u64,
 }
 
 /// Why a response cannot be followed: the server sent something this command cannot get.
@@ -136,6 +139,8 @@ impl ResponseTracker {
             state,
             last_status: None,
             rows: 0,
+            warnings: 0,
+            insert_id: 0,
         }
     }
 
@@ -143,6 +148,16 @@ impl ResponseTracker {
     /// packets reported (for statistics; never used to find the end).
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Warning count of the newest OK or EOF packet of the response.
+    pub fn warnings(&self) -> u16 {
+        self.warnings
+    }
+
+    /// Last insert id of the newest OK packet of the response (0 when none).
+    pub fn insert_id(&self) -> u64 {
+        self.insert_id
     }
 
     pub fn kind(&self) -> ResponseKind {
@@ -204,8 +219,10 @@ impl ResponseTracker {
             State::Rows => {
                 if head == 0xFE && small && (self.deprecate_eof || len < EOF_MAX_LEN) {
                     let status = if self.deprecate_eof {
+                        self.note_ok(prefix);
                         ok_status(prefix)?
                     } else {
+                        self.note_eof(prefix);
                         eof_status(prefix)?
                     };
                     return Ok(self.end_of_result(status));
@@ -265,7 +282,10 @@ impl ResponseTracker {
         match self.kind {
             ResponseKind::Statistics => Ok(self.finish(None, false)),
             ResponseKind::Simple => match head {
-                0x00 if small => Ok(self.finish(Some(ok_status(prefix)?), false)),
+                0x00 if small => {
+                    self.note_ok(prefix);
+                    Ok(self.finish(Some(ok_status(prefix)?), false))
+                }
                 0xFE if small && prefix.len() < EOF_MAX_LEN => {
                     Ok(self.finish(Some(eof_status(prefix)?), false))
                 }
@@ -297,6 +317,7 @@ impl ResponseTracker {
             ResponseKind::Query | ResponseKind::Execute => match head {
                 0x00 if small => {
                     let status = ok_status(prefix)?;
+                    self.note_ok(prefix);
                     self.rows = self.rows.saturating_add(affected_rows(prefix));
                     Ok(self.end_of_result(status))
                 }
@@ -329,6 +350,19 @@ impl ResponseTracker {
         } else {
             self.finish(self.last_status, false)
         }
+    }
+
+    fn note_ok(&mut self, p: &[u8]) {
+        let mut r = Reader::new(p.get(1..).unwrap_or_default());
+        let _ = r.lenenc_int("affected rows");
+        self.insert_id = r.lenenc_int("last insert id").unwrap_or(0);
+        let _ = r.u16("status flags");
+        self.warnings = r.u16("warnings").unwrap_or(0);
+    }
+
+    fn note_eof(&mut self, p: &[u8]) {
+        let mut r = Reader::new(p.get(1..).unwrap_or_default());
+        self.warnings = r.u16("warnings").unwrap_or(0);
     }
 
     fn eof_status(&self, small: bool, prefix: &[u8]) -> Result<u16, TrackerError> {

@@ -34,6 +34,9 @@ pub enum AdminCommand {
     Ignored,
     ShowQueryDigest,
     ResetQueryDigest,
+    /// Statement shapes that pinned sessions, most frequent first.
+    ShowPins,
+    ResetPins,
     /// Addresses blocked after failed logins.
     ShowBlockedHosts,
     /// Lift every block.
@@ -72,6 +75,8 @@ impl AdminCommand {
             ["SHOW", "FAILOVERS"] => AdminCommand::ShowFailovers,
             ["SHOW", "QUERY", "DIGEST"] => AdminCommand::ShowQueryDigest,
             ["RESET", "QUERY", "DIGEST"] => AdminCommand::ResetQueryDigest,
+            ["SHOW", "PINS"] => AdminCommand::ShowPins,
+            ["RESET", "PINS"] => AdminCommand::ResetPins,
             ["SHOW", "BLOCKED", "HOSTS"] => AdminCommand::ShowBlockedHosts,
             ["FLUSH", "HOSTS"] => AdminCommand::FlushHosts,
             ["RELOAD"] => AdminCommand::Reload,
@@ -150,6 +155,8 @@ impl AdminCommand {
             AdminCommand::Ignored => "ignored",
             AdminCommand::ShowQueryDigest => "show_query_digest",
             AdminCommand::ResetQueryDigest => "reset_query_digest",
+            AdminCommand::ShowPins => "show_pins",
+            AdminCommand::ResetPins => "reset_pins",
             AdminCommand::ShowBlockedHosts => "show_blocked_hosts",
             AdminCommand::FlushHosts => "flush_hosts",
             AdminCommand::Empty => "empty",
@@ -160,7 +167,7 @@ impl AdminCommand {
 
 /// What the admin port understands, for error messages.
 pub const HELP: &str = "SHOW SERVERS | SHOW POOLS | SHOW SESSIONS | SHOW RULES | SHOW CONFIG | \
-     SHOW STATS | SHOW QUERY DIGEST | RESET QUERY DIGEST | SHOW FAILOVERS | SHOW BLOCKED HOSTS | FLUSH HOSTS | SELECT * FROM servers [WHERE col = 'v'] | \
+     SHOW STATS | SHOW QUERY DIGEST | RESET QUERY DIGEST | SHOW PINS | RESET PINS | SHOW FAILOVERS | SHOW BLOCKED HOSTS | FLUSH HOSTS | SELECT * FROM servers [WHERE col = 'v'] | \
      SET SERVER name OFFLINE|ONLINE | SWITCHOVER TO name | FAILOVER ACKNOWLEDGE | \
      KILL SESSION id | RELOAD";
 

@@ -16,6 +16,7 @@ mod query_digest;
 mod resultset;
 mod show_config;
 mod show_failovers;
+mod show_pins;
 mod show_pools;
 mod show_rules;
 mod show_servers;
@@ -108,6 +109,8 @@ impl AdminCtx {
             AdminCommand::ShowServers => show_servers::run(self, None),
             AdminCommand::SelectServers { filter } => show_servers::run(self, filter.as_ref()),
             AdminCommand::ShowPools => show_pools::run(self),
+            AdminCommand::ShowPins => show_pins::run(self),
+            AdminCommand::ResetPins => show_pins::reset(self),
             AdminCommand::ShowSessions => show_sessions::run(self),
             AdminCommand::ShowRules => show_rules::run(self),
             AdminCommand::ShowConfig => show_config::run(self),

@@ -7,7 +7,18 @@ use crate::router::PinReason;
 
 pub(super) fn run(ctx: &AdminCtx) -> Reply {
     let mut rs = ResultSet::new(&[
-        "id", "client", "user", "db", "state", "pinned", "backend", "age_s", "tls",
+        "id",
+        "client",
+        "user",
+        "db",
+        "state",
+        "pinned",
+        "pinned_s",
+        "pinned_by",
+        "held",
+        "backend",
+        "age_s",
+        "tls",
     ]);
     let config = ctx.shared.config();
     let names: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
@@ -21,12 +32,14 @@ pub(super) fn run(ctx: &AdminCtx) -> Reply {
             "idle"
         };
         let pins = s.pins.load(Ordering::Relaxed);
-        let pinned: Vec<&str> = PinReason::ALL
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| pins & (1 << i) != 0)
-            .map(|(_, p)| p.as_str())
-            .collect();
+        let pinned = PinReason::describe(pins);
+        let (pinned_s, pinned_by) = match s.pinned_by.lock().ok().and_then(|p| p.clone()) {
+            Some((since, stmt)) if pins != 0 => (
+                Some(format!("{:.1}", since.elapsed().as_secs_f64())),
+                Some(stmt),
+            ),
+            _ => (None, None),
+        };
         let backend = s.last_server.load(Ordering::Relaxed);
         let backend = if backend == usize::MAX {
             s.primary.load(Ordering::Relaxed)
@@ -39,7 +52,10 @@ pub(super) fn run(ctx: &AdminCtx) -> Reply {
             Some(user),
             db,
             Some(state.to_string()),
-            (!pinned.is_empty()).then(|| pinned.join(",")),
+            (!pinned.is_empty()).then_some(pinned),
+            pinned_s,
+            pinned_by,
+            Some(s.held.load(Ordering::Relaxed).to_string()),
             names.get(backend).map(|n| n.to_string()),
             Some(s.started.elapsed().as_secs().to_string()),
             s.tls.get().cloned(),

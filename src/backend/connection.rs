@@ -70,7 +70,20 @@ pub struct BackendConn {
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Rows of the last relayed response (result rows plus affected rows), for the digest.
     pub last_rows: u64,
+    /// Warnings and last insert id of the last relayed response's final OK/EOF.
+    pub last_warnings: u16,
+    pub last_insert_id: u64,
+    /// A number unique among the connections of this process.
+    pub id: u64,
+    /// The character set (collation id) the connection logged in with.
+    pub charset: u8,
+    /// The session state this connection has (see `state.rs`).
+    pub state: super::state::SessionVars,
+    /// Statements prepared on this connection, by SQL text.
+    pub stmts: super::stmt_cache::StmtCache,
 }
+
+static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Connects to `address` and logs in. Returns the connection and the server's final OK payload
 /// (to forward to the client). The whole exchange is bounded by `timeout`.
@@ -104,6 +117,15 @@ async fn connect_inner(
         handshake: HandshakeV10::default(),
         capabilities: 0,
         last_rows: 0,
+        last_warnings: 0,
+        last_insert_id: 0,
+        id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        charset: p.charset,
+        state: super::state::SessionVars {
+            db: p.database.map(<[u8]>::to_vec),
+            sets: Vec::new(),
+        },
+        stmts: Default::default(),
         scramble: Vec::new(),
         user: p.user.to_vec(),
         slot: None,
@@ -257,7 +279,196 @@ impl BackendConn {
         self.write_packet(0, &payload).await?;
         let ok = self.finish_auth(password).await?;
         self.user = cu.username.clone();
+        // The server dropped the session: variables, statements, temporary tables.
+        self.state = super::state::SessionVars {
+            db: (!cu.database.is_empty()).then(|| cu.database.clone()),
+            sets: Vec::new(),
+        };
+        if let Some(cs) = cu.charset {
+            self.charset = cs as u8;
+        }
+        self.stmts.clear_forgotten();
         Ok(ok)
+    }
+
+    /// Logs in again as the same user with no default database (COM_CHANGE_USER): the
+    /// server forgets every session state of this connection.
+    pub async fn relogin(&mut self, password: &[u8]) -> Result<(), BackendError> {
+        let cu = ChangeUser {
+            username: self.user.clone(),
+            auth_response: Vec::new(),
+            database: Vec::new(),
+            charset: Some(u16::from(self.charset)),
+            auth_plugin: None,
+            connect_attrs: None,
+        };
+        self.change_user(&cu, password).await.map(|_| ())
+    }
+
+    /// Runs a command whose whole answer Sluice reads (state changes, prepares, lookups).
+    /// Returns the first packet of the answer, or the server's error (the connection stays
+    /// usable); `Err` when the connection broke or misbehaved.
+    pub async fn control(
+        &mut self,
+        payload: &[u8],
+        kind: sluice_proto::tracker::ResponseKind,
+    ) -> Result<Result<Vec<u8>, ErrPacket>, BackendError> {
+        self.control_value(payload, kind)
+            .await
+            .map(|r| r.map(|(first, _)| first))
+    }
+
+    /// Like [`BackendConn::control`]; also returns the first column of the first row (text
+    /// protocol; `None` for NULL or no row).
+    pub async fn control_value(
+        &mut self,
+        payload: &[u8],
+        kind: sluice_proto::tracker::ResponseKind,
+    ) -> Result<Result<(Vec<u8>, Option<Vec<u8>>), ErrPacket>, BackendError> {
+        self.control_inner(payload, kind).await.map(|r| {
+            r.map(|(first, row)| (first, row.and_then(|r| r.into_iter().next().flatten())))
+        })
+    }
+
+    /// Runs a text query and returns its first row (`None`: no row or an error).
+    pub async fn control_row(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, BackendError> {
+        self.control_inner(payload, sluice_proto::tracker::ResponseKind::Query)
+            .await
+            .map(|r| r.ok().and_then(|(_, row)| row))
+    }
+
+    async fn control_inner(
+        &mut self,
+        payload: &[u8],
+        kind: sluice_proto::tracker::ResponseKind,
+    ) -> Result<Result<(Vec<u8>, Option<Vec<Option<Vec<u8>>>>), ErrPacket>, BackendError> {
+        use sluice_proto::tracker::{Progress, ResponseTracker};
+        self.write_packet(0, payload).await?;
+        let mut t = ResponseTracker::new(kind, self.deprecate_eof());
+        let mut first = None;
+        let mut index = 0usize;
+        let mut columns = 0u64;
+        let mut row = None;
+        loop {
+            let p = self.read_packet().await?;
+            if first.is_none() {
+                if p.payload.first() == Some(&ERR_HEADER) {
+                    return Ok(Err(ErrPacket::parse(&p.payload)?));
+                }
+                if kind == sluice_proto::tracker::ResponseKind::Query
+                    && p.payload.first() != Some(&0)
+                {
+                    columns = sluice_proto::lenenc::Reader::new(&p.payload)
+                        .lenenc_int("column count")
+                        .unwrap_or(0);
+                }
+                first = Some(p.payload.to_vec());
+            }
+            // The first row follows the count, the column definitions and (classic) their EOF.
+            let first_row = 1 + columns as usize + usize::from(!self.deprecate_eof());
+            if columns > 0 && index == first_row && p.payload.first() != Some(&0xFE) {
+                let mut r = sluice_proto::lenenc::Reader::new(&p.payload);
+                let mut values = Vec::with_capacity(columns as usize);
+                for _ in 0..columns {
+                    values.push(match r.peek() {
+                        Some(0xFB) => {
+                            let _ = r.u8("null");
+                            None
+                        }
+                        _ => r.lenenc_bytes("value").ok().map(<[u8]>::to_vec),
+                    });
+                }
+                row = Some(values);
+            }
+            index += 1;
+            let progress = t
+                .feed(p.payload.len(), &p.payload)
+                .map_err(|e| BackendError::Protocol(e.to_string()))?;
+            match progress {
+                Progress::Done(_) => return Ok(Ok((first.unwrap_or_default(), row))),
+                Progress::More => {}
+                Progress::LocalInfile => {
+                    return Err(BackendError::Protocol(
+                        "unexpected LOCAL INFILE request".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The server's id for `sql` on this connection, preparing it when needed (the least
+    /// recently used statement is closed when the cache is full, or when the server says its
+    /// `max_prepared_stmt_count` is reached). `Ok(Err)` is the server's refusal.
+    pub async fn prepared(
+        &mut self,
+        sql: &std::sync::Arc<[u8]>,
+        capacity: usize,
+    ) -> Result<Result<u32, ErrPacket>, BackendError> {
+        if let Some(id) = self.stmts.get(sql) {
+            return Ok(Ok(id));
+        }
+        let mut p = Vec::with_capacity(sql.len() + 1);
+        p.push(sluice_proto::command::COM_STMT_PREPARE);
+        p.extend_from_slice(sql);
+        for attempt in 0..2 {
+            while self.stmts.len() >= capacity.max(1) {
+                self.close_lru().await?;
+            }
+            match self
+                .control(&p, sluice_proto::tracker::ResponseKind::Prepare)
+                .await?
+            {
+                Ok(first) if first.len() >= 5 && first[0] == 0 => {
+                    let id = u32::from_le_bytes([first[1], first[2], first[3], first[4]]);
+                    self.stmts.insert(sql.clone(), id);
+                    return Ok(Ok(id));
+                }
+                Ok(_) => {
+                    return Err(BackendError::Protocol("malformed prepare answer".into()));
+                }
+                // The server's statement limit: make room on this connection and retry once.
+                Err(e) if e.code == 1461 && attempt == 0 && !self.stmts.is_empty() => {
+                    self.close_lru().await?;
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Records a statement the client prepared through this connection (the relay saw the
+    /// server's id); an older copy of the same text is closed.
+    pub async fn adopt_prepared(
+        &mut self,
+        sql: std::sync::Arc<[u8]>,
+        id: u32,
+        capacity: usize,
+    ) -> Result<(), BackendError> {
+        if let Some(old) = self.stmts.remove(&sql) {
+            self.close_statement(old).await?;
+        }
+        while self.stmts.len() >= capacity.max(1) {
+            self.close_lru().await?;
+        }
+        self.stmts.insert(sql, id);
+        Ok(())
+    }
+
+    async fn close_lru(&mut self) -> Result<(), BackendError> {
+        if let Some(id) = self.stmts.pop_lru() {
+            self.close_statement(id).await?;
+        }
+        Ok(())
+    }
+
+    /// COM_STMT_CLOSE (the server sends no answer).
+    pub async fn close_statement(&mut self, id: u32) -> Result<(), BackendError> {
+        let mut p = [sluice_proto::command::COM_STMT_CLOSE, 0, 0, 0, 0];
+        p[1..5].copy_from_slice(&id.to_le_bytes());
+        self.write_packet(0, &p).await
     }
 
     /// Says goodbye politely (best effort).

@@ -1,12 +1,17 @@
-//! Connections to the database servers: connect, log in with the client's credentials, and
-//! expose the socket and its read buffer to the session that relays raw packets over it.
+//! Connections to the database servers: connect, log in with the client's credentials, run
+//! Sluice's own control statements, and expose the socket and its read buffer to the relay.
 //!
-//! `pool.rs` bounds the connections to each server and keeps idle ones for reuse.
+//! `pool.rs` bounds the connections to each server, keeps idle ones for reuse and queues
+//! waiting sessions; `state.rs` brings a leased connection to a session's state;
+//! `stmt_cache.rs` bounds the statements prepared on each connection.
 
 mod connection;
 mod error;
 pub mod pool;
+pub mod state;
+pub mod stmt_cache;
 
 pub use connection::{connect, BackendConn, LoginParams};
 pub use error::BackendError;
-pub use pool::{PoolError, PoolLimits, ServerPool};
+pub use pool::{Acquired, PoolError, PoolLimits, ServerPool};
+pub use state::{SessionVars, SyncError};

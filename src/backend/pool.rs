@@ -1,13 +1,16 @@
 //! Connection pools, one per configured server: a bound on the connections Sluice opens to
-//! each server (`[proxy] max_backend_connections`; waiting for a free slot is bounded by
-//! `[proxy] pool_wait_ms`, then the caller gets a clear error), and idle connections kept for
-//! reuse by later sessions (`[proxy] pool_max_idle`).
+//! each server (`[proxy] max_backend_connections`), idle connections kept for reuse
+//! (`[proxy] pool_max_idle`), and a fair FIFO queue of sessions waiting for a connection
+//! (bounded by `[proxy] pool_wait_ms`, then the caller gets a clear error).
 //!
-//! A connection is returned to the pool only in a known state — no response pending, no
-//! transaction open — and is handed out again with COM_CHANGE_USER, which re-authenticates
-//! and resets everything the previous session left (variables, temporary tables, prepared
-//! statements) and sets the new session's user, database and character set. The idle list is
-//! behind a std mutex held only to push or pop, never across an await.
+//! With multiplexing, connections are leased per statement or per transaction. Idle
+//! connections are partitioned by key (user, capabilities, login character set): a
+//! session takes one of its own key as it is — the lease layer then brings it to the
+//! session's state — preferring one whose state already matches. A connection is returned
+//! only in a known state (no response pending, no transaction); a returned connection goes
+//! first to the longest-waiting session. When every slot is taken by idle connections of other
+//! keys, one of them is re-authenticated (COM_CHANGE_USER). The lists are behind a std mutex
+//! held only to push or pop, never across an await.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +21,41 @@ use sluice_proto::command::ChangeUser;
 use tokio::sync::Semaphore;
 
 use super::connection::{negotiate, LOGIN_ONLY};
-use super::{connect, BackendConn, BackendError, LoginParams};
+use super::{connect, BackendConn, BackendError, LoginParams, SessionVars};
 
 struct Idle {
     conn: BackendConn,
     since: Instant,
+}
+
+/// Whether connection `c` serves a login with `p` without re-authenticating (no allocation:
+/// this runs for every lease).
+fn same_key(c: &BackendConn, p: &LoginParams<'_>) -> bool {
+    c.user == p.user
+        && c.charset == p.charset
+        && c.capabilities & !LOGIN_ONLY
+            == negotiate(p.capabilities, c.handshake.capabilities) & !LOGIN_ONLY
+}
+
+struct Waiter {
+    since: Instant,
+    tx: tokio::sync::oneshot::Sender<BackendConn>,
+}
+
+#[derive(Default)]
+struct Lists {
+    idle: Vec<Idle>,
+    waiters: std::collections::VecDeque<Waiter>,
+}
+
+/// A connection handed out by [`ServerPool::acquire`].
+pub struct Acquired {
+    pub conn: BackendConn,
+    /// The server's OK when the connection logged in (or re-authenticated) for this lease;
+    /// `None` for a reused connection.
+    pub login_ok: Option<Bytes>,
+    /// How long the caller waited in the queue.
+    pub waited: Duration,
 }
 
 /// The pool of one server.
@@ -31,17 +64,22 @@ pub struct ServerPool {
     pub address: String,
     slots: Arc<Semaphore>,
     max: AtomicUsize,
-    idle: Mutex<Vec<Idle>>,
+    lists: Mutex<Lists>,
     max_idle: AtomicUsize,
     idle_timeout_ms: AtomicU64,
-    /// Sessions waiting for a free slot now.
+    /// Sessions waiting for a connection now.
     waiting: AtomicUsize,
+    /// Sessions that had to wait, and for how long in all (microseconds).
+    pub waits: AtomicU64,
+    pub wait_micros: AtomicU64,
     /// The server was removed from the configuration: nothing is pooled any more.
     retired: AtomicBool,
     /// `[backend_tls]` for new connections (replaced by a reload).
     tls: std::sync::RwLock<Option<Arc<crate::tls::BackendTls>>>,
+    /// Woken when a session starts waiting: sessions keeping a connection only for a
+    /// possible dependent statement give it back.
+    pub pressure: tokio::sync::Notify,
 }
-
 /// Why a connection could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -72,12 +110,15 @@ impl ServerPool {
             address: address.to_string(),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             max: AtomicUsize::new(limits.max_connections),
-            idle: Mutex::new(Vec::new()),
+            lists: Mutex::new(Lists::default()),
             max_idle: AtomicUsize::new(limits.max_idle),
             idle_timeout_ms: AtomicU64::new(limits.idle_timeout.as_millis() as u64),
             waiting: Default::default(),
+            waits: Default::default(),
+            wait_micros: Default::default(),
             retired: AtomicBool::new(false),
             tls: std::sync::RwLock::new(None),
+            pressure: tokio::sync::Notify::new(),
         }
     }
 
@@ -87,8 +128,8 @@ impl ServerPool {
         if let Ok(mut t) = self.tls.write() {
             *t = tls;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+        if let Ok(mut l) = self.lists.lock() {
+            l.idle.clear();
         }
     }
 
@@ -103,7 +144,15 @@ impl ServerPool {
             let mut owed = old - new;
             owed -= self.slots.forget_permits(owed);
             if owed > 0 {
-                // Busy slots: take them back as they are released.
+                // Close idle connections to give their slots back, then take the rest as
+                // busy connections come back.
+                if let Ok(mut l) = self.lists.lock() {
+                    let n = owed.min(l.idle.len());
+                    l.idle.drain(..n);
+                }
+                owed -= self.slots.forget_permits(owed);
+            }
+            if owed > 0 {
                 let slots = self.slots.clone();
                 tokio::spawn(async move {
                     if let Ok(p) = slots.acquire_many_owned(owed as u32).await {
@@ -115,9 +164,8 @@ impl ServerPool {
         self.max_idle.store(limits.max_idle, Ordering::Relaxed);
         self.idle_timeout_ms
             .store(limits.idle_timeout.as_millis() as u64, Ordering::Relaxed);
-        let keep = limits.max_idle;
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.truncate(keep);
+        if let Ok(mut l) = self.lists.lock() {
+            l.idle.truncate(limits.max_idle);
         }
     }
 
@@ -125,8 +173,8 @@ impl ServerPool {
     /// their sessions give them back.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+        if let Ok(mut l) = self.lists.lock() {
+            l.idle.clear();
         }
     }
 
@@ -139,14 +187,28 @@ impl ServerPool {
         self.max.load(Ordering::Relaxed)
     }
 
-    /// Sessions waiting for a connection slot now.
+    /// Sessions waiting for a connection now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Connections in use and idle.
+    /// How long the longest-waiting session has waited so far.
+    pub fn longest_wait(&self) -> Duration {
+        self.lists
+            .lock()
+            .ok()
+            .and_then(|l| {
+                l.waiters
+                    .iter()
+                    .find(|w| !w.tx.is_closed())
+                    .map(|w| w.since.elapsed())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Connections (in use, idle).
     pub fn counts(&self) -> (usize, usize) {
-        let idle = self.idle.lock().map_or(0, |v| v.len());
+        let idle = self.lists.lock().map_or(0, |l| l.idle.len());
         let max = self.max();
         (
             max.saturating_sub(self.slots.available_permits() + idle),
@@ -154,53 +216,124 @@ impl ServerPool {
         )
     }
 
-    /// A connection logged in with `p`, reused when possible. Returns the server's OK payload.
+    /// A connection for a session logging in with `p`: an idle one of the same key (one
+    /// already in state `want` first), a new one while slots are free, an idle one
+    /// of another key re-authenticated, or the next one returned while waiting in line.
     pub async fn acquire(
         &self,
         p: LoginParams<'_>,
         limits: &PoolLimits,
-    ) -> Result<(BackendConn, Bytes), PoolError> {
-        // An idle connection already holds a slot.
-        while let Some(mut idle) = self.pop_idle() {
-            let cu = ChangeUser {
-                username: p.user.to_vec(),
-                auth_response: Vec::new(),
-                database: p.database.map(<[u8]>::to_vec).unwrap_or_default(),
-                charset: Some(u16::from(p.charset)),
-                auth_plugin: None,
-                connect_attrs: p.connect_attrs.map(<[u8]>::to_vec),
-            };
-            // Only reuse a connection negotiated with the same capabilities (EOF mode, session
-            // tracking, multi-statements… must be what this client asked for).
-            if idle.capabilities & !LOGIN_ONLY
-                != negotiate(p.capabilities, idle.handshake.capabilities) & !LOGIN_ONLY
-            {
-                idle.quit().await;
-                continue;
+        want: &SessionVars,
+    ) -> Result<Acquired, PoolError> {
+        let started = Instant::now();
+        loop {
+            if let Some(conn) = self.pop_idle(&p, want, false) {
+                return Ok(self.hand_out(conn, None, started));
             }
-            match tokio::time::timeout(limits.connect_timeout, idle.change_user(&cu, p.password))
-                .await
-            {
-                Ok(Ok(ok)) => return Ok((idle, ok)),
-                Ok(Err(BackendError::Refused(e))) => {
-                    return Err(PoolError::Backend(BackendError::Refused(e)))
-                }
-                _ => continue,
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                let (conn, ok) = self.open(p, limits, permit).await?;
+                return Ok(self.hand_out(conn, Some(ok), started));
+            }
+            // Every slot is taken; an idle connection of another user is better than waiting.
+            let Some(conn) = self.pop_idle(&p, want, true) else {
+                break;
+            };
+            if let Some(r) = self.adapt(conn, &p, limits).await? {
+                return Ok(self.hand_out(r.0, Some(r.1), started));
             }
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut l) = self.lists.lock() {
+            l.waiters.push_back(Waiter { since: started, tx });
+        }
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        let got = tokio::time::timeout(limits.wait, self.slots.clone().acquire_owned()).await;
+        self.pressure.notify_waiters();
+        let got = tokio::time::timeout(limits.wait, async {
+            tokio::select! {
+                c = rx => c.ok().map(Ok),
+                permit = self.slots.clone().acquire_owned() => permit.ok().map(Err),
+            }
+        })
+        .await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let permit = match got {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(PoolError::Exhausted {
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.wait_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match got {
+            Ok(Some(Ok(conn))) => match self.adapt(conn, &p, limits).await? {
+                Some((conn, ok)) => Ok(self.hand_out(conn, Some(ok), started)),
+                None => Err(PoolError::Exhausted {
                     server: self.name.clone(),
                     max: self.max(),
-                    waited_ms: limits.wait.as_millis() as u64,
-                })
+                    waited_ms: started.elapsed().as_millis() as u64,
+                }),
+            },
+            Ok(Some(Err(permit))) => {
+                let (conn, ok) = self.open(p, limits, permit).await?;
+                Ok(self.hand_out(conn, Some(ok), started))
             }
+            _ => Err(PoolError::Exhausted {
+                server: self.name.clone(),
+                max: self.max(),
+                waited_ms: limits.wait.as_millis() as u64,
+            }),
+        }
+    }
+
+    fn hand_out(&self, conn: BackendConn, login_ok: Option<Bytes>, started: Instant) -> Acquired {
+        Acquired {
+            conn,
+            login_ok,
+            waited: started.elapsed(),
+        }
+    }
+
+    /// A connection handed over while waiting: used as it is when its key matches, else
+    /// re-authenticated as `p`'s user. `None` when it broke doing so (its slot is free again).
+    async fn adapt(
+        &self,
+        mut conn: BackendConn,
+        p: &LoginParams<'_>,
+        limits: &PoolLimits,
+    ) -> Result<Option<(BackendConn, Bytes)>, PoolError> {
+        if same_key(&conn, p) {
+            // Sluice writes the session's OK itself for a reused connection.
+            return Ok(Some((conn, Bytes::new())));
+        }
+        if conn.capabilities & !LOGIN_ONLY
+            != negotiate(p.capabilities, conn.handshake.capabilities) & !LOGIN_ONLY
+        {
+            // Capabilities are fixed at login: this one cannot serve; close it and take its
+            // slot for a new connection.
+            let slot = conn.slot.take();
+            conn.quit().await;
+            let Some(permit) = slot else {
+                return Ok(None);
+            };
+            return self.open(*p, limits, permit).await.map(Some);
+        }
+        let cu = ChangeUser {
+            username: p.user.to_vec(),
+            auth_response: Vec::new(),
+            database: p.database.map(<[u8]>::to_vec).unwrap_or_default(),
+            charset: Some(u16::from(p.charset)),
+            auth_plugin: None,
+            connect_attrs: p.connect_attrs.map(<[u8]>::to_vec),
         };
+        match tokio::time::timeout(limits.connect_timeout, conn.change_user(&cu, p.password)).await
+        {
+            Ok(Ok(ok)) => Ok(Some((conn, ok))),
+            Ok(Err(BackendError::Refused(e))) => Err(PoolError::Backend(BackendError::Refused(e))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn open(
+        &self,
+        p: LoginParams<'_>,
+        limits: &PoolLimits,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(BackendConn, Bytes), PoolError> {
         let tls = self.tls.read().ok().and_then(|t| t.clone());
         let (mut conn, ok) = connect(
             &self.name,
@@ -214,31 +347,65 @@ impl ServerPool {
         Ok((conn, ok))
     }
 
-    fn pop_idle(&self) -> Option<BackendConn> {
+    /// An idle connection for `p`: of its key (`other_key` false; one already in state
+    /// `want` preferred), or of any key (`other_key` true). The most recently returned first.
+    fn pop_idle(
+        &self,
+        p: &LoginParams<'_>,
+        want: &SessionVars,
+        other_key: bool,
+    ) -> Option<BackendConn> {
         let timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(i) = idle.pop() {
-            if i.since.elapsed() < timeout {
-                return Some(i.conn);
-            }
-            // Too old: the server may have closed it (wait_timeout). Dropping closes it.
+        let mut l = self.lists.lock().ok()?;
+        // The oldest are at the front: too old ones may have been closed by the server
+        // (wait_timeout); dropping closes them.
+        let stale = l
+            .idle
+            .iter()
+            .take_while(|i| i.since.elapsed() >= timeout)
+            .count();
+        if stale > 0 {
+            l.idle.drain(..stale);
         }
-        None
+        let mut pick = None;
+        for (n, i) in l.idle.iter().enumerate().rev() {
+            if other_key {
+                pick = Some(n);
+                break;
+            }
+            if same_key(&i.conn, p) {
+                if i.conn.state == *want {
+                    pick = Some(n);
+                    break;
+                }
+                pick.get_or_insert(n);
+            }
+        }
+        // `remove`, not `swap_remove`: the list stays ordered by return time.
+        pick.map(|n| l.idle.remove(n).conn)
     }
 
-    /// Gives back a connection in a known state; beyond `max_idle` it is closed.
+    /// Gives back a connection in a known state: to the longest-waiting session, else to the
+    /// idle list (beyond `max_idle` it is closed).
     pub fn release(&self, conn: BackendConn) {
-        if conn.slot.is_none() || self.is_retired() {
+        if conn.slot.is_none() || self.is_retired() || conn.looks_closed() {
             return;
         }
-        let max_idle = self.max_idle.load(Ordering::Relaxed);
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < max_idle {
-                idle.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                });
+        let Ok(mut l) = self.lists.lock() else {
+            return;
+        };
+        let mut conn = conn;
+        while let Some(w) = l.waiters.pop_front() {
+            match w.tx.send(conn) {
+                Ok(()) => return,
+                Err(back) => conn = back,
             }
+        }
+        if l.idle.len() < self.max_idle.load(Ordering::Relaxed) {
+            l.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 }

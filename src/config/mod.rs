@@ -210,6 +210,17 @@ pub struct ProxyConfig {
     pub client_idle_timeout_ms: u64,
     /// Prepared statements one session may hold open (error 1461 beyond).
     pub max_prepared_statements_per_session: u32,
+    /// `transaction` (default): a session holds a server connection only while a statement
+    /// runs, a transaction is open or a pin needs it; `session`: one primary connection for
+    /// the session's whole life.
+    pub multiplexing: Multiplexing,
+    /// After a statement that left warnings, changed rows or used `SQL_CALC_FOUND_ROWS`, the
+    /// connection is kept this long (or until the next command, or until another session
+    /// waits for a connection) so that `SHOW WARNINGS`, `ROW_COUNT()`, `FOUND_ROWS()` read it.
+    pub multiplexing_hold_ms: u64,
+    /// Statements prepared on one server connection (shared by the sessions that use it);
+    /// the least recently used is closed beyond this.
+    pub max_prepared_statements_per_connection: u32,
     /// The plugin the greeting names: `mysql_native_password` or `caching_sha2_password`
     /// (clients answer with its token; others are switched per user).
     pub default_auth_plugin: String,
@@ -239,17 +250,28 @@ impl Default for ProxyConfig {
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
             shutdown_grace_ms: 10_000,
-            max_backend_connections: 500,
+            max_backend_connections: 64,
             pool_max_idle: 64,
             pool_wait_ms: 2_000,
             pool_idle_timeout_ms: 60_000,
             max_client_connections: 10_000,
             client_idle_timeout_ms: 28_800_000,
             default_auth_plugin: "mysql_native_password".into(),
+            multiplexing: Multiplexing::Transaction,
+            multiplexing_hold_ms: 1_000,
+            max_prepared_statements_per_connection: 128,
             max_prepared_statements_per_session: 1024,
             tls: None,
         }
     }
+}
+
+/// `[proxy] multiplexing`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Multiplexing {
+    Transaction,
+    Session,
 }
 
 /// `[[servers]]`: one database server. Its role is discovered, not configured.

@@ -43,6 +43,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// Per-statement statistics (`SHOW QUERY DIGEST`).
     pub digests: crate::metrics::digest::Digests,
+    /// Statements that pinned sessions (`SHOW PINS`).
+    pub pin_log: crate::metrics::pins::PinLog,
     /// Per-source and per-user connection state (`[firewall]`).
     pub firewall: super::firewall::Firewall,
     next_id: AtomicU32,
@@ -92,7 +94,7 @@ pub struct Counters {
     /// Sluice hints that could not be understood (and were ignored).
     pub invalid_hints: AtomicU64,
     /// Sessions pinned to the primary, by reason (indexed like `PinReason::ALL`).
-    pub pins: [AtomicU64; 7],
+    pub pins: [AtomicU64; crate::router::PinReason::COUNT],
     /// Reads sent to a replica / kept on the primary.
     pub replica_reads: AtomicU64,
     pub primary_reads: AtomicU64,
@@ -234,6 +236,7 @@ impl Shared {
             sessions: Default::default(),
             metrics: crate::metrics::Metrics::new(),
             digests,
+            pin_log: Default::default(),
             firewall: Default::default(),
             next_id: AtomicU32::new(1),
         }

@@ -5,12 +5,13 @@ pub(crate) mod client;
 mod error;
 pub mod firewall;
 pub(crate) mod handshake;
+mod lease;
 mod listener;
-mod primary;
 pub mod registry;
 mod relay;
 mod routing;
 mod session;
+mod session_state;
 mod statements;
 
 pub use error::SessionError;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,7 +21,12 @@ pub struct SessionInfo {
     pub busy: AtomicBool,
     pub in_transaction: AtomicBool,
     /// Pin reasons (bit per `PinReason::ALL`).
-    pub pins: AtomicU8,
+    pub pins: AtomicU16,
+    /// Since when, and by which statement, the session is pinned (set when the first pin
+    /// starts, cleared when the last ends).
+    pub pinned_by: Mutex<Option<(Instant, String)>>,
+    /// Server connections the session holds now.
+    pub held: AtomicUsize,
     /// Server index of the session's primary connection (`usize::MAX` = none yet).
     pub primary: AtomicUsize,
     /// Server index the last command ran on.
@@ -40,7 +45,9 @@ impl SessionInfo {
             names: Mutex::new((String::new(), None)),
             busy: AtomicBool::new(false),
             in_transaction: AtomicBool::new(false),
-            pins: AtomicU8::new(0),
+            pins: AtomicU16::new(0),
+            pinned_by: Mutex::new(None),
+            held: AtomicUsize::new(0),
             primary: AtomicUsize::new(usize::MAX),
             last_server: AtomicUsize::new(usize::MAX),
             tls: std::sync::OnceLock::new(),

@@ -23,20 +23,8 @@ const INSPECT_PREFIX: usize = 64;
 const READ_CHUNK: usize = 64 << 10;
 
 /// Relays the response to the command the client just sent. `seq` is the sequence id the
-/// server's first packet must carry. Returns how the response ended.
-pub async fn relay_response(
-    client: &mut ClientConn,
-    backend: &mut BackendConn,
-    kind: ResponseKind,
-    seq: u8,
-    client_local_files: bool,
-) -> Result<Outcome, SessionError> {
-    relay_rewriting(client, backend, kind, seq, client_local_files, None)
-        .await
-        .map(|(o, _)| o)
-}
-
-/// Like [`relay_response`]; for a COM_STMT_PREPARE response, `statement_id` replaces the
+/// server's first packet must carry. Returns how the response ended. For a COM_STMT_PREPARE
+/// response, `statement_id` replaces the
 /// server's statement id in the prepare-OK packet the client sees, and the server's id and
 /// the statement's parameter count are returned.
 pub async fn relay_rewriting(
@@ -130,6 +118,8 @@ pub async fn relay_rewriting(
         if body_left == 0 {
             if let Some(o) = outcome {
                 backend.last_rows = tracker.rows();
+                backend.last_warnings = tracker.warnings();
+                backend.last_insert_id = tracker.insert_id();
                 return Ok((o, server_statement_id));
             }
             if infile {

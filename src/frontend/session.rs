@@ -1,27 +1,34 @@
-//! One client session: authenticate, open the backend connection, then relay commands until
-//! the client quits, a connection breaks, or the proxy shuts down.
+//! One client session: authenticate, then take each command, run it on a leased server
+//! connection (see `lease.rs`) and relay its answer, until the client quits, a connection
+//! breaks, or the proxy shuts down.
+//!
+//! The session is state (`session_state.rs`), a plan per command (`routing.rs`), leased
+//! connections (`lease.rs`) and the relay (`relay.rs`); prepared statements are in
+//! `statements.rs`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_proto::auth_switch::AuthSwitchRequest;
 use sluice_proto::command::{self, ChangeUser};
 use sluice_proto::err::ErrPacket;
 use sluice_proto::flags::cap;
-use sluice_proto::tracker::ResponseKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
+use sluice_proto::framing::{PacketExtent, HEADER_LEN};
+use sluice_proto::tracker::{Outcome, ResponseKind};
+use tokio::io::AsyncWriteExt;
 
 use super::client::ClientConn;
 use super::handshake::{self, AuthPlugin, Authenticated};
-use super::relay::relay_response;
-use super::routing::ReplicaConn;
+use super::lease::{held_event, wait_for_primary, Leased, Outstanding, Unavailable};
+use super::relay::relay_rewriting;
+use super::session_state::SessionState;
 use super::{SessionError, Shared};
-use crate::backend::{BackendConn, BackendError, LoginParams, PoolError};
-use crate::config::UserConfig;
+use crate::backend::BackendConn;
+use crate::config::{Multiplexing, UserConfig};
 use crate::errors;
-use crate::router::{Route, StatementClass};
-use sluice_proto::framing::HEADER_LEN;
-use std::sync::atomic::Ordering;
+use crate::router::{PinReason, Route, StatementClass};
 
 /// Commands that belong to replication or are obsolete: a proxy does not pass them on.
 fn refused_command(code: u8) -> bool {
@@ -39,55 +46,55 @@ fn refused_command(code: u8) -> bool {
 
 pub(super) struct Session {
     pub(super) client: ClientConn,
-    /// The session's own connection to the primary.
-    pub(super) backend: BackendConn,
     pub(super) user: UserConfig,
     pub(super) capabilities: u64,
     pub(super) salt: Vec<u8>,
     pub(super) shared: Arc<Shared>,
-    /// Options from the client's handshake, for opening replica connections.
     pub(super) login: LoginInfo,
-    /// Connections to replicas, by server index.
-    pub(super) replicas: Vec<Option<ReplicaConn>>,
-    /// Replayable session state, in order (raw command payloads).
-    pub(super) state_log: Vec<Vec<u8>>,
-    /// Non-replayable state keeping the session on the primary (bit per `PinReason`).
-    pub(super) pins: u8,
-    /// Status flags of the last response.
-    pub(super) status: u16,
-    pub(super) previous: Route,
-    /// A write succeeded since `last_gtid` was last read.
-    pub(super) wrote: bool,
-    /// The GTID of the session's last write: replicas must have applied it to serve reads.
-    pub(super) last_gtid: Option<String>,
-    /// Prepared statements, by the id Sluice gave the client.
-    pub(super) stmts: std::collections::HashMap<u32, super::statements::Stmt>,
-    pub(super) next_stmt: u32,
-    /// The default database, as far as Sluice followed it (for rules matching on schema).
-    pub(super) current_db: Option<Vec<u8>>,
-    /// The replica running the session's `START TRANSACTION READ ONLY` transaction.
-    pub(super) txn_replica: Option<usize>,
-    /// The server index of the primary connection.
-    pub(super) primary_index: usize,
-    /// No command is in flight: every connection is between responses.
-    pub(super) idle: bool,
-    /// The client changed connection options (COM_SET_OPTION), which COM_CHANGE_USER may not
-    /// reset: its primary connection is not reused.
-    pub(super) options_changed: bool,
-    /// The primary connection broke (why): the next command needing the primary reconnects.
-    pub(super) primary_lost: Option<String>,
     /// What the admin port sees of this session.
     pub(super) info: Arc<super::registry::SessionInfo>,
     /// The routing settings and rules in force (refreshed after a reload).
     pub(super) routing: Arc<super::RoutingState>,
+    /// Transaction status, pins, wanted variables, prepared statements.
+    pub(super) st: SessionState,
+    /// The connections the session holds now.
+    pub(super) primary: Option<Leased>,
+    pub(super) replica: Option<Leased>,
+    /// The open transaction runs on the held replica (`START TRANSACTION READ ONLY`).
+    pub(super) txn_on_replica: bool,
+    /// `[proxy] multiplexing = "transaction"`.
+    pub(super) multiplex: bool,
+    /// The transaction died with its connection: the next command gets 9020.
+    pub(super) txn_lost: Option<String>,
+    /// Pinned state died with its connection: the next command gets 9021.
+    pub(super) state_lost: Option<String>,
+    /// Per server: the newest GTID of this session known to be applied there.
+    pub(super) seen_gtid: Vec<Option<String>>,
+    /// When a hold (see `SessionState::hold`) ends at the latest.
+    hold_until: Option<tokio::time::Instant>,
+    /// No command is in flight.
+    idle: bool,
 }
 
-/// What a replica connection must be opened with.
+/// What server connections are opened with (from the client's handshake).
 pub(super) struct LoginInfo {
-    pub database: Option<Vec<u8>>,
     pub charset: u8,
     pub max_packet: u32,
     pub connect_attrs: Option<Vec<u8>>,
+}
+
+/// Which held connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    Primary,
+    Replica,
+}
+
+/// What the relay of one command produced.
+pub(super) struct Relayed {
+    pub outcome: Outcome,
+    /// The server's statement id and parameter count (a relayed COM_STMT_PREPARE).
+    pub prepared: Option<(u32, u16)>,
 }
 
 /// Runs a session to its end.
@@ -143,52 +150,47 @@ pub async fn run(
             .await?;
         return Ok(());
     };
-    let Some((backend, primary_index)) =
-        open_primary(&shared, &snapshot, &mut client, &auth).await?
-    else {
-        return Ok(());
-    };
     tracing::Span::current().record("user", tracing::field::display(&auth.user.name));
-    info.primary.store(primary_index, Ordering::Relaxed);
-    tracing::debug!("client authenticated");
-    let r = auth.response;
-    let login = LoginInfo {
-        database: r
-            .database
-            .filter(|_| auth.capabilities & cap::CLIENT_CONNECT_WITH_DB != 0),
-        charset: r.charset,
-        max_packet: r.max_packet,
-        connect_attrs: r.connect_attrs,
-    };
-    let replicas = snapshot.slots.iter().map(|_| None).collect();
+    let Authenticated {
+        user,
+        response: r,
+        capabilities,
+        salt,
+        next_seq,
+    } = auth;
+    let database = r
+        .database
+        .filter(|_| capabilities & cap::CLIENT_CONNECT_WITH_DB != 0);
+    let multiplex = snapshot.config.proxy.multiplexing == Multiplexing::Transaction;
     let mut s = Session {
         client,
-        backend,
-        user: auth.user,
-        capabilities: auth.capabilities,
-        salt: auth.salt,
-        shared,
-        login,
-        replicas,
-        state_log: Vec::new(),
-        pins: 0,
-        status: sluice_proto::flags::status::SERVER_STATUS_AUTOCOMMIT,
-        previous: Route::Primary,
-        wrote: false,
-        last_gtid: None,
-        stmts: Default::default(),
-        next_stmt: 0,
-        current_db: None,
-        txn_replica: None,
-        primary_index,
-        idle: true,
-        options_changed: false,
-        primary_lost: None,
+        user,
+        capabilities,
+        salt,
+        login: LoginInfo {
+            charset: r.charset,
+            max_packet: r.max_packet,
+            connect_attrs: r.connect_attrs,
+        },
         info,
         routing: snapshot,
+        st: SessionState::new(database),
+        primary: None,
+        replica: None,
+        txn_on_replica: false,
+        multiplex,
+        txn_lost: None,
+        state_lost: None,
+        seen_gtid: Vec::new(),
+        hold_until: None,
+        idle: true,
+        shared,
     };
-    s.current_db = s.login.database.clone();
-    s.info.set_names(&s.user.name, s.current_db.as_deref());
+    s.publish_state();
+    if !s.login_primary(next_seq).await? {
+        return Ok(());
+    }
+    tracing::debug!("client authenticated");
     let result = s.command_loop().await;
     let orderly = matches!(result, Ok(()) | Err(SessionError::ClientClosed));
     s.finish(orderly).await;
@@ -219,120 +221,46 @@ async fn authenticate(
     }
 }
 
-/// Waits (up to `[monitor] failover_hold_ms`) for a writable primary.
-async fn wait_for_primary(shared: &Shared, hold_ms: u64) -> Option<usize> {
-    let mut rx = shared.cluster.clone();
-    let hold = Duration::from_millis(hold_ms);
-    let deadline = tokio::time::Instant::now() + hold;
-    loop {
-        if let Some(p) = rx.borrow_and_update().writable_primary() {
-            return Some(p);
-        }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => {}
-            _ => return None,
-        }
-    }
-}
-
-/// Logs in to the primary on the authenticated client's behalf and sends the client the
-/// server's OK. `None` when the client was refused (it has been told why).
-async fn open_primary(
-    shared: &Shared,
-    snapshot: &super::RoutingState,
-    client: &mut ClientConn,
-    auth: &Authenticated,
-) -> Result<Option<(BackendConn, usize)>, SessionError> {
-    let hold_ms = snapshot.config.monitor.failover_hold_ms;
-    let Some(index) = wait_for_primary(shared, hold_ms).await else {
-        client
-            .send_err(auth.next_seq, &errors::no_primary_within(hold_ms))
-            .await?;
-        return Err(SessionError::NoPrimary);
-    };
-    let r = &auth.response;
-    let params = LoginParams {
-        user: auth.user.name.as_bytes(),
-        password: auth.user.password.as_bytes(),
-        database: r
-            .database
-            .as_deref()
-            .filter(|_| auth.capabilities & cap::CLIENT_CONNECT_WITH_DB != 0),
-        capabilities: auth.capabilities,
-        charset: r.charset,
-        max_packet: r.max_packet,
-        connect_attrs: r.connect_attrs.as_deref(),
-    };
-    // A server added by a reload that happened after this session's snapshot was taken.
-    let fresh;
-    let snapshot = if index < snapshot.slots.len() {
-        snapshot
-    } else {
-        fresh = shared.routing();
-        &fresh
-    };
-    let Some(pool) = snapshot.slot(index).map(|s| &s.pool) else {
-        client
-            .send_err(auth.next_seq, &errors::no_primary())
-            .await?;
-        return Err(SessionError::NoPrimary);
-    };
-    match pool.acquire(params, &snapshot.pool_limits).await {
-        Ok((conn, ok)) => {
-            client.write_packet(auth.next_seq, &ok).await?;
-            Ok(Some((conn, index)))
-        }
-        Err(PoolError::Backend(BackendError::Refused(err))) => {
-            // The server's own answer (e.g. unknown database) goes to the client unchanged.
-            client.send_err(auth.next_seq, &err).await?;
-            Ok(None)
-        }
-        Err(PoolError::Exhausted {
-            server,
-            max,
-            waited_ms,
-        }) => {
-            tracing::warn!(server = %server, max, "no free backend connection slot");
-            client
-                .send_err(
-                    auth.next_seq,
-                    &errors::pool_exhausted(&server, max, waited_ms),
-                )
-                .await?;
-            Err(SessionError::NoPrimary)
-        }
-        Err(PoolError::Backend(e)) => {
-            let detail = format!("{} ({}): {e}", pool.name, pool.address);
-            tracing::warn!(error = %detail, "backend login failed");
-            let err = match &e {
-                BackendError::AuthPlugin(plugin) => errors::backend_auth_plugin(&pool.name, plugin),
-                _ => errors::backend_connect(&pool.name, &e.to_string()),
-            };
-            client.send_err(auth.next_seq, &err).await?;
-            Err(SessionError::Backend(e))
-        }
-    }
-}
+/// The OK Sluice sends for a login or change of user served by a reused connection.
+const LOGIN_OK: [u8; 7] = [0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00];
 
 impl Session {
-    /// A reload replaced the configuration, servers or rules: take the new snapshot. New
-    /// servers get a (still empty) replica slot; connections to removed servers are closed
-    /// unless a read-only transaction runs there (it ends first).
+    /// Logs in to the primary on the client's behalf (a new or reused connection brought to
+    /// the session's database) and sends the client the OK, or the server's refusal. False
+    /// when the client was refused.
+    async fn login_primary(&mut self, seq: u8) -> Result<bool, SessionError> {
+        let hold_ms = self.routing.config.monitor.failover_hold_ms;
+        let Some(p) = wait_for_primary(&self.shared, hold_ms).await else {
+            self.client
+                .send_err(seq, &errors::no_primary_within(hold_ms))
+                .await?;
+            return Ok(false);
+        };
+        match self.lease(p).await {
+            Ok((conn, ok)) => {
+                self.hold_primary(p, conn);
+                let ok = ok.map_or(LOGIN_OK.to_vec(), |b| b.to_vec());
+                self.client.write_packet(seq, &ok).await?;
+                self.settle().await;
+                Ok(true)
+            }
+            Err(Unavailable::Reply(e) | Unavailable::Close(e)) => {
+                self.client.send_err(seq, &e).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A reload replaced the configuration, servers or rules: take the new snapshot. A held
+    /// replica connection to a removed server is given up unless a transaction runs there.
     pub(super) fn refresh_snapshot(&mut self) {
         self.routing = self.shared.routing();
-        let n = self.routing.slots.len();
-        if self.replicas.len() < n {
-            self.replicas.resize_with(n, || None);
-        }
-        for (i, r) in self.replicas.iter_mut().enumerate() {
-            let removed = self
-                .routing
-                .config
-                .servers
-                .get(i)
-                .is_some_and(|s| s.removed);
-            if removed && r.is_some() && self.txn_replica != Some(i) {
-                *r = None;
+        let removed =
+            |i: usize, r: &Self| r.routing.config.servers.get(i).is_some_and(|s| s.removed);
+        if let Some(r) = &self.replica {
+            if removed(r.server, self) && !self.txn_on_replica {
+                self.replica = None;
+                self.info.held.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -345,45 +273,27 @@ impl Session {
             if *shutdown.borrow() {
                 return self.close().await;
             }
-            let ext = tokio::select! {
-                r = self.client.next_packet() => match r {
-                    Ok(ext) => ext,
-                    Err(SessionError::TooLarge(n)) => {
-                        let _ = self.client.send_err(1, &errors::packet_too_large()).await;
-                        return Err(SessionError::TooLarge(n));
-                    }
-                    Err(e) => return Err(e),
-                },
-                _ = idle_deadline(self.routing.config.proxy.client_idle_timeout_ms) => {
-                    // Like the server's wait_timeout: the client stayed silent too long.
-                    self.shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("closing a client idle for longer than client_idle_timeout_ms");
-                    return self.close().await;
-                }
-                r = idle_backend_event(&mut self.backend), if self.primary_lost.is_none() => {
-                    // The server closed (or spoke out of turn) while the session was idle. The
-                    // next command that needs the primary reconnects (see `primary.rs`).
-                    self.mark_primary_lost(r);
-                    continue;
-                }
-                _ = shutdown.changed() => continue,
+            let Some(ext) = self.next_command(&mut shutdown).await? else {
+                continue;
             };
             self.idle = false;
             self.info.busy.store(true, Ordering::Relaxed);
             if self.shared.routing_gen.load(Ordering::Acquire) != self.routing.generation {
                 self.refresh_snapshot();
             }
-            let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
+            let seq = ext.last_seq.wrapping_add(1);
             if ext.first_seq != 0 {
-                let _ = self
-                    .client
-                    .send_err(ext.last_seq.wrapping_add(1), &errors::out_of_order())
-                    .await;
+                let _ = self.client.send_err(seq, &errors::out_of_order()).await;
                 return Err(SessionError::Malformed(
                     "command with a non-zero sequence id".into(),
                 ));
             }
-            let Some(&code) = payload.first() else {
+            let Some(&code) = self
+                .client
+                .rbuf
+                .get(HEADER_LEN)
+                .filter(|_| ext.wire_len > HEADER_LEN)
+            else {
                 let e = ErrPacket::new(1835, b"08S01", "Malformed communication packet");
                 let _ = self.client.send_err(1, &e).await;
                 return Err(SessionError::Malformed("empty command packet".into()));
@@ -395,206 +305,544 @@ impl Session {
                     return self.close().await;
                 }
                 command::COM_CHANGE_USER => {
-                    if !self
-                        .primary_or_reply(ext.wire_len, ext.last_seq.wrapping_add(1), true)
-                        .await?
-                    {
-                        continue;
-                    }
                     let payload = self.client.rbuf[HEADER_LEN..ext.wire_len].to_vec();
                     self.client.consume(ext.wire_len);
                     self.change_user(&payload).await?;
-                    continue;
                 }
                 c if refused_command(c) => {
                     self.client.consume(ext.wire_len);
-                    self.client.send_err(1, &errors::unknown_command(c)).await?;
-                    continue;
-                }
-                _ => {}
-            }
-            if matches!(
-                code,
-                command::COM_STMT_PREPARE
-                    | command::COM_STMT_EXECUTE
-                    | command::COM_STMT_SEND_LONG_DATA
-                    | command::COM_STMT_CLOSE
-                    | command::COM_STMT_RESET
-                    | command::COM_STMT_FETCH
-            ) {
-                match self
-                    .statement_command(code, ext.wire_len, ext.last_seq)
-                    .await
-                {
-                    Ok(()) => continue,
-                    Err(SessionError::BackendGone(detail)) => {
-                        self.backend_gone(None, detail, ext.last_seq.wrapping_add(1))
-                            .await?;
-                        continue;
-                    }
-                    Err(SessionError::BackendLost(detail)) => {
-                        let _ = self.client.send_err(1, &errors::server_lost(&detail)).await;
-                        return Err(SessionError::BackendLost(detail));
-                    }
-                    Err(SessionError::BackendProtocol(detail)) => {
-                        let e = errors::backend_protocol("(statement)", &detail);
-                        let _ = self.client.send_err(1, &e).await;
-                        return Err(SessionError::BackendProtocol(detail));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            self.options_changed |= code == command::COM_SET_OPTION;
-            let payload = &self.client.rbuf[HEADER_LEN..ext.wire_len];
-            let (mut route, mut effect) = self.plan(payload);
-            // Inside a read-only transaction on a replica, everything goes there until the
-            // server's status flags say the transaction ended.
-            if self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS == 0 {
-                self.txn_replica = None;
-            }
-            if let (Some(i), None) = (self.txn_replica, effect.reject.as_ref()) {
-                route = Route::Replica(i);
-            }
-            if let Some(err) = effect.reject.take() {
-                self.client.consume(ext.wire_len);
-                self.client.send_err(1, &err).await?;
-                continue;
-            }
-            let replay_copy = effect.replay.then(|| payload.to_vec());
-            // A server may ask for a local file only in answer to the client's own
-            // `LOAD DATA LOCAL` (and only if the client enabled it).
-            let local_files = code == command::COM_QUERY
-                && self.capabilities & cap::CLIENT_LOCAL_FILES != 0
-                && crate::router::lexer::mentions_load_local(&payload[1..]);
-            let digest = match code {
-                command::COM_QUERY => self.shared.digests.begin(&payload[1..]),
-                _ => None,
-            };
-            if let Route::Replica(i) = route {
-                if !self.ensure_replica(i).await || !self.replica_has_our_writes(i).await {
-                    route = Route::Primary;
-                }
-            }
-            let on_replica = matches!(route, Route::Replica(i) if self.replicas[i].is_some());
-            if !on_replica
-                && !self
-                    .primary_or_reply(ext.wire_len, ext.last_seq.wrapping_add(1), false)
-                    .await?
-            {
-                continue;
-            }
-            let (conn, server_index) = match route {
-                Route::Replica(i) => match self.replicas[i].as_mut() {
-                    Some(rc) => (&mut rc.conn, Some(i)),
-                    None => (&mut self.backend, None),
-                },
-                Route::Primary => (&mut self.backend, None),
-            };
-            if let Err(e) = conn
-                .stream
-                .write_all(&self.client.rbuf[..ext.wire_len])
-                .await
-            {
-                self.client.consume(ext.wire_len);
-                self.backend_gone(server_index, e.to_string(), ext.last_seq.wrapping_add(1))
-                    .await?;
-                continue;
-            }
-            self.client.consume(ext.wire_len);
-            let kind = ResponseKind::for_command(code);
-            if kind == ResponseKind::None {
-                continue;
-            }
-            if matches!(effect.class, StatementClass::Read) {
-                let c = if server_index.is_some() {
-                    &self.shared.counters.replica_reads
-                } else {
-                    &self.shared.counters.primary_reads
-                };
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Some(i) = server_index {
-                if let Some(slot) = self.routing.slot(i) {
-                    slot.outstanding.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            let started = std::time::Instant::now();
-            let result = relay_response(
-                &mut self.client,
-                conn,
-                kind,
-                ext.last_seq.wrapping_add(1),
-                local_files,
-            )
-            .await;
-            let rows = conn.last_rows;
-            if let Some(i) = server_index {
-                if let Some(slot) = self.routing.slot(i) {
-                    slot.outstanding.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            if let (Some(d), Ok(o)) = (digest, &result) {
-                let took = started.elapsed();
-                self.shared
-                    .digests
-                    .record(d, took, rows, server_index.is_some(), o.error);
-            }
-            if result.is_ok() {
-                let class = if code == command::COM_QUERY {
-                    effect.class
-                } else {
-                    StatementClass::Command
-                };
-                self.count(server_index, class, started);
-            }
-            match result {
-                Ok(outcome) => {
-                    self.previous = route;
-                    if let (StatementClass::BeginReadOnly, Some(i), false) =
-                        (effect.class, server_index, outcome.error)
-                    {
-                        self.txn_replica = Some(i);
-                    }
-                    if let Some(st) = outcome.status {
-                        self.status = st;
-                        self.info.in_transaction.store(
-                            st & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0,
-                            Ordering::Relaxed,
-                        );
-                    }
-                    if !outcome.error && server_index.is_none() {
-                        self.wrote |= Session::may_write(code, effect.class);
-                        self.apply(effect, replay_copy);
-                        if code == command::COM_RESET_CONNECTION {
-                            self.reset_state().await;
-                        }
-                    }
-                }
-                Err(SessionError::BackendGone(detail)) => {
-                    // Nothing of the response reached the client: a clean error, and the
-                    // session goes on.
-                    self.backend_gone(server_index, detail, ext.last_seq.wrapping_add(1))
+                    self.client
+                        .send_err(seq, &errors::unknown_command(c))
                         .await?;
                 }
-                Err(SessionError::BackendLost(detail)) => {
-                    // Whatever sequence id comes next is unknown mid-response; clients accept an
-                    // ERR at any point and then see the connection close.
-                    let _ = self.client.send_err(1, &errors::server_lost(&detail)).await;
-                    return Err(SessionError::BackendLost(detail));
+                command::COM_STMT_PREPARE
+                | command::COM_STMT_EXECUTE
+                | command::COM_STMT_SEND_LONG_DATA
+                | command::COM_STMT_CLOSE
+                | command::COM_STMT_RESET
+                | command::COM_STMT_FETCH => {
+                    self.statement_command(code, ext.wire_len, seq).await?
                 }
-                Err(SessionError::BackendProtocol(detail)) => {
-                    // Named only on this error path: no per-query copy of the name.
-                    let server_name = match server_index {
-                        Some(i) => self.routing.server_name(i),
-                        None => self.backend.server.as_str(),
-                    };
-                    let e = errors::backend_protocol(server_name, &detail);
-                    let _ = self.client.send_err(1, &e).await;
-                    return Err(SessionError::BackendProtocol(detail));
+                _ => self.command(code, ext.wire_len, seq).await?,
+            }
+            self.settle().await;
+            self.publish_state();
+        }
+    }
+
+    /// Waits for the client's next command, watching the held connections meanwhile. `None`
+    /// when something else happened (the loop looks again).
+    async fn next_command(
+        &mut self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<PacketExtent>, SessionError> {
+        let idle_ms = self.routing.config.proxy.client_idle_timeout_ms;
+        // A hold ends after multiplexing_hold_ms, or at once when a session waits for a
+        // connection of that server.
+        let held_server = match (self.st.hold, self.st.previous) {
+            (None, _) => None,
+            (Some(_), Route::Primary) => self.primary.as_ref().map(|p| p.server),
+            (Some(_), Route::Replica(_)) => self.replica.as_ref().map(|r| r.server),
+        };
+        if self.st.hold.is_some() && self.hold_until.is_none() {
+            let ms = self.routing.config.proxy.multiplexing_hold_ms;
+            self.hold_until = Some(tokio::time::Instant::now() + Duration::from_millis(ms));
+        }
+        let pressure_slot = held_server.and_then(|i| self.routing.slots.get(i).cloned());
+        let hold_until = self.hold_until;
+        let primary = self.primary.as_mut().map(|l| &mut l.conn);
+        let replica = self.replica.as_mut().map(|l| &mut l.conn);
+        let client = &mut self.client;
+        tokio::select! {
+            r = client.next_packet() => match r {
+                Ok(ext) => {
+                    self.hold_until = None;
+                    Ok(Some(ext))
                 }
-                Err(e) => return Err(e),
+                Err(SessionError::TooLarge(n)) => {
+                    let _ = self.client.send_err(1, &errors::packet_too_large()).await;
+                    Err(SessionError::TooLarge(n))
+                }
+                Err(e) => Err(e),
+            },
+            _ = idle_deadline(idle_ms) => {
+                // Like the server's wait_timeout: the client stayed silent too long.
+                self.shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("closing a client idle for longer than client_idle_timeout_ms");
+                self.close().await?;
+                Err(SessionError::ClientClosed)
+            }
+            why = watch(primary) => {
+                self.held_broke(true, why);
+                Ok(None)
+            }
+            why = watch(replica) => {
+                self.held_broke(false, why);
+                Ok(None)
+            }
+            _ = until(hold_until) => {
+                self.hold_until = None;
+                self.end_hold().await;
+                self.publish_state();
+                Ok(None)
+            }
+            _ = pressure(pressure_slot.as_deref()) => {
+                self.hold_until = None;
+                self.end_hold().await;
+                self.publish_state();
+                Ok(None)
+            }
+            _ = shutdown.changed() => Ok(None),
+        }
+    }
+
+    /// A command other than the prepared-statement ones, at the front of the client buffer.
+    async fn command(&mut self, code: u8, wire_len: usize, seq: u8) -> Result<(), SessionError> {
+        let payload = &self.client.rbuf[HEADER_LEN..wire_len];
+        let mut plan = self.plan(payload);
+        if code == command::COM_SET_OPTION {
+            plan.applied.pin = Some(PinReason::SetOption);
+        }
+        if let Some(err) = plan.reject.take() {
+            self.client.consume(wire_len);
+            return self.client.send_err(seq, &err).await;
+        }
+        // A server may ask for a local file only in answer to the client's own
+        // `LOAD DATA LOCAL` (and only if the client enabled it).
+        let local_files = code == command::COM_QUERY
+            && self.capabilities & cap::CLIENT_LOCAL_FILES != 0
+            && crate::router::lexer::mentions_load_local(&payload[1..]);
+        let digest = match code {
+            command::COM_QUERY => self.shared.digests.begin(&payload[1..]),
+            _ => None,
+        };
+        let pin_text = plan
+            .applied
+            .pin
+            .map(|_| statement_text(&self.client.rbuf[HEADER_LEN..wire_len]));
+        let Some(on) = self.target(&mut plan, wire_len, seq).await? else {
+            return Ok(());
+        };
+        let kind = ResponseKind::for_command(code);
+        let started = Instant::now();
+        let Some(r) = self
+            .forward(on, wire_len, None, kind, seq, local_files, None)
+            .await?
+        else {
+            return Ok(());
+        };
+        let server = self.server_of(on);
+        let conn = self.conn(on);
+        let (rows, warnings, insert_id) = (conn.last_rows, conn.last_warnings, conn.last_insert_id);
+        if let Some(d) = digest {
+            self.shared.digests.record(
+                d,
+                started.elapsed(),
+                rows,
+                on == Held::Replica,
+                r.outcome.error,
+            );
+        }
+        let class = if code == command::COM_QUERY {
+            plan.class
+        } else {
+            StatementClass::Command
+        };
+        self.count((on == Held::Replica).then_some(server), class, started);
+        if matches!(plan.class, StatementClass::Read) && code == command::COM_QUERY {
+            let c = if on == Held::Replica {
+                &self.shared.counters.replica_reads
+            } else {
+                &self.shared.counters.primary_reads
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.after(
+            on,
+            code,
+            &plan,
+            r.outcome,
+            (rows, warnings, insert_id),
+            pin_text,
+        );
+        if code == command::COM_RESET_CONNECTION && !r.outcome.error {
+            self.reset_connection_state(on);
+        }
+        Ok(())
+    }
+
+    /// Updates the session after a relayed command.
+    pub(super) fn after(
+        &mut self,
+        on: Held,
+        code: u8,
+        plan: &super::routing::Plan,
+        outcome: Outcome,
+        (rows, warnings, insert_id): (u64, u16, u64),
+        pin_text: Option<String>,
+    ) {
+        self.st.previous = match on {
+            Held::Primary => Route::Primary,
+            Held::Replica => Route::Replica(self.server_of(on)),
+        };
+        if let Some(st) = outcome.status {
+            self.st.status = st;
+        }
+        let conn_id = self.conn(on).id;
+        if insert_id != 0 || plan.reads.insert_id {
+            // LAST_INSERT_ID() of this connection may be the session's now.
+            self.st.lii_dirty = true;
+            self.st.lii_conn = Some(conn_id);
+        }
+        if outcome.error {
+            // SHOW WARNINGS / SHOW ERRORS read the error on this connection.
+            self.st.keep_after(1, false, false);
+            return;
+        }
+        if plan.class == StatementClass::BeginReadOnly
+            && on == Held::Replica
+            && self.st.in_transaction()
+        {
+            self.txn_on_replica = true;
+        }
+        if on == Held::Primary {
+            self.st.wrote |= Session::may_write(code, plan.class);
+        }
+        let changes_rows = matches!(
+            plan.class,
+            StatementClass::Write | StatementClass::Other | StatementClass::Multi
+        ) && (rows > 0 || insert_id != 0);
+        self.st.keep_after(warnings, plan.found_rows, changes_rows);
+        if self.st.pins & PinReason::NextTransaction.bit() != 0
+            && plan.applied.pin != Some(PinReason::NextTransaction)
+            && !self.st.in_transaction()
+        {
+            // The next transaction (or autocommit statement) ran with it.
+            self.st.pins &= !PinReason::NextTransaction.bit();
+        }
+        let a = plan.applied.clone();
+        if !a.sets.is_empty() || a.db.is_some() {
+            let conn = self.conn_mut(on);
+            for (k, v) in &a.sets {
+                conn.state.set(k.clone(), v.clone());
+            }
+            if let Some(db) = &a.db {
+                conn.state.db = Some(db.clone());
             }
         }
+        if let Some(p) = self.st.apply(a) {
+            self.pinned(p, pin_text.unwrap_or_default());
+        }
+    }
+
+    /// A pin started: counted, shown to the admin port, logged once per statement shape.
+    pub(super) fn pinned(&mut self, p: PinReason, text: String) {
+        let i = PinReason::ALL.iter().position(|&x| x == p).unwrap_or(0);
+        self.shared.counters.pins[i].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut by) = self.info.pinned_by.lock() {
+            if by.is_none() {
+                *by = Some((Instant::now(), text.clone()));
+            }
+        }
+        self.shared.pin_log.record(p, &self.user.name, &text);
+    }
+
+    /// Publishes the session's state to the admin port.
+    pub(super) fn publish_state(&self) {
+        self.info
+            .in_transaction
+            .store(self.st.in_transaction(), Ordering::Relaxed);
+        self.info.pins.store(self.st.pins, Ordering::Relaxed);
+        if self.st.pins == 0 {
+            if let Ok(mut by) = self.info.pinned_by.lock() {
+                *by = None;
+            }
+        }
+        self.info
+            .set_names(&self.user.name, self.st.vars.db.as_deref());
+    }
+
+    /// COM_RESET_CONNECTION succeeded: the server forgot the session (variables, temporary
+    /// tables, locks, prepared statements) but kept its database.
+    fn reset_connection_state(&mut self, on: Held) {
+        let db = self.st.vars.db.clone();
+        self.st.reset(db.clone());
+        let conn = self.conn_mut(on);
+        conn.stmts.clear_forgotten();
+        // The server's character set after a reset is not the login one everywhere: the next
+        // lease sets it explicitly.
+        conn.state = crate::backend::SessionVars {
+            db,
+            sets: vec![(crate::backend::state::NAMES_KEY.to_vec(), Vec::new())],
+        };
+    }
+
+    /// Chooses and leases the connection a planned command runs on. `None`: the command was
+    /// answered (with an error) and consumed.
+    pub(super) async fn target(
+        &mut self,
+        plan: &mut super::routing::Plan,
+        wire_len: usize,
+        seq: u8,
+    ) -> Result<Option<Held>, SessionError> {
+        let held_previous = self.st.hold.take().is_some();
+        if held_previous {
+            self.hold_until = None;
+            if plan.reads.previous || plan.reads.insert_id {
+                // A dependent statement runs where the previous one did.
+                plan.route = self.st.previous;
+            }
+            // Whatever the hold kept and this command does not use goes back.
+            let keep_primary = plan.route == Route::Primary;
+            let keep_replica = matches!(plan.route, Route::Replica(i) if self.replica.as_ref().is_some_and(|r| r.server == i));
+            if !keep_replica && !self.txn_on_replica {
+                self.release_replica().await;
+            }
+            if !keep_primary && self.multiplex && !self.st.needs_held() {
+                self.release_primary().await;
+            }
+        }
+        if self.txn_on_replica && self.st.in_transaction() {
+            if let Some(r) = &self.replica {
+                plan.route = Route::Replica(r.server);
+            }
+        }
+        if let Route::Replica(i) = plan.route {
+            if self.lease_replica(i).await && self.replica_has_our_writes(i).await {
+                return self
+                    .prepare_target(Held::Replica, plan, held_previous, wire_len, seq)
+                    .await;
+            }
+            if self.txn_on_replica {
+                self.client.consume(wire_len);
+                self.client
+                    .send_err(
+                        seq,
+                        &errors::lost_in_flight(
+                            self.routing.server_name(i),
+                            "the replica connection of the read-only transaction broke",
+                        ),
+                    )
+                    .await?;
+                self.txn_on_replica = false;
+                self.st.status &= !SERVER_STATUS_IN_TRANS;
+                return Ok(None);
+            }
+        }
+        match self.lease_primary().await {
+            Ok(()) => {
+                self.prepare_target(Held::Primary, plan, held_previous, wire_len, seq)
+                    .await
+            }
+            Err(Unavailable::Reply(e)) => {
+                self.client.consume(wire_len);
+                self.client.send_err(seq, &e).await?;
+                Ok(None)
+            }
+            Err(Unavailable::Close(e)) => {
+                self.client.consume(wire_len);
+                let _ = self.client.send_err(seq, &e).await;
+                Err(SessionError::BackendLost(
+                    "session state lost with its server connection".into(),
+                ))
+            }
+        }
+    }
+
+    /// Last preparations on the chosen connection: LAST_INSERT_ID() for a statement that
+    /// reads it; for a statement that reads the previous statement's outcome on a connection
+    /// that did not run it (the previous statement left nothing to read: no warnings, no
+    /// changed rows), the diagnostics of whoever used the connection before are cleared.
+    async fn prepare_target(
+        &mut self,
+        on: Held,
+        plan: &super::routing::Plan,
+        held_previous: bool,
+        wire_len: usize,
+        seq: u8,
+    ) -> Result<Option<Held>, SessionError> {
+        let clear = plan.reads.previous && !held_previous;
+        if plan.reads.insert_id || clear {
+            let (slot, st) = match on {
+                Held::Primary => (&mut self.primary, &mut self.st),
+                Held::Replica => (&mut self.replica, &mut self.st),
+            };
+            if let Some(l) = slot.as_mut() {
+                let mut r = Ok(());
+                if clear {
+                    r = match l.conn.control(b"\x03DO 0", ResponseKind::Query).await {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                }
+                if r.is_ok() && plan.reads.insert_id {
+                    r = Session::sync_insert_id(&mut l.conn, st).await;
+                }
+                if let Err(e) = r {
+                    let name = l.conn.server.clone();
+                    self.drop_held(on);
+                    self.client.consume(wire_len);
+                    self.client
+                        .send_err(seq, &errors::lost_in_flight(&name, &e.to_string()))
+                        .await?;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(on))
+    }
+
+    pub(super) fn conn(&self, on: Held) -> &BackendConn {
+        match on {
+            Held::Primary => &self.primary.as_ref().expect("leased").conn,
+            Held::Replica => &self.replica.as_ref().expect("leased").conn,
+        }
+    }
+
+    pub(super) fn conn_mut(&mut self, on: Held) -> &mut BackendConn {
+        match on {
+            Held::Primary => &mut self.primary.as_mut().expect("leased").conn,
+            Held::Replica => &mut self.replica.as_mut().expect("leased").conn,
+        }
+    }
+
+    pub(super) fn server_of(&self, on: Held) -> usize {
+        match on {
+            Held::Primary => self.primary.as_ref().map_or(usize::MAX, |l| l.server),
+            Held::Replica => self.replica.as_ref().map_or(usize::MAX, |l| l.server),
+        }
+    }
+
+    /// Forwards the command at the front of the client buffer (or `rebuilt` instead) on a
+    /// held connection and relays the answer. Every failure is handled here: `Ok(None)` when
+    /// the client got an error and the session goes on.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn forward(
+        &mut self,
+        on: Held,
+        wire_len: usize,
+        rebuilt: Option<&[u8]>,
+        kind: ResponseKind,
+        seq: u8,
+        local_files: bool,
+        rewrite_id: Option<u32>,
+    ) -> Result<Option<Relayed>, SessionError> {
+        let routing = self.routing.clone();
+        let server = self.server_of(on);
+        let slot = routing.slot(server);
+        let _outstanding = match (on, slot) {
+            (Held::Replica, Some(s)) => Some(Outstanding::new(&s.outstanding)),
+            _ => None,
+        };
+        let leased = match on {
+            Held::Primary => self.primary.as_mut(),
+            Held::Replica => self.replica.as_mut(),
+        };
+        let Some(leased) = leased else {
+            self.client.consume(wire_len);
+            return Err(SessionError::BackendProtocol("no connection leased".into()));
+        };
+        let conn = &mut leased.conn;
+        let written = match rebuilt {
+            Some(p) => conn.write_packet(0, p).await.map_err(|e| e.to_string()),
+            None => conn
+                .stream
+                .write_all(&self.client.rbuf[..wire_len])
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        self.client.consume(wire_len);
+        let result = match written {
+            Err(e) => Err(SessionError::BackendGone(e)),
+            Ok(()) if kind == ResponseKind::None => {
+                return Ok(Some(Relayed {
+                    outcome: Outcome {
+                        status: None,
+                        error: false,
+                    },
+                    prepared: None,
+                }))
+            }
+            Ok(()) => {
+                relay_rewriting(&mut self.client, conn, kind, seq, local_files, rewrite_id).await
+            }
+        };
+        match result {
+            Ok((outcome, prepared)) => Ok(Some(Relayed { outcome, prepared })),
+            Err(SessionError::BackendGone(detail)) => {
+                // Nothing of the response reached the client: a clean error, and the session
+                // goes on.
+                let name = self.conn(on).server.clone();
+                self.drop_held(on);
+                self.client
+                    .send_err(seq, &errors::lost_in_flight(&name, &detail))
+                    .await?;
+                Ok(None)
+            }
+            Err(SessionError::BackendLost(detail)) => {
+                // Whatever sequence id comes next is unknown mid-response; clients accept an
+                // ERR at any point and then see the connection close.
+                self.drop_held(on);
+                let _ = self.client.send_err(1, &errors::server_lost(&detail)).await;
+                Err(SessionError::BackendLost(detail))
+            }
+            Err(SessionError::BackendProtocol(detail)) => {
+                let name = self.conn(on).server.clone();
+                self.drop_held(on);
+                let e = errors::backend_protocol(&name, &detail);
+                let _ = self.client.send_err(1, &e).await;
+                Err(SessionError::BackendProtocol(detail))
+            }
+            Err(e) => {
+                self.drop_held(on);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes a held connection that broke (its pool slot frees when it is dropped).
+    pub(super) fn drop_held(&mut self, on: Held) {
+        let dropped = match on {
+            Held::Primary => self.primary.take(),
+            Held::Replica => self.replica.take(),
+        };
+        if dropped.is_some() {
+            self.info.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        match on {
+            Held::Primary => self.lost_primary("the connection broke".into()),
+            Held::Replica => {
+                if self.txn_on_replica {
+                    self.txn_on_replica = false;
+                    self.st.status &= !SERVER_STATUS_IN_TRANS;
+                }
+            }
+        }
+        self.st.hold = None;
+    }
+
+    /// Gives back or closes every held connection (COM_CHANGE_USER, the end).
+    async fn drop_all_held(&mut self) {
+        let clean = self.idle_state_clean();
+        for l in [self.primary.take(), self.replica.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.info.held.fetch_sub(1, Ordering::Relaxed);
+            if clean && l.conn.rbuf.is_empty() {
+                if let Some(slot) = self.routing.slot(l.server) {
+                    slot.pool.release(l.conn);
+                    continue;
+                }
+            }
+            l.conn.quit().await;
+        }
+        self.txn_on_replica = false;
+    }
+
+    /// Whether the held connections carry nothing another session must not see.
+    fn idle_state_clean(&self) -> bool {
+        self.idle && self.st.pins == 0 && !self.st.in_transaction()
     }
 
     /// COM_CHANGE_USER: Sluice checks the new credentials itself, then logs the backend
@@ -652,34 +900,17 @@ impl Session {
                 String::from_utf8_lossy(&cu.username).into_owned(),
             ));
         };
-        match self
-            .backend
-            .change_user(&cu, user.password.as_bytes())
-            .await
-        {
-            Ok(ok) => {
-                self.client.write_packet(seq, &ok).await?;
-                tracing::debug!(from = %self.user.name, to = %user.name, "change user");
-                self.user = user;
-                self.login.database = (!cu.database.is_empty()).then(|| cu.database.clone());
-                if let Some(cs) = cu.charset {
-                    self.login.charset = cs as u8;
-                }
-                self.reset_state().await;
-                Ok(())
-            }
-            Err(BackendError::Refused(err)) => {
-                let _ = self.client.send_err(seq, &err).await;
-                Err(SessionError::Backend(BackendError::Refused(err)))
-            }
-            Err(e) => {
-                let _ = self
-                    .client
-                    .send_err(seq, &errors::server_lost(&e.to_string()))
-                    .await;
-                Err(SessionError::Backend(e))
-            }
+        tracing::debug!(from = %self.user.name, to = %user.name, "change user");
+        // The server-side session ends: connections with state no one else may see are closed.
+        self.drop_all_held().await;
+        self.user = user;
+        if let Some(cs) = cu.charset {
+            self.login.charset = cs as u8;
         }
+        self.st
+            .reset((!cu.database.is_empty()).then(|| cu.database.clone()));
+        self.publish_state();
+        self.login_primary(seq).await.map(|_| ())
     }
 
     /// Counts a command answered on `server` (`None` = the primary) and its latency.
@@ -692,77 +923,48 @@ impl Session {
         let route = usize::from(server.is_some());
         self.shared.counters.queries[route][class.index()].fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.query_seconds[route].observe(started.elapsed().as_secs_f64());
-        let at = server.unwrap_or(self.primary_index);
+        let at = server.unwrap_or_else(|| self.primary.as_ref().map_or(usize::MAX, |p| p.server));
         self.info.last_server.store(at, Ordering::Relaxed);
         if let Some(slot) = self.routing.slot(at) {
             slot.queries.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// A backend connection broke before any of its answer reached the client. The client
-    /// gets an error saying the outcome is unknown; a broken replica connection is dropped, a
-    /// broken primary connection is replaced at the next command that needs it.
-    pub(super) async fn backend_gone(
-        &mut self,
-        server_index: Option<usize>,
-        detail: String,
-        seq: u8,
-    ) -> Result<(), SessionError> {
-        let name = match server_index {
-            Some(i) => self.routing.server_name(i).to_string(),
-            None => self.backend.server.clone(),
-        };
-        match server_index {
-            Some(i) => {
-                self.replicas[i] = None;
-                if self.txn_replica == Some(i) {
-                    self.txn_replica = None;
-                    self.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
-                }
-            }
-            None => {
-                self.mark_primary_lost(detail.clone());
-                self.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
-            }
-        }
-        self.client
-            .send_err(seq, &errors::lost_in_flight(&name, &detail))
-            .await
-    }
-
     async fn close(&mut self) -> Result<(), SessionError> {
-        // The backend connections are returned to their pools (or closed) by `finish`.
+        // The held connections are returned to their pools (or closed) by `finish`.
         let _ = self.client.stream.shutdown().await;
         Ok(())
     }
 
-    /// Ends the session: connections in a known state (no response pending, no transaction,
-    /// no locks or other pinned state) go back to their pools; the others are closed.
+    /// Ends the session: connections in a known state go back to their pools; the others
+    /// are closed.
     async fn finish(mut self, orderly: bool) {
-        let clean = orderly && self.idle && self.pins == 0;
-        for (i, slot) in self.replicas.iter_mut().enumerate() {
-            if let Some(rc) = slot.take() {
-                if clean && self.txn_replica.is_none() && rc.conn.rbuf.is_empty() {
-                    if let Some(slot) = self.routing.slot(i) {
-                        slot.pool.release(rc.conn);
-                    }
-                } else {
-                    rc.conn.quit().await;
-                }
-            }
+        if !orderly {
+            self.idle = false;
         }
-        let in_trans = self.status & sluice_proto::flags::status::SERVER_STATUS_IN_TRANS != 0;
-        if self.primary_lost.is_some() {
-            return;
-        }
-        if clean && !in_trans && !self.options_changed && self.backend.rbuf.is_empty() {
-            if let Some(pool) = self.routing.slot(self.primary_index).map(|s| &s.pool) {
-                pool.release(self.backend);
-                return;
-            }
-        }
-        self.backend.quit().await;
+        self.st.hold = None;
+        self.drop_all_held().await;
     }
+}
+
+/// The text of a command for pin records: normalized, bounded. For a query, its SQL; for
+/// another command, its name.
+pub(super) fn statement_text(payload: &[u8]) -> String {
+    let mut t = match payload.first() {
+        Some(&command::COM_QUERY) | Some(&command::COM_STMT_PREPARE) => {
+            crate::router::lexer::normalize(&payload[1..])
+        }
+        Some(&c) => format!("(command 0x{c:02x})"),
+        None => String::new(),
+    };
+    if t.len() > 200 {
+        let mut cut = 200;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+    }
+    t
 }
 
 /// Resolves after `ms` milliseconds, or never when `ms` is 0.
@@ -773,16 +975,25 @@ async fn idle_deadline(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// Resolves when the backend closes or sends bytes while no command is outstanding.
-/// Cancel-safe: anything read stays in the buffer.
-async fn idle_backend_event(backend: &mut BackendConn) -> String {
-    if !backend.rbuf.is_empty() {
-        return "server sent data with no command outstanding".into();
+/// Resolves when a held connection breaks; never when there is none.
+async fn watch(conn: Option<&mut BackendConn>) -> String {
+    match conn {
+        Some(c) => held_event(c).await,
+        None => std::future::pending().await,
     }
-    backend.rbuf.reserve(1024);
-    match backend.stream.read_buf(&mut backend.rbuf).await {
-        Ok(0) => "server closed the connection".into(),
-        Ok(_) => "server sent data with no command outstanding".into(),
-        Err(e) => e.to_string(),
+}
+
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when a session starts waiting for a connection of `slot`'s server.
+async fn pressure(slot: Option<&super::ServerSlot>) {
+    match slot {
+        Some(s) => s.pool.pressure.notified().await,
+        None => std::future::pending().await,
     }
 }

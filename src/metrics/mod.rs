@@ -9,6 +9,7 @@
 pub mod digest;
 pub mod http;
 pub mod names;
+pub mod pins;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -53,6 +54,11 @@ pub struct Metrics {
     registry: Registry,
     /// Latency of commands, by route (0 = primary, 1 = replica).
     pub query_seconds: [Histogram; 2],
+    /// Time sessions waited in a pool's queue for a server connection.
+    pub pool_wait_seconds: Histogram,
+    sessions_pinned: IntGaugeVec,
+    multiplexing_ratio: prometheus::Gauge,
+    sessions_holding: IntGauge,
     pub errors: std::sync::Arc<ErrorCounts>,
     client_connections: IntGauge,
     connections_total: IntCounter,
@@ -162,8 +168,39 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(failover_seconds.clone()))
             .expect("unique metric");
+        let pool_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                POOL_WAIT_SECONDS,
+                "Time a session waited in a pool's queue for a server connection",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(pool_wait.clone()))
+            .expect("unique metric");
+        let ratio = prometheus::Gauge::new(
+            MULTIPLEXING_RATIO,
+            "Client sessions per open server connection (all servers)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(ratio.clone())).expect("unique metric");
         Metrics {
             query_seconds,
+            pool_wait_seconds: pool_wait,
+            sessions_pinned: gauge_vec(
+                &r,
+                SESSIONS_PINNED,
+                "Sessions pinned to a server connection now, by reason",
+                &["reason"],
+            ),
+            multiplexing_ratio: ratio,
+            sessions_holding: gauge(
+                &r,
+                SESSIONS_HOLDING,
+                "Client sessions holding at least one server connection now",
+            ),
             errors: Default::default(),
             client_connections: gauge(&r, CLIENT_CONNECTIONS, "Client sessions open now"),
             connections_total: counter(&r, CLIENT_CONNECTIONS_TOTAL, "Client connections accepted"),
@@ -323,12 +360,45 @@ impl Metrics {
             &self.fallbacks.with_label_values(&["read_your_writes"]),
             c.ryw_fallbacks.load(Ordering::Relaxed),
         );
+        let mut pinned = [0i64; PinReason::COUNT];
+        let mut holding = 0i64;
+        let mut sessions = 0usize;
+        for s in shared.sessions.list() {
+            sessions += 1;
+            let pins = s.pins.load(Ordering::Relaxed);
+            for (i, p) in PinReason::ALL.iter().enumerate() {
+                if pins & p.bit() != 0 {
+                    pinned[i] += 1;
+                }
+            }
+            if s.held.load(Ordering::Relaxed) > 0 {
+                holding += 1;
+            }
+        }
+        self.sessions_holding.set(holding);
         for (i, p) in PinReason::ALL.iter().enumerate() {
             sync(
                 &self.pins.with_label_values(&[p.as_str()]),
                 c.pins[i].load(Ordering::Relaxed),
             );
+            self.sessions_pinned
+                .with_label_values(&[p.as_str()])
+                .set(pinned[i]);
         }
+        let open: usize = shared
+            .routing()
+            .slots
+            .iter()
+            .map(|s| {
+                let (a, b) = s.pool.counts();
+                a + b
+            })
+            .sum();
+        self.multiplexing_ratio.set(if open == 0 {
+            0.0
+        } else {
+            sessions as f64 / open as f64
+        });
         sync(&self.invalid_hints, c.invalid_hints.load(Ordering::Relaxed));
         let routing = shared.routing();
         for (rule, hits) in routing.rules.iter().zip(&routing.rule_hits) {

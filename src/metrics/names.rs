@@ -29,3 +29,7 @@ pub const HEARTBEAT_WRITE_FAILURES_TOTAL: &str = "sluice_heartbeat_write_failure
 pub const ERRORS_TOTAL: &str = "sluice_errors_total";
 pub const ADMIN_COMMANDS_TOTAL: &str = "sluice_admin_commands_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "sluice_config_reloads_total";
+pub const POOL_WAIT_SECONDS: &str = "sluice_pool_wait_seconds";
+pub const SESSIONS_PINNED: &str = "sluice_sessions_pinned";
+pub const MULTIPLEXING_RATIO: &str = "sluice_multiplexing_ratio";
+pub const SESSIONS_HOLDING: &str = "sluice_sessions_holding_connections";

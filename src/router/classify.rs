@@ -7,7 +7,7 @@
 use super::lexer::{eq_kw, Lexer, Token, WORD};
 
 /// What a statement is, for routing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum StatementClass {
     /// A read that may run on a replica (SELECT, SHOW, DESCRIBE, EXPLAIN, HELP).
     Read,
@@ -35,6 +35,7 @@ pub enum StatementClass {
     /// Not recognised: primary.
     Other,
     /// Not a query: a protocol command (prepared-statement commands, ping, …).
+    #[default]
     Command,
 }
 
@@ -95,10 +96,26 @@ pub enum PinReason {
     GetLock,
     FoundRows,
     Handler,
+    /// A server-side cursor is open (COM_STMT_EXECUTE with a cursor, until it is read or
+    /// closed).
+    Cursor,
+    /// COM_STMT_SEND_LONG_DATA sent parameter data that the next execution consumes.
+    LongData,
+    /// `SET` of a session variable to a value Sluice cannot replay (an expression).
+    SessionVariable,
+    /// `SET TRANSACTION …` without `SESSION`: applies to the next transaction only.
+    NextTransaction,
+    /// `XA START` until `XA COMMIT` / `XA ROLLBACK`.
+    Xa,
+    /// COM_SET_OPTION changed the connection's multi-statement option.
+    SetOption,
+    /// Several statements in one query that change session state.
+    MultiStatement,
 }
 
 impl PinReason {
-    pub const ALL: [PinReason; 7] = [
+    pub const COUNT: usize = 14;
+    pub const ALL: [PinReason; Self::COUNT] = [
         PinReason::TempTable,
         PinReason::UserVariable,
         PinReason::TextPrepare,
@@ -106,7 +123,29 @@ impl PinReason {
         PinReason::GetLock,
         PinReason::FoundRows,
         PinReason::Handler,
+        PinReason::Cursor,
+        PinReason::LongData,
+        PinReason::SessionVariable,
+        PinReason::NextTransaction,
+        PinReason::Xa,
+        PinReason::SetOption,
+        PinReason::MultiStatement,
     ];
+
+    /// Bit of this reason in a pin set (`u16`).
+    pub fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// The reasons in a pin set, comma-separated.
+    pub fn describe(pins: u16) -> String {
+        let v: Vec<&str> = Self::ALL
+            .iter()
+            .filter(|p| pins & p.bit() != 0)
+            .map(|p| p.as_str())
+            .collect();
+        v.join(",")
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -117,6 +156,13 @@ impl PinReason {
             PinReason::GetLock => "get_lock",
             PinReason::FoundRows => "sql_calc_found_rows",
             PinReason::Handler => "handler",
+            PinReason::Cursor => "cursor",
+            PinReason::LongData => "long_data",
+            PinReason::SessionVariable => "session_variable",
+            PinReason::NextTransaction => "next_transaction",
+            PinReason::Xa => "xa",
+            PinReason::SetOption => "set_option",
+            PinReason::MultiStatement => "multi_statement",
         }
     }
 }
@@ -218,8 +264,14 @@ fn classify_tokens<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
         return scan_write(lx, Write);
     }
     if kw(b"HANDLER") {
+        // HANDLER t OPEN … keeps a cursor on the connection until HANDLER t CLOSE.
         let mut c = Classified::new(Write);
         c.pin = Some(PinReason::Handler);
+        let _table = lx.next_token();
+        if matches!(lx.next_token(), Some(Token::Word(w)) if eq_kw(w, b"CLOSE")) {
+            c.pin = None;
+            c.unpin = Some(PinReason::Handler);
+        }
         return finish(lx, c);
     }
     if kw(b"BEGIN") {
@@ -256,8 +308,30 @@ fn classify_tokens<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
             _ => finish(lx, Classified::new(Rollback)),
         };
     }
-    if kw(b"SAVEPOINT") || kw(b"RELEASE") || kw(b"XA") {
+    if kw(b"XA") {
+        // An XA transaction lives on its connection from XA START to XA COMMIT/ROLLBACK.
+        let mut c = Classified::new(Write);
+        match lx.next_token() {
+            Some(Token::Word(w)) if eq_kw(w, b"START") || eq_kw(w, b"BEGIN") => {
+                c.pin = Some(PinReason::Xa)
+            }
+            Some(Token::Word(w)) if eq_kw(w, b"COMMIT") || eq_kw(w, b"ROLLBACK") => {
+                c.unpin = Some(PinReason::Xa)
+            }
+            _ => {}
+        }
+        return finish(lx, c);
+    }
+    if kw(b"SAVEPOINT") || kw(b"RELEASE") {
         return finish(lx, Classified::new(Write));
+    }
+    if kw(b"DROP") {
+        // DROP TEMPORARY TABLE ends (one of) the session's temporary tables.
+        let mut c = Classified::new(Ddl);
+        if matches!(lx.next_token(), Some(Token::Word(w)) if eq_kw(w, b"TEMPORARY")) {
+            c.unpin = Some(PinReason::TempTable);
+        }
+        return finish(lx, c);
     }
     if kw(b"SET") {
         return scan_set(lx);
@@ -673,8 +747,9 @@ fn scan_set<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
         }
         if eq_kw(w, b"TRANSACTION") {
             // Without SESSION it applies to the next transaction only: that runs on the
-            // primary anyway, and it must not be replayed.
+            // primary, on the connection that took this statement, and it is not replayed.
             c.class = Write;
+            c.pin = Some(PinReason::NextTransaction);
             return finish(lx, c);
         }
     }

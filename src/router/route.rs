@@ -8,8 +8,9 @@ use crate::cluster::ClusterView;
 pub const MAX_SERVERS: usize = 64;
 
 /// Where a statement runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Route {
+    #[default]
     Primary,
     /// A replica, by its index in the configured servers.
     Replica(usize),

@@ -1,0 +1,220 @@
+//! The session state a server connection carries, and bringing a connection to the state a
+//! session wants before it runs the session's statement.
+//!
+//! With multiplexing, a server connection serves many client sessions one after another. Each
+//! session keeps the state it asked for (default database, `SET NAMES`, `SET SESSION …`,
+//! replayable user variables) as a [`SessionVars`]; each connection knows the state it has.
+//! [`BackendConn::sync_to`] computes the difference and applies it with at most one
+//! `COM_INIT_DB` and one `SET a = …, b = …` statement: assignments the session has and the
+//! connection lacks are applied, assignments the connection has and the session lacks are
+//! undone (`var = DEFAULT`, `@var = NULL`, the login character set again).
+
+use sluice_proto::command::{COM_INIT_DB, COM_QUERY};
+use sluice_proto::err::ErrPacket;
+use sluice_proto::tracker::ResponseKind;
+
+use super::{BackendConn, BackendError};
+
+/// The key of the `SET NAMES` / `SET CHARACTER SET` assignment.
+pub const NAMES_KEY: &[u8] = b"names";
+
+/// Replayable session state: what a session asked for, or what a connection has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionVars {
+    pub db: Option<Vec<u8>>,
+    /// Assignments by key (lower-case variable name, `@name` for user variables, `names`),
+    /// with the text that sets them (`sql_mode = 'ANSI'`), oldest first.
+    pub sets: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl SessionVars {
+    /// Records an assignment; it replaces an earlier one of the same key and moves last
+    /// (assignments that touch the same server variables keep their order).
+    pub fn set(&mut self, key: Vec<u8>, assignment: Vec<u8>) {
+        if key == NAMES_KEY {
+            // SET NAMES overrides the character set variables set before it.
+            self.sets.retain(|(k, _)| !is_charset_var(k));
+        }
+        self.sets.retain(|(k, _)| *k != key);
+        self.sets.push((key, assignment));
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.sets
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The `SET` statement (without the `SET`) that takes a connection in state `have` to
+    /// this state, or `None` when nothing differs. `charset` is the connection's login
+    /// character set (collation id), restored when the session has no `SET NAMES`.
+    pub fn diff_from(&self, have: &SessionVars, charset: u8) -> Option<Vec<u8>> {
+        let mut out: Vec<u8> = Vec::new();
+        let mut push = |part: &[u8]| {
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(part);
+        };
+        // Undo first: what the connection has and the session does not.
+        for (k, _) in &have.sets {
+            if self.get(k).is_some() {
+                continue;
+            }
+            if k == NAMES_KEY {
+                let id = charset.to_string();
+                push(
+                    format!("character_set_client = {id}, character_set_results = {id}, collation_connection = {id}")
+                        .as_bytes(),
+                );
+            } else if k.first() == Some(&b'@') {
+                let mut p = k.clone();
+                p.extend_from_slice(b" = NULL");
+                push(&p);
+            } else {
+                let mut p = b"@@session.".to_vec();
+                p.extend_from_slice(k);
+                p.extend_from_slice(b" = DEFAULT");
+                push(&p);
+            }
+        }
+        // `SET NAMES` first, then the rest in the session's order.
+        let ordered = self
+            .sets
+            .iter()
+            .filter(|(k, _)| k == NAMES_KEY)
+            .chain(self.sets.iter().filter(|(k, _)| k != NAMES_KEY));
+        for (k, v) in ordered {
+            if have.get(k) != Some(v.as_slice()) {
+                push(v);
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+/// Server variables that `SET NAMES` sets.
+fn is_charset_var(k: &[u8]) -> bool {
+    matches!(
+        k,
+        b"character_set_client"
+            | b"character_set_results"
+            | b"character_set_connection"
+            | b"collation_connection"
+    )
+}
+
+/// Why a connection could not be brought to a session's state.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The server refused a statement (e.g. the database no longer exists); the connection
+    /// is still usable, the session gets the error.
+    #[error("server refused: {0}")]
+    Refused(ErrPacket),
+    /// The connection broke or misbehaved: discard it.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl BackendConn {
+    /// Brings this connection to `want`: the default database, then every assignment that
+    /// differs, in one statement. `password` re-authenticates when the session has no default
+    /// database and the connection has one (no statement can unselect a database).
+    pub async fn sync_to(&mut self, want: &SessionVars, password: &[u8]) -> Result<(), SyncError> {
+        if self.state == *want {
+            return Ok(());
+        }
+        if want.db.is_none() && self.state.db.is_some() {
+            self.relogin(password).await?;
+        }
+        if want.db != self.state.db {
+            if let Some(db) = &want.db {
+                let mut p = Vec::with_capacity(db.len() + 1);
+                p.push(COM_INIT_DB);
+                p.extend_from_slice(db);
+                if let Err(e) = self.control(&p, ResponseKind::Simple).await? {
+                    return Err(SyncError::Refused(e));
+                }
+                self.state.db = Some(db.clone());
+            }
+        }
+        if let Some(diff) = want.diff_from(&self.state, self.charset) {
+            let mut p = Vec::with_capacity(diff.len() + 5);
+            p.push(COM_QUERY);
+            p.extend_from_slice(b"SET ");
+            p.extend_from_slice(&diff);
+            match self.control(&p, ResponseKind::Query).await? {
+                Ok(_) => self.state.sets = want.sets.clone(),
+                Err(e) => {
+                    // Some assignments may have been applied: the state is unknown.
+                    self.state.sets.push((b"?unknown".to_vec(), Vec::new()));
+                    return Err(SyncError::Refused(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(sets: &[(&str, &str)]) -> SessionVars {
+        let mut v = SessionVars::default();
+        for (k, a) in sets {
+            v.set(k.as_bytes().to_vec(), a.as_bytes().to_vec());
+        }
+        v
+    }
+
+    fn diff(want: &SessionVars, have: &SessionVars) -> String {
+        want.diff_from(have, 45)
+            .map(|d| String::from_utf8(d).unwrap())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn equal_states_need_nothing() {
+        let a = vars(&[("time_zone", "time_zone = '+02:00'")]);
+        assert_eq!(diff(&a, &a.clone()), "");
+    }
+
+    #[test]
+    fn applies_missing_and_undoes_extra() {
+        let want = vars(&[
+            ("time_zone", "time_zone = '+02:00'"),
+            ("@a", "@a = 1"),
+            ("names", "NAMES latin1"),
+        ]);
+        let have = vars(&[
+            ("time_zone", "time_zone = '+02:00'"),
+            ("sql_mode", "sql_mode = ''"),
+            ("@b", "@b = 2"),
+        ]);
+        assert_eq!(
+            diff(&want, &have),
+            "@@session.sql_mode = DEFAULT, @b = NULL, NAMES latin1, @a = 1"
+        );
+        assert_eq!(
+            diff(&SessionVars::default(), &want),
+            "@@session.time_zone = DEFAULT, @a = NULL, character_set_client = 45, character_set_results = 45, collation_connection = 45"
+        );
+    }
+
+    #[test]
+    fn later_assignment_replaces_earlier() {
+        let mut v = vars(&[("sql_mode", "sql_mode = ''"), ("@a", "@a = 1")]);
+        v.set(b"sql_mode".to_vec(), b"sql_mode = 'ANSI'".to_vec());
+        assert_eq!(v.sets.len(), 2);
+        assert_eq!(v.get(b"sql_mode"), Some(&b"sql_mode = 'ANSI'"[..]));
+        assert_eq!(v.sets[1].0, b"sql_mode");
+        v.set(
+            b"character_set_results".to_vec(),
+            b"character_set_results = NULL".to_vec(),
+        );
+        v.set(NAMES_KEY.to_vec(), b"NAMES utf8mb4".to_vec());
+        assert!(v.get(b"character_set_results").is_none());
+    }
+}

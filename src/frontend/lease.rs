@@ -1,0 +1,397 @@
+//! The session's server connections, leased from the pools: taken when a command needs one,
+//! brought to the session's state, and given back at the first moment the session does not
+//! need them (`[proxy] multiplexing = "transaction"`), or kept for the session's life
+//! (`"session"`).
+//!
+//! A session holds at most one primary and one replica connection. It keeps the primary
+//! connection while a transaction is open or a pin holds it; a replica connection while a
+//! `START TRANSACTION READ ONLY` runs there; either one until the next command after a
+//! statement that left warnings, changed rows or used `SQL_CALC_FOUND_ROWS` (bounded by
+//! `[proxy] multiplexing_hold_ms`, and given up at once when another session waits).
+//!
+//! Failover needs nothing special: a session that holds no primary connection leases one from
+//! whichever server is the writable primary now (waiting up to `[monitor] failover_hold_ms`
+//! while there is none); one whose transaction died with its connection gets error 9020 once;
+//! one whose pinned state died gets error 9021 and is closed.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sluice_proto::err::ErrPacket;
+use sluice_proto::tracker::ResponseKind;
+use tokio::io::AsyncReadExt;
+
+use super::session::Session;
+use super::Shared;
+use crate::backend::{BackendConn, BackendError, LoginParams, PoolError, SyncError};
+use crate::errors;
+use crate::router::PinReason;
+
+/// A leased connection and the server it belongs to.
+pub struct Leased {
+    pub server: usize,
+    pub conn: BackendConn,
+}
+
+/// Why a command cannot have the connection it needs.
+pub(super) enum Unavailable {
+    /// Answer the command with this error; the session goes on.
+    Reply(ErrPacket),
+    /// Answer with this error and close the session.
+    Close(ErrPacket),
+}
+
+/// Counts a statement in flight on a server while it lives (least-outstanding replica choice);
+/// dropping it — also when the session is aborted mid-relay — takes the count back.
+pub(super) struct Outstanding<'a>(&'a AtomicU32);
+
+impl<'a> Outstanding<'a> {
+    pub(super) fn new(c: &'a AtomicU32) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Outstanding(c)
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits (up to `hold_ms`) for a writable primary.
+pub(super) async fn wait_for_primary(shared: &Shared, hold_ms: u64) -> Option<usize> {
+    let mut rx = shared.cluster.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(hold_ms);
+    loop {
+        if let Some(p) = rx.borrow_and_update().writable_primary() {
+            return Some(p);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Resolves when a held connection closes or speaks while no command is outstanding.
+/// Cancel-safe: anything read stays in the buffer.
+pub(super) async fn held_event(conn: &mut BackendConn) -> String {
+    if !conn.rbuf.is_empty() {
+        return "server sent data with no command outstanding".into();
+    }
+    conn.rbuf.reserve(1024);
+    match conn.stream.read_buf(&mut conn.rbuf).await {
+        Ok(0) => "server closed the connection".into(),
+        Ok(_) => "server sent data with no command outstanding".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+impl Session {
+    /// How this session's user logs in to a server.
+    pub(super) fn login_params(&self) -> LoginParams<'_> {
+        LoginParams {
+            user: self.user.name.as_bytes(),
+            password: self.user.password.as_bytes(),
+            database: self.st.vars.db.as_deref(),
+            capabilities: self.capabilities,
+            charset: self.login.charset,
+            max_packet: self.login.max_packet,
+            connect_attrs: self.login.connect_attrs.as_deref(),
+        }
+    }
+
+    /// Leases a connection to server `i`, brought to the session's state. The server's login
+    /// OK is returned when the connection logged in for this lease.
+    pub(super) async fn lease(
+        &mut self,
+        i: usize,
+    ) -> Result<(BackendConn, Option<bytes::Bytes>), Unavailable> {
+        if i >= self.routing.slots.len() {
+            // A server added by a reload this session has not seen yet.
+            self.refresh_snapshot();
+        }
+        let routing = self.routing.clone();
+        let Some(slot) = routing.slot(i) else {
+            return Err(Unavailable::Reply(errors::no_primary()));
+        };
+        let got = slot
+            .pool
+            .acquire(self.login_params(), &routing.pool_limits, &self.st.vars)
+            .await;
+        let acquired = match got {
+            Ok(a) => a,
+            Err(PoolError::Backend(BackendError::Refused(e))) => return Err(Unavailable::Reply(e)),
+            Err(PoolError::Exhausted {
+                server,
+                max,
+                waited_ms,
+            }) => {
+                tracing::warn!(server = %server, max, "no server connection within pool_wait_ms");
+                return Err(Unavailable::Reply(errors::pool_exhausted(
+                    &server, max, waited_ms,
+                )));
+            }
+            Err(PoolError::Backend(e)) => {
+                let err = match &e {
+                    BackendError::AuthPlugin(p) => errors::backend_auth_plugin(&slot.pool.name, p),
+                    _ => errors::backend_connect(&slot.pool.name, &e.to_string()),
+                };
+                tracing::warn!(server = %slot.pool.name, error = %e, "cannot open a server connection");
+                return Err(Unavailable::Reply(err));
+            }
+        };
+        if !acquired.waited.is_zero() {
+            self.shared
+                .metrics
+                .pool_wait_seconds
+                .observe(acquired.waited.as_secs_f64());
+        }
+        let mut conn = acquired.conn;
+        match conn
+            .sync_to(&self.st.vars, self.user.password.as_bytes())
+            .await
+        {
+            Ok(()) => {}
+            Err(SyncError::Refused(e)) => {
+                if !conn.state.sets.iter().any(|(k, _)| k == b"?unknown") {
+                    slot.pool.release(conn);
+                }
+                return Err(Unavailable::Reply(e));
+            }
+            Err(SyncError::Backend(e)) => {
+                return Err(Unavailable::Reply(errors::backend_connect(
+                    &slot.pool.name,
+                    &e.to_string(),
+                )))
+            }
+        }
+        let ok = acquired.login_ok.filter(|b| !b.is_empty());
+        Ok((conn, ok))
+    }
+
+    /// Makes sure the session holds a connection to the writable primary (or to the server
+    /// its open transaction runs on).
+    pub(super) async fn lease_primary(&mut self) -> Result<(), Unavailable> {
+        if let Some(why) = self.txn_lost.take() {
+            // The transaction died with its connection; say so once.
+            return Err(Unavailable::Reply(errors::transaction_lost(&why)));
+        }
+        if let Some(reasons) = self.state_lost.take() {
+            return Err(Unavailable::Close(errors::session_state_lost(&reasons)));
+        }
+        if let Some(p) = &self.primary {
+            if self.st.in_transaction() {
+                // A transaction finishes where it started.
+                return Ok(());
+            }
+            if self.shared.cluster.borrow().writable_primary() == Some(p.server) {
+                return Ok(());
+            }
+            if self.st.pins != 0 {
+                return Err(Unavailable::Close(errors::session_state_lost(
+                    &PinReason::describe(self.st.pins),
+                )));
+            }
+            // The primary changed (switchover, failover): leave the old one.
+            if let Some(old) = self.primary.take() {
+                self.info.held.fetch_sub(1, Ordering::Relaxed);
+                old.conn.quit().await;
+            }
+        }
+        let hold = self.routing.config.monitor.failover_hold_ms;
+        let mut rx = self.shared.cluster.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(hold);
+        let mut last_error = None;
+        loop {
+            let target = rx.borrow_and_update().writable_primary();
+            if let Some(p) = target {
+                match self.lease(p).await {
+                    Ok((conn, _)) => {
+                        self.hold_primary(p, conn);
+                        return Ok(());
+                    }
+                    Err(Unavailable::Reply(e)) if e.code == errors::SLUICE_BACKEND_CONNECT => {
+                        // The primary may be dying: wait for the cluster view to change.
+                        last_error = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(Unavailable::Reply(errors::no_primary())),
+                Err(_) => {
+                    return Err(Unavailable::Reply(
+                        last_error.unwrap_or_else(|| errors::no_primary_within(hold)),
+                    ))
+                }
+            }
+        }
+    }
+
+    pub(super) fn hold_primary(&mut self, server: usize, conn: BackendConn) {
+        self.info.held.fetch_add(1, Ordering::Relaxed);
+        self.info.primary.store(server, Ordering::Relaxed);
+        self.primary = Some(Leased { server, conn });
+    }
+
+    /// Makes sure the session holds a connection to replica `i`. False (the caller uses the
+    /// primary) when none can be had.
+    pub(super) async fn lease_replica(&mut self, i: usize) -> bool {
+        if self.replica.as_ref().is_some_and(|r| r.server == i) {
+            return true;
+        }
+        self.release_replica().await;
+        match self.lease(i).await {
+            Ok((conn, _)) => {
+                self.info.held.fetch_add(1, Ordering::Relaxed);
+                self.replica = Some(Leased { server: i, conn });
+                true
+            }
+            Err(Unavailable::Reply(e) | Unavailable::Close(e)) => {
+                tracing::debug!(server = %self.routing.server_name(i), error = %String::from_utf8_lossy(&e.message), "no replica connection; reading from the primary");
+                false
+            }
+        }
+    }
+
+    /// After a command: gives back every connection the session does not need now.
+    pub(super) async fn settle(&mut self) {
+        let multiplex = self.multiplex;
+        if self.st.hold.is_some() {
+            // Kept for the next command (see `multiplexing_hold_ms`).
+            return;
+        }
+        let replica_txn = self.st.in_transaction() && self.txn_on_replica;
+        if !replica_txn {
+            self.txn_on_replica = false;
+            self.release_replica().await;
+        }
+        if multiplex && !self.st.needs_held() {
+            self.release_primary().await;
+        }
+    }
+
+    /// Gives back whatever the session holds only because of a hold.
+    pub(super) async fn end_hold(&mut self) {
+        if self.st.hold.take().is_some() {
+            self.settle().await;
+        }
+    }
+
+    pub(super) async fn release_replica(&mut self) {
+        if let Some(r) = self.replica.take() {
+            self.info.held.fetch_sub(1, Ordering::Relaxed);
+            self.give_back(r, false).await;
+        }
+    }
+
+    pub(super) async fn release_primary(&mut self) {
+        if let Some(p) = self.primary.take() {
+            self.info.held.fetch_sub(1, Ordering::Relaxed);
+            self.give_back(p, true).await;
+        }
+    }
+
+    /// Returns a connection to its pool, first reading what the session must remember from it
+    /// (its LAST_INSERT_ID(), the GTID of its writes). A connection in an unknown state is
+    /// closed instead.
+    async fn give_back(&mut self, mut l: Leased, primary: bool) {
+        let ryw = self.routing.read_your_writes != crate::config::ReadYourWrites::Off;
+        let capture_gtid = primary && ryw && self.st.wrote;
+        let capture_lii = self.st.lii_dirty && self.st.lii_conn == Some(l.conn.id);
+        if capture_gtid || capture_lii {
+            let sql: &[u8] = match (capture_lii, capture_gtid) {
+                (true, true) => b"\x03SELECT LAST_INSERT_ID(), @@last_gtid",
+                (true, false) => b"\x03SELECT LAST_INSERT_ID()",
+                _ => b"\x03SELECT @@last_gtid",
+            };
+            match l.conn.control_row(sql).await {
+                Ok(Some(row)) => {
+                    let mut it = row.into_iter();
+                    if capture_lii {
+                        self.st.lii = it
+                            .next()
+                            .flatten()
+                            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                            .unwrap_or(0);
+                        self.st.lii_dirty = false;
+                    }
+                    if capture_gtid {
+                        self.st.last_gtid = it
+                            .next()
+                            .flatten()
+                            .map(|g| String::from_utf8_lossy(&g).into_owned())
+                            .filter(|g| !g.is_empty());
+                        self.st.wrote = false;
+                    }
+                }
+                _ => {
+                    tracing::debug!(server = %l.conn.server, "could not read the connection's last insert id / GTID; closing it");
+                    return;
+                }
+            }
+        }
+        if self.st.lii_conn == Some(l.conn.id) {
+            self.st.lii_conn = None;
+        }
+        if !l.conn.rbuf.is_empty() {
+            return;
+        }
+        if let Some(slot) = self.routing.slot(l.server) {
+            slot.pool.release(l.conn);
+        }
+    }
+
+    /// A held connection broke while the session was idle: forget it; the next command that
+    /// needs the primary reports the lost transaction or pinned state.
+    pub(super) fn held_broke(&mut self, primary: bool, why: String) {
+        tracing::info!(reason = %why, "lost a held server connection");
+        if primary {
+            self.primary = None;
+            self.lost_primary(why);
+        } else {
+            self.replica = None;
+            if self.txn_on_replica {
+                self.txn_on_replica = false;
+                self.st.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
+            }
+        }
+        self.info.held.fetch_sub(1, Ordering::Relaxed);
+        self.st.hold = None;
+    }
+
+    /// The primary connection is gone: an open transaction or pinned state went with it.
+    pub(super) fn lost_primary(&mut self, why: String) {
+        if self.st.in_transaction() {
+            self.st.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
+            self.txn_lost = Some(why);
+        }
+        if self.st.pins != 0 {
+            self.state_lost = Some(PinReason::describe(self.st.pins));
+            self.st.pins = 0;
+        }
+        self.st.lii_dirty = false;
+        self.st.lii_conn = None;
+    }
+
+    /// Brings LAST_INSERT_ID() on the connection about to run a statement that reads it to
+    /// the session's value.
+    pub(super) async fn sync_insert_id(
+        conn: &mut BackendConn,
+        st: &mut super::session_state::SessionState,
+    ) -> Result<(), BackendError> {
+        if st.lii_conn == Some(conn.id) {
+            return Ok(());
+        }
+        let sql = format!("\u{3}DO LAST_INSERT_ID({})", st.lii);
+        match conn.control(sql.as_bytes(), ResponseKind::Query).await? {
+            Ok(_) => {
+                st.lii_conn = Some(conn.id);
+                Ok(())
+            }
+            Err(e) => Err(BackendError::Protocol(e.to_string())),
+        }
+    }
+}

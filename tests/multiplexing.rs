@@ -1,0 +1,431 @@
+//! Multiplexing (`[proxy] multiplexing = "transaction"`, the default) against a primary and two
+//! replicas: many sessions over few server connections, each session's state exact on every
+//! statement, statements that read the previous statement's outcome answered as on a direct
+//! connection, pins counted and ended, prepared statements never exhausting the server.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::Harness;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder, Row};
+use sluice::sandbox::ADMIN_PASSWORD;
+
+async fn admin(h: &Harness) -> Conn {
+    let addr = h.proxy.as_ref().unwrap().admin_addr.expect("admin port on");
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(addr.port())
+        .user(Some("admin"))
+        .pass(Some(ADMIN_PASSWORD))
+        .prefer_socket(false);
+    Conn::new(opts).await.expect("admin login")
+}
+
+async fn table(c: &mut Conn, sql: &str) -> Vec<HashMap<String, Option<String>>> {
+    let rows: Vec<Row> = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter()
+        .map(|r| {
+            let cols: Vec<String> = r
+                .columns_ref()
+                .iter()
+                .map(|c| c.name_str().into_owned())
+                .collect();
+            cols.into_iter()
+                .enumerate()
+                .map(|(i, n)| (n, r.get::<Option<String>, _>(i).flatten()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Server connections Sluice holds for the application users on node `node`.
+async fn app_connections(h: &Harness, node: usize) -> usize {
+    h.root_sql(
+        node,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN ('app', 'other')",
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+async fn replicas_ready(h: &Harness) {
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut rx = h.proxy.as_ref().unwrap().cluster.clone();
+    common::eventually("replicas measured", Duration::from_secs(10), || {
+        let v = rx.borrow_and_update().clone();
+        async move { v.servers.iter().skip(1).all(|s| s.lag_ms.is_some()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_idle_clients_share_a_few_connections() {
+    // The defaults: 64 connections per server at most.
+    let h = Harness::start(1).await;
+    replicas_ready(&h).await;
+    let mut clients = Vec::new();
+    for i in 0..600u32 {
+        let mut c = h.proxy_conn().await;
+        if i % 50 == 0 {
+            // Some read (replica), some write (primary).
+            let _: Option<u32> = c.query_first("SELECT @@server_id").await.unwrap();
+            c.query_drop("DO 1").await.unwrap();
+        }
+        clients.push(c);
+    }
+    // Client 601 gets in and works at once.
+    let mut last = h.proxy_conn().await;
+    let v: Option<i64> = last.query_first("SELECT 601").await.unwrap();
+    assert_eq!(v, Some(601));
+    let (p, r) = (app_connections(&h, 0).await, app_connections(&h, 1).await);
+    assert!(
+        p <= 64 && r <= 64,
+        "server connections: primary {p}, replica {r}"
+    );
+    assert!(p + r < 20, "idle sessions hold no connection: {p} + {r}");
+    let mut a = admin(&h).await;
+    let pools = table(&mut a, "SHOW POOLS").await;
+    assert!(pools.iter().all(|p| p["waiting"].as_deref() == Some("0")));
+    for c in clients {
+        c.disconnect().await.unwrap();
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_sessions_keep_their_own_state() {
+    let h = Harness::start_with(2, |c| c.proxy.max_backend_connections = 4).await;
+    let mut setup = h.direct_conn().await;
+    for i in 0..50 {
+        setup
+            .query_drop(format!(
+                "CREATE DATABASE IF NOT EXISTS st{i}; CREATE TABLE st{i}.t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)"
+            ))
+            .await
+            .unwrap();
+    }
+    replicas_ready(&h).await;
+    let modes = [
+        "ANSI_QUOTES",
+        "NO_ZERO_DATE",
+        "PIPES_AS_CONCAT",
+        "IGNORE_SPACE",
+        "",
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..50i64 {
+        let mut c = h.proxy_conn().await;
+        tasks.push(tokio::spawn(async move {
+            let tz = format!("+{:02}:{:02}", i % 13, (i * 7) % 60);
+            let mode = modes[i as usize % modes.len()];
+            c.query_drop(format!("USE st{i}")).await.unwrap();
+            c.query_drop(format!("SET time_zone = '{tz}'"))
+                .await
+                .unwrap();
+            c.query_drop(format!("SET SESSION sql_mode = '{mode}'"))
+                .await
+                .unwrap();
+            c.query_drop(format!("SET @mine = {i}")).await.unwrap();
+            for round in 0..15i64 {
+                if round % 5 == 4 {
+                    c.query_drop(format!("INSERT INTO t (v) VALUES ({i})"))
+                        .await
+                        .unwrap();
+                }
+                let row: (Option<String>, String, String, Option<i64>) = c
+                    .query_first("SELECT DATABASE(), @@time_zone, @@sql_mode, @mine")
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    row,
+                    (
+                        Some(format!("st{i}")),
+                        tz.clone(),
+                        mode.to_string(),
+                        Some(i)
+                    ),
+                    "session {i}, round {round}"
+                );
+            }
+            let n: Option<i64> = c
+                .query_first(format!("SELECT COUNT(*) FROM st{i}.t WHERE v = {i}"))
+                .await
+                .unwrap();
+            assert_eq!(n, Some(3));
+            c
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for node in 0..3 {
+        assert!(app_connections(&h, node).await <= 4);
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependent_statements_answer_as_on_a_direct_connection() {
+    let h = Harness::start_with(2, |c| c.proxy.max_backend_connections = 3).await;
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop("CREATE DATABASE dep; CREATE TABLE dep.t (id INT AUTO_INCREMENT PRIMARY KEY, v INT, s VARCHAR(3))")
+        .await
+        .unwrap();
+    replicas_ready(&h).await;
+    let mut tasks = Vec::new();
+    for i in 0..20i64 {
+        let mut c = mysql_async::Conn::new(h.proxy_opts().db_name(Some("dep")))
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..5i64 {
+                // LAST_INSERT_ID() / @@identity: the id this session's insert got.
+                c.query_drop(format!("INSERT INTO t (v) VALUES ({i})"))
+                    .await
+                    .unwrap();
+                let id = c.last_insert_id().unwrap() as i64;
+                let got: (i64, i64) = c
+                    .query_first("SELECT LAST_INSERT_ID(), @@identity")
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got, (id, id), "session {i} round {round}");
+                // ROW_COUNT(): rows the previous statement changed.
+                c.query_drop(format!(
+                    "UPDATE t SET v = v + 100 WHERE v = {i} OR v = {}",
+                    i + 100
+                ))
+                .await
+                .unwrap();
+                let changed = c.affected_rows() as i64;
+                let rc: Option<i64> = c.query_first("SELECT ROW_COUNT()").await.unwrap();
+                assert_eq!(rc, Some(changed));
+                c.query_drop(format!("UPDATE t SET v = {i} WHERE v = {} ", i + 100))
+                    .await
+                    .unwrap();
+                // SHOW WARNINGS / @@warning_count: this session's warnings only.
+                c.query_drop("SELECT 1/0, 2/0").await.unwrap();
+                let w: Option<i64> = c.query_first("SELECT @@warning_count").await.unwrap();
+                assert_eq!(w, Some(2));
+                c.query_drop("SELECT 1/0").await.unwrap();
+                let warnings: Vec<(String, u32, String)> = c.query("SHOW WARNINGS").await.unwrap();
+                assert_eq!(warnings.len(), 1, "{warnings:?}");
+                assert_eq!(warnings[0].1, 1365);
+                // A clean statement: no warnings left from anyone.
+                c.query_drop("SELECT 1").await.unwrap();
+                let warnings: Vec<(String, u32, String)> = c.query("SHOW WARNINGS").await.unwrap();
+                assert!(warnings.is_empty(), "{warnings:?}");
+                // FOUND_ROWS() after SQL_CALC_FOUND_ROWS.
+                let _: Vec<i64> = c
+                    .query(format!(
+                        "SELECT SQL_CALC_FOUND_ROWS id FROM t WHERE v = {i} LIMIT 1"
+                    ))
+                    .await
+                    .unwrap();
+                let found: Option<i64> = c.query_first("SELECT FOUND_ROWS()").await.unwrap();
+                assert_eq!(found, Some(round + 1));
+                // SELECT … INTO @var, then @var.
+                c.query_drop(format!("SELECT COUNT(*) INTO @n FROM t WHERE v = {i}"))
+                    .await
+                    .unwrap();
+                let n: Option<i64> = c.query_first("SELECT @n").await.unwrap();
+                assert_eq!(n, Some(round + 1));
+            }
+            c
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_insert_id_survives_a_change_of_connection() {
+    // A hold of 0 ms gives the connection back at once: the next statement runs elsewhere.
+    let h = Harness::start_with(0, |c| {
+        c.proxy.multiplexing_hold_ms = 0;
+        c.proxy.max_backend_connections = 2;
+    })
+    .await;
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop("CREATE DATABASE li; CREATE TABLE li.t (id INT AUTO_INCREMENT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut a = mysql_async::Conn::new(h.proxy_opts().db_name(Some("li")))
+        .await
+        .unwrap();
+    let mut b = mysql_async::Conn::new(h.proxy_opts().db_name(Some("li")))
+        .await
+        .unwrap();
+    a.query_drop("INSERT INTO t VALUES (NULL)").await.unwrap();
+    let id_a = a.last_insert_id().unwrap() as i64;
+    // b inserts on the connection a used; a's value must not change.
+    for _ in 0..3 {
+        b.query_drop("INSERT INTO t VALUES (NULL)").await.unwrap();
+    }
+    let id_b = b.last_insert_id().unwrap() as i64;
+    // An explicit id does not change LAST_INSERT_ID() (the OK packet reports it anyway).
+    a.query_drop("INSERT INTO t VALUES (1000)").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got: Option<i64> = a.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    assert_eq!(got, Some(id_a));
+    let got: Option<i64> = b.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    assert_eq!(got, Some(id_b));
+    // A fresh session has 0, whatever its connection did before.
+    let mut c = h.proxy_conn().await;
+    let got: Option<i64> = c.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    assert_eq!(got, Some(0));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pin_is_counted_shown_and_ended() {
+    let h = Harness::start(1).await;
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop("CREATE DATABASE pins; CREATE TABLE pins.t (a INT)")
+        .await
+        .unwrap();
+    replicas_ready(&h).await;
+    let mut adm = admin(&h).await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "temp_table",
+            "CREATE TEMPORARY TABLE tmp (a INT)",
+            "DROP TEMPORARY TABLE tmp",
+        ),
+        (
+            "get_lock",
+            "SELECT GET_LOCK('pin-test', 1)",
+            "SELECT RELEASE_LOCK('pin-test')",
+        ),
+        ("lock_tables", "LOCK TABLES t READ", "UNLOCK TABLES"),
+        (
+            "lock_tables",
+            "FLUSH TABLES WITH READ LOCK",
+            "UNLOCK TABLES",
+        ),
+        ("handler", "HANDLER t OPEN", "HANDLER t CLOSE"),
+        ("xa", "XA START 'x1'", "XA END 'x1'; XA ROLLBACK 'x1'"),
+        (
+            "next_transaction",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "BEGIN; SELECT 1; COMMIT",
+        ),
+        ("user_variable", "SELECT @pinned := 1", ""),
+        (
+            "session_variable",
+            "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')",
+            "",
+        ),
+        ("text_prepare", "PREPARE s FROM 'SELECT 1'", ""),
+    ];
+    for (reason, start, end) in cases {
+        let mut c = mysql_async::Conn::new(h.proxy_opts().db_name(Some("pins")))
+            .await
+            .unwrap();
+        c.query_drop(*start).await.unwrap();
+        let mine = |rows: &[HashMap<String, Option<String>>]| {
+            rows.iter()
+                .filter(|r| r["pinned"].as_deref().is_some_and(|p| p.contains(reason)))
+                .count()
+        };
+        let sessions = table(&mut adm, "SHOW SESSIONS").await;
+        assert_eq!(mine(&sessions), 1, "{reason} after {start}: {sessions:?}");
+        let row = sessions
+            .iter()
+            .find(|r| r["pinned"].as_deref().is_some_and(|p| p.contains(reason)))
+            .unwrap();
+        assert!(row["pinned_by"].is_some() && row["pinned_s"].is_some());
+        assert_eq!(row["held"].as_deref(), Some("1"));
+        // Every statement now runs on the pinned connection (the primary); the next
+        // transaction's characteristics are used by the next statement, so it is not probed.
+        for _ in 0..if *reason == "next_transaction" { 0 } else { 3 } {
+            let sid: Option<u32> = c.query_first("SELECT @@server_id").await.unwrap();
+            assert_eq!(sid, Some(1), "{reason}");
+        }
+        if end.is_empty() {
+            // Only COM_RESET_CONNECTION ends it.
+            c.reset().await.unwrap();
+        } else {
+            for stmt in end.split("; ") {
+                c.query_drop(stmt).await.unwrap();
+            }
+        }
+        let sessions = table(&mut adm, "SHOW SESSIONS").await;
+        assert!(
+            sessions.iter().all(|r| r["pinned"].is_none()),
+            "{reason} ended by {end:?}: {sessions:?}"
+        );
+        // The session reads from the replica again.
+        let sid: Option<u32> = c.query_first("SELECT @@server_id").await.unwrap();
+        assert_ne!(sid, Some(1), "{reason} ended");
+        c.disconnect().await.unwrap();
+    }
+    let pins = table(&mut adm, "SHOW PINS").await;
+    for (reason, _, _) in cases {
+        assert!(
+            pins.iter().any(|p| p["reason"].as_deref() == Some(reason)
+                && p["users"].as_deref().is_some_and(|u| u.starts_with("app:"))),
+            "{reason} in SHOW PINS: {pins:?}"
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_never_exhaust_the_server() {
+    let h = Harness::start_with(1, |c| c.proxy.max_backend_connections = 8).await;
+    for node in 0..2 {
+        h.root_sql(node, "SET GLOBAL max_prepared_stmt_count = 500")
+            .await;
+    }
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop("CREATE DATABASE ps; CREATE TABLE ps.t (id INT PRIMARY KEY, v INT); INSERT INTO ps.t SELECT seq, seq * 2 FROM seq_1_to_100")
+        .await
+        .unwrap();
+    replicas_ready(&h).await;
+    let mut tasks = Vec::new();
+    for s in 0..200i64 {
+        let opts = h.proxy_opts().db_name(Some("ps"));
+        tasks.push(tokio::spawn(async move {
+            let mut c = mysql_async::Conn::new(opts).await.unwrap();
+            // Five statements per session, three of them unique to it (600 distinct in all).
+            for k in 0..5i64 {
+                let sql = if k < 2 {
+                    format!("SELECT v + {k} FROM t WHERE id = ?")
+                } else {
+                    format!("SELECT v + {k} + {s} FROM t WHERE id = ?")
+                };
+                let stmt = c.prep(&sql).await.unwrap();
+                for id in [1 + s % 100, 1 + (s + k) % 100] {
+                    let v: Option<i64> = c.exec_first(&stmt, (id,)).await.unwrap();
+                    let extra = if k < 2 { k } else { k + s };
+                    assert_eq!(v, Some(id * 2 + extra), "session {s} statement {k}");
+                }
+            }
+            c.disconnect().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for node in 0..2 {
+        let open = h.status_counter(node, "Prepared_stmt_count").await;
+        assert!(open <= 500, "{open} statements open on node {node}");
+    }
+    h.shutdown().await;
+}
