@@ -83,6 +83,31 @@ pub struct BackendConn {
     pub stmts: super::stmt_cache::StmtCache,
 }
 
+/// How many statements one connection may keep prepared: `[proxy]
+/// max_prepared_statements_per_connection`, lowered for all connections of a server when the
+/// server answers 1461 (its `max_prepared_stmt_count`, shared with every other client, is
+/// reached), so that the connections together stay under the server's limit.
+pub struct StmtBudget<'a> {
+    pub configured: usize,
+    pub learned: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl StmtBudget<'_> {
+    pub fn capacity(&self) -> usize {
+        self.configured
+            .min(self.learned.load(std::sync::atomic::Ordering::Relaxed))
+            .max(1)
+    }
+
+    /// The server refused a prepare while this connection held `held` statements.
+    pub fn shrink(&self, held: usize) {
+        let to = (held * 3 / 4).max(4);
+        self.learned
+            .fetch_min(to, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(per_connection = to, "the server's max_prepared_stmt_count was reached: keeping fewer statements prepared per connection");
+    }
+}
+
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Connects to `address` and logs in. Returns the connection and the server's final OK payload
@@ -400,61 +425,84 @@ impl BackendConn {
     }
 
     /// The server's id for `sql` on this connection, preparing it when needed (the least
-    /// recently used statement is closed when the cache is full, or when the server says its
-    /// `max_prepared_stmt_count` is reached). `Ok(Err)` is the server's refusal.
+    /// recently used statement is closed when the cache is full). `Ok(Err)` is the server's
+    /// refusal. See [`StmtBudget`] for the server's `max_prepared_stmt_count`.
     pub async fn prepared(
         &mut self,
         sql: &std::sync::Arc<[u8]>,
-        capacity: usize,
+        budget: &StmtBudget<'_>,
     ) -> Result<Result<u32, ErrPacket>, BackendError> {
         if let Some(id) = self.stmts.get(sql) {
             return Ok(Ok(id));
         }
+        self.prepare_for_client(sql, budget)
+            .await
+            .map(|r| r.map(|(id, _, _)| id))
+    }
+
+    /// Prepares `sql` for a client's COM_STMT_PREPARE and returns the server's whole answer
+    /// (prepare-OK, parameter and column definitions) to relay, with the server's id and the
+    /// parameter count. When the server's `max_prepared_stmt_count` is reached, the least
+    /// recently used statement of this connection is closed and the prepare retried once, so
+    /// the client does not see an error other sessions caused. The statement joins the
+    /// connection's cache (an older copy of the same text is closed).
+    pub async fn prepare_for_client(
+        &mut self,
+        sql: &std::sync::Arc<[u8]>,
+        budget: &StmtBudget<'_>,
+    ) -> Result<Result<(u32, u16, Vec<Bytes>), ErrPacket>, BackendError> {
+        use sluice_proto::tracker::{Progress, ResponseKind, ResponseTracker};
         let mut p = Vec::with_capacity(sql.len() + 1);
         p.push(sluice_proto::command::COM_STMT_PREPARE);
         p.extend_from_slice(sql);
-        for attempt in 0..2 {
-            while self.stmts.len() >= capacity.max(1) {
-                self.close_lru().await?;
-            }
-            match self
-                .control(&p, sluice_proto::tracker::ResponseKind::Prepare)
-                .await?
-            {
-                Ok(first) if first.len() >= 5 && first[0] == 0 => {
-                    let id = u32::from_le_bytes([first[1], first[2], first[3], first[4]]);
-                    self.stmts.insert(sql.clone(), id);
-                    return Ok(Ok(id));
-                }
-                Ok(_) => {
-                    return Err(BackendError::Protocol("malformed prepare answer".into()));
-                }
-                // The server's statement limit: make room on this connection and retry once.
-                Err(e) if e.code == 1461 && attempt == 0 && !self.stmts.is_empty() => {
-                    self.close_lru().await?;
-                }
-                Err(e) => return Ok(Err(e)),
-            }
-        }
-        unreachable!("the loop returns on its second attempt")
-    }
-
-    /// Records a statement the client prepared through this connection (the relay saw the
-    /// server's id); an older copy of the same text is closed.
-    pub async fn adopt_prepared(
-        &mut self,
-        sql: std::sync::Arc<[u8]>,
-        id: u32,
-        capacity: usize,
-    ) -> Result<(), BackendError> {
-        if let Some(old) = self.stmts.remove(&sql) {
+        if let Some(old) = self.stmts.remove(sql) {
             self.close_statement(old).await?;
         }
-        while self.stmts.len() >= capacity.max(1) {
-            self.close_lru().await?;
+        for attempt in 0..4 {
+            while self.stmts.len() >= budget.capacity() {
+                self.close_lru().await?;
+            }
+            self.write_packet(0, &p).await?;
+            let mut t = ResponseTracker::new(ResponseKind::Prepare, self.deprecate_eof());
+            let mut packets = Vec::new();
+            loop {
+                let pk = self.read_packet().await?;
+                if packets.is_empty() && pk.payload.first() == Some(&ERR_HEADER) {
+                    let e = ErrPacket::parse(&pk.payload)?;
+                    if e.code == 1461 && attempt < 3 && !self.stmts.is_empty() {
+                        // The server is full: every connection of this server keeps fewer
+                        // from now on, and this one makes room now.
+                        budget.shrink(self.stmts.len());
+                        self.close_lru().await?;
+                        break;
+                    }
+                    return Ok(Err(e));
+                }
+                let progress = t
+                    .feed(pk.payload.len(), &pk.payload)
+                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                packets.push(pk.payload);
+                match progress {
+                    Progress::More => {}
+                    Progress::Done(_) => {
+                        let first = &packets[0];
+                        if first.len() < 9 {
+                            return Err(BackendError::Protocol("short prepare answer".into()));
+                        }
+                        let id = u32::from_le_bytes([first[1], first[2], first[3], first[4]]);
+                        let params = u16::from_le_bytes([first[7], first[8]]);
+                        self.stmts.insert(sql.clone(), id);
+                        return Ok(Ok((id, params, packets)));
+                    }
+                    Progress::LocalInfile => {
+                        return Err(BackendError::Protocol("unexpected LOCAL INFILE".into()))
+                    }
+                }
+            }
         }
-        self.stmts.insert(sql, id);
-        Ok(())
+        Err(BackendError::Protocol(
+            "the server kept refusing the prepare (max_prepared_stmt_count)".into(),
+        ))
     }
 
     async fn close_lru(&mut self) -> Result<(), BackendError> {

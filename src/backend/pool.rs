@@ -74,11 +74,11 @@ pub struct ServerPool {
     pub wait_micros: AtomicU64,
     /// The server was removed from the configuration: nothing is pooled any more.
     retired: AtomicBool,
+    /// Statements one connection may keep prepared, as learned from the server's 1461
+    /// answers (`usize::MAX` until then).
+    pub stmt_cap: AtomicUsize,
     /// `[backend_tls]` for new connections (replaced by a reload).
     tls: std::sync::RwLock<Option<Arc<crate::tls::BackendTls>>>,
-    /// Woken when a session starts waiting: sessions keeping a connection only for a
-    /// possible dependent statement give it back.
-    pub pressure: tokio::sync::Notify,
 }
 /// Why a connection could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +117,8 @@ impl ServerPool {
             waits: Default::default(),
             wait_micros: Default::default(),
             retired: AtomicBool::new(false),
+            stmt_cap: AtomicUsize::new(usize::MAX),
             tls: std::sync::RwLock::new(None),
-            pressure: tokio::sync::Notify::new(),
         }
     }
 
@@ -247,7 +247,6 @@ impl ServerPool {
             l.waiters.push_back(Waiter { since: started, tx });
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.pressure.notify_waiters();
         let got = tokio::time::timeout(limits.wait, async {
             tokio::select! {
                 c = rx => c.ok().map(Ok),

@@ -140,6 +140,7 @@ impl BackendConn {
             }
         }
         if let Some(diff) = want.diff_from(&self.state, self.charset) {
+            tracing::trace!(conn = self.id, server = %self.server, set = %String::from_utf8_lossy(&diff), "bringing a connection to the session's state");
             let mut p = Vec::with_capacity(diff.len() + 5);
             p.push(COM_QUERY);
             p.extend_from_slice(b"SET ");

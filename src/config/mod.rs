@@ -215,8 +215,8 @@ pub struct ProxyConfig {
     /// the session's whole life.
     pub multiplexing: Multiplexing,
     /// After a statement that left warnings, changed rows or used `SQL_CALC_FOUND_ROWS`, the
-    /// connection is kept this long (or until the next command, or until another session
-    /// waits for a connection) so that `SHOW WARNINGS`, `ROW_COUNT()`, `FOUND_ROWS()` read it.
+    /// connection is kept until the next command, at most this long, so that
+    /// `SHOW WARNINGS`, `ROW_COUNT()` and `FOUND_ROWS()` read it.
     pub multiplexing_hold_ms: u64,
     /// Statements prepared on one server connection (shared by the sessions that use it);
     /// the least recently used is closed beyond this.
@@ -258,7 +258,7 @@ impl Default for ProxyConfig {
             client_idle_timeout_ms: 28_800_000,
             default_auth_plugin: "mysql_native_password".into(),
             multiplexing: Multiplexing::Transaction,
-            multiplexing_hold_ms: 1_000,
+            multiplexing_hold_ms: 250,
             max_prepared_statements_per_connection: 128,
             max_prepared_statements_per_session: 1024,
             tls: None,

@@ -7,7 +7,7 @@
 //! connection while a transaction is open or a pin holds it; a replica connection while a
 //! `START TRANSACTION READ ONLY` runs there; either one until the next command after a
 //! statement that left warnings, changed rows or used `SQL_CALC_FOUND_ROWS` (bounded by
-//! `[proxy] multiplexing_hold_ms`, and given up at once when another session waits).
+//! `[proxy] multiplexing_hold_ms`).
 //!
 //! Failover needs nothing special: a session that holds no primary connection leases one from
 //! whichever server is the writable primary now (waiting up to `[monitor] failover_hold_ms`

@@ -23,21 +23,15 @@ const INSPECT_PREFIX: usize = 64;
 const READ_CHUNK: usize = 64 << 10;
 
 /// Relays the response to the command the client just sent. `seq` is the sequence id the
-/// server's first packet must carry. Returns how the response ended. For a COM_STMT_PREPARE
-/// response, `statement_id` replaces the
-/// server's statement id in the prepare-OK packet the client sees, and the server's id and
-/// the statement's parameter count are returned.
-pub async fn relay_rewriting(
+/// server's first packet must carry. Returns how the response ended.
+pub async fn relay_response(
     client: &mut ClientConn,
     backend: &mut BackendConn,
     kind: ResponseKind,
     mut seq: u8,
     client_local_files: bool,
-    statement_id: Option<u32>,
-) -> Result<(Outcome, Option<(u32, u16)>), SessionError> {
+) -> Result<Outcome, SessionError> {
     let mut tracker = ResponseTracker::new(kind, backend.deprecate_eof());
-    let mut first_packet = true;
-    let mut server_statement_id = None;
     let mut body_left = 0usize;
     let mut cont = false;
     let mut outcome = None;
@@ -46,7 +40,6 @@ pub async fn relay_rewriting(
     loop {
         // Walk the buffered frames; `pos` is how far they may be forwarded.
         let mut pos = 0usize;
-        let mut patch_at = None;
         loop {
             let buf = &backend.rbuf[..];
             if body_left > 0 {
@@ -81,14 +74,6 @@ pub async fn relay_rewriting(
             seq = seq.wrapping_add(1);
             if !cont {
                 let prefix = &buf[pos + HEADER_LEN..pos + HEADER_LEN + want];
-                if first_packet && statement_id.is_some() && prefix.len() >= 9 && prefix[0] == 0 {
-                    server_statement_id = Some((
-                        u32::from_le_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]),
-                        u16::from_le_bytes([prefix[7], prefix[8]]),
-                    ));
-                    patch_at = Some(pos + HEADER_LEN + 1);
-                }
-                first_packet = false;
                 match tracker.feed(h.len, prefix) {
                     Ok(Progress::More) => {}
                     Ok(Progress::Done(o)) => outcome = Some(o),
@@ -107,9 +92,6 @@ pub async fn relay_rewriting(
             pos += HEADER_LEN;
             body_left = h.len;
         }
-        if let (Some(at), Some(id)) = (patch_at, statement_id) {
-            backend.rbuf[at..at + 4].copy_from_slice(&id.to_le_bytes());
-        }
         if pos > 0 {
             forwarded = true;
             client.write_all(&backend.rbuf[..pos]).await?;
@@ -120,7 +102,7 @@ pub async fn relay_rewriting(
                 backend.last_rows = tracker.rows();
                 backend.last_warnings = tracker.warnings();
                 backend.last_insert_id = tracker.insert_id();
-                return Ok((o, server_statement_id));
+                return Ok(o);
             }
             if infile {
                 seq = upload_local_file(client, backend, seq).await?;

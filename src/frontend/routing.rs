@@ -26,6 +26,11 @@ pub struct Plan {
     pub reads: Reads,
     /// `SQL_CALC_FOUND_ROWS`: keep the connection for `FOUND_ROWS()`.
     pub found_rows: bool,
+    /// The statement uses a table, so it clears the server's diagnostics area (warnings of
+    /// an earlier statement stay readable across statements that do not).
+    pub clears_diagnostics: bool,
+    /// Runs on the connection holding earlier warnings and keeps them readable.
+    pub keeps_warnings: bool,
 }
 
 impl Session {
@@ -116,6 +121,9 @@ impl Session {
             )),
             _ => None,
         });
+        let clears_diagnostics = self.st.hold.is_some()
+            && (matches!(class, StatementClass::Write | StatementClass::Ddl)
+                || crate::router::lexer::has_keyword(sql, b"FROM"));
         Plan {
             route,
             class,
@@ -123,6 +131,8 @@ impl Session {
             reject,
             reads,
             found_rows,
+            clears_diagnostics,
+            keeps_warnings: false,
         }
     }
 
@@ -221,9 +231,6 @@ impl Session {
         if self.routing.read_your_writes == ReadYourWrites::Off {
             return true;
         }
-        if self.st.wrote && !self.learn_last_gtid().await {
-            return false;
-        }
         let Some(gtid) = self.st.last_gtid.clone() else {
             return true;
         };
@@ -260,6 +267,16 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// Before a read goes to a replica: the GTID of the session's last write must be known
+    /// (read before any replica connection is taken, so that a session never holds a replica
+    /// connection while it waits for a primary one). False: read from the primary.
+    pub(super) async fn know_last_gtid(&mut self) -> bool {
+        if self.routing.read_your_writes == ReadYourWrites::Off || !self.st.wrote {
+            return true;
+        }
+        self.learn_last_gtid().await
     }
 
     /// The GTID of the session's last write: read on the held primary connection, or (its

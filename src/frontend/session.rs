@@ -22,8 +22,8 @@ use tokio::io::AsyncWriteExt;
 use super::client::ClientConn;
 use super::handshake::{self, AuthPlugin, Authenticated};
 use super::lease::{held_event, wait_for_primary, Leased, Outstanding, Unavailable};
-use super::relay::relay_rewriting;
-use super::session_state::SessionState;
+use super::relay::relay_response;
+use super::session_state::{Hold, SessionState};
 use super::{SessionError, Shared};
 use crate::backend::BackendConn;
 use crate::config::{Multiplexing, UserConfig};
@@ -93,8 +93,6 @@ pub(super) enum Held {
 /// What the relay of one command produced.
 pub(super) struct Relayed {
     pub outcome: Outcome,
-    /// The server's statement id and parameter count (a relayed COM_STMT_PREPARE).
-    pub prepared: Option<(u32, u16)>,
 }
 
 /// Runs a session to its end.
@@ -337,18 +335,11 @@ impl Session {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<PacketExtent>, SessionError> {
         let idle_ms = self.routing.config.proxy.client_idle_timeout_ms;
-        // A hold ends after multiplexing_hold_ms, or at once when a session waits for a
-        // connection of that server.
-        let held_server = match (self.st.hold, self.st.previous) {
-            (None, _) => None,
-            (Some(_), Route::Primary) => self.primary.as_ref().map(|p| p.server),
-            (Some(_), Route::Replica(_)) => self.replica.as_ref().map(|r| r.server),
-        };
+        // A hold ends at the next command, or after multiplexing_hold_ms.
         if self.st.hold.is_some() && self.hold_until.is_none() {
             let ms = self.routing.config.proxy.multiplexing_hold_ms;
             self.hold_until = Some(tokio::time::Instant::now() + Duration::from_millis(ms));
         }
-        let pressure_slot = held_server.and_then(|i| self.routing.slots.get(i).cloned());
         let hold_until = self.hold_until;
         let primary = self.primary.as_mut().map(|l| &mut l.conn);
         let replica = self.replica.as_mut().map(|l| &mut l.conn);
@@ -381,12 +372,6 @@ impl Session {
                 Ok(None)
             }
             _ = until(hold_until) => {
-                self.hold_until = None;
-                self.end_hold().await;
-                self.publish_state();
-                Ok(None)
-            }
-            _ = pressure(pressure_slot.as_deref()) => {
                 self.hold_until = None;
                 self.end_hold().await;
                 self.publish_state();
@@ -426,7 +411,7 @@ impl Session {
         let kind = ResponseKind::for_command(code);
         let started = Instant::now();
         let Some(r) = self
-            .forward(on, wire_len, None, kind, seq, local_files, None)
+            .forward(on, wire_len, None, kind, seq, local_files)
             .await?
         else {
             return Ok(());
@@ -513,6 +498,9 @@ impl Session {
             StatementClass::Write | StatementClass::Other | StatementClass::Multi
         ) && (rows > 0 || insert_id != 0);
         self.st.keep_after(warnings, plan.found_rows, changes_rows);
+        if plan.keeps_warnings && self.st.hold.is_none() {
+            self.st.hold = Some(Hold::Warnings);
+        }
         if self.st.pins & PinReason::NextTransaction.bit() != 0
             && plan.applied.pin != Some(PinReason::NextTransaction)
             && !self.st.in_transaction()
@@ -523,6 +511,11 @@ impl Session {
         let a = plan.applied.clone();
         if !a.sets.is_empty() || a.db.is_some() {
             let conn = self.conn_mut(on);
+            tracing::trace!(
+                conn = conn.id,
+                sets = a.sets.len(),
+                "session state changed on its connection"
+            );
             for (k, v) in &a.sets {
                 conn.state.set(k.clone(), v.clone());
             }
@@ -585,9 +578,21 @@ impl Session {
         wire_len: usize,
         seq: u8,
     ) -> Result<Option<Held>, SessionError> {
-        let held_previous = self.st.hold.take().is_some();
+        let hold = self.st.hold.take();
+        let held_previous = hold.is_some();
         if held_previous {
             self.hold_until = None;
+            let movable = self.st.previous == Route::Primary && plan.route == Route::Primary
+                || matches!(
+                    plan.class,
+                    StatementClass::Read | StatementClass::ReadPrevious
+                );
+            if hold == Some(Hold::Warnings) && !plan.clears_diagnostics && movable {
+                // The warnings stay readable until a statement that uses a table: this one
+                // runs where they are, and the hold goes on after it.
+                plan.reads.previous = true;
+                plan.keeps_warnings = true;
+            }
             if plan.reads.previous || plan.reads.insert_id {
                 // A dependent statement runs where the previous one did.
                 plan.route = self.st.previous;
@@ -608,7 +613,10 @@ impl Session {
             }
         }
         if let Route::Replica(i) = plan.route {
-            if self.lease_replica(i).await && self.replica_has_our_writes(i).await {
+            if self.know_last_gtid().await
+                && self.lease_replica(i).await
+                && self.replica_has_our_writes(i).await
+            {
                 return self
                     .prepare_target(Held::Replica, plan, held_previous, wire_len, seq)
                     .await;
@@ -670,7 +678,9 @@ impl Session {
             if let Some(l) = slot.as_mut() {
                 let mut r = Ok(());
                 if clear {
-                    r = match l.conn.control(b"\x03DO 0", ResponseKind::Query).await {
+                    // A statement that uses a table clears the diagnostics area (`DO 0` does not).
+                    let sql = b"\x03DO (SELECT 1 FROM (SELECT 1) AS sluice_clear)";
+                    r = match l.conn.control(sql, ResponseKind::Query).await {
                         Ok(_) => Ok(()),
                         Err(e) => Err(e),
                     };
@@ -725,7 +735,6 @@ impl Session {
         kind: ResponseKind,
         seq: u8,
         local_files: bool,
-        rewrite_id: Option<u32>,
     ) -> Result<Option<Relayed>, SessionError> {
         let routing = self.routing.clone();
         let server = self.server_of(on);
@@ -760,15 +769,12 @@ impl Session {
                         status: None,
                         error: false,
                     },
-                    prepared: None,
                 }))
             }
-            Ok(()) => {
-                relay_rewriting(&mut self.client, conn, kind, seq, local_files, rewrite_id).await
-            }
+            Ok(()) => relay_response(&mut self.client, conn, kind, seq, local_files).await,
         };
         match result {
-            Ok((outcome, prepared)) => Ok(Some(Relayed { outcome, prepared })),
+            Ok(outcome) => Ok(Some(Relayed { outcome })),
             Err(SessionError::BackendGone(detail)) => {
                 // Nothing of the response reached the client: a clean error, and the session
                 // goes on.
@@ -986,14 +992,6 @@ async fn watch(conn: Option<&mut BackendConn>) -> String {
 async fn until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when a session starts waiting for a connection of `slot`'s server.
-async fn pressure(slot: Option<&super::ServerSlot>) {
-    match slot {
-        Some(s) => s.pool.pressure.notified().await,
         None => std::future::pending().await,
     }
 }

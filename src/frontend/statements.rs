@@ -23,6 +23,7 @@ use super::routing::Plan;
 use super::session::{statement_text, Held, Session};
 use super::session_state::Stmt;
 use super::SessionError;
+use crate::backend::StmtBudget;
 use crate::router::{PinReason, Route, StatementClass};
 
 fn unknown_statement(id: u32, what: &str) -> ErrPacket {
@@ -100,49 +101,67 @@ impl Session {
             return Ok(());
         };
         let sluice_id = self.st.next_stmt_id();
-        let Some(r) = self
-            .forward(
-                on,
-                wire_len,
-                None,
-                ResponseKind::Prepare,
-                seq,
-                false,
-                Some(sluice_id),
-            )
-            .await?
-        else {
-            return Ok(());
+        self.client.consume(wire_len);
+        let routing = self.routing.clone();
+        let budget = Session::budget_of(&routing, self.server_of(on));
+        let answer = match self.held_conn(on) {
+            Some(conn) => conn.prepare_for_client(&sql, &budget).await,
+            None => Err(crate::backend::BackendError::Closed),
         };
-        if let (false, Some((server_id, params))) = (r.outcome.error, r.prepared) {
-            let cap = self.per_connection_statements();
-            if let Err(e) = self
-                .conn_mut(on)
-                .adopt_prepared(sql.clone(), server_id, cap)
-                .await
-            {
-                tracing::debug!(error = %e, "closing an evicted statement failed");
+        let (params, packets) = match answer {
+            Ok(Ok((_, params, packets))) => (params, packets),
+            Ok(Err(e)) => return self.client.send_err(seq, &e).await,
+            Err(e) => {
+                let name = self.conn(on).server.clone();
                 self.drop_held(on);
+                return self
+                    .client
+                    .send_err(seq, &crate::errors::lost_in_flight(&name, &e.to_string()))
+                    .await;
             }
-            self.st.stmts.insert(
-                sluice_id,
-                Stmt {
-                    digest: crate::router::lexer::digest(&sql),
-                    class: plan.class,
-                    sql,
-                    params,
-                    types: None,
-                },
-            );
+        };
+        // The client sees Sluice's id for the statement.
+        let mut out = bytes::BytesMut::new();
+        let mut s = seq;
+        for (i, p) in packets.iter().enumerate() {
+            if i == 0 {
+                let mut first = p.to_vec();
+                first[1..5].copy_from_slice(&sluice_id.to_le_bytes());
+                sluice_proto::framing::write_packet(&mut out, s, &first);
+            } else {
+                sluice_proto::framing::write_packet(&mut out, s, p);
+            }
+            s = s.wrapping_add(1);
         }
+        self.client.write_all(&out).await?;
+        self.st.stmts.insert(
+            sluice_id,
+            Stmt {
+                digest: crate::router::lexer::digest(&sql),
+                class: plan.class,
+                sql,
+                params,
+                types: None,
+            },
+        );
         Ok(())
     }
 
-    fn per_connection_statements(&self) -> usize {
-        self.routing
-            .config
-            .proxy
-            .max_prepared_statements_per_connection as usize
+    /// The prepared-statement budget of connections to `server`.
+    fn budget_of(routing: &super::RoutingState, server: usize) -> StmtBudget<'_> {
+        static NONE: std::sync::atomic::AtomicUsize =
+            std::sync::atomic::AtomicUsize::new(usize::MAX);
+        StmtBudget {
+            configured: routing.config.proxy.max_prepared_statements_per_connection as usize,
+            learned: routing.slot(server).map_or(&NONE, |s| &s.pool.stmt_cap),
+        }
+    }
+
+    fn held_conn(&mut self, on: Held) -> Option<&mut crate::backend::BackendConn> {
+        match on {
+            Held::Primary => self.primary.as_mut().map(|l| &mut l.conn),
+            Held::Replica => self.replica.as_mut().map(|l| &mut l.conn),
+        }
     }
 
     async fn execute(&mut self, id: u32, wire_len: usize, seq: u8) -> Result<(), SessionError> {
@@ -228,7 +247,6 @@ impl Session {
                 ResponseKind::Execute,
                 seq,
                 false,
-                None,
             )
             .await?
         else {
@@ -299,8 +317,13 @@ impl Session {
         wire_len: usize,
         seq: u8,
     ) -> Result<Option<u32>, SessionError> {
-        let cap = self.per_connection_statements();
-        match self.conn_mut(on).prepared(sql, cap).await {
+        let routing = self.routing.clone();
+        let budget = Session::budget_of(&routing, self.server_of(on));
+        let answer = match self.held_conn(on) {
+            Some(conn) => conn.prepared(sql, &budget).await,
+            None => Err(crate::backend::BackendError::Closed),
+        };
+        match answer {
             Ok(Ok(id)) => Ok(Some(id)),
             Ok(Err(e)) => {
                 self.client.consume(wire_len);
@@ -329,9 +352,10 @@ impl Session {
             self.client.consume(wire_len);
             return Ok(());
         }
-        let cap = self.per_connection_statements();
+        let routing = self.routing.clone();
+        let budget = Session::budget_of(&routing, self.server_of(Held::Primary));
         let conn = self.conn_mut(Held::Primary);
-        let server_id = match conn.prepared(&sql, cap).await {
+        let server_id = match conn.prepared(&sql, &budget).await {
             Ok(Ok(sid)) => sid,
             Ok(Err(_)) => {
                 self.client.consume(wire_len);
@@ -345,15 +369,7 @@ impl Session {
         };
         self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
         if self
-            .forward(
-                Held::Primary,
-                wire_len,
-                None,
-                ResponseKind::None,
-                0,
-                false,
-                None,
-            )
+            .forward(Held::Primary, wire_len, None, ResponseKind::None, 0, false)
             .await?
             .is_some()
             && self.st.long_data.is_none()
@@ -392,7 +408,7 @@ impl Session {
         };
         self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
         if let Some(r) = self
-            .forward(on, wire_len, None, ResponseKind::Simple, seq, false, None)
+            .forward(on, wire_len, None, ResponseKind::Simple, seq, false)
             .await?
         {
             if let Some(s) = r.outcome.status {
@@ -430,7 +446,6 @@ impl Session {
                 ResponseKind::Fetch,
                 seq,
                 false,
-                None,
             )
             .await?
         {
