@@ -65,7 +65,7 @@ const SCRIPT: &[&str] = &[
 async fn text_protocol_matches_direct() {
     // No replica: this compares with the primary statement by statement, including reads
     // right after writes (read-your-writes is not implemented yet).
-    let h = Harness::start(0).await;
+    let h = Harness::start(2).await;
     // The same script on the same database name, first directly, then through Sluice.
     let mut results = Vec::new();
     for mut c in [h.direct_conn().await, h.proxy_conn().await] {
@@ -240,7 +240,7 @@ async fn large_blob_round_trip() {
 
 #[tokio::test]
 async fn change_user_and_reset_connection() {
-    let h = Harness::start(0).await;
+    let h = Harness::start(2).await;
     let mut c = h.proxy_conn().await;
     c.query_drop("SET @v = 5").await.unwrap();
     let who: Option<String> = c.query_first("SELECT CURRENT_USER()").await.unwrap();

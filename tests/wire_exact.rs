@@ -203,7 +203,7 @@ async fn script(port: u16, caps: u64) -> Responses {
 }
 
 async fn compare(caps: u64) {
-    let h = Harness::start(0).await;
+    let h = Harness::start(2).await;
     let direct = script(h.topo.nodes[0].port, caps).await;
     let proxied = script(h.addr.port(), caps).await;
     assert_eq!(direct.len(), proxied.len());
