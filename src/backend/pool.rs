@@ -48,6 +48,9 @@ struct Lists {
     waiters: std::collections::VecDeque<Waiter>,
 }
 
+/// Idle connections older than this are checked for a close by the server before reuse.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// A connection handed out by [`ServerPool::acquire`].
 pub struct Acquired {
     pub conn: BackendConn,
@@ -381,13 +384,21 @@ impl ServerPool {
             }
         }
         // `remove`, not `swap_remove`: the list stays ordered by return time.
-        pick.map(|n| l.idle.remove(n).conn)
+        let idle = pick.map(|n| l.idle.remove(n))?;
+        drop(l);
+        // A connection that sat idle a while may have been closed by the server (a restart,
+        // KILL, wait_timeout): one non-blocking look before handing it out. One returned a
+        // moment ago is not looked at (a syscall per statement otherwise).
+        if idle.since.elapsed() >= RECHECK_AFTER && idle.conn.looks_closed() {
+            return self.pop_idle(p, want, other_key);
+        }
+        Some(idle.conn)
     }
 
     /// Gives back a connection in a known state: to the longest-waiting session, else to the
     /// idle list (beyond `max_idle` it is closed).
     pub fn release(&self, conn: BackendConn) {
-        if conn.slot.is_none() || self.is_retired() || conn.looks_closed() {
+        if conn.slot.is_none() || self.is_retired() {
             return;
         }
         let Ok(mut l) = self.lists.lock() else {

@@ -74,6 +74,15 @@ pub(super) struct Session {
     hold_until: Option<tokio::time::Instant>,
     /// No command is in flight.
     idle: bool,
+    /// Query digests this session saw stored (`SHOW QUERY DIGEST`).
+    pub(super) known_digests: crate::metrics::digest::KnownDigests,
+    /// `[proxy] client_idle_timeout_ms`: when the last command arrived, and a timer that
+    /// fires at the earliest moment the session could be idle too long.
+    last_command: tokio::time::Instant,
+    idle_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The user and database last shown to the admin port (published only when they change).
+    published_user: String,
+    published_db: Option<Vec<u8>>,
 }
 
 /// What server connections are opened with (from the client's handshake).
@@ -160,6 +169,7 @@ pub async fn run(
         .database
         .filter(|_| capabilities & cap::CLIENT_CONNECT_WITH_DB != 0);
     let multiplex = snapshot.config.proxy.multiplexing == Multiplexing::Transaction;
+    let snapshot_idle_ms = snapshot.config.proxy.client_idle_timeout_ms;
     let mut s = Session {
         client,
         user,
@@ -182,6 +192,13 @@ pub async fn run(
         seen_gtid: Vec::new(),
         hold_until: None,
         idle: true,
+        known_digests: Default::default(),
+        last_command: tokio::time::Instant::now(),
+        idle_timer: Box::pin(tokio::time::sleep(Duration::from_millis(
+            snapshot_idle_ms.max(1),
+        ))),
+        published_user: String::new(),
+        published_db: None,
         shared,
     };
     s.publish_state();
@@ -344,10 +361,14 @@ impl Session {
         let primary = self.primary.as_mut().map(|l| &mut l.conn);
         let replica = self.replica.as_mut().map(|l| &mut l.conn);
         let client = &mut self.client;
+        // One timer for the session's life, moved only when it fires early (no timer-wheel
+        // work per command).
+        let idle_timer = self.idle_timer.as_mut();
         tokio::select! {
             r = client.next_packet() => match r {
                 Ok(ext) => {
                     self.hold_until = None;
+                    self.last_command = tokio::time::Instant::now();
                     Ok(Some(ext))
                 }
                 Err(SessionError::TooLarge(n)) => {
@@ -356,7 +377,12 @@ impl Session {
                 }
                 Err(e) => Err(e),
             },
-            _ = idle_deadline(idle_ms) => {
+            _ = idle_timer, if idle_ms > 0 => {
+                let due = self.last_command + Duration::from_millis(idle_ms);
+                if tokio::time::Instant::now() < due {
+                    self.idle_timer.as_mut().reset(due);
+                    return Ok(None);
+                }
                 // Like the server's wait_timeout: the client stayed silent too long.
                 self.shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("closing a client idle for longer than client_idle_timeout_ms");
@@ -398,7 +424,10 @@ impl Session {
             && self.capabilities & cap::CLIENT_LOCAL_FILES != 0
             && crate::router::lexer::mentions_load_local(&payload[1..]);
         let digest = match code {
-            command::COM_QUERY => self.shared.digests.begin(&payload[1..]),
+            command::COM_QUERY => self
+                .shared
+                .digests
+                .begin_known(&payload[1..], &mut self.known_digests),
             _ => None,
         };
         let pin_text = plan
@@ -541,7 +570,7 @@ impl Session {
     }
 
     /// Publishes the session's state to the admin port.
-    pub(super) fn publish_state(&self) {
+    pub(super) fn publish_state(&mut self) {
         self.info
             .in_transaction
             .store(self.st.in_transaction(), Ordering::Relaxed);
@@ -551,8 +580,12 @@ impl Session {
                 *by = None;
             }
         }
-        self.info
-            .set_names(&self.user.name, self.st.vars.db.as_deref());
+        if self.published_db != self.st.vars.db || self.published_user != self.user.name {
+            self.published_db.clone_from(&self.st.vars.db);
+            self.published_user.clone_from(&self.user.name);
+            self.info
+                .set_names(&self.user.name, self.st.vars.db.as_deref());
+        }
     }
 
     /// COM_RESET_CONNECTION succeeded: the server forgot the session (variables, temporary
@@ -971,14 +1004,6 @@ pub(super) fn statement_text(payload: &[u8]) -> String {
         t.truncate(cut);
     }
     t
-}
-
-/// Resolves after `ms` milliseconds, or never when `ms` is 0.
-async fn idle_deadline(ms: u64) {
-    if ms == 0 {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// Resolves when a held connection breaks; never when there is none.

@@ -210,7 +210,10 @@ impl Session {
         let types = (!binds_types && params > 0)
             .then(|| st.types.clone())
             .flatten();
-        let digest = self.shared.digests.begin_hashed(digest_hash, &sql);
+        let digest =
+            self.shared
+                .digests
+                .begin_hashed_known(digest_hash, &sql, &mut self.known_digests);
         let mut plan = self.plan_sql(&sql, false);
         if long_data || cursor {
             // Long data lives on the primary connection that took it; a cursor stays on the

@@ -105,8 +105,20 @@ pub struct Pending {
 }
 
 /// All digests of this process.
+/// Digests one session knows to be in the store (so their text need not be built).
+#[derive(Default)]
+pub struct KnownDigests {
+    set: std::collections::HashSet<u64>,
+    generation: u64,
+}
+
+/// Digests a session remembers before it starts over.
+const KNOWN_PER_SESSION: usize = 256;
+
 pub struct Digests {
     shards: Vec<Mutex<HashMap<u64, DigestEntry>>>,
+    /// Raised by every reset: a session's cache of digests known to exist is then stale.
+    generation: std::sync::atomic::AtomicU64,
     entries: AtomicUsize,
     enabled: AtomicBool,
     max_entries: AtomicUsize,
@@ -116,6 +128,7 @@ impl Digests {
     pub fn new(enabled: bool, max_entries: usize) -> Self {
         Digests {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            generation: Default::default(),
             entries: AtomicUsize::new(0),
             enabled: AtomicBool::new(enabled),
             max_entries: AtomicUsize::new(max_entries),
@@ -143,11 +156,49 @@ impl Digests {
 
     /// Like [`Digests::begin`] with the digest already known (prepared statements).
     pub fn begin_hashed(&self, hash: u64, sql: &[u8]) -> Option<Pending> {
+        self.begin_cached(hash, sql, None)
+    }
+
+    /// Like [`Digests::begin`], without taking the store's lock for a digest this session
+    /// already saw stored (`known`): a statement costs one lock, in `record`.
+    pub fn begin_known(&self, sql: &[u8], known: &mut KnownDigests) -> Option<Pending> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.begin_cached(lexer::digest(sql), sql, Some(known))
+    }
+
+    /// [`Digests::begin_hashed`] with the session's cache of known digests.
+    pub fn begin_hashed_known(
+        &self,
+        hash: u64,
+        sql: &[u8],
+        known: &mut KnownDigests,
+    ) -> Option<Pending> {
+        self.begin_cached(hash, sql, Some(known))
+    }
+
+    fn begin_cached(
+        &self,
+        hash: u64,
+        sql: &[u8],
+        known: Option<&mut KnownDigests>,
+    ) -> Option<Pending> {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
         // 0 is the `(other)` entry's key.
         let hash = hash.max(1);
+        if let Some(k) = known {
+            let generation = self.generation.load(Ordering::Relaxed);
+            if k.generation != generation || k.set.len() >= KNOWN_PER_SESSION {
+                k.set.clear();
+                k.generation = generation;
+            }
+            if !k.set.insert(hash) {
+                return Some(Pending { hash, text: None });
+            }
+        }
         let known = self
             .shard(hash)
             .lock()
@@ -220,6 +271,7 @@ impl Digests {
 
     /// Forgets every entry; returns how many there were.
     pub fn reset(&self) -> usize {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         let mut n = 0;
         for s in &self.shards {
             if let Ok(mut m) = s.lock() {
