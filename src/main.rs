@@ -49,6 +49,15 @@ enum Cmd {
         tls_cert: Option<PathBuf>,
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// `[proxy] max_backend_connections` for the sandbox's Sluice.
+        #[arg(long)]
+        max_backend_connections: Option<u32>,
+        /// `[proxy] max_client_connections` for the sandbox's Sluice.
+        #[arg(long)]
+        max_client_connections: Option<u32>,
+        /// `[proxy] multiplexing` (`transaction` or `session`).
+        #[arg(long)]
+        multiplexing: Option<String>,
     },
     /// Planned switchover: pause writes (in every Sluice instance), make the primary
     /// read-only, let NAME catch up, promote it, and make the others (the old primary
@@ -132,9 +141,17 @@ fn main() -> ExitCode {
             server_cnf,
             tls_cert,
             tls_key,
+            max_backend_connections,
+            max_client_connections,
+            multiplexing,
         } => {
             let tls = tls_cert.zip(tls_key);
-            rt.block_on(sandbox(listen, replicas, dir, server_cnf, tls))
+            let limits = SandboxProxy {
+                max_backend_connections,
+                max_client_connections,
+                multiplexing,
+            };
+            rt.block_on(sandbox(listen, replicas, dir, server_cnf, tls, limits))
         }
         Cmd::Switchover { config, to } => operate(&rt, &config, Op::Switchover(to)),
         Cmd::Failover { config, to } => operate(&rt, &config, Op::Failover(to)),
@@ -185,12 +202,20 @@ fn operate(rt: &tokio::runtime::Runtime, config: &std::path::Path, op: Op) -> Ex
     }
 }
 
+/// `[proxy]` settings the sandbox command line may override.
+struct SandboxProxy {
+    max_backend_connections: Option<u32>,
+    max_client_connections: Option<u32>,
+    multiplexing: Option<String>,
+}
+
 async fn sandbox(
     listen: String,
     replicas: usize,
     dir: Option<PathBuf>,
     server_cnf: Vec<String>,
     tls: Option<(PathBuf, PathBuf)>,
+    limits: SandboxProxy,
 ) -> ExitCode {
     let spec = TopologySpec {
         replicas,
@@ -207,6 +232,25 @@ async fn sandbox(
         }
     };
     let mut config = topo.proxy_config(&listen);
+    if let Some(n) = limits.max_backend_connections {
+        config.proxy.max_backend_connections = n;
+    }
+    if let Some(n) = limits.max_client_connections {
+        config.proxy.max_client_connections = n;
+    }
+    match limits.multiplexing.as_deref() {
+        None => {}
+        Some("transaction") => {
+            config.proxy.multiplexing = sluice::config::Multiplexing::Transaction
+        }
+        Some("session") => config.proxy.multiplexing = sluice::config::Multiplexing::Session,
+        Some(other) => {
+            eprintln!(
+                "sluice sandbox: --multiplexing must be transaction or session, not {other:?}"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some((cert, key)) = tls {
         config.proxy.tls = Some(sluice::config::ProxyTlsConfig {
             cert: cert.display().to_string(),

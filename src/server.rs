@@ -36,8 +36,22 @@ pub struct Running {
 
 /// Binds `[proxy] listen` (and the admin and metrics ports) and starts serving.
 pub async fn start(config: Arc<Config>) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(config.listen_addr()).await?;
+    let listener = bind_clients(config.listen_addr(), config.proxy.listen_backlog)?;
     start_with_listener(config, listener).await
+}
+
+/// The client listener, with `[proxy] listen_backlog` pending connections (the kernel caps it
+/// at `net.core.somaxconn`): thousands of clients connecting at once (an application fleet
+/// restarting) must not overflow the accept queue.
+fn bind_clients(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn bind(what: &str, addr: &str) -> std::io::Result<TcpListener> {

@@ -187,6 +187,9 @@ impl Default for RoutingConfig {
 pub struct ProxyConfig {
     /// Address the client listener binds.
     pub listen: String,
+    /// Connections the kernel queues before Sluice accepts them (capped by
+    /// `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Largest packet (command or response row) accepted, in bytes. Larger client packets get
     /// error 1153 and the connection is closed.
     pub max_packet_bytes: u64,
@@ -246,6 +249,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: "127.0.0.1:6033".into(),
+            listen_backlog: 4096,
             max_packet_bytes: 64 << 20,
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
@@ -582,6 +586,12 @@ impl Config {
                     "expected an IP address and port such as 127.0.0.1:6033, found {:?}",
                     self.proxy.listen
                 ),
+            ));
+        }
+        if !(1..=65535).contains(&self.proxy.listen_backlog) {
+            return Err(bad(
+                "proxy.listen_backlog".into(),
+                format!("expected 1 to 65535, found {}", self.proxy.listen_backlog),
             ));
         }
         if !(1024..=(1 << 30)).contains(&self.proxy.max_packet_bytes) {
