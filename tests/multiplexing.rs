@@ -460,3 +460,47 @@ async fn prepared_statements_never_exhaust_the_server() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changed_inside_a_procedure_is_learned_from_session_tracking() {
+    use sluice_proto::flags::cap;
+    // A procedure changes the time zone: Sluice does not parse it; the server's OK packet says
+    // so to a client with CLIENT_SESSION_TRACK (time_zone is tracked by default).
+    let h = Harness::start(2).await;
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop("CREATE DATABASE proc; CREATE PROCEDURE proc.setz() SET time_zone = '+03:00'")
+        .await
+        .unwrap();
+    replicas_ready(&h).await;
+    let caps = cap::CLIENT_SESSION_TRACK | cap::CLIENT_DEPRECATE_EOF;
+    let (mut c, ok) =
+        common::raw::RawConn::login(h.addr.port(), common::USER, common::PASSWORD, caps).await;
+    assert_eq!(ok[0], 0);
+    let query = |sql: &str| {
+        let mut p = vec![sluice_proto::command::COM_QUERY];
+        p.extend_from_slice(sql.as_bytes());
+        p
+    };
+    let r = c.command(&query("CALL proc.setz()")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    // Other sessions keep using the connections meanwhile.
+    let mut other = h.proxy_conn().await;
+    let mut servers = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        for _ in 0..2 {
+            let r = c.command(&query("SELECT @@time_zone, @@server_id")).await;
+            let row = &r[3].1;
+            assert!(row.windows(6).any(|w| w == b"+03:00"), "{r:?}");
+            servers.insert(row[row.len() - 1]);
+        }
+        let theirs: Option<String> = other.query_first("SELECT @@time_zone").await.unwrap();
+        assert_ne!(theirs.as_deref(), Some("+03:00"));
+    }
+    assert_eq!(
+        servers,
+        [b'2', b'3'].into(),
+        "the reads ran on both replicas"
+    );
+    h.shutdown().await;
+}

@@ -72,6 +72,8 @@ pub struct BackendConn {
     pub last_rows: u64,
     /// Warnings and last insert id of the last relayed response's final OK/EOF.
     pub last_warnings: u16,
+    /// The last OK of the last relayed response that reported a session-state change.
+    pub session_state: Option<Vec<u8>>,
     pub last_insert_id: u64,
     /// A number unique among the connections of this process.
     pub id: u64,
@@ -143,6 +145,7 @@ async fn connect_inner(
         capabilities: 0,
         last_rows: 0,
         last_warnings: 0,
+        session_state: None,
         last_insert_id: 0,
         id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         charset: p.charset,

@@ -32,6 +32,10 @@ pub async fn relay_response(
     client_local_files: bool,
 ) -> Result<Outcome, SessionError> {
     let mut tracker = ResponseTracker::new(kind, backend.deprecate_eof());
+    // Session-state changes the server reports (CLIENT_SESSION_TRACK) are kept for the
+    // session to learn from (state changed by statements Sluice does not parse).
+    let track = backend.capabilities & sluice_proto::flags::cap::CLIENT_SESSION_TRACK != 0;
+    backend.session_state = None;
     let mut body_left = 0usize;
     let mut cont = false;
     let mut outcome = None;
@@ -74,6 +78,9 @@ pub async fn relay_response(
             seq = seq.wrapping_add(1);
             if !cont {
                 let prefix = &buf[pos + HEADER_LEN..pos + HEADER_LEN + want];
+                if track && prefix.first() == Some(&0x00) && want == h.len {
+                    note_session_state(&mut backend.session_state, prefix);
+                }
                 match tracker.feed(h.len, prefix) {
                     Ok(Progress::More) => {}
                     Ok(Progress::Done(o)) => outcome = Some(o),
@@ -127,6 +134,18 @@ pub async fn relay_response(
             Ok(_) => {}
             Err(e) => return Err(lost(e.to_string())),
         }
+    }
+}
+
+/// Keeps an OK packet that says the session state changed (rare: only then is it copied).
+fn note_session_state(slot: &mut Option<Vec<u8>>, ok: &[u8]) {
+    let mut r = sluice_proto::lenenc::Reader::new(&ok[1..]);
+    let changed = r.lenenc_int("affected rows").is_ok()
+        && r.lenenc_int("last insert id").is_ok()
+        && r.u16("status")
+            .is_ok_and(|s| s & sluice_proto::flags::status::SERVER_SESSION_STATE_CHANGED != 0);
+    if changed {
+        *slot = Some(ok.to_vec());
     }
 }
 

@@ -537,7 +537,14 @@ impl Session {
             // The next transaction (or autocommit statement) ran with it.
             self.st.pins &= !PinReason::NextTransaction.bit();
         }
-        let a = plan.applied.clone();
+        let mut a = plan.applied.clone();
+        if !matches!(plan.class, StatementClass::SessionSet | StatementClass::Use) {
+            // State changed by what Sluice does not parse (a procedure's `USE`, `SET`),
+            // as the server reported it.
+            if let Some(ok) = self.conn_mut(on).session_state.take() {
+                learn_session_state(&ok, self.capabilities, &mut a);
+            }
+        }
         if !a.sets.is_empty() || a.db.is_some() {
             let conn = self.conn_mut(on);
             tracing::trace!(
@@ -983,6 +990,65 @@ impl Session {
         }
         self.st.hold = None;
         self.drop_all_held().await;
+    }
+}
+
+/// Server variables whose tracked changes are followed (the ones MariaDB tracks by default,
+/// `session_track_system_variables`, and others an operator may add).
+const LEARNED_VARIABLES: &[&[u8]] = &[
+    b"autocommit",
+    b"character_set_client",
+    b"character_set_connection",
+    b"character_set_results",
+    b"collation_connection",
+    b"time_zone",
+    b"sql_mode",
+    b"tx_isolation",
+    b"transaction_isolation",
+    b"tx_read_only",
+    b"transaction_read_only",
+    b"sql_auto_is_null",
+    b"max_statement_time",
+    b"wait_timeout",
+];
+
+/// Adds what an OK packet's session-state block reports (a new default database, tracked
+/// system variables) to a statement's effect on the session.
+fn learn_session_state(ok: &[u8], caps: u64, a: &mut super::session_state::Applied) {
+    use sluice_proto::ok::{session_track, OkPacket};
+    let Ok(ok) = OkPacket::parse(ok, caps) else {
+        return;
+    };
+    for (kind, data) in ok.session_state_entries().filter_map(Result::ok) {
+        let mut r = sluice_proto::lenenc::Reader::new(data);
+        match kind {
+            session_track::SCHEMA => {
+                if let Ok(db) = r.lenenc_bytes("schema") {
+                    a.db = Some(db.to_vec());
+                }
+            }
+            session_track::SYSTEM_VARIABLES => {
+                let (Ok(name), Ok(value)) = (r.lenenc_bytes("name"), r.lenenc_bytes("value"))
+                else {
+                    continue;
+                };
+                let name = name.to_ascii_lowercase();
+                if !LEARNED_VARIABLES.contains(&name.as_slice()) {
+                    continue;
+                }
+                let mut assignment = name.clone();
+                assignment.extend_from_slice(b" = '");
+                for &b in value {
+                    if b == b'\'' || b == b'\\' {
+                        assignment.push(b'\\');
+                    }
+                    assignment.push(b);
+                }
+                assignment.push(b'\'');
+                a.sets.push((name, assignment));
+            }
+            _ => {}
+        }
     }
 }
 
