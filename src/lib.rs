@@ -5,7 +5,8 @@
 //! `frontend/` owns client connections, `backend/` owns server connections, `cluster/` is the
 //! published view of the servers, `monitor/` keeps that view current, `admin/` is the MySQL-protocol admin port, `metrics/`
 //! the Prometheus endpoint, `sandbox/` starts local
-//! MariaDB topologies (for `sluice sandbox` and the tests), `server` wires it all together, `reload` applies a changed configuration.
+//! MariaDB topologies (for `sluice sandbox` and the tests), `state` is what the whole process
+//! shares, `server` wires it all together, `reload` applies a changed configuration.
 
 pub mod admin;
 pub mod backend;
@@ -21,4 +22,5 @@ pub mod reload;
 pub mod router;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod tls;

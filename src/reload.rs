@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::{Config, ServerConfig};
-use crate::frontend::{pool_limits, ServerSlot, Shared};
 use crate::monitor::{Command, MonitorHandle};
+use crate::state::{pool_limits, ServerSlot, Shared};
 
 /// Re-reads the config file the proxy was started from (and its rule files) and applies it.
 /// Returns a summary, or the error (file, key, reason) when nothing was applied.

@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{self, ClusterRx};
 use crate::config::Config;
-use crate::frontend::{self, Shared};
+use crate::frontend;
 use crate::monitor;
+use crate::state::Shared;
 
 /// A running proxy.
 pub struct Running {

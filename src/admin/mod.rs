@@ -42,8 +42,8 @@ pub use resultset::ResultSet;
 use crate::config::UserConfig;
 use crate::frontend::client::ClientConn;
 use crate::frontend::handshake;
-use crate::frontend::Shared;
 use crate::monitor::{Command, MonitorHandle};
+use crate::state::Shared;
 
 /// The version string the admin port reports.
 pub const VERSION: &str = "5.5.5-10.11.0-Sluice-admin";

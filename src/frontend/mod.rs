@@ -14,5 +14,6 @@ mod session;
 mod session_state;
 mod statements;
 
+pub use crate::state::{RoutingState, ServerSlot, Shared};
 pub use error::SessionError;
-pub use listener::{pool_limits, serve, Counters, RoutingState, ServerSlot, Shared};
+pub use listener::serve;

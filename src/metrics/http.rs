@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::frontend::Shared;
+use crate::state::Shared;
 
 const MAX_HEAD: usize = 8 << 10;
 

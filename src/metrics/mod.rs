@@ -1,6 +1,6 @@
 //! Prometheus metrics and health endpoints.
 //!
-//! The hot path touches only atomics (`frontend::Counters`) and two cached histogram handles;
+//! The hot path touches only atomics (`state::Counters`) and two cached histogram handles;
 //! everything else is copied into the `prometheus` registry when `/metrics` is scraped. The
 //! HTTP endpoint (`http.rs`) serves `/metrics`, `/healthz` (the process is alive) and
 //! `/readyz` (a primary is known and the client listener is up). Names are in `names.rs`;
@@ -20,8 +20,8 @@ use prometheus::{
 };
 
 use crate::cluster::{ClusterView, Role};
-use crate::frontend::Shared;
 use crate::router::{PinReason, StatementClass};
+use crate::state::Shared;
 
 /// Error codes counted one by one; any other code is counted as `other`.
 pub const COUNTED_ERRORS: [u16; 18] = [

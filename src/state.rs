@@ -1,0 +1,241 @@
+//! What the whole process shares, in one place: the configuration snapshot with its server
+//! slots (pools and counters), the routing settings and rules in force, the cluster view, the
+//! counters, the session registry, the metrics handles, the query digest, the pin log and the
+//! firewall's state. Sessions, the admin port, the metrics endpoint and reloads all read it
+//! from here; none of them imports another's module for it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::backend::{PoolLimits, ServerPool};
+use crate::cluster::ClusterRx;
+use crate::config::Config;
+use crate::frontend::{firewall, handshake, registry};
+use crate::router::rules::Rule;
+
+/// What every session shares: the configuration and servers in force (replaced whole by a
+/// reload), the cluster view, the shutdown signal, counters.
+pub struct Shared {
+    pub cluster: ClusterRx,
+    pub shutdown: watch::Receiver<bool>,
+    pub counters: Counters,
+    /// Rotates among equally loaded replicas.
+    pub turn: AtomicUsize,
+    /// Client sessions open now.
+    pub clients: AtomicUsize,
+    /// The configuration, servers and rules in force, replaced whole by a reload; sessions pick
+    /// up a new one at their next command (they compare `routing_gen`, one atomic load).
+    routing: std::sync::RwLock<Arc<RoutingState>>,
+    pub routing_gen: AtomicU64,
+    /// Config reloads that were applied / refused.
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// One reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// Open sessions, for the admin port.
+    pub sessions: registry::Registry,
+    /// Prometheus handles (histograms used on the hot path, the rest filled at scrape).
+    pub metrics: crate::metrics::Metrics,
+    /// Per-statement statistics (`SHOW QUERY DIGEST`).
+    pub digests: crate::metrics::digest::Digests,
+    /// Statements that pinned sessions (`SHOW PINS`).
+    pub pin_log: crate::metrics::pins::PinLog,
+    /// Per-source and per-user connection state (`[firewall]`).
+    pub firewall: firewall::Firewall,
+    pub(crate) next_id: AtomicU32,
+}
+
+/// One configured server's pool and counters. Server indices never change while Sluice runs:
+/// a server added by a reload gets the next index, a removed one keeps its index with its pool
+/// retired (`ServerConfig::removed`), so an index in a cluster view always means the same
+/// server.
+pub struct ServerSlot {
+    pub pool: ServerPool,
+    /// Statements in flight (for least-outstanding replica choice).
+    pub outstanding: AtomicU32,
+    /// Commands answered.
+    pub queries: AtomicU64,
+}
+
+impl ServerSlot {
+    pub fn new(server: &crate::config::ServerConfig, limits: PoolLimits) -> Self {
+        ServerSlot {
+            pool: ServerPool::new(&server.name, &server.address, limits),
+            outstanding: AtomicU32::new(0),
+            queries: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The pool bounds `[proxy]` sets.
+pub fn pool_limits(config: &Config) -> PoolLimits {
+    let p = &config.proxy;
+    PoolLimits {
+        max_connections: p.max_backend_connections as usize,
+        max_idle: p.pool_max_idle as usize,
+        wait: std::time::Duration::from_millis(p.pool_wait_ms),
+        connect_timeout: std::time::Duration::from_millis(p.connect_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(p.pool_idle_timeout_ms),
+    }
+}
+
+/// Process-wide counters (served by the metrics endpoint once it exists).
+#[derive(Default)]
+pub struct Counters {
+    /// Clients refused because `[proxy] max_client_connections` were open.
+    pub rejected_too_many: AtomicU64,
+    /// Sessions closed after `[proxy] client_idle_timeout_ms` without a command.
+    pub idle_timeouts: AtomicU64,
+    /// Sluice hints that could not be understood (and were ignored).
+    pub invalid_hints: AtomicU64,
+    /// Sessions pinned to the primary, by reason (indexed like `PinReason::ALL`).
+    pub pins: [AtomicU64; crate::router::PinReason::COUNT],
+    /// Reads sent to a replica / kept on the primary.
+    pub replica_reads: AtomicU64,
+    pub primary_reads: AtomicU64,
+    /// Reads sent to the primary because no replica had applied the session's last write
+    /// within `[routing] read_your_writes_timeout_ms`.
+    pub ryw_fallbacks: AtomicU64,
+    /// Client connections accepted (and counted against the limit).
+    pub connections_total: AtomicU64,
+    /// Commands answered, by route (0 primary, 1 replica) and statement class.
+    pub queries: [[AtomicU64; crate::router::StatementClass::COUNT]; 2],
+    /// Sessions closed by `KILL SESSION`.
+    pub sessions_killed: AtomicU64,
+}
+
+/// What sessions read, as one snapshot: the configuration (its `servers` include removed ones,
+/// flagged, so that indices stay stable), one slot per server, the pool bounds, the
+/// `[routing]` settings and the compiled rules with their hit counters.
+pub struct RoutingState {
+    pub config: Arc<Config>,
+    /// `[firewall] allow` / `deny`, parsed.
+    pub addresses: firewall::AddressLists,
+    /// How clients authenticate: TLS from `[proxy.tls]` (certificates read at start and at
+    /// each reload), users' address lists.
+    pub auth: handshake::AuthOptions,
+    pub slots: Vec<Arc<ServerSlot>>,
+    pub pool_limits: PoolLimits,
+    pub max_lag_ms: u64,
+    pub read_your_writes: crate::config::ReadYourWrites,
+    pub read_your_writes_timeout_ms: u64,
+    pub rules: Vec<Rule>,
+    pub rule_hits: Vec<AtomicU64>,
+    pub generation: u64,
+}
+
+impl RoutingState {
+    pub fn new(
+        config: Arc<Config>,
+        slots: Vec<Arc<ServerSlot>>,
+        rules: Vec<Rule>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        generation: u64,
+    ) -> Self {
+        RoutingState {
+            auth: handshake::AuthOptions {
+                check_address: true,
+                require_tls: config.proxy.tls.as_ref().is_some_and(|t| t.require),
+                tls,
+                greeting_plugin: handshake::AuthPlugin::from_name(
+                    config.proxy.default_auth_plugin.as_bytes(),
+                )
+                .unwrap_or_default(),
+            },
+            max_lag_ms: config.routing.max_lag_ms,
+            read_your_writes: config.routing.read_your_writes,
+            read_your_writes_timeout_ms: config.routing.read_your_writes_timeout_ms,
+            rule_hits: rules.iter().map(|_| AtomicU64::new(0)).collect(),
+            pool_limits: pool_limits(&config),
+            addresses: firewall::AddressLists::new(&config.firewall),
+            rules,
+            slots,
+            config,
+            generation,
+        }
+    }
+
+    /// The slot of server `i` (`None` for an index this snapshot does not know yet).
+    pub fn slot(&self, i: usize) -> Option<&ServerSlot> {
+        self.slots.get(i).map(|s| &**s)
+    }
+
+    /// A server's configured name.
+    pub fn server_name(&self, i: usize) -> &str {
+        self.config.servers.get(i).map_or("?", |s| s.name.as_str())
+    }
+}
+
+impl Shared {
+    /// The snapshot in force.
+    pub fn routing(&self) -> Arc<RoutingState> {
+        match self.routing.read() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.routing().config.clone()
+    }
+
+    /// Replaces the snapshot (a reload); sessions switch at their next command.
+    pub fn set_routing(
+        &self,
+        config: Arc<Config>,
+        slots: Vec<Arc<ServerSlot>>,
+        rules: Vec<Rule>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> u64 {
+        let gen = self.routing_gen.load(Ordering::Relaxed) + 1;
+        let state = Arc::new(RoutingState::new(config, slots, rules, tls, gen));
+        match self.routing.write() {
+            Ok(mut w) => *w = state,
+            Err(p) => *p.into_inner() = state,
+        }
+        self.routing_gen.store(gen, Ordering::Release);
+        gen
+    }
+
+    pub fn new(
+        config: Arc<Config>,
+        rules: Vec<Rule>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        cluster: ClusterRx,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let limits = pool_limits(&config);
+        let slots = config
+            .servers
+            .iter()
+            .map(|s| Arc::new(ServerSlot::new(s, limits)))
+            .collect();
+        let digests = crate::metrics::digest::Digests::new(
+            config.admin.query_digest,
+            config.admin.query_digest_max_entries,
+        );
+        Shared {
+            routing: std::sync::RwLock::new(Arc::new(RoutingState::new(
+                config, slots, rules, tls, 0,
+            ))),
+            routing_gen: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            reload_lock: tokio::sync::Mutex::new(()),
+            cluster,
+            shutdown,
+            counters: Counters::default(),
+            turn: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
+            sessions: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
+            digests,
+            pin_log: Default::default(),
+            firewall: Default::default(),
+            next_id: AtomicU32::new(1),
+        }
+    }
+}
