@@ -59,7 +59,7 @@ async fn try_connect(address: &str, cfg: BackendTlsConfig) -> Result<bool, Backe
         tls.as_deref(),
     )
     .await?;
-    Ok(conn.stream.is_tls())
+    Ok(conn.is_tls())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +162,7 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
     let (conn, _) = connect("db", &addr, x509, Duration::from_secs(5), tls.as_deref())
         .await
         .expect("login with the client certificate");
-    assert!(conn.stream.is_tls());
+    assert!(conn.is_tls());
     h.shutdown().await;
 
     let plain = sluice::sandbox::Topology::start(common::spec(0))

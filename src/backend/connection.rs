@@ -56,9 +56,9 @@ pub struct LoginParams<'a> {
 pub struct BackendConn {
     /// The server's configured name.
     pub server: String,
-    pub stream: BackendStream,
+    stream: BackendStream,
     /// Bytes read from the server and not consumed yet.
-    pub rbuf: BytesMut,
+    rbuf: BytesMut,
     pub handshake: HandshakeV10,
     /// Capabilities in effect on this connection.
     pub capabilities: u64,
@@ -541,6 +541,43 @@ impl BackendConn {
                 Some(Ok(0) | Err(_))
             ),
             MaybeTls::Switching => true,
+        }
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// The socket and its read buffer, for the relay.
+    pub fn io_parts(&mut self) -> (&mut BackendStream, &mut BytesMut) {
+        (&mut self.stream, &mut self.rbuf)
+    }
+
+    /// Writes bytes as they are (a client's command, already framed).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Whether bytes the server sent are waiting unread (the connection is then not in a
+    /// known state between commands).
+    pub fn has_unread(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    /// Resolves when the server closes the connection or speaks while no command is
+    /// outstanding (a connection a session holds between commands). Cancel-safe: anything read
+    /// stays in the buffer.
+    pub async fn idle_event(&mut self) -> String {
+        if !self.rbuf.is_empty() {
+            return "server sent data with no command outstanding".into();
+        }
+        self.rbuf.reserve(1024);
+        match self.stream.read_buf(&mut self.rbuf).await {
+            Ok(0) => "server closed the connection".into(),
+            Ok(_) => "server sent data with no command outstanding".into(),
+            Err(e) => e.to_string(),
         }
     }
 

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use sluice_proto::err::ErrPacket;
 use sluice_proto::tracker::ResponseKind;
-use tokio::io::AsyncReadExt;
 
 use super::session::Session;
 use super::Shared;
@@ -70,20 +69,6 @@ pub(super) async fn wait_for_primary(shared: &Shared, hold_ms: u64) -> Option<us
             Ok(Ok(())) => {}
             _ => return None,
         }
-    }
-}
-
-/// Resolves when a held connection closes or speaks while no command is outstanding.
-/// Cancel-safe: anything read stays in the buffer.
-pub(super) async fn held_event(conn: &mut BackendConn) -> String {
-    if !conn.rbuf.is_empty() {
-        return "server sent data with no command outstanding".into();
-    }
-    conn.rbuf.reserve(1024);
-    match conn.stream.read_buf(&mut conn.rbuf).await {
-        Ok(0) => "server closed the connection".into(),
-        Ok(_) => "server sent data with no command outstanding".into(),
-        Err(e) => e.to_string(),
     }
 }
 
@@ -336,7 +321,7 @@ impl Session {
         if self.st.lii_conn == Some(l.conn.id) {
             self.st.lii_conn = None;
         }
-        if !l.conn.rbuf.is_empty() {
+        if l.conn.has_unread() {
             return;
         }
         if let Some(slot) = self.routing.slot(l.server) {

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::client::ClientConn;
 use super::handshake::{self, AuthPlugin, Authenticated};
-use super::lease::{held_event, wait_for_primary, Leased, Outstanding, Unavailable};
+use super::lease::{wait_for_primary, Leased, Outstanding, Unavailable};
 use super::relay::relay_response;
 use super::session_state::{Hold, SessionState};
 use super::{SessionError, Shared};
@@ -795,8 +795,7 @@ impl Session {
         let written = match rebuilt {
             Some(p) => conn.write_packet(0, p).await.map_err(|e| e.to_string()),
             None => conn
-                .stream
-                .write_all(&self.client.rbuf[..wire_len])
+                .send_raw(&self.client.rbuf[..wire_len])
                 .await
                 .map_err(|e| e.to_string()),
         };
@@ -875,7 +874,7 @@ impl Session {
             .flatten()
         {
             self.info.held.fetch_sub(1, Ordering::Relaxed);
-            if clean && l.conn.rbuf.is_empty() {
+            if clean && !l.conn.has_unread() {
                 if let Some(slot) = self.routing.slot(l.server) {
                     slot.pool.release(l.conn);
                     continue;
@@ -1075,7 +1074,7 @@ pub(super) fn statement_text(payload: &[u8]) -> String {
 /// Resolves when a held connection breaks; never when there is none.
 async fn watch(conn: Option<&mut BackendConn>) -> String {
     match conn {
-        Some(c) => held_event(c).await,
+        Some(c) => c.idle_event().await,
         None => std::future::pending().await,
     }
 }
