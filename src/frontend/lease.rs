@@ -96,7 +96,8 @@ impl Session {
             // A server added by a reload this session has not seen yet.
             self.refresh_snapshot();
         }
-        let routing = self.routing.clone();
+        // Borrowed, not cloned: an Arc clone is a contended atomic on every statement.
+        let routing = &self.routing;
         let Some(slot) = routing.slot(i) else {
             return Err(Unavailable::Reply(errors::no_primary()));
         };

@@ -776,12 +776,15 @@ impl Session {
         seq: u8,
         local_files: bool,
     ) -> Result<Option<Relayed>, SessionError> {
-        let routing = self.routing.clone();
         let server = self.server_of(on);
-        let slot = routing.slot(server);
-        let _outstanding = match (on, slot) {
-            (Held::Replica, Some(s)) => Some(Outstanding::new(&s.outstanding)),
-            _ => None,
+        // The in-flight count is kept while the statement runs (borrowed snapshot: no Arc
+        // clone per statement).
+        let outstanding = match on {
+            Held::Replica => self
+                .routing
+                .slot(server)
+                .map(|s| Outstanding::new(&s.outstanding)),
+            Held::Primary => None,
         };
         let leased = match on {
             Held::Primary => self.primary.as_mut(),
@@ -812,6 +815,7 @@ impl Session {
             }
             Ok(()) => relay_response(&mut self.client, conn, kind, seq, local_files).await,
         };
+        drop(outstanding);
         match result {
             Ok(outcome) => Ok(Some(Relayed { outcome })),
             Err(SessionError::BackendGone(detail)) => {
