@@ -119,6 +119,10 @@ pub async fn start_with_listener(
         ));
         tracing::info!(listen = ?metrics_addr, "metrics endpoint is listening");
     }
+    tokio::spawn(crate::state::keep_pools_warm(
+        shared.clone(),
+        shared.shutdown.clone(),
+    ));
     let listener = tokio::spawn(frontend::serve(listener, shared.clone(), done_tx));
     tracing::info!(listen = %local_addr, "sluice is listening");
     Ok(Running {

@@ -239,3 +239,60 @@ impl Shared {
         }
     }
 }
+
+/// Keeps `[proxy] pool_min_idle` warm connections per server (logged in as the first
+/// `[[users]]` entry, with the common client capabilities), checking once a second until
+/// shutdown. Removed servers are skipped; a server that refuses is retried at the next round.
+pub async fn keep_pools_warm(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let routing = shared.routing();
+        let min = routing.config.proxy.pool_min_idle as usize;
+        let Some(user) = routing.config.users.first() else {
+            continue;
+        };
+        if min == 0 {
+            continue;
+        }
+        for (slot, server) in routing.slots.iter().zip(&routing.config.servers) {
+            if server.removed {
+                continue;
+            }
+            let p = crate::backend::LoginParams {
+                user: user.name.as_bytes(),
+                password: user.password.as_bytes(),
+                database: None,
+                capabilities: WARM_CAPABILITIES,
+                charset: 45,
+                max_packet: 1 << 24,
+                connect_attrs: None,
+            };
+            slot.pool.fill_idle(p, &routing.pool_limits, min).await;
+        }
+    }
+}
+
+/// The capabilities warm connections are opened with: what common drivers (libmariadb,
+/// libmysqlclient, mysql_async) ask for; a session whose client asked for other capabilities
+/// does not use them (pools are partitioned by capabilities).
+const WARM_CAPABILITIES: u64 = {
+    use sluice_proto::flags::cap;
+    cap::CLIENT_LONG_PASSWORD
+        | cap::CLIENT_PROTOCOL_41
+        | cap::CLIENT_TRANSACTIONS
+        | cap::CLIENT_SECURE_CONNECTION
+        | cap::CLIENT_LOCAL_FILES
+        | cap::CLIENT_MULTI_STATEMENTS
+        | cap::CLIENT_MULTI_RESULTS
+        | cap::CLIENT_PS_MULTI_RESULTS
+        | cap::CLIENT_DEPRECATE_EOF
+        | cap::CLIENT_PLUGIN_AUTH
+};

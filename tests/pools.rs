@@ -176,3 +176,34 @@ async fn a_connection_killed_while_leased_fails_one_statement_only() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn pool_min_idle_keeps_warm_connections_that_sessions_use() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.pool_min_idle = 3;
+        c.proxy.max_backend_connections = 4;
+    })
+    .await;
+    // No client yet: Sluice opens three connections (as the first user) by itself.
+    common::eventually("3 warm connections", Duration::from_secs(10), || async {
+        app_connections(&h, 0).await >= 3
+    })
+    .await;
+    let before: std::collections::BTreeSet<String> = h
+        .root_sql(
+            0,
+            "SELECT GROUP_CONCAT(ID ORDER BY ID) FROM information_schema.PROCESSLIST WHERE USER = 'app'",
+        )
+        .await
+        .trim()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    // A session (mysql_async asks for the capabilities warm connections have) uses one of
+    // them rather than opening its own, and the pool never exceeds its bound.
+    let mut c = h.proxy_conn().await;
+    let id = backend_id(&mut c).await;
+    assert!(before.contains(&id.to_string()), "{id} in {before:?}");
+    assert!(app_connections(&h, 0).await <= 4);
+    h.shutdown().await;
+}

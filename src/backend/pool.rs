@@ -395,6 +395,34 @@ impl ServerPool {
         Some(idle.conn)
     }
 
+    /// Opens connections for `p` until `min` of its key are idle (`[proxy] pool_min_idle`),
+    /// as far as free slots allow; nobody waits for them. Returns how many were opened.
+    pub async fn fill_idle(&self, p: LoginParams<'_>, limits: &PoolLimits, min: usize) -> usize {
+        if self.is_retired() || min == 0 {
+            return 0;
+        }
+        let have = self.lists.lock().map_or(0, |l| {
+            l.idle.iter().filter(|i| same_key(&i.conn, &p)).count()
+        });
+        let mut opened = 0;
+        for _ in have..min {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            match self.open(p, limits, permit).await {
+                Ok((conn, _)) => {
+                    opened += 1;
+                    self.release(conn);
+                }
+                Err(e) => {
+                    tracing::debug!(server = %self.name, error = %e, "opening a warm connection failed");
+                    break;
+                }
+            }
+        }
+        opened
+    }
+
     /// Gives back a connection in a known state: to the longest-waiting session, else to the
     /// idle list (beyond `max_idle` it is closed).
     pub fn release(&self, conn: BackendConn) {

@@ -203,6 +203,9 @@ pub struct ProxyConfig {
     pub max_backend_connections: u32,
     /// Idle connections kept per server for reuse by later sessions.
     pub pool_max_idle: u32,
+    /// Idle connections kept open per server at all times (logged in as the first
+    /// `[[users]]` entry), so that a burst of sessions finds warm connections.
+    pub pool_min_idle: u32,
     /// How long a session waits for a free connection slot before error 9012.
     pub pool_wait_ms: u64,
     /// Idle connections older than this are closed instead of reused.
@@ -256,6 +259,7 @@ impl Default for ProxyConfig {
             shutdown_grace_ms: 10_000,
             max_backend_connections: 64,
             pool_max_idle: 64,
+            pool_min_idle: 0,
             pool_wait_ms: 2_000,
             pool_idle_timeout_ms: 60_000,
             max_client_connections: 10_000,
@@ -585,6 +589,19 @@ impl Config {
                 format!(
                     "expected an IP address and port such as 127.0.0.1:6033, found {:?}",
                     self.proxy.listen
+                ),
+            ));
+        }
+        if self.proxy.pool_min_idle > self.proxy.pool_max_idle
+            || self.proxy.pool_min_idle > self.proxy.max_backend_connections
+        {
+            return Err(bad(
+                "proxy.pool_min_idle".into(),
+                format!(
+                    "expected at most pool_max_idle ({}) and max_backend_connections ({}), found {}",
+                    self.proxy.pool_max_idle,
+                    self.proxy.max_backend_connections,
+                    self.proxy.pool_min_idle
                 ),
             ));
         }
