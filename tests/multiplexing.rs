@@ -504,3 +504,40 @@ async fn state_changed_inside_a_procedure_is_learned_from_session_tracking() {
     );
     h.shutdown().await;
 }
+
+/// The backend connection a transaction runs on.
+async fn in_txn(c: &mut Conn) -> u64 {
+    c.query_drop("BEGIN").await.unwrap();
+    let id: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    id.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_one_primary_connection_per_session() {
+    let h = Harness::start_with(1, |c| {
+        c.proxy.multiplexing = sluice::config::Multiplexing::Session;
+    })
+    .await;
+    replicas_ready(&h).await;
+    let mut a = h.proxy_conn().await;
+    let mut b = h.proxy_conn().await;
+    let id_a = in_txn(&mut a).await;
+    for _ in 0..3 {
+        let _ = in_txn(&mut b).await;
+        // Reads still go to the replica…
+        let sid: Option<u32> = a.query_first("SELECT @@server_id").await.unwrap();
+        assert_ne!(sid, Some(1));
+        // …and a's primary connection stays a's.
+        assert_eq!(in_txn(&mut a).await, id_a);
+    }
+    // Both idle sessions hold their primary connection.
+    let mut adm = admin(&h).await;
+    let sessions = table(&mut adm, "SHOW SESSIONS").await;
+    assert_eq!(sessions.len(), 2);
+    assert!(
+        sessions.iter().all(|r| r["held"].as_deref() == Some("1")),
+        "{sessions:?}"
+    );
+    h.shutdown().await;
+}
