@@ -14,6 +14,30 @@ use crate::router::rules::{OnNoReplica, RuleRoute, Subject};
 use crate::router::PrimaryReason;
 use crate::router::{self, PinReason, Route, SessionView, StatementClass};
 
+/// What routing needs of a prepared statement's classification, kept from its PREPARE (when
+/// it has no `server=` hint, which borrows the text).
+#[derive(Debug, Clone, Copy)]
+pub struct CachedClass {
+    pub class: StatementClass,
+    pub pin: Option<PinReason>,
+    pub unpin: Option<PinReason>,
+    pub primary: Option<bool>,
+    pub max_lag_ms: Option<u64>,
+}
+
+impl CachedClass {
+    pub fn of(sql: &[u8]) -> Option<CachedClass> {
+        let c = router::classify_query(sql);
+        (c.hints.server.is_none() && c.hints.invalid == 0).then_some(CachedClass {
+            class: c.class,
+            pin: c.pin,
+            unpin: c.unpin,
+            primary: c.hints.primary,
+            max_lag_ms: c.hints.max_lag_ms,
+        })
+    }
+}
+
 /// What the session decided for one command.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -52,7 +76,35 @@ impl Session {
     /// Plans a statement (a text query, or the text of a prepared statement when `text`
     /// is false: its state effects are not followed, only its route).
     pub(super) fn plan_sql(&self, sql: &[u8], text: bool) -> Plan {
-        let mut c = router::classify_query(sql);
+        let c = router::classify_query(sql);
+        self.plan_classified(sql, c, text)
+    }
+
+    /// Plans a prepared statement's execution from the classification made at PREPARE (no
+    /// second classification), unless rules apply: they may depend on the session's schema.
+    pub(super) fn plan_prepared(&self, sql: &[u8], cached: Option<CachedClass>) -> Plan {
+        match cached {
+            Some(cc) if self.routing.rules.is_empty() => {
+                let c = router::Classified {
+                    class: cc.class,
+                    pin: cc.pin,
+                    unpin: cc.unpin,
+                    database: None,
+                    hints: router::Hints {
+                        primary: cc.primary,
+                        max_lag_ms: cc.max_lag_ms,
+                        server: None,
+                        invalid: 0,
+                    },
+                    unsure: false,
+                };
+                self.plan_classified(sql, c, false)
+            }
+            _ => self.plan_sql(sql, false),
+        }
+    }
+
+    fn plan_classified(&self, sql: &[u8], mut c: router::Classified<'_>, text: bool) -> Plan {
         let (reject, strict_rule) = self.apply_rules(sql, &mut c);
         if c.hints.invalid > 0 {
             self.shared

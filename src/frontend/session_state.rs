@@ -17,6 +17,7 @@ pub struct Stmt {
     pub sql: Arc<[u8]>,
     /// Classification and digest, computed once at prepare.
     pub class: StatementClass,
+    pub cached: Option<super::routing::CachedClass>,
     pub digest: u64,
     pub params: u16,
     /// Parameter types from the last execution that bound them (2 bytes per parameter):

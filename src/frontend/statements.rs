@@ -138,6 +138,7 @@ impl Session {
             sluice_id,
             Stmt {
                 digest: crate::router::lexer::digest(&sql),
+                cached: super::routing::CachedClass::of(&sql),
                 class: plan.class,
                 sql,
                 params,
@@ -206,7 +207,8 @@ impl Session {
         if let Ok(StmtExecute { types: Some(t), .. }) = &parsed {
             st.types = Some(t.to_vec());
         }
-        let (sql, class, digest_hash, params) = (st.sql.clone(), st.class, st.digest, st.params);
+        let (sql, class, digest_hash, params, cached) =
+            (st.sql.clone(), st.class, st.digest, st.params, st.cached);
         let types = (!binds_types && params > 0)
             .then(|| st.types.clone())
             .flatten();
@@ -214,7 +216,7 @@ impl Session {
             self.shared
                 .digests
                 .begin_hashed_known(digest_hash, &sql, &mut self.known_digests);
-        let mut plan = self.plan_sql(&sql, false);
+        let mut plan = self.plan_prepared(&sql, cached);
         if long_data || cursor {
             // Long data lives on the primary connection that took it; a cursor stays on the
             // connection that opened it, which the session then keeps.
