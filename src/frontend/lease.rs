@@ -171,7 +171,7 @@ impl Session {
                 // A transaction finishes where it started.
                 return Ok(());
             }
-            if self.shared.cluster.borrow().writable_primary() == Some(p.server) {
+            if self.view.writable_primary() == Some(p.server) {
                 return Ok(());
             }
             if self.st.pins != 0 {

@@ -196,7 +196,7 @@ impl Session {
             pinned: self.st.pins != 0,
             previous: self.st.previous,
         };
-        let topology = self.shared.cluster.borrow().clone();
+        let topology = &self.view;
         let slots = &self.routing.slots;
         // A server this session's snapshot does not know yet (a reload is being applied)
         // looks fully loaded; the next command sees it.
@@ -205,8 +205,14 @@ impl Session {
                 .get(i)
                 .map_or(u32::MAX, |s| s.outstanding.load(Ordering::Relaxed))
         };
-        let turn = self.shared.turn.fetch_add(1, Ordering::Relaxed);
-        router::route(c, &view, &topology, self.routing.max_lag_ms, load, turn)
+        // The shared turn counter only matters when a replica is chosen.
+        let turn = match c.class {
+            StatementClass::Read | StatementClass::BeginReadOnly => {
+                self.shared.turn.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => 0,
+        };
+        router::route(c, &view, topology, self.routing.max_lag_ms, load, turn)
     }
 
     /// Applies the first matching rule to the classification (route and lag budget, unless

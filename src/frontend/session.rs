@@ -70,6 +70,10 @@ pub(super) struct Session {
     pub(super) state_lost: Option<String>,
     /// Per server: the newest GTID of this session known to be applied there.
     pub(super) seen_gtid: Vec<Option<String>>,
+    /// The cluster view as of this command (refreshed when the monitor published a new one:
+    /// a version check, not a lock on the shared channel, per command).
+    pub(super) view: Arc<crate::cluster::ClusterView>,
+    cluster_rx: crate::cluster::ClusterRx,
     /// When a hold (see `SessionState::hold`) ends at the latest.
     hold_until: Option<tokio::time::Instant>,
     /// No command is in flight.
@@ -170,6 +174,8 @@ pub async fn run(
         .filter(|_| capabilities & cap::CLIENT_CONNECT_WITH_DB != 0);
     let multiplex = snapshot.config.proxy.multiplexing == Multiplexing::Transaction;
     let snapshot_idle_ms = snapshot.config.proxy.client_idle_timeout_ms;
+    let mut cluster_rx = shared.cluster.clone();
+    let view = cluster_rx.borrow_and_update().clone();
     let mut s = Session {
         client,
         user,
@@ -190,6 +196,8 @@ pub async fn run(
         txn_lost: None,
         state_lost: None,
         seen_gtid: Vec::new(),
+        view,
+        cluster_rx,
         hold_until: None,
         idle: true,
         known_digests: Default::default(),
@@ -295,6 +303,9 @@ impl Session {
             self.info.busy.store(true, Ordering::Relaxed);
             if self.shared.routing_gen.load(Ordering::Acquire) != self.routing.generation {
                 self.refresh_snapshot();
+            }
+            if self.cluster_rx.has_changed().unwrap_or(false) {
+                self.view = self.cluster_rx.borrow_and_update().clone();
             }
             let seq = ext.last_seq.wrapping_add(1);
             if ext.first_seq != 0 {
