@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{eventually, python_with_pymysql, spec, Harness};
+use common::{eventually, python_with_pymysql, spec, table, Harness};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row};
 use sluice::sandbox::ADMIN_PASSWORD;
@@ -26,31 +26,6 @@ async fn admin(h: &Harness) -> Conn {
     Conn::new(admin_opts(h, ADMIN_PASSWORD))
         .await
         .expect("admin login")
-}
-
-/// Rows as maps column → value.
-async fn table(c: &mut Conn, sql: &str) -> Vec<HashMap<String, Option<String>>> {
-    let rows: Vec<Row> = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.into_iter()
-        .map(|r| {
-            let cols: Vec<String> = r
-                .columns_ref()
-                .iter()
-                .map(|c| c.name_str().into_owned())
-                .collect();
-            cols.into_iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    (
-                        name,
-                        r.get_opt::<Option<String>, _>(i)
-                            .and_then(Result::ok)
-                            .flatten(),
-                    )
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// The SELECT statements user `app` ran on a server, by the server's own count.

@@ -8,9 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::Harness;
+use common::{app_connections, table, Harness};
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder, Row};
+use mysql_async::{Conn, OptsBuilder};
 use sluice::sandbox::ADMIN_PASSWORD;
 
 async fn admin(h: &Harness) -> Conn {
@@ -22,35 +22,6 @@ async fn admin(h: &Harness) -> Conn {
         .pass(Some(ADMIN_PASSWORD))
         .prefer_socket(false);
     Conn::new(opts).await.expect("admin login")
-}
-
-async fn table(c: &mut Conn, sql: &str) -> Vec<HashMap<String, Option<String>>> {
-    let rows: Vec<Row> = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.into_iter()
-        .map(|r| {
-            let cols: Vec<String> = r
-                .columns_ref()
-                .iter()
-                .map(|c| c.name_str().into_owned())
-                .collect();
-            cols.into_iter()
-                .enumerate()
-                .map(|(i, n)| (n, r.get::<Option<String>, _>(i).flatten()))
-                .collect()
-        })
-        .collect()
-}
-
-/// Server connections Sluice holds for the application users on node `node`.
-async fn app_connections(h: &Harness, node: usize) -> usize {
-    h.root_sql(
-        node,
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN ('app', 'other')",
-    )
-    .await
-    .trim()
-    .parse()
-    .unwrap()
 }
 
 async fn replicas_ready(h: &Harness) {

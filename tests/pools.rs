@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Harness;
+use common::{app_connections, Harness};
 use mysql_async::prelude::*;
 
 async fn backend_id(c: &mut mysql_async::Conn) -> u64 {
@@ -16,18 +16,6 @@ async fn backend_id(c: &mut mysql_async::Conn) -> u64 {
     let id: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
     c.query_drop("COMMIT").await.unwrap();
     id.unwrap()
-}
-
-/// Connections the proxy user holds on server `node` (from its PROCESSLIST).
-async fn app_connections(h: &Harness, node: usize) -> usize {
-    h.root_sql(
-        node,
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN ('app', 'other')",
-    )
-    .await
-    .trim()
-    .parse()
-    .unwrap()
 }
 
 #[tokio::test]

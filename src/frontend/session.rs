@@ -456,32 +456,12 @@ impl Session {
         else {
             return Ok(());
         };
-        let server = self.server_of(on);
-        let conn = self.conn(on);
-        let (rows, warnings, insert_id) = (conn.last_rows, conn.last_warnings, conn.last_insert_id);
-        if let Some(d) = digest {
-            self.shared.digests.record(
-                d,
-                started.elapsed(),
-                rows,
-                on == Held::Replica,
-                r.outcome.error,
-            );
-        }
         let class = if code == command::COM_QUERY {
             plan.class
         } else {
             StatementClass::Command
         };
-        self.count((on == Held::Replica).then_some(server), class, started);
-        if matches!(plan.class, StatementClass::Read) && code == command::COM_QUERY {
-            let c = if on == Held::Replica {
-                &self.shared.counters.replica_reads
-            } else {
-                &self.shared.counters.primary_reads
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+        let (rows, warnings, insert_id) = self.account(on, class, digest, started, r.outcome);
         self.after(
             on,
             code,
@@ -494,6 +474,36 @@ impl Session {
             self.reset_connection_state(on);
         }
         Ok(())
+    }
+
+    /// Counts a relayed statement (digest, per-route and per-server counters, latency, where
+    /// reads ran) and returns what its final OK/EOF said: rows, warnings, insert id.
+    pub(super) fn account(
+        &self,
+        on: Held,
+        class: StatementClass,
+        digest: Option<crate::metrics::digest::Pending>,
+        started: Instant,
+        outcome: Outcome,
+    ) -> (u64, u16, u64) {
+        let conn = self.conn(on);
+        let (rows, warnings, insert_id) = (conn.last_rows, conn.last_warnings, conn.last_insert_id);
+        let replica = on == Held::Replica;
+        if let Some(d) = digest {
+            self.shared
+                .digests
+                .record(d, started.elapsed(), rows, replica, outcome.error);
+        }
+        self.count(replica.then(|| self.server_of(on)), class, started);
+        if class == StatementClass::Read {
+            let c = if replica {
+                &self.shared.counters.replica_reads
+            } else {
+                &self.shared.counters.primary_reads
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        (rows, warnings, insert_id)
     }
 
     /// Updates the session after a relayed command.

@@ -24,7 +24,7 @@ use super::session::{statement_text, Held, Session};
 use super::session_state::Stmt;
 use super::SessionError;
 use crate::backend::StmtBudget;
-use crate::router::{PinReason, Route, StatementClass};
+use crate::router::{PinReason, Route};
 
 fn unknown_statement(id: u32, what: &str) -> ErrPacket {
     ErrPacket::new(
@@ -257,27 +257,7 @@ impl Session {
         else {
             return Ok(());
         };
-        let server = self.server_of(on);
-        let conn = self.conn(on);
-        let (rows, warnings, insert_id) = (conn.last_rows, conn.last_warnings, conn.last_insert_id);
-        if let Some(d) = digest {
-            self.shared.digests.record(
-                d,
-                started.elapsed(),
-                rows,
-                on == Held::Replica,
-                r.outcome.error,
-            );
-        }
-        self.count((on == Held::Replica).then_some(server), class, started);
-        if matches!(class, StatementClass::Read) {
-            let counter = if on == Held::Replica {
-                &self.shared.counters.replica_reads
-            } else {
-                &self.shared.counters.primary_reads
-            };
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let (rows, warnings, insert_id) = self.account(on, class, digest, started, r.outcome);
         if long_data {
             self.st.long_data = None;
             self.st.apply(super::session_state::Applied {

@@ -16,7 +16,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mysql_async::{Conn, OptsBuilder};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row};
 use sluice::config::Config;
 use sluice::sandbox::{Topology, TopologySpec};
 use sluice::server::{self, Running};
@@ -215,4 +216,44 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// Rows of a query as maps column → value (for admin-port tables).
+pub async fn table(
+    c: &mut Conn,
+    sql: &str,
+) -> Vec<std::collections::HashMap<String, Option<String>>> {
+    let rows: Vec<Row> = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter()
+        .map(|r| {
+            let cols: Vec<String> = r
+                .columns_ref()
+                .iter()
+                .map(|c| c.name_str().into_owned())
+                .collect();
+            cols.into_iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    (
+                        name,
+                        r.get_opt::<Option<String>, _>(i)
+                            .and_then(Result::ok)
+                            .flatten(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Server connections the application users (`app`, `other`) hold on node `node`.
+pub async fn app_connections(h: &Harness, node: usize) -> usize {
+    h.root_sql(
+        node,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN ('app', 'other')",
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap()
 }
