@@ -17,7 +17,7 @@ Phases (each on its own `sluice sandbox`, a primary and one replica, default mul
 
 Installs sysbench (apt) if missing; builds the release binary and the loadgen example.
 """
-import argparse, os, re, shutil, socket, subprocess, sys, tempfile, threading, time
+import argparse, contextlib, os, re, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import ensure, free_port, wait_port, cpu_seconds, start_sandbox, figures  # noqa: E402
@@ -61,14 +61,27 @@ def sysbench(port, threads, seconds, action="run"):
     return out.stdout
 
 
-def sandbox(binary, work, extra):
+@contextlib.contextmanager
+def sandbox(binary, extra):
+    """A primary + one replica with the sysbench tables, and Sluice; removed on exit."""
+    work = tempfile.mkdtemp(prefix="sluice-mux-")
     port = free_port()
     sb, primary, servers = start_sandbox(binary, work, port, 1, extra)
-    wait_port(port)
-    sql(primary, "CREATE DATABASE IF NOT EXISTS sbtest")
-    sysbench(primary, 4, 10, action="prepare")
-    time.sleep(3)  # the replica applies the tables; the monitor measures its lag
-    return sb, port, servers
+    try:
+        wait_port(port)
+        sql(primary, "CREATE DATABASE IF NOT EXISTS sbtest")
+        sysbench(primary, 4, 10, action="prepare")
+        time.sleep(3)  # the replica applies the tables; the monitor measures its lag
+        yield sb, port, servers
+    finally:
+        sb.terminate()
+        sb.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def last_result(lines):
+    """The key=value pairs of loadgen's last output line."""
+    return dict(kv.split("=", 1) for kv in lines[-1].split() if "=" in kv)
 
 
 def sampler(servers, stop, peaks):
@@ -88,10 +101,8 @@ def loadgen(mode, port, clients, seconds, sources):
 
 
 def phase_active(binary, args, report):
-    work = tempfile.mkdtemp(prefix="sluice-mux-")
-    sb, port, servers = sandbox(binary, work, ["--max-client-connections", "20000",
-                                              "--server-cnf", "max_connections = 1000"])
-    try:
+    with sandbox(binary, ["--max-client-connections", "20000",
+                          "--server-cnf", "max_connections = 1000"]) as (sb, port, servers):
         stop, peaks = threading.Event(), {}
         t = threading.Thread(target=sampler, args=(servers, stop, peaks))
         lg = loadgen("active", port, args.active, args.time, args.sources)
@@ -101,7 +112,7 @@ def phase_active(binary, args, report):
         lines = [first] + lg.communicate()[0].strip().splitlines()
         stop.set()
         cpu = cpu_seconds(sb.pid) - cpu0
-        result = dict(kv.split("=", 1) for kv in lines[-1].split() if "=" in kv)
+        result = last_result(lines)
         # (the sampler starts once the clients are connected: the first line)
         total_conns = sum(peaks.values()) or 1
         qps = float(result["qps"])
@@ -116,16 +127,10 @@ def phase_active(binary, args, report):
         print(line, flush=True)
         report.append(line)
         t.join(timeout=1)
-    finally:
-        sb.terminate()
-        sb.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def phase_idle(binary, args, report):
-    work = tempfile.mkdtemp(prefix="sluice-mux-")
-    sb, port, servers = sandbox(binary, work, ["--max-client-connections", "20000"])
-    try:
+    with sandbox(binary, ["--max-client-connections", "20000"]) as (sb, port, servers):
         time.sleep(2)
         before = rss_kib(sb.pid)
         lg = loadgen("idle", port, args.idle, 20, args.sources)
@@ -134,7 +139,7 @@ def phase_idle(binary, args, report):
         during = rss_kib(sb.pid)
         conns = {n: app_connections(p) for n, p in servers}
         out = lg.communicate()[0].strip().splitlines()
-        result = dict(kv.split("=", 1) for kv in out[-1].split() if "=" in kv)
+        result = last_result(out)
         per = (during - before) / max(int(result["connected"]), 1)
         line = (f"idle: {result['connected']} of {args.idle} sessions open ({first.strip()}), "
                 f"errors {result['errors']}, Sluice RSS {before / 1024:.0f} MiB before, "
@@ -143,18 +148,12 @@ def phase_idle(binary, args, report):
                 + ", ".join(f"{n} {c}" for n, c in conns.items()))
         print(line, flush=True)
         report.append(line)
-    finally:
-        sb.terminate()
-        sb.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def phase_threads(binary, args, report):
-    work = tempfile.mkdtemp(prefix="sluice-mux-")
-    sb, port, servers = sandbox(binary, work, ["--max-backend-connections", "32",
-                                              "--server-cnf", "max_connections = 1200"])
-    primary = dict(servers)["db1"]
-    try:
+    with sandbox(binary, ["--max-backend-connections", "32",
+                          "--server-cnf", "max_connections = 1200"]) as (sb, port, servers):
+        primary = dict(servers)["db1"]
         rows = []
         for threads in (32, 1000):
             for name, p in (("direct", primary), ("sluice", port)):
@@ -170,10 +169,6 @@ def phase_threads(binary, args, report):
         line = f"threads: Sluice at 1000 threads / Sluice at 32 threads = {s1000 / s32:.2f}"
         print(line, flush=True)
         report.append(line)
-    finally:
-        sb.terminate()
-        sb.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
