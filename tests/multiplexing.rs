@@ -246,7 +246,7 @@ async fn last_insert_id_survives_a_change_of_connection() {
     .await;
     let mut setup = h.direct_conn().await;
     setup
-        .query_drop("CREATE DATABASE li; CREATE TABLE li.t (id INT AUTO_INCREMENT PRIMARY KEY)")
+        .query_drop("CREATE DATABASE li; CREATE TABLE li.t (id INT AUTO_INCREMENT PRIMARY KEY) AUTO_INCREMENT = 1000")
         .await
         .unwrap();
     let mut a = mysql_async::Conn::new(h.proxy_opts().db_name(Some("li")))
@@ -262,13 +262,24 @@ async fn last_insert_id_survives_a_change_of_connection() {
         b.query_drop("INSERT INTO t VALUES (NULL)").await.unwrap();
     }
     let id_b = b.last_insert_id().unwrap() as i64;
-    // An explicit id does not change LAST_INSERT_ID() (the OK packet reports it anyway).
-    a.query_drop("INSERT INTO t VALUES (1000)").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let got: Option<i64> = a.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
     assert_eq!(got, Some(id_a));
-    let got: Option<i64> = b.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
-    assert_eq!(got, Some(id_b));
+    // An explicit id does not change LAST_INSERT_ID() (the OK packet reports it anyway),
+    // whether the connection it runs on last served b (its LAST_INSERT_ID() is b's), a fresh
+    // connection (0) or a's own: interleaved, both sessions land on each kind.
+    let mut id_b = id_b;
+    for k in 0..6 {
+        // Below the auto-increment counter, so b's next ids stay unique and increasing.
+        a.query_drop(format!("INSERT INTO t VALUES ({})", 1 + k))
+            .await
+            .unwrap();
+        let got: Option<i64> = a.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+        assert_eq!(got, Some(id_a), "round {k}");
+        let got: Option<i64> = b.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+        assert_eq!(got, Some(id_b), "round {k}");
+        b.query_drop("INSERT INTO t VALUES (NULL)").await.unwrap();
+        id_b = b.last_insert_id().unwrap() as i64;
+    }
     // A fresh session has 0, whatever its connection did before.
     let mut c = h.proxy_conn().await;
     let got: Option<i64> = c.query_first("SELECT LAST_INSERT_ID()").await.unwrap();

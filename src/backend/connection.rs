@@ -75,6 +75,8 @@ pub struct BackendConn {
     /// The last OK of the last relayed response that reported a session-state change.
     pub session_state: Option<Vec<u8>>,
     pub last_insert_id: u64,
+    /// This connection's LAST_INSERT_ID() as Sluice last read or set it (0 after login).
+    pub insert_id_seen: u64,
     /// A number unique among the connections of this process.
     pub id: u64,
     /// The character set (collation id) the connection logged in with.
@@ -147,6 +149,7 @@ async fn connect_inner(
         last_warnings: 0,
         session_state: None,
         last_insert_id: 0,
+        insert_id_seen: 0,
         id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         charset: p.charset,
         state: super::state::SessionVars {
@@ -316,6 +319,7 @@ impl BackendConn {
             self.charset = cs as u8;
         }
         self.stmts.clear_forgotten();
+        self.insert_id_seen = 0;
         Ok(ok)
     }
 

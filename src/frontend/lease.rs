@@ -297,12 +297,12 @@ impl Session {
                 Ok(Some(row)) => {
                     let mut it = row.into_iter();
                     if capture_lii {
-                        self.st.lii = it
+                        let now = it
                             .next()
                             .flatten()
                             .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
                             .unwrap_or(0);
-                        self.st.lii_dirty = false;
+                        Session::learn_insert_id(&mut l.conn, &mut self.st, now);
                     }
                     if capture_gtid {
                         self.st.last_gtid = it
@@ -362,19 +362,39 @@ impl Session {
         self.st.lii_conn = None;
     }
 
+    /// The connection's LAST_INSERT_ID() read after statements that may have changed it.
+    fn learn_insert_id(
+        conn: &mut BackendConn,
+        st: &mut super::session_state::SessionState,
+        now: u64,
+    ) {
+        st.lii = super::session_state::insert_id_after(st.lii, conn.insert_id_seen, now, st.lii_ok);
+        conn.insert_id_seen = now;
+        st.lii_dirty = false;
+        st.lii_conn = None;
+    }
+
     /// Brings LAST_INSERT_ID() on the connection about to run a statement that reads it to
-    /// the session's value.
+    /// the session's value (first learning what statements held on it did to it).
     pub(super) async fn sync_insert_id(
         conn: &mut BackendConn,
         st: &mut super::session_state::SessionState,
     ) -> Result<(), BackendError> {
-        if st.lii_conn == Some(conn.id) {
+        if st.lii_dirty && st.lii_conn == Some(conn.id) {
+            let row = conn.control_row(b"\x03SELECT LAST_INSERT_ID()").await?;
+            let now = row
+                .and_then(|r| r.into_iter().next().flatten())
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                .unwrap_or(0);
+            Session::learn_insert_id(conn, st, now);
+        }
+        if conn.insert_id_seen == st.lii {
             return Ok(());
         }
         let sql = format!("\u{3}DO LAST_INSERT_ID({})", st.lii);
         match conn.control(sql.as_bytes(), ResponseKind::Query).await? {
             Ok(_) => {
-                st.lii_conn = Some(conn.id);
+                conn.insert_id_seen = st.lii;
                 Ok(())
             }
             Err(e) => Err(BackendError::Protocol(e.to_string())),

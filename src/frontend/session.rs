@@ -526,6 +526,11 @@ impl Session {
         let conn_id = self.conn(on).id;
         if insert_id != 0 || plan.reads.insert_id {
             // LAST_INSERT_ID() of this connection may be the session's now.
+            if self.st.lii_dirty && self.st.lii_conn == Some(conn_id) && insert_id == 0 {
+                // Keep the insert id an earlier statement on this connection reported.
+            } else {
+                self.st.lii_ok = insert_id;
+            }
             self.st.lii_dirty = true;
             self.st.lii_conn = Some(conn_id);
         }
@@ -623,6 +628,7 @@ impl Session {
         self.st.reset(db.clone());
         let conn = self.conn_mut(on);
         conn.stmts.clear_forgotten();
+        conn.insert_id_seen = 0;
         // The server's character set after a reset is not the login one everywhere: the next
         // lease sets it explicitly.
         conn.state = crate::backend::SessionVars {

@@ -65,12 +65,13 @@ pub struct SessionState {
     /// A write succeeded since `last_gtid` was last read.
     pub wrote: bool,
     pub last_gtid: Option<String>,
-    /// The session's LAST_INSERT_ID(), as far as known (`lii_dirty`: a held connection may
-    /// have changed it since).
+    /// The session's LAST_INSERT_ID(), as far as known (`lii_dirty`: a statement on the held
+    /// connection `lii_conn` may have changed it since; `lii_ok`: the insert id that
+    /// statement's OK reported).
     pub lii: u64,
     pub lii_dirty: bool,
-    /// The id of the held connection whose LAST_INSERT_ID() is the session's.
     pub lii_conn: Option<u64>,
+    pub lii_ok: u64,
     pub stmts: HashMap<u32, Stmt>,
     pub next_stmt: u32,
     /// The statement whose cursor is open, and the one long data was sent for.
@@ -171,6 +172,20 @@ impl SessionState {
                 return self.next_stmt;
             }
         }
+    }
+}
+
+/// The session's LAST_INSERT_ID() after statements that may have changed it, from what the
+/// connection holds now (`now`), what it held before them (`before`, as Sluice last read or set
+/// it) and the insert id their OK reported (`ok`). A statement that inserts an explicit id
+/// reports it but leaves LAST_INSERT_ID() alone, so an unchanged value on a connection that
+/// held another session's value is not ours — unless the OK reported exactly that value (a
+/// generated id equal to the old one: taken as generated; see docs/routing.md).
+pub fn insert_id_after(session: u64, before: u64, now: u64, ok: u64) -> u64 {
+    if now != before || ok == now {
+        now
+    } else {
+        session
     }
 }
 
@@ -483,6 +498,14 @@ mod tests {
     fn dependent_reads() {
         let r = |s: &str| reads_previous(s.as_bytes(), StatementClass::Read);
         assert!(r("SELECT LAST_INSERT_ID()").insert_id);
+        // Generated on a connection that held another session's 7: ours now.
+        assert_eq!(insert_id_after(3, 7, 9, 9), 9);
+        // An explicit id (OK says 100) left the other session's 7 in place: still our 3.
+        assert_eq!(insert_id_after(3, 7, 7, 100), 3);
+        // LAST_INSERT_ID(expr) in a SELECT (no OK id) changed it.
+        assert_eq!(insert_id_after(3, 7, 8, 0), 8);
+        // The connection already held ours: whatever happened, it is what it holds.
+        assert_eq!(insert_id_after(3, 3, 3, 100), 3);
         assert!(r("select @@identity").insert_id);
         assert!(r("SELECT ROW_COUNT()").previous);
         assert!(r("SELECT @@session.warning_count").previous);
