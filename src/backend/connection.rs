@@ -85,6 +85,70 @@ pub struct BackendConn {
     pub state: super::state::SessionVars,
     /// Statements prepared on this connection, by SQL text.
     pub stmts: super::stmt_cache::StmtCache,
+    /// The pool's handle on this connection's socket (see [`Cuttable`]).
+    pub(crate) cut: Option<CutGuard>,
+}
+
+/// The sockets of a pool's connections, duplicated, so that all of them can be shut down at
+/// once from outside the sessions that hold them: when a primary is deposed, a statement
+/// blocked on a hung server must end now (with an error to its client) rather than when the
+/// server wakes up and commits it.
+#[derive(Default)]
+pub struct Cuttable {
+    sockets: std::sync::Mutex<std::collections::HashMap<u64, socket2::Socket>>,
+}
+
+impl Cuttable {
+    /// Registers `conn`'s socket (a duplicate descriptor, owned here).
+    pub fn register(self: &std::sync::Arc<Self>, conn: &mut BackendConn) {
+        let tcp = match &conn.stream {
+            MaybeTls::Plain(t) => t,
+            MaybeTls::Tls(s) => s.get_ref().0,
+            MaybeTls::Switching => return,
+        };
+        let Ok(dup) = socket2::SockRef::from(tcp).try_clone() else {
+            return;
+        };
+        if let Ok(mut m) = self.sockets.lock() {
+            m.insert(conn.id, dup);
+            conn.cut = Some(CutGuard {
+                registry: self.clone(),
+                id: conn.id,
+            });
+        }
+    }
+
+    /// Shuts down every registered socket: reads and writes on them fail at once. Returns how
+    /// many.
+    pub fn cut_all(&self) -> usize {
+        let Ok(m) = self.sockets.lock() else {
+            return 0;
+        };
+        for s in m.values() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        m.len()
+    }
+}
+
+/// Removes a connection from its pool's [`Cuttable`] when the connection goes.
+pub struct CutGuard {
+    registry: std::sync::Arc<Cuttable>,
+    id: u64,
+}
+
+impl std::fmt::Debug for CutGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CutGuard({})", self.id)
+    }
+}
+
+impl Drop for CutGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.registry.sockets.lock() {
+            m.remove(&self.id);
+        }
+    }
 }
 
 /// How many statements one connection may keep prepared: `[proxy]
@@ -160,6 +224,7 @@ async fn connect_inner(
         scramble: Vec::new(),
         user: p.user.to_vec(),
         slot: None,
+        cut: None,
     };
     let hello = conn.read_packet().await?;
     if hello.payload.first() == Some(&ERR_HEADER) {

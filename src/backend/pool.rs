@@ -82,6 +82,10 @@ pub struct ServerPool {
     pub stmt_cap: AtomicUsize,
     /// `[backend_tls]` for new connections (replaced by a reload).
     tls: std::sync::RwLock<Option<Arc<crate::tls::BackendTls>>>,
+    /// Every open connection's socket, to cut them all when the server is deposed.
+    live: Arc<super::connection::Cuttable>,
+    /// Connections cut so far.
+    pub cut_total: AtomicU64,
 }
 /// Why a connection could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,8 @@ impl ServerPool {
             retired: AtomicBool::new(false),
             stmt_cap: AtomicUsize::new(usize::MAX),
             tls: std::sync::RwLock::new(None),
+            live: Default::default(),
+            cut_total: AtomicU64::new(0),
         }
     }
 
@@ -179,6 +185,17 @@ impl ServerPool {
         if let Ok(mut l) = self.lists.lock() {
             l.idle.clear();
         }
+    }
+
+    /// Closes every connection to this server, idle or in use (a statement in flight on one
+    /// fails at once). For a deposed primary: nothing more may be acknowledged from it.
+    pub fn cut_all(&self) -> usize {
+        if let Ok(mut l) = self.lists.lock() {
+            l.idle.clear();
+        }
+        let n = self.live.cut_all();
+        self.cut_total.fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 
     pub fn is_retired(&self) -> bool {
@@ -346,6 +363,7 @@ impl ServerPool {
         )
         .await?;
         conn.slot = Some(permit);
+        self.live.register(&mut conn);
         Ok((conn, ok))
     }
 

@@ -52,6 +52,13 @@ pub struct ServerState {
     pub excluded: Option<String>,
     /// `host:port` it replicates from, when it is a replica.
     pub source: Option<String>,
+    /// A replica that a failover or switchover pointed at the new primary and that does not
+    /// follow it yet: why (the monitor keeps retrying).
+    pub not_following: Option<String>,
+    /// How many times the monitor deposed this server as primary (a failover away from it):
+    /// each time, every connection Sluice has to it is cut, so that nothing it commits later
+    /// is acknowledged through Sluice.
+    pub deposed: u64,
 }
 
 /// Where a replica's lag figure came from.
@@ -208,6 +215,8 @@ pub fn channel(servers: &[crate::config::ServerConfig]) -> (ClusterTx, ClusterRx
                 generation: 0,
                 excluded: None,
                 source: None,
+                not_following: None,
+                deposed: 0,
             })
             .collect(),
         ..ClusterView::default()

@@ -145,6 +145,8 @@ mod tests {
             generation: 0,
             excluded: None,
             source: None,
+            not_following: None,
+            deposed: 0,
         }
     }
 
