@@ -62,9 +62,10 @@ pub struct ServerState {
 }
 
 /// Where a replica's lag figure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LagSource {
     /// Not measured (primary, unreachable, or replication stopped).
+    #[default]
     None,
     /// Sluice's heartbeat row: now − the stamp the replica has applied.
     Heartbeat,

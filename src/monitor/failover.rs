@@ -40,16 +40,16 @@ pub enum Assessment {
 pub fn assess(m: &Monitor, dead: usize) -> Assessment {
     let mut confirming = Vec::new();
     let mut receiving = Vec::new();
-    for i in 0..m.conns.len() {
-        if i == dead || !m.healthy[i] {
+    for i in 0..m.srv.len() {
+        if i == dead || !m.srv[i].healthy {
             continue;
         }
-        let Some(rep) = m.probes[i].as_ref().and_then(|p| p.replication.as_ref()) else {
+        let Some(rep) = m.srv[i].probe.as_ref().and_then(|p| p.replication.as_ref()) else {
             continue;
         };
         if rep.io_yes() {
             receiving.push(i);
-        } else if m.io_ok[i] {
+        } else if m.srv[i].io_ok {
             confirming.push(i);
         }
     }
@@ -117,7 +117,8 @@ impl Monitor {
     /// Whether replica `i` replicates from server `p` (by configured address).
     fn replicates_from(&self, i: usize, p: usize) -> bool {
         let (host, port) = split_addr(&self.config.servers[p].address);
-        self.probes[i]
+        self.srv[i]
+            .probe
             .as_ref()
             .and_then(|x| x.replication.as_ref())
             .is_some_and(|r| r.source_port == port && same_host(&r.source_host, &host))
@@ -125,14 +126,14 @@ impl Monitor {
 
     /// Takes the failover lock on a majority of the configured servers, or none.
     pub(crate) async fn lock_majority(&mut self) -> bool {
-        let n = self.conns.len();
+        let n = self.srv.len();
         // Servers a reload removed do not count (and are never connected).
         let configured = self.config.servers.iter().filter(|s| !s.removed).count();
         let need = configured / 2 + 1;
         let mut held = 0;
         let timeout = self.timeout;
         for i in 0..n {
-            let sc = &mut self.conns[i];
+            let sc = &mut self.srv[i].sc;
             let Some(c) = sc.conn.as_mut() else {
                 continue;
             };
@@ -175,7 +176,7 @@ impl Monitor {
 
     pub(crate) async fn unlock_all(&mut self) {
         let timeout = self.timeout;
-        for sc in &mut self.conns {
+        for sc in self.srv.iter_mut().map(|w| &mut w.sc) {
             if !sc.locked {
                 continue;
             }
@@ -191,9 +192,10 @@ impl Monitor {
 
     /// A healthy writable server of the newest generation, if one exists now.
     pub(crate) fn live_primary(&self) -> Option<usize> {
-        (0..self.conns.len()).find(|&i| {
-            self.healthy[i]
-                && self.probes[i]
+        (0..self.srv.len()).find(|&i| {
+            self.srv[i].healthy
+                && self.srv[i]
+                    .probe
                     .as_ref()
                     .is_some_and(|p| !p.read_only && p.generation() >= self.generation)
         })
@@ -201,13 +203,16 @@ impl Monitor {
 
     /// Replicas that may be promoted, best first.
     fn candidates(&self, dead: Option<usize>) -> Vec<Candidate> {
-        let cands = (0..self.conns.len())
+        let cands = (0..self.srv.len())
             .filter(|&i| {
-                Some(i) != dead && self.healthy[i] && self.excluded[i].is_none() && !self.offline[i]
+                Some(i) != dead
+                    && self.srv[i].healthy
+                    && self.srv[i].excluded.is_none()
+                    && !self.srv[i].offline
             })
             .filter(|&i| !self.config.servers[i].no_promote)
             .filter_map(|i| {
-                let p = self.probes[i].as_ref()?;
+                let p = self.srv[i].probe.as_ref()?;
                 let rep = p.replication.as_ref()?;
                 if !p.read_only || rep.last_sql_errno != 0 {
                     return None;
@@ -238,8 +243,8 @@ impl Monitor {
                 s.no_tx
             ));
         }
-        for i in 0..self.conns.len() {
-            if i != dead && self.io_ok[i] && self.semi_slave[i] && !self.healthy[i] {
+        for i in 0..self.srv.len() {
+            if i != dead && self.srv[i].io_ok && self.srv[i].semi_slave && !self.srv[i].healthy {
                 return Err(format!(
                     "semi-sync replica {} is unreachable: it may hold acknowledged transactions \
                      that no reachable candidate has",
@@ -348,7 +353,7 @@ impl Monitor {
         if let Err(e) = self.drain(c).await {
             // A statement cut off by its deadline may still run on the server: the next round
             // starts from a new connection.
-            self.conns[c].reset();
+            self.srv[c].sc.reset();
             tracing::warn!(candidate = %name, error = %e, "candidate has not applied its relay log yet; will retry");
             self.state = MonitorState::NoPrimary;
             self.publish();
@@ -380,8 +385,8 @@ impl Monitor {
         };
         self.generation = gen;
         self.known_primary = Some(c);
-        self.excluded[c] = None;
-        if let Some(p) = self.probes[c].as_mut() {
+        self.srv[c].excluded = None;
+        if let Some(p) = self.srv[c].probe.as_mut() {
             p.read_only = false;
             p.replication = None;
         }
@@ -389,8 +394,8 @@ impl Monitor {
         let switched_ms = started.elapsed().as_millis() as u64;
         tracing::warn!(new_primary = %name, generation = gen, ms = switched_ms, "failover done: writes go to the new primary");
         let mut detail = format!("promoted {name} (received {})", chosen.received);
-        for i in 0..self.conns.len() {
-            if i == c || Some(i) == dead || !self.healthy[i] {
+        for i in 0..self.srv.len() {
+            if i == c || Some(i) == dead || !self.srv[i].healthy {
                 continue;
             }
             self.repoint(i, c, "slave_pos", &mut detail).await;
@@ -415,9 +420,9 @@ impl Monitor {
     /// Stops the candidate's IO thread and waits (bounded) until it applied all it received.
     async fn drain(&mut self, c: usize) -> Result<(), String> {
         let timeout = self.timeout;
-        let flavor = self.conns[c].flavor();
+        let flavor = self.srv[c].sc.flavor();
         let drain = self.config.monitor.drain_timeout_ms;
-        let sc = &mut self.conns[c];
+        let sc = &mut self.srv[c].sc;
         let conn = sc.conn.as_mut().ok_or("candidate not connected")?;
         let (stop_io, start_sql) = match flavor {
             Flavor::MariaDb => ("STOP SLAVE IO_THREAD", "START SLAVE SQL_THREAD"),
@@ -471,10 +476,10 @@ impl Monitor {
     /// Makes server `c` the primary of a new generation. Returns the generation.
     async fn promote(&mut self, c: usize, kind: &str, acknowledged: bool) -> Result<u64, String> {
         let timeout = self.timeout;
-        let flavor = self.conns[c].flavor();
+        let flavor = self.srv[c].sc.flavor();
         let gen = self.generation + 1;
         let name = self.name(c).to_string();
-        let sc = &mut self.conns[c];
+        let sc = &mut self.srv[c].sc;
         let conn = sc.conn.as_mut().ok_or("candidate not connected")?;
         match flavor {
             Flavor::MariaDb => run_sql(conn, timeout, &["STOP SLAVE", "RESET SLAVE ALL"]).await?,
@@ -531,7 +536,7 @@ impl Monitor {
             Err(e) => {
                 tracing::error!(server = %self.name(i), error = %e, "server cannot follow the new primary; excluded");
                 detail.push_str(&format!("; {} excluded: {e}", self.name(i)));
-                self.excluded[i] = Some(e);
+                self.srv[i].excluded = Some(e);
             }
         }
     }
@@ -544,7 +549,7 @@ impl Monitor {
         use_gtid: &str,
     ) -> Result<Follow, String> {
         let timeout = self.timeout;
-        let flavor = self.conns[i].flavor();
+        let flavor = self.srv[i].sc.flavor();
         let (host, port) = split_addr(&self.config.servers[to].address);
         let m = &self.config.monitor;
         let creds = match (&m.replication_user, &m.replication_password) {
@@ -589,7 +594,7 @@ impl Monitor {
             Flavor::MariaDb => ("STOP SLAVE", "START SLAVE"),
             Flavor::MySql => ("STOP REPLICA", "START REPLICA"),
         };
-        let conn = self.conns[i].conn.as_mut().ok_or("not connected")?;
+        let conn = self.srv[i].sc.conn.as_mut().ok_or("not connected")?;
         run_sql(conn, timeout, &[stop, sql.as_str(), start])
             .await
             .map_err(|e| e.replace(&sql, "CHANGE MASTER TO …"))?;
@@ -640,11 +645,11 @@ impl Monitor {
         if self.hold {
             return;
         }
-        for i in 0..self.conns.len() {
-            if i == p || !self.healthy[i] {
+        for i in 0..self.srv.len() {
+            if i == p || !self.srv[i].healthy {
                 continue;
             }
-            let Some(probe) = self.probes[i].as_ref() else {
+            let Some(probe) = self.srv[i].probe.as_ref() else {
                 continue;
             };
             if !probe.read_only {
@@ -654,15 +659,15 @@ impl Monitor {
             let from_primary = self.replicates_from(i, p);
             if let Some(r) = &rep {
                 if from_primary && r.io_yes() && r.sql_running {
-                    if let Some(why) = self.excluded[i].take() {
+                    if let Some(why) = self.srv[i].excluded.take() {
                         tracing::info!(server = %self.name(i), was = %why, "replicating from the primary again; back in service");
                     }
                     continue;
                 }
                 if from_primary && r.last_io_errno == 1236 {
-                    if self.excluded[i].is_none() {
+                    if self.srv[i].excluded.is_none() {
                         tracing::error!(server = %self.name(i), error = %r.last_io_error, "replica diverged from the primary; excluded (rebuild it)");
-                        self.excluded[i] = Some(format!("diverged: {}", r.last_io_error));
+                        self.srv[i].excluded = Some(format!("diverged: {}", r.last_io_error));
                     }
                     continue;
                 }
@@ -672,10 +677,11 @@ impl Monitor {
                 }
             }
             if !self.config.monitor.auto_rejoin
-                || self.excluded[i]
+                || self.srv[i]
+                    .excluded
                     .as_deref()
                     .is_some_and(|e| e.starts_with("diverged"))
-                || self.rejoin_after[i].is_some_and(|t| Instant::now() < t)
+                || self.srv[i].rejoin_after.is_some_and(|t| Instant::now() < t)
             {
                 continue;
             }
@@ -691,18 +697,18 @@ impl Monitor {
             };
             let r = self.change_source(i, p, use_gtid).await;
             self.unlock_all().await;
-            self.rejoin_after[i] = Some(Instant::now() + Duration::from_secs(10));
+            self.srv[i].rejoin_after = Some(Instant::now() + Duration::from_secs(10));
             match r {
                 Ok(Follow::Following) => {
                     tracing::warn!(server = %self.name(i), primary = %self.name(p), "rejoined as a replica of the primary");
-                    self.excluded[i] = None;
+                    self.srv[i].excluded = None;
                 }
                 Ok(Follow::Pending(why)) => {
                     tracing::warn!(server = %self.name(i), primary = %self.name(p), status = %why, "pointed at the primary; not replicating yet");
                 }
                 Err(e) => {
                     tracing::error!(server = %self.name(i), error = %e, "cannot rejoin; excluded");
-                    self.excluded[i] = Some(if e.starts_with("diverged") {
+                    self.srv[i].excluded = Some(if e.starts_with("diverged") {
                         e
                     } else {
                         format!("cannot rejoin: {e}")
@@ -723,13 +729,14 @@ impl Monitor {
         }
         let dead = self.known_primary.or_else(|| {
             // A fresh process: the server the replicas point at.
-            (0..self.conns.len()).find(|&k| {
-                !self.healthy[k] && (0..self.conns.len()).any(|i| self.replicates_from(i, k))
+            (0..self.srv.len()).find(|&k| {
+                !self.srv[k].healthy && (0..self.srv.len()).any(|i| self.replicates_from(i, k))
             })
         });
-        let receiving: Vec<&str> = (0..self.conns.len())
+        let receiving: Vec<&str> = (0..self.srv.len())
             .filter(|&i| {
-                self.probes[i]
+                self.srv[i]
+                    .probe
                     .as_ref()
                     .and_then(|p| p.replication.as_ref())
                     .is_some_and(|r| r.io_yes())
@@ -760,11 +767,12 @@ impl Monitor {
         if p == t {
             return Err(format!("{} is already the primary", self.name(t)));
         }
-        let ok_target = self.healthy[t]
-            && self.excluded[t].is_none()
-            && !self.offline[t]
+        let ok_target = self.srv[t].healthy
+            && self.srv[t].excluded.is_none()
+            && !self.srv[t].offline
             && !self.config.servers[t].no_promote
-            && self.probes[t]
+            && self.srv[t]
+                .probe
                 .as_ref()
                 .and_then(|x| x.replication.as_ref())
                 .is_some_and(|r| r.io_yes() && r.sql_running);
@@ -789,7 +797,7 @@ impl Monitor {
         let started_ms = now_ms();
         let timeout = self.timeout;
         let (from, to) = (self.name(p).to_string(), self.name(t).to_string());
-        let flavor = self.conns[p].flavor();
+        let flavor = self.srv[p].sc.flavor();
         let hold_ms = self.config.monitor.failover_hold_ms;
         // 1. Announce: every instance stops sending new writes to the primary.
         let intent = format!(
@@ -802,7 +810,7 @@ impl Monitor {
             now_ms() + hold_ms
         );
         {
-            let sc = &mut self.conns[p];
+            let sc = &mut self.srv[p].sc;
             probe::ensure_schema(sc, timeout).await?;
             let c = sc.conn.as_mut().ok_or("primary not connected")?;
             run_sql(c, timeout, &[intent.as_str()]).await?;
@@ -822,7 +830,11 @@ impl Monitor {
             Flavor::MySql => "SELECT @@gtid_executed",
         };
         let pos = {
-            let c = self.conns[p].conn.as_mut().ok_or("primary not connected")?;
+            let c = self.srv[p]
+                .sc
+                .conn
+                .as_mut()
+                .ok_or("primary not connected")?;
             run_sql(c, timeout, read_only).await?;
             probe::query_value(c, timeout, pos_q)
                 .await?
@@ -835,14 +847,14 @@ impl Monitor {
             Flavor::MariaDb => format!("SELECT MASTER_GTID_WAIT({}, {secs})", quote(&pos)),
             Flavor::MySql => format!("SELECT WAIT_FOR_EXECUTED_GTID_SET({}, {secs})", quote(&pos)),
         };
-        let caught_up = match self.conns[t].conn.as_mut() {
+        let caught_up = match self.srv[t].sc.conn.as_mut() {
             Some(c) => probe::query_value(c, Duration::from_millis(drain) + timeout, &wait).await,
             None => Err("target not connected".into()),
         };
         if !matches!(&caught_up, Ok(Some(v)) if v == "0") {
             // Roll back: the old primary takes writes again.
             let writable = flavor.set_read_only(false);
-            if let Some(c) = self.conns[p].conn.as_mut() {
+            if let Some(c) = self.srv[p].sc.conn.as_mut() {
                 let _ = run_sql(c, timeout, writable).await;
                 let _ = run_sql(
                     c,
@@ -879,11 +891,11 @@ impl Monitor {
         self.generation = gen;
         self.hold = false;
         self.known_primary = Some(t);
-        if let Some(x) = self.probes[t].as_mut() {
+        if let Some(x) = self.srv[t].probe.as_mut() {
             x.read_only = false;
             x.replication = None;
         }
-        if let Some(x) = self.probes[p].as_mut() {
+        if let Some(x) = self.srv[p].probe.as_mut() {
             x.read_only = true;
         }
         self.publish_state(MonitorState::Ok, Some(t));
@@ -892,8 +904,8 @@ impl Monitor {
         // 5. The old primary and the other replicas follow the new one.
         let mut detail =
             format!("{to} promoted; writes refused by the old primary for {pause_ms} ms");
-        for i in 0..self.conns.len() {
-            if i == t || !self.healthy[i] {
+        for i in 0..self.srv.len() {
+            if i == t || !self.srv[i].healthy {
                 continue;
             }
             let use_gtid = if i == p { "current_pos" } else { "slave_pos" };

@@ -78,6 +78,45 @@ impl MonitorHandle {
     }
 }
 
+/// What the monitor knows about one server.
+#[derive(Default)]
+pub(crate) struct Watched {
+    pub(crate) sc: ServerConn,
+    /// This round's probe (`None` = failed).
+    pub(crate) probe: Option<Probe>,
+    error: Option<String>,
+    fails: u32,
+    oks: u32,
+    pub(crate) healthy: bool,
+    seen: bool,
+    /// The replica's IO thread was running while the primary was last reachable.
+    pub(crate) io_ok: bool,
+    io_bad: u32,
+    /// The server had `rpl_semi_sync_slave_enabled` at its last successful probe.
+    pub(crate) semi_slave: bool,
+    /// The server came back after being down (cleared once looked at).
+    returned: bool,
+    /// Why the server is kept out of routing and promotion.
+    pub(crate) excluded: Option<String>,
+    rejoin_after: Option<Instant>,
+    /// Taken out of service by an operator (`SET SERVER name OFFLINE`).
+    pub(crate) offline: bool,
+    lag: (Option<u64>, LagSource),
+}
+
+impl Watched {
+    fn new(tls: Option<Arc<crate::tls::BackendTls>>) -> Watched {
+        Watched {
+            sc: ServerConn {
+                tls,
+                ..Default::default()
+            },
+            lag: (None, LagSource::None),
+            ..Default::default()
+        }
+    }
+}
+
 /// The monitor's state. Also used without a running proxy by `sluice switchover` and
 /// `sluice failover`.
 pub struct Monitor {
@@ -85,27 +124,8 @@ pub struct Monitor {
     pub(crate) user: String,
     pub(crate) password: String,
     pub(crate) timeout: Duration,
-    pub(crate) conns: Vec<ServerConn>,
-    /// This tick's probe of each server (`None` = failed).
-    pub(crate) probes: Vec<Option<Probe>>,
-    errors: Vec<Option<String>>,
-    fails: Vec<u32>,
-    oks: Vec<u32>,
-    pub(crate) healthy: Vec<bool>,
-    seen: Vec<bool>,
-    /// The replica's IO thread was running while the primary was last reachable.
-    pub(crate) io_ok: Vec<bool>,
-    io_bad: Vec<u32>,
-    /// The server had `rpl_semi_sync_slave_enabled` at its last successful probe.
-    pub(crate) semi_slave: Vec<bool>,
-    /// The server came back after being down (cleared once looked at).
-    returned: Vec<bool>,
-    /// Why a server is kept out of routing and promotion.
-    pub(crate) excluded: Vec<Option<String>>,
-    rejoin_after: Vec<Option<Instant>>,
-    /// Taken out of service by an operator (`SET SERVER name OFFLINE`).
-    pub(crate) offline: Vec<bool>,
-    lag: Vec<(Option<u64>, LagSource)>,
+    /// One entry per configured server (removed ones stay, flagged, so indices never move).
+    pub(crate) srv: Vec<Watched>,
     pub(crate) generation: u64,
     /// The primary as last known (it may be down now).
     pub(crate) known_primary: Option<usize>,
@@ -139,36 +159,18 @@ impl Monitor {
             .credentials(&config.users)
             .map(|(u, p)| (u.to_string(), p.to_string()))
             .unwrap_or_default();
-        let n = config.servers.len();
         // Validated when Sluice started (or reloaded): an error here cannot happen.
         let backend_tls = crate::tls::backend_tls(&config).ok().flatten();
         Monitor {
             timeout: Duration::from_millis(config.monitor.timeout_ms),
             user,
             password,
-            conns: config
+            srv: config
                 .servers
                 .iter()
-                .map(|s| ServerConn {
-                    tls: crate::tls::for_server(backend_tls.as_ref(), s),
-                    ..Default::default()
-                })
+                .map(|s| Watched::new(crate::tls::for_server(backend_tls.as_ref(), s)))
                 .collect(),
             backend_tls,
-            probes: vec![None; n],
-            errors: vec![None; n],
-            fails: vec![0; n],
-            oks: vec![0; n],
-            healthy: vec![false; n],
-            seen: vec![false; n],
-            io_ok: vec![false; n],
-            io_bad: vec![0; n],
-            semi_slave: vec![false; n],
-            returned: vec![false; n],
-            excluded: vec![None; n],
-            rejoin_after: vec![None; n],
-            offline: vec![false; n],
-            lag: vec![(None, LagSource::None); n],
             generation: 0,
             known_primary: None,
             primary: None,
@@ -195,63 +197,72 @@ impl Monitor {
 
     /// Probes every server at once and updates health counters.
     pub(crate) async fn probe_all(&mut self) {
+        self.probe_some(|_| true).await;
+    }
+
+    /// Probes the servers `which` selects, at once, and updates their health counters (the
+    /// others keep what they had).
+    pub(crate) async fn probe_some(&mut self, which: impl Fn(usize) -> bool) {
         let (user, password, timeout) = (&self.user, &self.password, self.timeout);
         let futs = self
-            .conns
+            .srv
             .iter_mut()
             .zip(&self.config.servers)
-            .map(|(sc, s)| async move {
+            .enumerate()
+            .filter(|(i, _)| which(*i))
+            .map(|(i, (w, s))| async move {
                 if s.removed {
-                    return Err(String::new());
+                    return (i, Err(String::new()));
                 }
-                sc.probe(&s.address, user, password, timeout).await
+                (i, w.sc.probe(&s.address, user, password, timeout).await)
             });
         let results = futures::future::join_all(futs).await;
         let m = &self.config.monitor;
-        for (i, r) in results.into_iter().enumerate() {
+        for (i, r) in results {
             if self.config.servers[i].removed {
-                self.healthy[i] = false;
-                self.probes[i] = None;
-                self.errors[i] = None;
+                self.srv[i].healthy = false;
+                self.srv[i].probe = None;
+                self.srv[i].error = None;
                 continue;
             }
             match r {
                 Ok(p) => {
-                    self.oks[i] += 1;
-                    self.fails[i] = 0;
-                    if !self.healthy[i] && (!self.seen[i] || self.oks[i] >= m.up_after) {
-                        if self.seen[i] {
+                    self.srv[i].oks += 1;
+                    self.srv[i].fails = 0;
+                    if !self.srv[i].healthy && (!self.srv[i].seen || self.srv[i].oks >= m.up_after)
+                    {
+                        if self.srv[i].seen {
                             tracing::info!(server = %self.config.servers[i].name, "server is up again");
-                            self.returned[i] = true;
+                            self.srv[i].returned = true;
                         }
-                        self.healthy[i] = true;
+                        self.srv[i].healthy = true;
                     }
-                    self.seen[i] = true;
-                    self.errors[i] = None;
-                    self.semi_slave[i] = p.semi_sync_slave;
-                    self.probes[i] = Some(p);
+                    self.srv[i].seen = true;
+                    self.srv[i].error = None;
+                    self.srv[i].semi_slave = p.semi_sync_slave;
+                    self.srv[i].probe = Some(p);
                 }
                 Err(e) => {
-                    self.fails[i] += 1;
-                    self.oks[i] = 0;
-                    if self.healthy[i] && self.fails[i] >= m.down_after {
-                        tracing::warn!(server = %self.config.servers[i].name, error = %e, failed_probes = self.fails[i], "server is down");
-                        self.healthy[i] = false;
-                    } else if self.errors[i].is_none() {
+                    self.srv[i].fails += 1;
+                    self.srv[i].oks = 0;
+                    if self.srv[i].healthy && self.srv[i].fails >= m.down_after {
+                        tracing::warn!(server = %self.config.servers[i].name, error = %e, failed_probes = self.srv[i].fails, "server is down");
+                        self.srv[i].healthy = false;
+                    } else if self.srv[i].error.is_none() {
                         tracing::debug!(server = %self.config.servers[i].name, error = %e, "probe failed");
                     }
-                    if !self.seen[i] && self.errors[i].is_none() {
+                    if !self.srv[i].seen && self.srv[i].error.is_none() {
                         tracing::warn!(server = %self.config.servers[i].name, error = %e, "server probe failed");
                     }
-                    self.errors[i] = Some(e);
-                    self.probes[i] = None;
+                    self.srv[i].error = Some(e);
+                    self.srv[i].probe = None;
                 }
             }
         }
         let newest = self
-            .probes
+            .srv
             .iter()
-            .flatten()
+            .filter_map(|w| w.probe.as_ref())
             .map(Probe::generation)
             .max()
             .unwrap_or(0);
@@ -260,38 +271,38 @@ impl Monitor {
 
     /// The newest generation row any reachable server holds.
     pub(crate) fn newest_row(&self) -> Option<probe::GenerationRow> {
-        self.probes
+        self.srv
             .iter()
-            .flatten()
+            .filter_map(|w| w.probe.as_ref())
             .filter_map(|p| p.generation.clone())
             .max_by_key(|g| g.generation)
     }
 
     /// Sets `read_only = ON` on writable servers of an older generation: old primaries.
     async fn fence_stale(&mut self) {
-        for i in 0..self.conns.len() {
-            let stale = match &self.probes[i] {
+        for i in 0..self.srv.len() {
+            let stale = match &self.srv[i].probe {
                 Some(p) => !p.read_only && p.generation() < self.generation,
                 None => false,
             };
             if !stale {
                 continue;
             }
-            let gen = self.probes[i].as_ref().map_or(0, Probe::generation);
-            let flavor = self.conns[i].flavor();
+            let gen = self.srv[i].probe.as_ref().map_or(0, Probe::generation);
+            let flavor = self.srv[i].sc.flavor();
             let timeout = self.timeout;
-            let Some(c) = self.conns[i].conn.as_mut() else {
+            let Some(c) = self.srv[i].sc.conn.as_mut() else {
                 continue;
             };
             let stmts = flavor.set_read_only(true);
             match probe::run_sql(c, timeout, stmts).await {
                 Ok(()) => {
                     tracing::warn!(server = %self.config.servers[i].name, generation = gen, current = self.generation, "fenced a writable server of an old generation (set read_only = ON); it never receives writes");
-                    if let Some(p) = self.probes[i].as_mut() {
+                    if let Some(p) = self.srv[i].probe.as_mut() {
                         p.read_only = true;
                     }
-                    if self.excluded[i].is_none() {
-                        self.excluded[i] = Some(format!(
+                    if self.srv[i].excluded.is_none() {
+                        self.srv[i].excluded = Some(format!(
                             "fenced: old primary of generation {gen} (current {})",
                             self.generation
                         ));
@@ -299,7 +310,7 @@ impl Monitor {
                 }
                 Err(e) => {
                     tracing::error!(server = %self.config.servers[i].name, error = %e, "cannot fence an old primary; it is excluded from routing");
-                    self.excluded[i] = Some(format!("stale primary, fencing failed: {e}"));
+                    self.srv[i].excluded = Some(format!("stale primary, fencing failed: {e}"));
                 }
             }
         }
@@ -307,10 +318,11 @@ impl Monitor {
 
     /// The one writable server of the newest generation, if exactly one.
     fn choose_primary(&mut self) -> Option<usize> {
-        let writable: Vec<usize> = (0..self.conns.len())
+        let writable: Vec<usize> = (0..self.srv.len())
             .filter(|&i| {
-                self.healthy[i]
-                    && self.probes[i]
+                self.srv[i].healthy
+                    && self.srv[i]
+                        .probe
                         .as_ref()
                         .is_some_and(|p| !p.read_only && p.generation() >= self.generation)
             })
@@ -323,7 +335,7 @@ impl Monitor {
             [] => {
                 // A primary that missed fewer than `down_after` probes is still the primary.
                 self.primary
-                    .filter(|&k| self.healthy[k] && self.probes[k].is_none())
+                    .filter(|&k| self.srv[k].healthy && self.srv[k].probe.is_none())
             }
             many => {
                 if !self.conflict_logged {
@@ -341,8 +353,8 @@ impl Monitor {
     /// are re-enabled on it (under the failover lock). An operator setting `read_only` on a
     /// running primary is left alone: only a server that was down and came back qualifies.
     async fn restore_restarted_primary(&mut self) -> Option<usize> {
-        let i = (0..self.conns.len()).find(|&i| {
-            let Some(p) = self.probes[i].as_ref().filter(|_| self.returned[i]) else {
+        let i = (0..self.srv.len()).find(|&i| {
+            let Some(p) = self.srv[i].probe.as_ref().filter(|_| self.srv[i].returned) else {
                 return false;
             };
             let ours = match &p.generation {
@@ -351,15 +363,15 @@ impl Monitor {
                 }
                 None => self.generation == 0 && self.known_primary == Some(i),
             };
-            p.read_only && p.replication.is_none() && ours && self.excluded[i].is_none()
+            p.read_only && p.replication.is_none() && ours && self.srv[i].excluded.is_none()
         })?;
         if !self.lock_majority().await {
             return None;
         }
-        let flavor = self.conns[i].flavor();
+        let flavor = self.srv[i].sc.flavor();
         let stmts = flavor.set_read_only(false);
         let timeout = self.timeout;
-        let r = match self.conns[i].conn.as_mut() {
+        let r = match self.srv[i].sc.conn.as_mut() {
             Some(c) => probe::run_sql(c, timeout, stmts).await,
             None => Err("not connected".into()),
         };
@@ -367,7 +379,7 @@ impl Monitor {
         match r {
             Ok(()) => {
                 tracing::warn!(server = %self.name(i), generation = self.generation, "the primary restarted read-only and no other server took over: writes re-enabled on it");
-                if let Some(p) = self.probes[i].as_mut() {
+                if let Some(p) = self.srv[i].probe.as_mut() {
                     p.read_only = false;
                 }
                 Some(i)
@@ -384,7 +396,7 @@ impl Monitor {
         let timeout = self.timeout;
         let mut written = false;
         if let Some(p) = primary {
-            let sc = &mut self.conns[p];
+            let sc = &mut self.srv[p].sc;
             if sc.conn.is_some() {
                 let r = async {
                     probe::ensure_schema(sc, timeout).await?;
@@ -399,14 +411,17 @@ impl Monitor {
                     }
                     Err(_) => {}
                 }
-                let enabled = self.probes[p].as_ref().is_some_and(|x| x.semi_sync_master);
+                let enabled = self.srv[p]
+                    .probe
+                    .as_ref()
+                    .is_some_and(|x| x.semi_sync_master);
                 let was = self.semi_sync.clone();
                 let mut now = SemiSyncSeen {
                     enabled,
                     ..SemiSyncSeen::default()
                 };
                 if enabled {
-                    if let Some(c) = self.conns[p].conn.as_mut() {
+                    if let Some(c) = self.srv[p].sc.conn.as_mut() {
                         if let Ok((on, clients, no_tx)) = probe::semi_sync_status(c, timeout).await
                         {
                             // Effective only while a replica acknowledges and no commit went
@@ -436,18 +451,19 @@ impl Monitor {
         if self.heartbeat_failing {
             self.heartbeat_failures += 1;
         }
-        for i in 0..self.conns.len() {
-            self.lag[i] = (None, LagSource::None);
-            let Some(rep) = self.probes[i]
+        for i in 0..self.srv.len() {
+            self.srv[i].lag = (None, LagSource::None);
+            let Some(rep) = self.srv[i]
+                .probe
                 .as_ref()
                 .filter(|p| p.read_only)
                 .and_then(|p| p.replication.clone())
             else {
                 continue;
             };
-            if let Some(c) = self.conns[i].conn.as_mut() {
+            if let Some(c) = self.srv[i].sc.conn.as_mut() {
                 match lag::measure(c, &rep, written, timeout).await {
-                    Ok(l) => self.lag[i] = l,
+                    Ok(l) => self.srv[i].lag = l,
                     Err(e) => {
                         tracing::debug!(server = %self.config.servers[i].name, error = %e, "lag probe failed")
                     }
@@ -473,7 +489,7 @@ impl Monitor {
         if primary.is_none() {
             primary = self.restore_restarted_primary().await;
         }
-        self.returned.iter_mut().for_each(|r| *r = false);
+        self.srv.iter_mut().for_each(|w| w.returned = false);
         if primary != self.primary {
             match primary {
                 Some(i) => {
@@ -485,28 +501,28 @@ impl Monitor {
         self.primary = primary;
         let now = now_ms();
         self.hold = primary
-            .and_then(|p| self.probes[p].as_ref())
+            .and_then(|p| self.srv[p].probe.as_ref())
             .and_then(|p| p.generation.as_ref())
             .is_some_and(|g| g.switchover_until_ms > now);
         if let Some(p) = primary {
             self.known_primary = Some(p);
-            if self.probes[p].is_some() {
+            if self.srv[p].probe.is_some() {
                 // Sticky: one bad reading (the primary may have died between the probes of
                 // this round) does not clear it.
-                for i in 0..self.conns.len() {
+                for i in 0..self.srv.len() {
                     if i == p {
                         continue;
                     }
-                    let Some(x) = self.probes[i].as_ref() else {
+                    let Some(x) = self.srv[i].probe.as_ref() else {
                         continue;
                     };
                     if x.replication.as_ref().is_some_and(|r| r.io_yes()) {
-                        self.io_ok[i] = true;
-                        self.io_bad[i] = 0;
+                        self.srv[i].io_ok = true;
+                        self.srv[i].io_bad = 0;
                     } else {
-                        self.io_bad[i] += 1;
-                        if self.io_bad[i] >= 2 {
-                            self.io_ok[i] = false;
+                        self.srv[i].io_bad += 1;
+                        if self.srv[i].io_bad >= 2 {
+                            self.srv[i].io_ok = false;
                         }
                     }
                 }
@@ -536,7 +552,7 @@ impl Monitor {
             self.state = MonitorState::NoPrimary;
             return;
         };
-        if self.healthy[k] {
+        if self.srv[k].healthy {
             // Reachable but not writable (a switchover in progress, or an operator set
             // read_only): not a failure.
             self.state = MonitorState::NoPrimary;
@@ -654,9 +670,9 @@ impl Monitor {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let p = self.probes[i].as_ref();
+                let p = self.srv[i].probe.as_ref();
                 let role = match p {
-                    _ if !self.healthy[i] => Role::Unknown,
+                    _ if !self.srv[i].healthy => Role::Unknown,
                     None => Role::Unknown,
                     Some(_) if Some(i) == self.primary => Role::Primary,
                     Some(p) if p.read_only => Role::Replica,
@@ -668,21 +684,23 @@ impl Monitor {
                     address: s.address.clone(),
                     weight: s.weight,
                     role,
-                    healthy: self.healthy[i],
+                    healthy: self.srv[i].healthy,
                     version: p.map(|p| p.version.clone()),
-                    last_error: self.errors[i].clone(),
-                    lag_ms: self.lag[i].0,
-                    lag_source: self.lag[i].1,
+                    last_error: self.srv[i].error.clone(),
+                    lag_ms: self.srv[i].lag.0,
+                    lag_source: self.srv[i].lag.1,
                     gtid_pos: p.map(|p| p.current_pos.text.clone()).unwrap_or_default(),
                     generation: p.map_or(0, Probe::generation),
-                    excluded: if self.offline[i] {
+                    excluded: if self.srv[i].offline {
                         Some("offline (set by the admin port)".into())
                     } else {
-                        self.excluded[i].clone()
+                        self.srv[i].excluded.clone()
                     },
                     source: p
                         .and_then(|p| p.replication.as_ref())
                         .map(probe::Replication::source),
+                    not_following: None,
+                    deposed: 0,
                 }
             })
             .collect();
@@ -745,7 +763,7 @@ impl Monitor {
                         "{name} is the primary: SWITCHOVER TO another server first"
                     ));
                 }
-                self.offline[i] = !online;
+                self.srv[i].offline = !online;
                 tracing::warn!(server = %name, online, "server state set by the admin port");
                 Ok(if online {
                     format!("{name} is online")
@@ -759,7 +777,7 @@ impl Monitor {
     /// Applies a reloaded configuration (see [`Command::Reconfigure`]). Refused, with nothing
     /// changed, when it would remove the primary.
     fn reconfigure(&mut self, config: Arc<Config>) -> Result<String, String> {
-        let old_n = self.conns.len();
+        let old_n = self.srv.len();
         let n = config.servers.len();
         if n < old_n {
             return Err(
@@ -778,34 +796,20 @@ impl Monitor {
         }
         let mut done = Vec::new();
         for i in old_n..n {
-            self.conns.push(ServerConn {
-                tls: crate::tls::for_server(self.backend_tls.as_ref(), &config.servers[i]),
-                ..Default::default()
-            });
-            self.probes.push(None);
-            self.errors.push(None);
-            self.fails.push(0);
-            self.oks.push(0);
-            self.healthy.push(false);
-            self.seen.push(false);
-            self.io_ok.push(false);
-            self.io_bad.push(0);
-            self.semi_slave.push(false);
-            self.returned.push(false);
-            self.excluded.push(None);
-            self.rejoin_after.push(None);
-            self.offline.push(false);
-            self.lag.push((None, LagSource::None));
+            self.srv.push(Watched::new(crate::tls::for_server(
+                self.backend_tls.as_ref(),
+                &config.servers[i],
+            )));
             done.push(format!("monitoring {}", config.servers[i].name));
         }
         for i in 0..old_n {
             if config.servers[i].removed && !self.config.servers[i].removed {
-                self.conns[i] = ServerConn::default();
-                self.healthy[i] = false;
-                self.probes[i] = None;
-                self.errors[i] = None;
-                self.lag[i] = (None, LagSource::None);
-                self.excluded[i] = Some("removed from the configuration".into());
+                self.srv[i].sc = ServerConn::default();
+                self.srv[i].healthy = false;
+                self.srv[i].probe = None;
+                self.srv[i].error = None;
+                self.srv[i].lag = (None, LagSource::None);
+                self.srv[i].excluded = Some("removed from the configuration".into());
                 done.push(format!(
                     "stopped monitoring {}",
                     self.config.servers[i].name
@@ -830,9 +834,9 @@ impl Monitor {
             .any(|(a, b)| a.tls != b.tls);
         if user != self.user || password != self.password || tls_changed || server_tls_changed {
             // New credentials or TLS: every probe connection logs in again.
-            for (sc, s) in self.conns.iter_mut().zip(&config.servers) {
+            for (w, s) in self.srv.iter_mut().zip(&config.servers) {
                 if !s.removed {
-                    *sc = ServerConn {
+                    w.sc = ServerConn {
                         tls: crate::tls::for_server(self.backend_tls.as_ref(), s),
                         ..Default::default()
                     };
@@ -864,7 +868,7 @@ impl Monitor {
         self.last_failover_ms = None;
         self.disabled = None;
         if let Some(p) = self.primary {
-            if let Some(c) = self.conns[p].conn.as_mut() {
+            if let Some(c) = self.srv[p].sc.conn.as_mut() {
                 probe::run_sql(
                     c,
                     self.timeout,
@@ -895,8 +899,8 @@ impl Monitor {
 
     /// Closes every monitor connection (releasing locks).
     pub async fn close(&mut self) {
-        for sc in &mut self.conns {
-            if let Some(c) = sc.conn.take() {
+        for w in &mut self.srv {
+            if let Some(c) = w.sc.conn.take() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
             }
         }
