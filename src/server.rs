@@ -123,6 +123,10 @@ pub async fn start_with_listener(
         shared.clone(),
         shared.shutdown.clone(),
     ));
+    tokio::spawn(crate::state::cut_deposed(
+        shared.clone(),
+        shared.shutdown.clone(),
+    ));
     let listener = tokio::spawn(frontend::serve(listener, shared.clone(), done_tx));
     tracing::info!(listen = %local_addr, "sluice is listening");
     Ok(Running {

@@ -240,6 +240,32 @@ impl Shared {
     }
 }
 
+/// Cuts every connection to a server the monitor deposed as primary (a failover away from
+/// it): a statement blocked on a hung primary gets an error now (CR_SERVER_LOST: it may or
+/// may not have been applied) instead of an OK when the server wakes up, possibly after its
+/// replacement took writes. Runs until shutdown.
+pub async fn cut_deposed(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut rx = shared.cluster.clone();
+    let mut seen: Vec<u64> = rx.borrow().servers.iter().map(|s| s.deposed).collect();
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let view = rx.borrow_and_update().clone();
+        let routing = shared.routing();
+        for (i, s) in view.servers.iter().enumerate() {
+            if s.deposed > seen.get(i).copied().unwrap_or(0) {
+                if let Some(slot) = routing.slot(i) {
+                    let n = slot.pool.cut_all();
+                    tracing::warn!(server = %s.name, connections = n, "primary deposed: every connection to it was cut");
+                }
+            }
+        }
+        seen = view.servers.iter().map(|s| s.deposed).collect();
+    }
+}
+
 /// Keeps `[proxy] pool_min_idle` warm connections per server (logged in as the first
 /// `[[users]]` entry, with the common client capabilities), checking once a second until
 /// shutdown. Removed servers are skipped; a server that refuses is retried at the next round.

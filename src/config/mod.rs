@@ -392,6 +392,16 @@ pub struct MonitorConfig {
     pub replication_user: Option<String>,
     #[serde(deserialize_with = "opt_string_or_number", serialize_with = "mask_opt")]
     pub replication_password: Option<String>,
+    /// The replication heartbeat period Sluice asks for (`MASTER_HEARTBEAT_PERIOD`) when it
+    /// points a replica at a primary: a replica that receives neither an event nor a
+    /// heartbeat for 4 periods has lost its primary, whatever its IO thread says.
+    pub replication_heartbeat_ms: u64,
+    /// At start-up (and when a replica's period differs), set `replication_heartbeat_ms` on
+    /// replicas that use another period (`STOP SLAVE; CHANGE MASTER TO
+    /// MASTER_HEARTBEAT_PERIOD = …; START SLAVE`, a pause of milliseconds) and, on semi-sync
+    /// replicas, `rpl_semi_sync_slave_kill_conn_timeout = 1`. Off: replicas keep their
+    /// settings until a failover repoints them.
+    pub manage_heartbeat_period: bool,
 }
 
 /// `[monitor] failover`.
@@ -430,6 +440,8 @@ impl Default for MonitorConfig {
             auto_rejoin: true,
             replication_user: None,
             replication_password: None,
+            replication_heartbeat_ms: 250,
+            manage_heartbeat_period: false,
         }
     }
 }
@@ -640,6 +652,10 @@ impl Config {
             ("monitor.down_after", u64::from(self.monitor.down_after)),
             ("monitor.up_after", u64::from(self.monitor.up_after)),
             ("monitor.drain_timeout_ms", self.monitor.drain_timeout_ms),
+            (
+                "monitor.replication_heartbeat_ms",
+                self.monitor.replication_heartbeat_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(bad(

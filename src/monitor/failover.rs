@@ -47,7 +47,9 @@ pub fn assess(m: &Monitor, dead: usize) -> Assessment {
         let Some(rep) = m.srv[i].probe.as_ref().and_then(|p| p.replication.as_ref()) else {
             continue;
         };
-        if rep.io_yes() {
+        // An IO thread that says `Yes` on a link that shows nothing for several heartbeat
+        // periods is attached to a hung or black-holed primary.
+        if rep.io_yes() && m.link_silent(i).is_none() {
             receiving.push(i);
         } else if m.srv[i].io_ok {
             confirming.push(i);
@@ -69,6 +71,23 @@ pub enum Follow {
     Following,
     /// Not connected yet (it keeps retrying on its own); why.
     Pending(String),
+}
+
+/// Why a server was not (yet) pointed at a new source.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// It cannot follow it (diverged history, SQL thread error): excluded.
+    Exclude(String),
+    /// Not this time (a stop that timed out, a lost connection): retried.
+    Retry(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Exclude(e) | Refused::Retry(e) => f.write_str(e),
+        }
+    }
 }
 
 /// One promotion candidate's figures.
@@ -290,8 +309,9 @@ impl Monitor {
     ) -> Result<String, String> {
         let started = Instant::now();
         let started_ms = now_ms();
-        // A fresh look now that this instance holds the lock: another may have acted.
-        self.probe_all().await;
+        // A fresh look now that this instance holds the lock: another may have acted. The
+        // dead primary is not asked again (a hung one would take the whole probe timeout).
+        self.probe_some(|i| Some(i) != dead).await;
         if let Some(p) = self.live_primary() {
             self.primary = Some(p);
             return Err(format!("{} is already the primary", self.name(p)));
@@ -349,6 +369,11 @@ impl Monitor {
         let c = chosen.index;
         let name = self.name(c).to_string();
         tracing::warn!(dead = %from, candidate = %name, received = %chosen.received, "failing over");
+        if let Some(k) = dead {
+            // Every connection to it is cut now: a statement blocked on a hung primary ends
+            // with an error instead of being acknowledged when the server wakes up.
+            self.srv[k].deposed += 1;
+        }
         self.publish_state(MonitorState::Switching, None);
         if let Err(e) = self.drain(c).await {
             // A statement cut off by its deadline may still run on the server: the next round
@@ -398,7 +423,8 @@ impl Monitor {
             if i == c || Some(i) == dead || !self.srv[i].healthy {
                 continue;
             }
-            self.repoint(i, c, "slave_pos", &mut detail).await;
+            self.repoint(i, c, "slave_pos", started_ms, &mut detail)
+                .await;
         }
         if auto {
             self.last_failover_ms = Some(now_ms());
@@ -522,21 +548,123 @@ impl Monitor {
     }
 
     /// [`Monitor::change_source`] after a promotion: the outcome goes into `detail`; a server
-    /// that cannot follow is excluded.
-    async fn repoint(&mut self, i: usize, to: usize, use_gtid: &str, detail: &mut String) {
-        match self.change_source(i, to, use_gtid).await {
-            Ok(Follow::Following) => detail.push_str(&format!("; {} follows", self.name(i))),
-            Ok(Follow::Pending(why)) => {
-                tracing::warn!(server = %self.name(i), status = %why, "repointed server is not replicating yet");
+    /// whose history diverged is excluded; one that does not follow yet (its `STOP SLAVE` is
+    /// stuck on a hung old primary, the new primary is slow to accept it) is retried every
+    /// round until it holds ([`Monitor::retry_repoints`]).
+    async fn repoint(
+        &mut self,
+        i: usize,
+        to: usize,
+        use_gtid: &'static str,
+        record_ms: u64,
+        detail: &mut String,
+    ) {
+        let t = Instant::now();
+        let r = self.change_source(i, to, use_gtid).await;
+        let ms = t.elapsed().as_millis();
+        match r {
+            Ok(Follow::Following) => {
+                self.srv[i].repoint = None;
+                detail.push_str(&format!("; {} follows ({ms} ms)", self.name(i)));
+            }
+            Ok(Follow::Pending(why)) | Err(Refused::Retry(why)) => {
+                tracing::warn!(server = %self.name(i), status = %why, "repointed server does not follow the new primary yet; retrying every round");
                 detail.push_str(&format!(
-                    "; {} repointed, not connected yet ({why})",
+                    "; {} not following yet after {ms} ms ({why})",
                     self.name(i)
                 ));
+                let now = Instant::now();
+                self.srv[i].repoint = Some(super::Repoint {
+                    to,
+                    use_gtid,
+                    since: t,
+                    attempts: 1,
+                    last_try: now,
+                    why,
+                    record_ms,
+                });
             }
-            Err(e) => {
+            Err(Refused::Exclude(e)) => {
                 tracing::error!(server = %self.name(i), error = %e, "server cannot follow the new primary; excluded");
                 detail.push_str(&format!("; {} excluded: {e}", self.name(i)));
+                self.srv[i].repoint = None;
                 self.srv[i].excluded = Some(e);
+            }
+        }
+    }
+
+    /// Retries the repoints that did not hold (at most every 500 ms each); an outcome is added
+    /// to the failover record it belongs to.
+    pub(crate) async fn retry_repoints(&mut self, p: usize) {
+        for i in 0..self.srv.len() {
+            let Some(rp) = self.srv[i].repoint.clone() else {
+                continue;
+            };
+            if rp.to != p || !self.srv[i].healthy {
+                if rp.to != p {
+                    self.srv[i].repoint = None;
+                }
+                continue;
+            }
+            if rp.last_try.elapsed() < Duration::from_millis(500) {
+                continue;
+            }
+            // Already pointed at it and connecting on its own: look, do not redo it (unless
+            // it has been stuck for a while).
+            let pointed = self.replicates_from(i, p);
+            let running = self.srv[i]
+                .probe
+                .as_ref()
+                .and_then(|x| x.replication.as_ref())
+                .map(|r| (r.io_yes() && r.sql_running, r.last_io_errno));
+            let r = match running {
+                Some((true, _)) if pointed => Ok(Follow::Following),
+                Some((false, errno))
+                    if pointed
+                        && errno != 1236
+                        && rp.last_try.elapsed() < Duration::from_secs(5) =>
+                {
+                    continue;
+                }
+                _ => self.change_source(i, p, rp.use_gtid).await,
+            };
+            let attempts = rp.attempts + 1;
+            let outcome = match r {
+                Ok(Follow::Following) => {
+                    self.srv[i].repoint = None;
+                    let ms = rp.since.elapsed().as_millis();
+                    tracing::warn!(server = %self.name(i), primary = %self.name(p), ms, attempts, "repointed server follows the new primary");
+                    Some(format!(
+                        "; {} follows after {ms} ms ({attempts} attempts)",
+                        self.name(i)
+                    ))
+                }
+                Ok(Follow::Pending(why)) | Err(Refused::Retry(why)) => {
+                    self.srv[i].repoint = Some(super::Repoint {
+                        attempts,
+                        last_try: Instant::now(),
+                        why,
+                        ..rp.clone()
+                    });
+                    None
+                }
+                Err(Refused::Exclude(e)) => {
+                    tracing::error!(server = %self.name(i), error = %e, "server cannot follow the new primary; excluded");
+                    self.srv[i].repoint = None;
+                    let line = format!("; {} excluded: {e}", self.name(i));
+                    self.srv[i].excluded = Some(e);
+                    Some(line)
+                }
+            };
+            if let Some(line) = outcome {
+                if let Some(rec) = self
+                    .history
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.started_ms == rp.record_ms)
+                {
+                    rec.detail.push_str(&line);
+                }
             }
         }
     }
@@ -547,8 +675,12 @@ impl Monitor {
         i: usize,
         to: usize,
         use_gtid: &str,
-    ) -> Result<Follow, String> {
+    ) -> Result<Follow, Refused> {
         let timeout = self.timeout;
+        let heartbeat = format!(
+            "{:.3}",
+            self.config.monitor.replication_heartbeat_ms as f64 / 1000.0
+        );
         let flavor = self.srv[i].sc.flavor();
         let (host, port) = split_addr(&self.config.servers[to].address);
         let m = &self.config.monitor;
@@ -570,7 +702,8 @@ impl Monitor {
                     ));
                 }
                 s.push_str(&format!(
-                    ", MASTER_USE_GTID={use_gtid}, MASTER_CONNECT_RETRY=1"
+                    ", MASTER_USE_GTID={use_gtid}, MASTER_CONNECT_RETRY=1, \
+                     MASTER_HEARTBEAT_PERIOD={heartbeat}"
                 ));
                 s
             }
@@ -586,7 +719,10 @@ impl Monitor {
                         quote(p)
                     ));
                 }
-                s.push_str(", SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1");
+                s.push_str(&format!(
+                    ", SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, \
+                     SOURCE_HEARTBEAT_PERIOD={heartbeat}"
+                ));
                 s
             }
         };
@@ -594,26 +730,51 @@ impl Monitor {
             Flavor::MariaDb => ("STOP SLAVE", "START SLAVE"),
             Flavor::MySql => ("STOP REPLICA", "START REPLICA"),
         };
-        let conn = self.srv[i].sc.conn.as_mut().ok_or("not connected")?;
-        run_sql(conn, timeout, &[stop, sql.as_str(), start])
-            .await
-            .map_err(|e| e.replace(&sql, "CHANGE MASTER TO …"))?;
+        let retry = |e: String| Refused::Retry(e);
+        let conn = self.srv[i]
+            .sc
+            .conn
+            .as_mut()
+            .ok_or_else(|| retry("not connected".into()))?;
+        // STOP SLAVE waits for the IO thread; on a semi-sync replica attached to a hung
+        // primary that takes `rpl_semi_sync_slave_kill_conn_timeout` (MariaDB). Bounded: on
+        // time-out the connection is dropped (the server finishes the stop on its own) and
+        // the repoint is retried.
+        let stop_limit = timeout.max(Duration::from_secs(3));
+        if let Err(e) = run_sql(conn, stop_limit, &[stop]).await {
+            self.srv[i].sc.reset();
+            return Err(retry(e));
+        }
+        if let Err(e) = run_sql(conn, timeout, &[sql.as_str(), start]).await {
+            let e = e.replace(&sql, "CHANGE MASTER TO …");
+            self.srv[i].sc.reset();
+            return Err(retry(e));
+        }
         // Follows once both threads run; error 1236 means its history diverged. A replica
         // that cannot connect yet (the new source is slow, or died meanwhile) is left to
         // retry on its own: the monitor must not stall here.
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let rep = probe::replication_status(conn, flavor, timeout).await?;
+            let rep = match probe::replication_status(conn, flavor, timeout).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.srv[i].sc.reset();
+                    return Err(retry(e));
+                }
+            };
             if let Some(r) = &rep {
                 if r.last_io_errno == 1236 {
                     let _ = run_sql(conn, timeout, &[stop]).await;
-                    return Err(format!(
+                    return Err(Refused::Exclude(format!(
                         "diverged: cannot follow {}: {} (rebuild it from the new primary)",
                         self.config.servers[to].name, r.last_io_error
-                    ));
+                    )));
                 }
                 if r.last_sql_errno != 0 {
-                    return Err(format!("replication SQL error: {}", r.last_sql_error));
+                    return Err(Refused::Exclude(format!(
+                        "replication SQL error: {}",
+                        r.last_sql_error
+                    )));
                 }
                 if r.io_yes() && r.sql_running {
                     return Ok(Follow::Following);
@@ -645,8 +806,9 @@ impl Monitor {
         if self.hold {
             return;
         }
+        self.retry_repoints(p).await;
         for i in 0..self.srv.len() {
-            if i == p || !self.srv[i].healthy {
+            if i == p || !self.srv[i].healthy || self.srv[i].repoint.is_some() {
                 continue;
             }
             let Some(probe) = self.srv[i].probe.as_ref() else {
@@ -706,13 +868,16 @@ impl Monitor {
                 Ok(Follow::Pending(why)) => {
                     tracing::warn!(server = %self.name(i), primary = %self.name(p), status = %why, "pointed at the primary; not replicating yet");
                 }
-                Err(e) => {
+                Err(Refused::Exclude(e)) => {
                     tracing::error!(server = %self.name(i), error = %e, "cannot rejoin; excluded");
                     self.srv[i].excluded = Some(if e.starts_with("diverged") {
                         e
                     } else {
                         format!("cannot rejoin: {e}")
                     });
+                }
+                Err(Refused::Retry(e)) => {
+                    tracing::warn!(server = %self.name(i), error = %e, "cannot rejoin now; retrying in 10 s");
                 }
             }
         }
@@ -909,7 +1074,7 @@ impl Monitor {
                 continue;
             }
             let use_gtid = if i == p { "current_pos" } else { "slave_pos" };
-            self.repoint(i, t, use_gtid, &mut detail).await;
+            self.repoint(i, t, use_gtid, started_ms, &mut detail).await;
         }
         self.record(FailoverRecord {
             kind: "switchover",

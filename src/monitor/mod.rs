@@ -102,7 +102,37 @@ pub(crate) struct Watched {
     /// Taken out of service by an operator (`SET SERVER name OFFLINE`).
     pub(crate) offline: bool,
     lag: (Option<u64>, LagSource),
+    /// What the replica's link to its source showed last (heartbeats received, GTID received,
+    /// binlog read position) and when that last changed, as observed by the probes.
+    link_sig: Option<(Option<u64>, String, String)>,
+    link_changed: Option<Instant>,
+    /// `manage_heartbeat_period` was applied to this server.
+    link_managed: bool,
+    /// Times a failover deposed this server as primary (every connection to it is cut).
+    pub(crate) deposed: u64,
+    /// A repoint to a new primary that has not held yet (retried every round).
+    pub(crate) repoint: Option<Repoint>,
 }
+
+/// A replica that must follow a new primary and does not yet.
+#[derive(Debug, Clone)]
+pub(crate) struct Repoint {
+    pub to: usize,
+    pub use_gtid: &'static str,
+    pub since: Instant,
+    pub attempts: u32,
+    pub last_try: Instant,
+    pub why: String,
+    /// `started_ms` of the failover record whose detail gets the outcome.
+    pub record_ms: u64,
+}
+
+/// A replica whose link shows nothing (no event, no heartbeat) for this many heartbeat
+/// periods has lost its source.
+pub const SILENT_PERIODS: u64 = 4;
+/// Heartbeat periods above this are not used to judge a link (MariaDB's default is 30 s:
+/// silence would take minutes to show).
+pub const MAX_TRUSTED_PERIOD_MS: u64 = 2_000;
 
 impl Watched {
     fn new(tls: Option<Arc<crate::tls::BackendTls>>) -> Watched {
@@ -212,13 +242,15 @@ impl Monitor {
             .filter(|(i, _)| which(*i))
             .map(|(i, (w, s))| async move {
                 if s.removed {
-                    return (i, Err(String::new()));
+                    return (i, Err(String::new()), Instant::now());
                 }
-                (i, w.sc.probe(&s.address, user, password, timeout).await)
+                let r = w.sc.probe(&s.address, user, password, timeout).await;
+                // When this server answered (another may take the whole timeout).
+                (i, r, Instant::now())
             });
         let results = futures::future::join_all(futs).await;
         let m = &self.config.monitor;
-        for (i, r) in results {
+        for (i, r, answered) in results {
             if self.config.servers[i].removed {
                 self.srv[i].healthy = false;
                 self.srv[i].probe = None;
@@ -239,6 +271,23 @@ impl Monitor {
                     }
                     self.srv[i].seen = true;
                     self.srv[i].error = None;
+                    let w = &mut self.srv[i];
+                    let sig = p.replication.as_ref().map(|r| {
+                        (
+                            r.heartbeats,
+                            r.io_pos
+                                .as_ref()
+                                .map(|g| g.text.clone())
+                                .unwrap_or_default(),
+                            r.read_pos.clone(),
+                        )
+                    });
+                    if sig.is_none() {
+                        w.link_changed = None;
+                    } else if w.link_sig != sig || w.link_changed.is_none() {
+                        w.link_changed = Some(answered);
+                    }
+                    w.link_sig = sig;
                     self.srv[i].semi_slave = p.semi_sync_slave;
                     self.srv[i].probe = Some(p);
                 }
@@ -267,6 +316,160 @@ impl Monitor {
             .max()
             .unwrap_or(0);
         self.generation = self.generation.max(newest);
+    }
+
+    /// How long (ms) replica `i`'s link has shown nothing — no event, no heartbeat, no byte of
+    /// binlog — when that is at least [`SILENT_PERIODS`] heartbeat periods: its source is gone
+    /// or hung although the IO thread may still say `Yes`. `None`: not silent, or no trusted
+    /// heartbeat period to judge by.
+    pub(crate) fn link_silent(&self, i: usize) -> Option<u64> {
+        let w = &self.srv[i];
+        let r = w.probe.as_ref()?.replication.as_ref()?;
+        let period = r
+            .heartbeat_period_ms
+            .filter(|&p| p > 0 && p <= MAX_TRUSTED_PERIOD_MS)?;
+        let silent = w.link_changed?.elapsed().as_millis() as u64;
+        (silent >= SILENT_PERIODS * period).then_some(silent)
+    }
+
+    /// Whether replica `i`'s heartbeat period is short enough for silence to show.
+    fn may_fall_silent(&self, i: usize) -> bool {
+        self.srv[i]
+            .probe
+            .as_ref()
+            .and_then(|p| p.replication.as_ref())
+            .and_then(|r| r.heartbeat_period_ms)
+            .is_some_and(|p| p > 0 && p <= MAX_TRUSTED_PERIOD_MS)
+    }
+
+    /// The primary `k` just failed a probe. Instead of waiting for `down_after` rounds, ask
+    /// the replicas at once, and again every 50 ms for a short while: a refused connection
+    /// shows on them within milliseconds (their IO threads see the reset), a hung or
+    /// black-holed primary within [`SILENT_PERIODS`] heartbeat periods. When they confirm,
+    /// the primary is down now; when one still receives (its link shows progress twice), it
+    /// is alive and only Sluice's path to it failed. Bounded: at most
+    /// `SILENT_PERIODS × replication_heartbeat_ms + 2 × interval_ms`, and never more than 3 s.
+    async fn confirm_quickly(&mut self, k: usize) {
+        let m = &self.config.monitor;
+        let window = SILENT_PERIODS * m.replication_heartbeat_ms + 2 * m.interval_ms;
+        let deadline = Instant::now() + Duration::from_millis(window.min(3_000));
+        let step = Duration::from_millis(m.interval_ms.clamp(10, 50));
+        let n = self.srv.len();
+        let mut progress = vec![0u32; n];
+        loop {
+            match failover::assess(self, k) {
+                failover::Assessment::Confirmed(by) => {
+                    let why: Vec<String> = by
+                        .iter()
+                        .map(|&i| match self.link_silent(i) {
+                            Some(ms) => {
+                                format!("{}: no event or heartbeat for {ms} ms", self.name(i))
+                            }
+                            None => format!("{}: IO thread not running", self.name(i)),
+                        })
+                        .collect();
+                    tracing::warn!(server = %self.name(k), error = ?self.srv[k].error, replicas = ?why, "primary is down: its probe failed and the replicas confirm");
+                    self.srv[k].healthy = false;
+                    return;
+                }
+                failover::Assessment::UnreachableFromProxy(receiving) => {
+                    let alive = receiving
+                        .iter()
+                        .any(|&i| !self.may_fall_silent(i) || progress[i] >= 2);
+                    if alive {
+                        return;
+                    }
+                }
+                failover::Assessment::Unconfirmed(_) => return,
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(step).await;
+            let before: Vec<_> = self.srv.iter().map(|w| w.link_sig.clone()).collect();
+            let replicas: Vec<bool> = (0..n)
+                .map(|i| i != k && self.srv[i].healthy && self.srv[i].io_ok)
+                .collect();
+            self.probe_some(|i| replicas[i]).await;
+            for i in 0..n {
+                if replicas[i]
+                    && self.srv[i].link_sig.is_some()
+                    && self.srv[i].link_sig != before[i]
+                {
+                    progress[i] += 1;
+                }
+            }
+        }
+    }
+
+    /// With `manage_heartbeat_period`: replicas that follow the primary with another
+    /// heartbeat period get `replication_heartbeat_ms` (and semi-sync replicas a short
+    /// `rpl_semi_sync_slave_kill_conn_timeout`, so that stopping replication from a hung
+    /// primary takes 1 s instead of 5). Only replicas whose both threads run are touched.
+    async fn manage_links(&mut self, p: usize) {
+        let m = &self.config.monitor;
+        if !m.manage_heartbeat_period {
+            return;
+        }
+        let want = m.replication_heartbeat_ms;
+        let timeout = self.timeout;
+        for i in 0..self.srv.len() {
+            if i == p || !self.srv[i].healthy || self.srv[i].link_managed {
+                continue;
+            }
+            let Some(r) = self.srv[i]
+                .probe
+                .as_ref()
+                .filter(|x| x.read_only)
+                .and_then(|x| x.replication.as_ref())
+            else {
+                continue;
+            };
+            if !(r.io_yes() && r.sql_running) {
+                continue;
+            }
+            let period_ok = r.heartbeat_period_ms == Some(want);
+            let semi = self.srv[i].semi_slave;
+            let flavor = self.srv[i].sc.flavor();
+            let Some(c) = self.srv[i].sc.conn.as_mut() else {
+                continue;
+            };
+            if semi && flavor == probe::Flavor::MariaDb {
+                let _ = probe::run_sql(
+                    c,
+                    timeout,
+                    &["SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 1"],
+                )
+                .await;
+            }
+            if !period_ok {
+                let secs = format!("{:.3}", want as f64 / 1000.0);
+                let stmts = match flavor {
+                    probe::Flavor::MariaDb => [
+                        "STOP SLAVE".to_string(),
+                        format!("CHANGE MASTER TO MASTER_HEARTBEAT_PERIOD = {secs}"),
+                        "START SLAVE".to_string(),
+                    ],
+                    probe::Flavor::MySql => [
+                        "STOP REPLICA".to_string(),
+                        format!("CHANGE REPLICATION SOURCE TO SOURCE_HEARTBEAT_PERIOD = {secs}"),
+                        "START REPLICA".to_string(),
+                    ],
+                };
+                let refs: Vec<&str> = stmts.iter().map(String::as_str).collect();
+                match probe::run_sql(c, timeout.max(Duration::from_secs(3)), &refs).await {
+                    Ok(()) => {
+                        tracing::info!(server = %self.name(i), period_ms = want, "replication heartbeat period set (manage_heartbeat_period)");
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %self.name(i), error = %e, "cannot set the replication heartbeat period");
+                        self.srv[i].sc.reset();
+                        continue;
+                    }
+                }
+            }
+            self.srv[i].link_managed = true;
+        }
     }
 
     /// The newest generation row any reachable server holds.
@@ -392,9 +595,11 @@ impl Monitor {
     }
 
     /// Heartbeat and semi-sync status on the primary; lag on the replicas.
-    async fn measure(&mut self, primary: Option<usize>) {
+    /// Returns whether the heartbeat write on the primary timed out (the primary stalled).
+    async fn measure(&mut self, primary: Option<usize>) -> bool {
         let timeout = self.timeout;
         let mut written = false;
+        let mut stalled = false;
         if let Some(p) = primary {
             let sc = &mut self.srv[p].sc;
             if sc.conn.is_some() {
@@ -406,6 +611,18 @@ impl Monitor {
                 .await;
                 match r {
                     Ok(()) => written = true,
+                    Err(e) if e.contains("timed out") => {
+                        // The primary stopped answering between the probe and now (hung, or
+                        // black-holed): the connection is in an unknown state, and this is as
+                        // good as a failed probe. Semi-sync stays as last seen.
+                        tracing::debug!(server = %self.config.servers[p].name, error = %e, "heartbeat write timed out");
+                        self.srv[p].sc.reset();
+                        self.srv[p].probe = None;
+                        self.srv[p].fails += 1;
+                        self.srv[p].oks = 0;
+                        self.srv[p].error = Some(e);
+                        stalled = true;
+                    }
                     Err(e) if !self.heartbeat_failing => {
                         tracing::warn!(server = %self.config.servers[p].name, error = %e, "cannot write the heartbeat; using Seconds_Behind_Master");
                     }
@@ -420,7 +637,9 @@ impl Monitor {
                     enabled,
                     ..SemiSyncSeen::default()
                 };
-                if enabled {
+                if stalled {
+                    now = was.clone();
+                } else if enabled {
                     if let Some(c) = self.srv[p].sc.conn.as_mut() {
                         if let Ok((on, clients, no_tx)) = probe::semi_sync_status(c, timeout).await
                         {
@@ -470,12 +689,21 @@ impl Monitor {
                 }
             }
         }
+        stalled
     }
 
     /// One monitoring round: probe, fence, choose the primary, measure lag, act on a dead
     /// primary, rejoin stray servers, publish.
     pub(crate) async fn tick(&mut self) {
         self.probe_all().await;
+        if let Some(k) = self.primary {
+            if self.srv[k].probe.is_none()
+                && self.srv[k].healthy
+                && self.config.monitor.failover != FailoverMode::Off
+            {
+                self.confirm_quickly(k).await;
+            }
+        }
         if self.disabled.is_some() && self.generation > self.disabled_at {
             // An operator promoted a server meanwhile (`sluice failover`/`switchover`).
             tracing::info!(
@@ -516,7 +744,8 @@ impl Monitor {
                     let Some(x) = self.srv[i].probe.as_ref() else {
                         continue;
                     };
-                    if x.replication.as_ref().is_some_and(|r| r.io_yes()) {
+                    let receiving = x.replication.as_ref().is_some_and(|r| r.io_yes());
+                    if receiving && self.link_silent(i).is_none() {
                         self.srv[i].io_ok = true;
                         self.srv[i].io_bad = 0;
                     } else {
@@ -536,11 +765,24 @@ impl Monitor {
                 None => MonitorState::Ok,
             };
         }
-        self.measure(primary).await;
-        if primary.is_none() {
-            self.on_no_primary().await;
-        } else {
-            self.rejoin_strays().await;
+        let stalled = self.measure(primary).await;
+        if let Some(p) = primary.filter(|_| stalled) {
+            // The heartbeat write timed out: ask the replicas now, as after a failed probe.
+            if self.srv[p].healthy && self.config.monitor.failover != FailoverMode::Off {
+                self.confirm_quickly(p).await;
+            }
+            if !self.srv[p].healthy {
+                primary = None;
+                self.primary = None;
+                tracing::warn!("no primary available");
+            }
+        }
+        match primary {
+            None => self.on_no_primary().await,
+            Some(p) => {
+                self.rejoin_strays().await;
+                self.manage_links(p).await;
+            }
         }
         self.update_hello().await;
         self.publish();
@@ -699,8 +941,16 @@ impl Monitor {
                     source: p
                         .and_then(|p| p.replication.as_ref())
                         .map(probe::Replication::source),
-                    not_following: None,
-                    deposed: 0,
+                    not_following: self.srv[i].repoint.as_ref().map(|r| {
+                        format!(
+                            "not following {} yet ({} attempts in {} ms): {}",
+                            self.config.servers[r.to].name,
+                            r.attempts,
+                            r.since.elapsed().as_millis(),
+                            r.why
+                        )
+                    }),
+                    deposed: self.srv[i].deposed,
                 }
             })
             .collect();
@@ -927,6 +1177,8 @@ fn changed(a: &ClusterView, b: &ClusterView) -> bool {
                 || x.excluded != y.excluded
                 || x.generation != y.generation
                 || x.source != y.source
+                || x.not_following.is_some() != y.not_following.is_some()
+                || x.deposed != y.deposed
         })
 }
 

@@ -87,6 +87,14 @@ pub struct Replication {
     pub seconds_behind: Option<u64>,
     /// Last GTID received (MariaDB `Gtid_IO_Pos`; MySQL `Retrieved_Gtid_Set`).
     pub io_pos: Option<GtidPos>,
+    /// Where the IO thread has read the source's binlog to (`Master_Log_File:Read_Master_Log_Pos`):
+    /// moves with every event received, also inside a long transaction.
+    pub read_pos: String,
+    /// Heartbeats received from the source since replication started (MariaDB
+    /// `Slave_received_heartbeats`, from `SHOW ALL SLAVES STATUS`).
+    pub heartbeats: Option<u64>,
+    /// The heartbeat period the source was asked for (`Slave_heartbeat_period`), ms.
+    pub heartbeat_period_ms: Option<u64>,
 }
 
 impl Replication {
@@ -298,23 +306,37 @@ pub async fn replication_status(
     flavor: Flavor,
     timeout: Duration,
 ) -> Result<Option<Replication>, String> {
-    let row: Option<Row> = match bounded(
-        timeout,
-        "replication status",
-        c.query_first::<Row, _>("SHOW REPLICA STATUS"),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) if e.contains("ERROR 1064") => {
-            bounded(
+    // MariaDB's SHOW ALL SLAVES STATUS adds the heartbeat counter and period; it lists every
+    // named connection: Sluice uses the default one (empty name).
+    let row: Option<Row> = match flavor {
+        Flavor::MariaDb => {
+            let rows: Vec<Row> = bounded(
                 timeout,
                 "replication status",
-                c.query_first("SHOW SLAVE STATUS"),
+                c.query::<Row, _>("SHOW ALL SLAVES STATUS"),
             )
-            .await?
+            .await?;
+            rows.into_iter()
+                .find(|r| text(r, &["Connection_name"]).unwrap_or_default().is_empty())
         }
-        Err(e) => return Err(e),
+        Flavor::MySql => match bounded(
+            timeout,
+            "replication status",
+            c.query_first::<Row, _>("SHOW REPLICA STATUS"),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) if e.contains("ERROR 1064") => {
+                bounded(
+                    timeout,
+                    "replication status",
+                    c.query_first("SHOW SLAVE STATUS"),
+                )
+                .await?
+            }
+            Err(e) => return Err(e),
+        },
     };
     let Some(row) = row else {
         return Ok(None);
@@ -337,6 +359,15 @@ pub async fn replication_status(
         last_sql_error: text(&row, &["Last_SQL_Error"]).unwrap_or_default(),
         seconds_behind: num(&["Seconds_Behind_Master", "Seconds_Behind_Source"]),
         io_pos,
+        read_pos: format!(
+            "{}:{}",
+            text(&row, &["Master_Log_File", "Source_Log_File"]).unwrap_or_default(),
+            text(&row, &["Read_Master_Log_Pos", "Read_Source_Log_Pos"]).unwrap_or_default()
+        ),
+        heartbeats: num(&["Slave_received_heartbeats"]),
+        heartbeat_period_ms: text(&row, &["Slave_heartbeat_period"])
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|s| (s * 1000.0).round() as u64),
     };
     // A server whose replication was reset reports an empty host.
     if r.source_host.is_empty() {

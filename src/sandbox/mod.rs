@@ -166,6 +166,8 @@ impl Topology {
                 password: Some(self.spec.monitor.1.clone()),
                 replication_user: Some(REPL_USER.to_string()),
                 replication_password: Some(REPL_PASSWORD.to_string()),
+                // Throwaway servers: Sluice may set the replicas' heartbeat period.
+                manage_heartbeat_period: true,
                 ..MonitorConfig::default()
             },
             routing: Default::default(),
@@ -219,7 +221,7 @@ impl Topology {
             q(ADMIN_PASSWORD)
         ));
         t.push_str(&format!(
-            "[monitor]\nuser = {}\npassword = {}\nreplication_user = {}\nreplication_password = {}\n",
+            "[monitor]\nuser = {}\npassword = {}\nreplication_user = {}\nreplication_password = {}\nmanage_heartbeat_period = true\n",
             q(mu),
             q(mp),
             q(REPL_USER),

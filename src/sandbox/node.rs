@@ -93,7 +93,6 @@ impl Node {
              innodb-flush-log-at-trx-commit = 2\n\
              sync-binlog = 0\n\
              performance-schema = OFF\n\
-             slave-net-timeout = 4\n\
              local-infile = ON\n\
              max-connections = 500\n\
              skip-slave-start\n",
@@ -259,6 +258,50 @@ impl Node {
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
+    /// `kill -STOP`: the server hangs with its sockets open (a stalled disk, a black hole).
+    /// Returns once every thread of the server is stopped (at most 2 s): from then on it
+    /// answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|dir| {
+                    dir.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat"))
+                            .ok()
+                            .and_then(|st| {
+                                // "pid (comm) S ...": the state follows the last ')'.
+                                let rest = &st[st.rfind(')')? + 1..];
+                                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+                            })
+                            .unwrap_or(true)
+                    })
+                })
+                .unwrap_or(true);
+            if stopped {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// `kill -CONT` after [`Node::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
