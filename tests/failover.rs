@@ -364,6 +364,24 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let repoint = failed.elapsed();
+        // The failover record says how the repoint went.
+        let follows_line = format!("db{} follows", other + 1);
+        eventually(
+            "the failover record lists the other replica's repoint",
+            Duration::from_secs(10),
+            || {
+                let detail = proxy
+                    .cluster
+                    .borrow()
+                    .history
+                    .last()
+                    .map(|r| r.detail.clone())
+                    .unwrap_or_default();
+                let want = follows_line.clone();
+                async move { detail.contains(&want) }
+            },
+        )
+        .await;
         if failure == Failure::Hang {
             // The old primary wakes up while the clients still write through Sluice.
             h.topo.nodes[0].resume();
@@ -444,6 +462,43 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_primary_under_semisync_load_loses_no_acknowledged_write() {
     primary_failure_runs(Failure::Crash, 5, "failover-write-gaps.txt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
+    let h = Harness::start(2).await;
+    // An operator's replica with MariaDB's default period (slave_net_timeout / 2 = 30 s):
+    // a hung primary would take minutes to show on it.
+    h.root_sql(
+        2,
+        "STOP SLAVE; CHANGE MASTER TO MASTER_HEARTBEAT_PERIOD = 30; START SLAVE",
+    )
+    .await;
+    let period = |st: String| {
+        st.lines()
+            .find(|l| l.trim_start().starts_with("Slave_heartbeat_period:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default()
+    };
+    // With `manage_heartbeat_period` (the sandbox's config), Sluice sets it back.
+    eventually(
+        "db3's heartbeat period set to 250 ms",
+        Duration::from_secs(10),
+        || {
+            let topo = &h.topo;
+            async move {
+                let st = topo
+                    .sql_vertical(2, "SHOW ALL SLAVES STATUS")
+                    .await
+                    .unwrap_or_default();
+                period(st) == "Slave_heartbeat_period: 0.250"
+            }
+        },
+    )
+    .await;
+    let st = h.topo.sql_vertical(2, "SHOW SLAVE STATUS").await.unwrap();
+    assert!(follows(&st, h.topo.nodes[0].port), "{st}");
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::{AdminCtx, Reply, ResultSet};
 
-const COLUMNS: [&str; 14] = [
+const COLUMNS: [&str; 15] = [
     "name",
     "address",
     "role",
@@ -14,6 +14,7 @@ const COLUMNS: [&str; 14] = [
     "generation",
     "excluded",
     "source",
+    "not_following",
     "conn_in_use",
     "conn_idle",
     "queries_total",
@@ -55,6 +56,7 @@ pub(super) fn run(ctx: &AdminCtx, filter: Option<&(String, String)>) -> Reply {
             Some(s.generation.to_string()),
             s.excluded.clone(),
             s.source.clone(),
+            s.not_following.clone(),
             Some(in_use.to_string()),
             Some(idle.to_string()),
             Some(total.to_string()),

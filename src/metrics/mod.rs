@@ -76,6 +76,7 @@ pub struct Metrics {
     server_up: IntGaugeVec,
     server_role: IntGaugeVec,
     excluded: IntGaugeVec,
+    not_following: IntGaugeVec,
     lag: GaugeVec,
     primary_known: IntGauge,
     generation: IntGauge,
@@ -277,6 +278,12 @@ impl Metrics {
                 "1 when the server is kept out of routing (diverged, fenced, offline)",
                 &["server"],
             ),
+            not_following: gauge_vec(
+                &r,
+                SERVER_NOT_FOLLOWING,
+                "1 while a replica that a failover or switchover pointed at the new primary does not follow it yet (retried every round)",
+                &["server"],
+            ),
             lag,
             primary_known: gauge(&r, PRIMARY_KNOWN, "1 when a writable primary is known"),
             generation: gauge(&r, GENERATION, "The newest failover generation seen"),
@@ -421,6 +428,7 @@ impl Metrics {
                 let _ = self.outstanding.remove_label_values(&[n]);
                 let _ = self.server_up.remove_label_values(&[n]);
                 let _ = self.excluded.remove_label_values(&[n]);
+                let _ = self.not_following.remove_label_values(&[n]);
                 let _ = self.lag.remove_label_values(&[n]);
                 continue;
             }
@@ -453,6 +461,9 @@ impl Metrics {
             self.excluded
                 .with_label_values(&[&s.name])
                 .set(i64::from(s.excluded.is_some()));
+            self.not_following
+                .with_label_values(&[&s.name])
+                .set(i64::from(s.not_following.is_some()));
             match (s.role, s.lag_ms) {
                 (Role::Replica, Some(ms)) => {
                     self.lag

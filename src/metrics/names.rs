@@ -19,6 +19,7 @@ pub const BACKEND_OUTSTANDING: &str = "sluice_backend_outstanding_queries";
 pub const SERVER_UP: &str = "sluice_server_up";
 pub const SERVER_ROLE: &str = "sluice_server_role";
 pub const SERVER_EXCLUDED: &str = "sluice_server_excluded";
+pub const SERVER_NOT_FOLLOWING: &str = "sluice_server_not_following";
 pub const REPLICA_LAG_SECONDS: &str = "sluice_replica_lag_seconds";
 pub const PRIMARY_KNOWN: &str = "sluice_primary_known";
 pub const GENERATION: &str = "sluice_failover_generation";

@@ -106,7 +106,7 @@ pub(crate) struct Watched {
     /// binlog read position) and when that last changed, as observed by the probes.
     link_sig: Option<(Option<u64>, String, String)>,
     link_changed: Option<Instant>,
-    /// `manage_heartbeat_period` was applied to this server.
+    /// `rpl_semi_sync_slave_kill_conn_timeout` was set on this server (`manage_heartbeat_period`).
     link_managed: bool,
     /// Times a failover deposed this server as primary (every connection to it is cut).
     pub(crate) deposed: u64,
@@ -414,7 +414,7 @@ impl Monitor {
         let want = m.replication_heartbeat_ms;
         let timeout = self.timeout;
         for i in 0..self.srv.len() {
-            if i == p || !self.srv[i].healthy || self.srv[i].link_managed {
+            if i == p || !self.srv[i].healthy {
                 continue;
             }
             let Some(r) = self.srv[i]
@@ -429,7 +429,10 @@ impl Monitor {
                 continue;
             }
             let period_ok = r.heartbeat_period_ms == Some(want);
-            let semi = self.srv[i].semi_slave;
+            let semi = self.srv[i].semi_slave && !self.srv[i].link_managed;
+            if period_ok && !semi {
+                continue;
+            }
             let flavor = self.srv[i].sc.flavor();
             let Some(c) = self.srv[i].sc.conn.as_mut() else {
                 continue;
@@ -1166,6 +1169,7 @@ fn changed(a: &ClusterView, b: &ClusterView) -> bool {
         || a.semi_sync != b.semi_sync
         || a.heartbeat_failures != b.heartbeat_failures
         || a.history.len() != b.history.len()
+        || a.history.last().map(|r| &r.detail) != b.history.last().map(|r| &r.detail)
         || a.servers.len() != b.servers.len()
         || a.servers.iter().zip(&b.servers).any(|(x, y)| {
             x.role != y.role
