@@ -268,9 +268,42 @@ fn report(name: &str, lines: &[String]) {
 enum Failure {
     /// `kill -9`: connections are reset at once.
     Crash,
-    /// `kill -STOP`: a server hung on a stalled disk, or a network black hole. Its sockets stay
-    /// open and silent; the replicas' IO threads keep saying `Yes`.
+    /// `kill -STOP`: a server hung on a stalled disk. Its sockets stay open and silent; the
+    /// replicas' IO threads keep saying `Yes`.
     Hang,
+    /// A network black hole in front of a healthy primary, for Sluice and the replicas alike
+    /// (they reach it through a relay that stops forwarding without closing anything).
+    BlackHole,
+}
+
+/// A harness whose primary is reached (by Sluice and by the replicas) through a relay.
+async fn start_behind_relay() -> (Harness, FaultRelay) {
+    init_tracing();
+    let topo = Topology::start(semisync_spec()).await.expect("topology");
+    let relay = FaultRelay::start(topo.nodes[0].address()).await;
+    for node in 1..=2 {
+        topo.sql(
+            node,
+            &format!(
+                "STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}; START SLAVE",
+                relay.addr.port()
+            ),
+        )
+        .await
+        .expect("point the replica at the relay");
+    }
+    let mut config = config_for(&topo);
+    config.servers[0].address = relay.addr.to_string();
+    let config = Arc::new(config);
+    let proxy = server::start(config.clone()).await.expect("start sluice");
+    assert!(proxy.wait_ready(Duration::from_secs(15)).await);
+    let h = Harness {
+        addr: proxy.local_addr,
+        topo,
+        proxy: Some(proxy),
+        config,
+    };
+    (h, relay)
 }
 
 /// The write gap the tests accept (generous for CI on two shared cores; bench/failover.sh
@@ -293,11 +326,26 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
     let mut gaps = Vec::new();
     let mut repoints = Vec::new();
     for run in 1..=runs {
-        let mut h = Harness::start_spec(semisync_spec(), |_| {}).await;
-        let clients = h
-            .root_sql(0, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
-            .await;
-        assert!(clients.contains('2'), "semi-sync clients: {clients:?}");
+        let (mut h, relay) = match failure {
+            Failure::BlackHole => {
+                let (h, r) = start_behind_relay().await;
+                (h, Some(r))
+            }
+            _ => (Harness::start_spec(semisync_spec(), |_| {}).await, None),
+        };
+        eventually(
+            "both replicas acknowledge semi-sync",
+            Duration::from_secs(10),
+            || {
+                let topo = &h.topo;
+                async move {
+                    topo.sql(0, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
+                        .await
+                        .is_ok_and(|v| v.trim().ends_with('2'))
+                }
+            },
+        )
+        .await;
         assert_eq!(
             h.root_sql(1, "SELECT @@slave_net_timeout").await.trim(),
             "60",
@@ -333,6 +381,7 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
         match failure {
             Failure::Crash => h.topo.nodes[0].kill(),
             Failure::Hang => h.topo.nodes[0].pause(),
+            Failure::BlackHole => relay.as_ref().expect("relay").black_hole(),
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         let first = loop {
@@ -382,9 +431,13 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
             },
         )
         .await;
-        if failure == Failure::Hang {
-            // The old primary wakes up while the clients still write through Sluice.
-            h.topo.nodes[0].resume();
+        if failure != Failure::Crash {
+            // The old primary wakes up (or becomes reachable) while the clients still write
+            // through Sluice.
+            match &relay {
+                Some(r) => r.restore(),
+                None => h.topo.nodes[0].resume(),
+            }
             eventually(
                 "the old primary is fenced read-only",
                 Duration::from_secs(10),
@@ -401,7 +454,7 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let writes = load.stop().await;
-        if failure == Failure::Hang {
+        if failure != Failure::Crash {
             // SIGSTOP takes effect a few milliseconds after `kill` returns: writes the old
             // primary acknowledged in that time are on it. The gap ends with the first write
             // acknowledged by the new primary (absent from the old one).
@@ -447,6 +500,7 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
     let what = match failure {
         Failure::Crash => "kill -9",
         Failure::Hang => "kill -STOP (hung primary)",
+        Failure::BlackHole => "a network black hole in front of the primary",
     };
     lines.push(format!(
         "write gap after {what}: median {} ms, worst {} ms over {} runs; other replica following: median {} ms, worst {} ms",
@@ -462,6 +516,11 @@ async fn primary_failure_runs(failure: Failure, default_runs: usize, report_name
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_primary_under_semisync_load_loses_no_acknowledged_write() {
     primary_failure_runs(Failure::Crash, 5, "failover-write-gaps.txt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_primary_under_semisync_load_is_replaced_quickly() {
+    primary_failure_runs(Failure::BlackHole, 2, "failover-blackhole-gaps.txt").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

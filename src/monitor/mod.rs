@@ -736,6 +736,15 @@ impl Monitor {
             .and_then(|p| p.generation.as_ref())
             .is_some_and(|g| g.switchover_until_ms > now);
         if let Some(p) = primary {
+            if let Some(old) = self.known_primary.filter(|&k| k != p) {
+                let new_gen = self.srv[p].probe.as_ref().map_or(0, Probe::generation);
+                if new_gen > 0 && !self.srv[old].healthy {
+                    // Another process (`sluice failover`, another instance) promoted a server
+                    // while the old primary was down: cut what this instance still has open
+                    // to it, as after its own failover.
+                    self.srv[old].deposed += 1;
+                }
+            }
             self.known_primary = Some(p);
             if self.srv[p].probe.is_some() {
                 // Sticky: one bad reading (the primary may have died between the probes of
