@@ -384,7 +384,7 @@ impl Monitor {
             self.publish();
             return Err(e);
         }
-        let gen = match self.promote(c, "failover", !auto).await {
+        let gen = match self.promote(c, "failover", !auto, true).await {
             Ok(g) => g,
             Err(e) => {
                 let reason = format!("failover to {name} failed midway: {e}");
@@ -426,6 +426,7 @@ impl Monitor {
             self.repoint(i, c, "slave_pos", started_ms, &mut detail)
                 .await;
         }
+        self.detach(c).await;
         if auto {
             self.last_failover_ms = Some(now_ms());
         }
@@ -443,64 +444,116 @@ impl Monitor {
         Ok(detail)
     }
 
-    /// Stops the candidate's IO thread and waits (bounded) until it applied all it received.
+    /// Waits (bounded by `drain_timeout_ms`) until the candidate applied everything it
+    /// received, then stops its SQL thread. Its IO thread is left alone: stopping it waits for
+    /// the thread to let go of the old primary, which on a semi-sync replica attached to a hung
+    /// or black-holed primary takes `rpl_semi_sync_slave_kill_conn_timeout` (1–5 s). Anything
+    /// it receives from now on is never applied and is discarded by `RESET SLAVE ALL` after the
+    /// promotion ([`Monitor::detach`]).
     async fn drain(&mut self, c: usize) -> Result<(), String> {
         let timeout = self.timeout;
         let flavor = self.srv[c].sc.flavor();
         let drain = self.config.monitor.drain_timeout_ms;
-        let sc = &mut self.srv[c].sc;
-        let conn = sc.conn.as_mut().ok_or("candidate not connected")?;
-        let (stop_io, start_sql) = match flavor {
-            Flavor::MariaDb => ("STOP SLAVE IO_THREAD", "START SLAVE SQL_THREAD"),
-            Flavor::MySql => ("STOP REPLICA IO_THREAD", "START REPLICA SQL_THREAD"),
+        let deadline = Instant::now() + Duration::from_millis(drain);
+        let (start_sql, stop_sql) = match flavor {
+            Flavor::MariaDb => ("START SLAVE SQL_THREAD", "STOP SLAVE SQL_THREAD"),
+            Flavor::MySql => ("START REPLICA SQL_THREAD", "STOP REPLICA SQL_THREAD"),
         };
-        // STOP SLAVE waits for the IO thread to notice, which can take seconds while it is
-        // reconnecting to the dead primary on a loaded machine: bounded by the drain budget.
-        let stop_limit = Duration::from_millis(drain).max(timeout);
-        run_sql(conn, stop_limit, &[stop_io]).await?;
-        let rep = probe::replication_status(conn, flavor, timeout)
+        let conn = self.srv[c]
+            .sc
+            .conn
+            .as_mut()
+            .ok_or("candidate not connected")?;
+        let mut rep = probe::replication_status(conn, flavor, timeout)
             .await?
             .ok_or("candidate is no longer a replica")?;
-        if rep.last_sql_errno != 0 {
-            return Err(format!(
-                "candidate's SQL thread failed: {}",
-                rep.last_sql_error
-            ));
-        }
-        if !rep.sql_running {
-            run_sql(conn, timeout, &[start_sql]).await?;
-        }
-        let Some(pos) = rep.io_pos.filter(|p| !p.is_empty()) else {
-            return Ok(());
-        };
-        let secs = drain as f64 / 1000.0;
-        let q = match flavor {
-            Flavor::MariaDb => format!("SELECT MASTER_GTID_WAIT({}, {secs})", quote(&pos.text)),
-            Flavor::MySql => format!(
-                "SELECT WAIT_FOR_EXECUTED_GTID_SET({}, {secs})",
-                quote(&pos.text)
-            ),
-        };
-        let limit = Duration::from_millis(drain) + timeout;
-        let v = probe::query_value(conn, limit, &q).await?;
-        match v.as_deref() {
-            Some("0") => Ok(()),
-            other => {
-                // Let it keep receiving meanwhile (the source may come back).
-                let start_io = match flavor {
-                    Flavor::MariaDb => "START SLAVE IO_THREAD",
-                    Flavor::MySql => "START REPLICA IO_THREAD",
+        loop {
+            if rep.last_sql_errno != 0 {
+                return Err(format!(
+                    "candidate's SQL thread failed: {}",
+                    rep.last_sql_error
+                ));
+            }
+            if !rep.sql_running {
+                run_sql(conn, timeout, &[start_sql]).await?;
+            }
+            let pos = rep.io_pos.clone().filter(|p| !p.is_empty());
+            if let Some(pos) = &pos {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let secs = left.as_secs_f64().max(0.001);
+                let q = match flavor {
+                    Flavor::MariaDb => {
+                        format!("SELECT MASTER_GTID_WAIT({}, {secs:.3})", quote(&pos.text))
+                    }
+                    Flavor::MySql => format!(
+                        "SELECT WAIT_FOR_EXECUTED_GTID_SET({}, {secs:.3})",
+                        quote(&pos.text)
+                    ),
                 };
-                let _ = run_sql(conn, timeout, &[start_io]).await;
-                Err(format!(
-                    "relay log not applied within drain_timeout_ms ({drain} ms; wait returned {other:?})"
-                ))
+                let v = probe::query_value(conn, left + timeout, &q).await?;
+                if v.as_deref() != Some("0") {
+                    return Err(format!(
+                        "relay log not applied within drain_timeout_ms ({drain} ms; wait returned {v:?})"
+                    ));
+                }
+            }
+            run_sql(conn, timeout, &[stop_sql]).await?;
+            rep = probe::replication_status(conn, flavor, timeout)
+                .await?
+                .ok_or("candidate is no longer a replica")?;
+            if rep.io_pos.clone().filter(|p| !p.is_empty()) == pos {
+                return Ok(());
+            }
+            // It received more meanwhile (the source was not dead after all, or events were
+            // still in flight): apply those too.
+            if Instant::now() >= deadline {
+                let _ = run_sql(conn, timeout, &[start_sql]).await;
+                return Err(format!(
+                    "the candidate kept receiving for drain_timeout_ms ({drain} ms)"
+                ));
+            }
+        }
+    }
+
+    /// Detaches a promoted server from its old source: `STOP SLAVE; RESET SLAVE ALL` (the
+    /// first can take `rpl_semi_sync_slave_kill_conn_timeout` when the old source hangs, so it
+    /// runs after writes go to the new primary). Bounded; retried every round until done.
+    pub(crate) async fn detach(&mut self, c: usize) {
+        let timeout = self.timeout;
+        let flavor = self.srv[c].sc.flavor();
+        let stmts: &[&str] = match flavor {
+            Flavor::MariaDb => &["STOP SLAVE", "RESET SLAVE ALL"],
+            Flavor::MySql => &["STOP REPLICA", "RESET REPLICA ALL"],
+        };
+        let r = match self.srv[c].sc.conn.as_mut() {
+            Some(conn) => run_sql(conn, timeout.max(Duration::from_secs(3)), stmts).await,
+            None => Err("not connected".into()),
+        };
+        match r {
+            Ok(()) => {
+                if self.srv[c].detach_pending {
+                    tracing::info!(server = %self.name(c), "the new primary no longer replicates from the old one");
+                }
+                self.srv[c].detach_pending = false;
+            }
+            Err(e) => {
+                tracing::warn!(server = %self.name(c), error = %e, "cannot reset the new primary's replication yet (its SQL thread is stopped: nothing from the old primary is applied); retrying");
+                self.srv[c].sc.reset();
+                self.srv[c].detach_pending = true;
             }
         }
     }
 
     /// Makes server `c` the primary of a new generation. Returns the generation.
-    async fn promote(&mut self, c: usize, kind: &str, acknowledged: bool) -> Result<u64, String> {
+    /// `detach_later`: the candidate's replication is reset after the promotion
+    /// ([`Monitor::detach`]; a drained candidate whose SQL thread is stopped), not before.
+    async fn promote(
+        &mut self,
+        c: usize,
+        kind: &str,
+        acknowledged: bool,
+        detach_later: bool,
+    ) -> Result<u64, String> {
         let timeout = self.timeout;
         let flavor = self.srv[c].sc.flavor();
         let gen = self.generation + 1;
@@ -508,6 +561,7 @@ impl Monitor {
         let sc = &mut self.srv[c].sc;
         let conn = sc.conn.as_mut().ok_or("candidate not connected")?;
         match flavor {
+            _ if detach_later => {}
             Flavor::MariaDb => run_sql(conn, timeout, &["STOP SLAVE", "RESET SLAVE ALL"]).await?,
             Flavor::MySql => run_sql(conn, timeout, &["STOP REPLICA", "RESET REPLICA ALL"]).await?,
         }
@@ -596,6 +650,9 @@ impl Monitor {
     /// Retries the repoints that did not hold (at most every 500 ms each); an outcome is added
     /// to the failover record it belongs to.
     pub(crate) async fn retry_repoints(&mut self, p: usize) {
+        if self.srv[p].detach_pending {
+            self.detach(p).await;
+        }
         for i in 0..self.srv.len() {
             let Some(rp) = self.srv[i].repoint.clone() else {
                 continue;
@@ -1036,7 +1093,7 @@ impl Monitor {
             ));
         }
         // 4. Promote the target.
-        let gen = match self.promote(t, "switchover", true).await {
+        let gen = match self.promote(t, "switchover", true, false).await {
             Ok(g) => g,
             Err(e) => {
                 let reason = format!("switchover to {to} failed midway: {e}");

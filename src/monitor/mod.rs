@@ -112,6 +112,8 @@ pub(crate) struct Watched {
     pub(crate) deposed: u64,
     /// A repoint to a new primary that has not held yet (retried every round).
     pub(crate) repoint: Option<Repoint>,
+    /// A promoted server whose replication from its old source is not reset yet.
+    pub(crate) detach_pending: bool,
 }
 
 /// A replica that must follow a new primary and does not yet.
