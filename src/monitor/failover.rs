@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::gtid::GtidPos;
 use super::probe::{self, quote, run_sql, Flavor, LOCK_NAME};
-use super::{now_ms, Monitor};
+use super::{now_ms, Monitor, MonitorError};
 use crate::cluster::{FailoverRecord, MonitorState};
 
 /// What the replicas say about a primary the monitor cannot reach.
@@ -248,7 +248,7 @@ impl Monitor {
     }
 
     /// Under semi-sync, whether the reachable replicas must hold every acknowledged write.
-    fn semi_sync_check(&self, dead: usize) -> Result<(), String> {
+    fn semi_sync_check(&self, dead: usize) -> Result<(), MonitorError> {
         let s = &self.semi_sync;
         if !s.enabled {
             return Ok(());
@@ -260,7 +260,8 @@ impl Monitor {
                  acknowledged transactions may exist only on the dead primary",
                 self.name(dead),
                 s.no_tx
-            ));
+            )
+            .into());
         }
         for i in 0..self.srv.len() {
             if i != dead && self.srv[i].io_ok && self.srv[i].semi_slave && !self.srv[i].healthy {
@@ -268,7 +269,8 @@ impl Monitor {
                     "semi-sync replica {} is unreachable: it may hold acknowledged transactions \
                      that no reachable candidate has",
                     self.name(i)
-                ));
+                )
+                .into());
             }
         }
         Ok(())
@@ -288,7 +290,7 @@ impl Monitor {
         dead: Option<usize>,
         target: Option<usize>,
         auto: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, MonitorError> {
         if !self.lock_majority().await {
             return Err(
                 "not holding the failover lock on a majority of the servers (another \
@@ -306,7 +308,7 @@ impl Monitor {
         dead: Option<usize>,
         target: Option<usize>,
         auto: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, MonitorError> {
         let started = Instant::now();
         let started_ms = now_ms();
         // A fresh look now that this instance holds the lock: another may have acted. The
@@ -314,7 +316,7 @@ impl Monitor {
         self.probe_some(|i| Some(i) != dead).await;
         if let Some(p) = self.live_primary() {
             self.primary = Some(p);
-            return Err(format!("{} is already the primary", self.name(p)));
+            return Err(format!("{} is already the primary", self.name(p)).into());
         }
         if auto {
             if let Some(until_ms) = self.blocked_until() {
@@ -405,7 +407,7 @@ impl Monitor {
                     detail: reason.clone(),
                 });
                 self.publish();
-                return Err(reason);
+                return Err(reason.into());
             }
         };
         self.generation = gen;
@@ -450,7 +452,7 @@ impl Monitor {
     /// or black-holed primary takes `rpl_semi_sync_slave_kill_conn_timeout` (1–5 s). Anything
     /// it receives from now on is never applied and is discarded by `RESET SLAVE ALL` after the
     /// promotion ([`Monitor::detach`]).
-    async fn drain(&mut self, c: usize) -> Result<(), String> {
+    async fn drain(&mut self, c: usize) -> Result<(), MonitorError> {
         let timeout = self.timeout;
         let flavor = self.srv[c].sc.flavor();
         let drain = self.config.monitor.drain_timeout_ms;
@@ -469,10 +471,9 @@ impl Monitor {
             .ok_or("candidate is no longer a replica")?;
         loop {
             if rep.last_sql_errno != 0 {
-                return Err(format!(
-                    "candidate's SQL thread failed: {}",
-                    rep.last_sql_error
-                ));
+                return Err(
+                    format!("candidate's SQL thread failed: {}", rep.last_sql_error).into(),
+                );
             }
             if !rep.sql_running {
                 run_sql(conn, timeout, &[start_sql]).await?;
@@ -494,7 +495,7 @@ impl Monitor {
                 if v.as_deref() != Some("0") {
                     return Err(format!(
                         "relay log not applied within drain_timeout_ms ({drain} ms; wait returned {v:?})"
-                    ));
+                    ).into());
                 }
             }
             run_sql(conn, timeout, &[stop_sql]).await?;
@@ -510,7 +511,8 @@ impl Monitor {
                 let _ = run_sql(conn, timeout, &[start_sql]).await;
                 return Err(format!(
                     "the candidate kept receiving for drain_timeout_ms ({drain} ms)"
-                ));
+                )
+                .into());
             }
         }
     }
@@ -553,7 +555,7 @@ impl Monitor {
         kind: &str,
         acknowledged: bool,
         detach_later: bool,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, MonitorError> {
         let timeout = self.timeout;
         let flavor = self.srv[c].sc.flavor();
         let gen = self.generation + 1;
@@ -590,7 +592,7 @@ impl Monitor {
         let conn = sc.conn.as_mut().ok_or("candidate not connected")?;
         match first {
             Ok(()) => run_sql(conn, timeout, writable).await?,
-            Err(e) if e.contains("1290") => {
+            Err(e) if e.server_code() == Some(1290) => {
                 run_sql(conn, timeout, writable).await?;
                 probe::ensure_schema(sc, timeout).await?;
                 let conn = sc.conn.as_mut().ok_or("candidate not connected")?;
@@ -800,10 +802,11 @@ impl Monitor {
         let stop_limit = timeout.max(Duration::from_secs(3));
         if let Err(e) = run_sql(conn, stop_limit, &[stop]).await {
             self.srv[i].sc.reset();
-            return Err(retry(e));
+            return Err(retry(e.to_string()));
         }
         if let Err(e) = run_sql(conn, timeout, &[sql.as_str(), start]).await {
-            let e = e.replace(&sql, "CHANGE MASTER TO …");
+            // The statement carries the replication password: never shown.
+            let e = e.to_string().replace(&sql, "CHANGE MASTER TO …");
             self.srv[i].sc.reset();
             return Err(retry(e));
         }
@@ -816,7 +819,7 @@ impl Monitor {
                 Ok(r) => r,
                 Err(e) => {
                     self.srv[i].sc.reset();
-                    return Err(retry(e));
+                    return Err(retry(e.to_string()));
                 }
             };
             if let Some(r) = &rep {
@@ -941,13 +944,14 @@ impl Monitor {
     }
 
     /// Operator-requested failover: the primary must be down.
-    pub async fn manual_failover(&mut self, target: Option<usize>) -> Result<String, String> {
+    pub async fn manual_failover(&mut self, target: Option<usize>) -> Result<String, MonitorError> {
         self.probe_all().await;
         if let Some(p) = self.live_primary() {
             return Err(format!(
                 "{} is alive and writable: use switchover for a planned change",
                 self.name(p)
-            ));
+            )
+            .into());
         }
         let dead = self.known_primary.or_else(|| {
             // A fresh process: the server the replicas point at.
@@ -969,7 +973,8 @@ impl Monitor {
             return Err(format!(
                 "replicas {receiving:?} still receive from their primary: it is alive; \
                  fix Sluice's path to it, or use switchover"
-            ));
+            )
+            .into());
         }
         let r = self.failover(dead, target, false).await;
         if r.is_ok() {
@@ -981,13 +986,13 @@ impl Monitor {
     /// Planned switchover to replica `t`: writes pause in every Sluice instance, the primary
     /// turns read-only, `t` catches up and is promoted, the others (the old primary included)
     /// follow it.
-    pub async fn switchover(&mut self, t: usize) -> Result<String, String> {
+    pub async fn switchover(&mut self, t: usize) -> Result<String, MonitorError> {
         self.probe_all().await;
         let p = self
             .live_primary()
             .ok_or("no live primary: use failover instead")?;
         if p == t {
-            return Err(format!("{} is already the primary", self.name(t)));
+            return Err(format!("{} is already the primary", self.name(t)).into());
         }
         let ok_target = self.srv[t].healthy
             && self.srv[t].excluded.is_none()
@@ -1003,7 +1008,8 @@ impl Monitor {
                 "{} cannot be promoted: it must be a healthy replica with both replication threads \
                  running, not excluded and not no_promote",
                 self.name(t)
-            ));
+            )
+            .into());
         }
         if !self.lock_majority().await {
             return Err("another Sluice instance holds the failover lock".into());
@@ -1014,7 +1020,7 @@ impl Monitor {
         r
     }
 
-    async fn switchover_locked(&mut self, p: usize, t: usize) -> Result<String, String> {
+    async fn switchover_locked(&mut self, p: usize, t: usize) -> Result<String, MonitorError> {
         let started = Instant::now();
         let started_ms = now_ms();
         let timeout = self.timeout;
@@ -1090,7 +1096,8 @@ impl Monitor {
             return Err(format!(
                 "{to} did not catch up with {from} within drain_timeout_ms ({caught_up:?}); \
                  switchover abandoned, {from} is writable again"
-            ));
+            )
+            .into());
         }
         // 4. Promote the target.
         let gen = match self.promote(t, "switchover", true, false).await {
@@ -1107,7 +1114,7 @@ impl Monitor {
                     },
                     None,
                 );
-                return Err(reason);
+                return Err(reason.into());
             }
         };
         self.generation = gen;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 
+use super::error::MonitorError;
 use super::probe::{bounded, Replication};
 use crate::cluster::LagSource;
 
@@ -18,7 +19,10 @@ pub fn now_ms() -> u64 {
 }
 
 /// Writes Sluice's clock into the heartbeat row on the primary.
-pub async fn write_heartbeat(c: &mut mysql_async::Conn, timeout: Duration) -> Result<(), String> {
+pub async fn write_heartbeat(
+    c: &mut mysql_async::Conn,
+    timeout: Duration,
+) -> Result<(), MonitorError> {
     bounded(
         timeout,
         "heartbeat write",
@@ -37,12 +41,12 @@ pub async fn measure(
     replication: &Replication,
     heartbeat_written: bool,
     timeout: Duration,
-) -> Result<(Option<u64>, LagSource), String> {
+) -> Result<(Option<u64>, LagSource), MonitorError> {
     if !replication.io_yes() || !replication.sql_running {
         return Ok((None, LagSource::None));
     }
     if heartbeat_written {
-        let stamp: Result<Option<u64>, String> = bounded(
+        let stamp: Result<Option<u64>, MonitorError> = bounded(
             timeout,
             "heartbeat read",
             c.query_first("SELECT ts_ms FROM sluice.heartbeat WHERE id = 1"),

@@ -11,6 +11,7 @@
 //! that holds a lock on a majority of the servers. A new [`ClusterView`] is published on the
 //! watch channel whenever anything changed; sessions never wait on the monitor.
 
+pub mod error;
 pub mod failover;
 pub mod gtid;
 pub mod lag;
@@ -26,6 +27,7 @@ use crate::cluster::{
     ClusterTx, ClusterView, FailoverRecord, LagSource, MonitorState, Role, ServerHello,
 };
 use crate::config::{Config, FailoverMode};
+pub use error::MonitorError;
 use probe::{Probe, ServerConn};
 
 pub use lag::now_ms;
@@ -244,7 +246,7 @@ impl Monitor {
             .filter(|(i, _)| which(*i))
             .map(|(i, (w, s))| async move {
                 if s.removed {
-                    return (i, Err(String::new()), Instant::now());
+                    return (i, Err(MonitorError::Refused(String::new())), Instant::now());
                 }
                 let r = w.sc.probe(&s.address, user, password, timeout).await;
                 // When this server answered (another may take the whole timeout).
@@ -305,7 +307,7 @@ impl Monitor {
                     if !self.srv[i].seen && self.srv[i].error.is_none() {
                         tracing::warn!(server = %self.config.servers[i].name, error = %e, "server probe failed");
                     }
-                    self.srv[i].error = Some(e);
+                    self.srv[i].error = Some(e.to_string());
                     self.srv[i].probe = None;
                 }
             }
@@ -616,7 +618,7 @@ impl Monitor {
                 .await;
                 match r {
                     Ok(()) => written = true,
-                    Err(e) if e.contains("timed out") => {
+                    Err(e) if e.is_timeout() => {
                         // The primary stopped answering between the probe and now (hung, or
                         // black-holed): the connection is in an unknown state, and this is as
                         // good as a failed probe. Semi-sync stays as last seen.
@@ -625,7 +627,7 @@ impl Monitor {
                         self.srv[p].probe = None;
                         self.srv[p].fails += 1;
                         self.srv[p].oks = 0;
-                        self.srv[p].error = Some(e);
+                        self.srv[p].error = Some(e.to_string());
                         stalled = true;
                     }
                     Err(e) if !self.heartbeat_failing => {
@@ -852,6 +854,7 @@ impl Monitor {
                     return;
                 }
                 if let Err(e) = self.failover(Some(k), None, true).await {
+                    let e = e.to_string();
                     // Retried every round; said again whenever the reason changes.
                     if self.last_failover_error.as_deref() != Some(e.as_str()) {
                         tracing::warn!(primary = %self.name(k), reason = %e, "primary is dead; no failover this round (retrying)");
@@ -1008,7 +1011,7 @@ impl Monitor {
         self.publish();
     }
 
-    async fn handle(&mut self, cmd: Command) -> Result<String, String> {
+    async fn handle(&mut self, cmd: Command) -> Result<String, MonitorError> {
         match cmd {
             Command::Acknowledge => self.acknowledge().await,
             Command::Switchover { to } => {
@@ -1025,7 +1028,8 @@ impl Monitor {
                 if !online && self.primary == Some(i) {
                     return Err(format!(
                         "{name} is the primary: SWITCHOVER TO another server first"
-                    ));
+                    )
+                    .into());
                 }
                 self.srv[i].offline = !online;
                 tracing::warn!(server = %name, online, "server state set by the admin port");
@@ -1040,7 +1044,7 @@ impl Monitor {
 
     /// Applies a reloaded configuration (see [`Command::Reconfigure`]). Refused, with nothing
     /// changed, when it would remove the primary.
-    fn reconfigure(&mut self, config: Arc<Config>) -> Result<String, String> {
+    fn reconfigure(&mut self, config: Arc<Config>) -> Result<String, MonitorError> {
         let old_n = self.srv.len();
         let n = config.servers.len();
         if n < old_n {
@@ -1055,7 +1059,7 @@ impl Monitor {
                 return Err(format!(
                     "server {} is the primary: switch over to another server before removing or moving it",
                     self.config.servers[i].name
-                ));
+                ).into());
             }
         }
         let mut done = Vec::new();
@@ -1118,17 +1122,17 @@ impl Monitor {
         Ok(done.join(", "))
     }
 
-    pub fn index_of(&self, name: &str) -> Result<usize, String> {
+    pub fn index_of(&self, name: &str) -> Result<usize, MonitorError> {
         self.config
             .servers
             .iter()
             .position(|s| s.name == name && !s.removed)
-            .ok_or_else(|| format!("no server named {name:?} in [[servers]]"))
+            .ok_or_else(|| format!("no server named {name:?} in [[servers]]").into())
     }
 
     /// Lifts the anti-flap block (here and, through the generation row, in every instance)
     /// and re-enables automatic failover.
-    pub async fn acknowledge(&mut self) -> Result<String, String> {
+    pub async fn acknowledge(&mut self) -> Result<String, MonitorError> {
         self.last_failover_ms = None;
         self.disabled = None;
         if let Some(p) = self.primary {
@@ -1152,7 +1156,7 @@ impl Monitor {
     }
 
     /// [`Monitor::acknowledge`] for a process that is not monitoring (the CLI).
-    pub async fn acknowledge_now(&mut self) -> Result<String, String> {
+    pub async fn acknowledge_now(&mut self) -> Result<String, MonitorError> {
         self.probe_all().await;
         self.primary = self.live_primary();
         if self.primary.is_none() {
@@ -1228,7 +1232,7 @@ async fn run(
         tokio::select! {
             _ = sleep => {}
             Some((cmd, reply)) = commands.recv() => {
-                let r = m.handle(cmd).await;
+                let r = m.handle(cmd).await.map_err(|e| e.to_string());
                 m.publish();
                 let _ = reply.send(r);
             }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::Row;
 
+use super::error::MonitorError;
 use super::gtid::GtidPos;
 
 /// The advisory lock a Sluice instance must hold on a majority of the servers to promote.
@@ -139,29 +140,18 @@ impl Probe {
     }
 }
 
-pub fn err_text(e: mysql_async::Error) -> String {
-    match e {
-        mysql_async::Error::Server(s) => format!("ERROR {} ({}): {}", s.code, s.state, s.message),
-        other => other.to_string(),
-    }
-}
-
-fn server_code(e: &mysql_async::Error) -> Option<u16> {
-    match e {
-        mysql_async::Error::Server(s) => Some(s.code),
-        _ => None,
-    }
-}
-
-/// Runs `fut` within `timeout`, mapping errors to text.
+/// Runs `fut` within `timeout`.
 pub async fn bounded<T>(
     timeout: Duration,
     what: &str,
     fut: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
-) -> Result<T, String> {
+) -> Result<T, MonitorError> {
     match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map_err(err_text),
-        Err(_) => Err(format!("{what} timed out after {} ms", timeout.as_millis())),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(MonitorError::Timeout {
+            what: what.to_string(),
+            after: timeout,
+        }),
     }
 }
 
@@ -187,7 +177,7 @@ impl ServerConn {
         user: &str,
         password: &str,
         timeout: Duration,
-    ) -> Result<&mut mysql_async::Conn, String> {
+    ) -> Result<&mut mysql_async::Conn, MonitorError> {
         if self.conn.is_none() {
             self.locked = false;
             self.schema_ready = false;
@@ -250,7 +240,7 @@ impl ServerConn {
         user: &str,
         password: &str,
         timeout: Duration,
-    ) -> Result<Probe, String> {
+    ) -> Result<Probe, MonitorError> {
         let r = self.probe_inner(address, user, password, timeout).await;
         if r.is_err() {
             self.reset();
@@ -264,7 +254,7 @@ impl ServerConn {
         user: &str,
         password: &str,
         timeout: Duration,
-    ) -> Result<Probe, String> {
+    ) -> Result<Probe, MonitorError> {
         self.connect(address, user, password, timeout).await?;
         let flavor = self.flavor();
         let c = self.conn.as_mut().expect("connected");
@@ -305,7 +295,7 @@ pub async fn replication_status(
     c: &mut mysql_async::Conn,
     flavor: Flavor,
     timeout: Duration,
-) -> Result<Option<Replication>, String> {
+) -> Result<Option<Replication>, MonitorError> {
     // MariaDB's SHOW ALL SLAVES STATUS adds the heartbeat counter and period; it lists every
     // named connection: Sluice uses the default one (empty name).
     let row: Option<Row> = match flavor {
@@ -327,7 +317,7 @@ pub async fn replication_status(
         .await
         {
             Ok(r) => r,
-            Err(e) if e.contains("ERROR 1064") => {
+            Err(e) if e.server_code() == Some(1064) => {
                 bounded(
                     timeout,
                     "replication status",
@@ -380,7 +370,7 @@ pub async fn replication_status(
 pub async fn read_generation(
     c: &mut mysql_async::Conn,
     timeout: Duration,
-) -> Result<Option<GenerationRow>, String> {
+) -> Result<Option<GenerationRow>, MonitorError> {
     let q = "SELECT generation, primary_name, kind, changed_at_ms, acknowledged, \
              switchover_until_ms FROM sluice.cluster WHERE id = 1";
     let r: Result<Option<Row>, mysql_async::Error> =
@@ -402,8 +392,8 @@ pub async fn read_generation(
         }
         Ok(None) => Ok(None),
         // No `sluice` schema (1049) or table (1146) yet.
-        Err(e) if matches!(server_code(&e), Some(1049 | 1146)) => Ok(None),
-        Err(e) => Err(err_text(e)),
+        Err(mysql_async::Error::Server(s)) if matches!(s.code, 1049 | 1146) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -412,11 +402,14 @@ pub async fn run_sql(
     c: &mut mysql_async::Conn,
     timeout: Duration,
     statements: &[&str],
-) -> Result<(), String> {
+) -> Result<(), MonitorError> {
     for s in statements {
         bounded(timeout, s, c.query_drop(*s))
             .await
-            .map_err(|e| format!("{s}: {e}"))?;
+            .map_err(|e| MonitorError::Statement {
+                statement: s.to_string(),
+                source: Box::new(e),
+            })?;
     }
     Ok(())
 }
@@ -426,7 +419,7 @@ pub async fn query_value(
     c: &mut mysql_async::Conn,
     timeout: Duration,
     sql: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, MonitorError> {
     let row: Option<Row> = bounded(timeout, sql, c.query_first(sql)).await?;
     Ok(row.and_then(|r| at(&r, 0)))
 }
@@ -436,7 +429,7 @@ pub async fn query_value(
 pub async fn semi_sync_status(
     c: &mut mysql_async::Conn,
     timeout: Duration,
-) -> Result<(bool, u32, u64), String> {
+) -> Result<(bool, u32, u64), MonitorError> {
     let rows: Vec<(String, String)> = bounded(
         timeout,
         "semi-sync status",
@@ -460,7 +453,7 @@ pub async fn semi_sync_status(
 }
 
 /// Creates Sluice's schema on the primary if missing.
-pub async fn ensure_schema(sc: &mut ServerConn, timeout: Duration) -> Result<(), String> {
+pub async fn ensure_schema(sc: &mut ServerConn, timeout: Duration) -> Result<(), MonitorError> {
     if sc.schema_ready {
         return Ok(());
     }
