@@ -524,6 +524,59 @@ async fn black_holed_primary_under_semisync_load_is_replaced_quickly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_streaming_a_result_ends_it_with_an_error_and_the_session_goes_on() {
+    let mut h = Harness::start(2).await;
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(30))
+        .await
+        .expect("replicas caught up");
+    let primary_port = h.topo.nodes[0].port;
+    let mut c = h.proxy_conn().await;
+    // A result far larger than the socket buffers: the replica is still sending it.
+    let mut result = c
+        .query_iter("SELECT @@port, seq, REPEAT('x', 200) FROM mysql.seq_1_to_5000000")
+        .await
+        .expect("a read through sluice");
+    let first: mysql_async::Row = result.next().await.unwrap().expect("a first row");
+    let port: u16 = first.get(0).unwrap();
+    assert_ne!(port, primary_port, "the read runs on a replica");
+    let victim = h
+        .topo
+        .nodes
+        .iter()
+        .position(|n| n.port == port)
+        .expect("a node with that port");
+    h.topo.nodes[victim].kill();
+    let mut rows = 1u64;
+    let err = loop {
+        match result.next().await {
+            Ok(Some(_)) => rows += 1,
+            Ok(None) => panic!("the whole result arrived although the replica was killed"),
+            Err(e) => break e,
+        }
+    };
+    drop(result);
+    match &err {
+        mysql_async::Error::Server(e) => {
+            assert_eq!(e.code, 2013, "{e:?}");
+            assert!(e.message.contains("may or may not"), "{e:?}");
+        }
+        other => {
+            panic!("expected an ERR packet ending the result, got {other:?} after {rows} rows")
+        }
+    }
+    // The session goes on: the next read runs elsewhere, a write works.
+    let next: Option<u16> = c
+        .query_first("SELECT @@port")
+        .await
+        .expect("the session goes on");
+    assert_ne!(next, Some(port));
+    c.query_drop("CREATE DATABASE after_cut").await.unwrap();
+    c.disconnect().await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
     let h = Harness::start(2).await;
     // An operator's replica with MariaDB's default period (slave_net_timeout / 2 = 30 s):

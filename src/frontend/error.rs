@@ -33,6 +33,11 @@ pub enum SessionError {
     /// the client can be told with a clean ERR and the session can go on.
     #[error("backend connection lost before the response: {0}")]
     BackendGone(String),
+    /// The backend connection broke between two packets of the response: the client holds
+    /// only whole packets, so an ERR with sequence id `seq` ends the response cleanly and the
+    /// session can go on.
+    #[error("backend connection lost during the response: {detail}")]
+    BackendCut { detail: String, seq: u8 },
     #[error("no primary available")]
     NoPrimary,
 }

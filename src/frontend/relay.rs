@@ -200,8 +200,12 @@ where
             rbuf.reserve(READ_CHUNK);
         }
         let partial = forwarded || !rbuf.is_empty();
+        // Whole packets only reached the client (bytes of an unfinished header stay here).
+        let between_packets = forwarded && body_left == 0 && !cont;
         let lost = |detail: String| {
-            if partial {
+            if between_packets {
+                SessionError::BackendCut { detail, seq }
+            } else if partial {
                 SessionError::BackendLost(detail)
             } else {
                 SessionError::BackendGone(detail)
@@ -402,9 +406,31 @@ mod tests {
     async fn a_server_that_closes_before_answering_is_gone_after_part_of_it_lost() {
         let (_, r) = run(Vec::new(), 1, ResponseKind::Query, OPTS).await;
         assert!(matches!(r, Err(SessionError::BackendGone(_))), "{r:?}");
-        let partial = frames(&[b"\x01"], 1);
-        let (got, r) = run(partial.clone(), 1, ResponseKind::Query, OPTS).await;
-        assert_eq!(got, partial);
+        // Between two packets: the client holds whole packets; the next sequence id is 2.
+        let whole = frames(&[b"\x01"], 1);
+        for chunk in [1, 64] {
+            let (got, r) = run(whole.clone(), chunk, ResponseKind::Query, OPTS).await;
+            assert_eq!(got, whole);
+            assert!(
+                matches!(r, Err(SessionError::BackendCut { seq: 2, .. })),
+                "{r:?}"
+            );
+        }
+        // A short packet that arrived in part is not forwarded: still between packets.
+        let mut short = frames(&[b"\x01"], 1);
+        short.extend_from_slice(b"\x05\x00\x00\x02ab");
+        let (got, r) = run(short, 64, ResponseKind::Query, OPTS).await;
+        assert_eq!(got, whole);
+        assert!(
+            matches!(r, Err(SessionError::BackendCut { seq: 2, .. })),
+            "{r:?}"
+        );
+        // Inside a long packet (a 20,000-byte row streamed as it arrives, 100 bytes of it
+        // forwarded): the client holds part of a packet and cannot be told cleanly.
+        let mut torn = frames(&[b"\x01"], 1);
+        torn.extend_from_slice(&[0x20, 0x4e, 0x00, 0x02]);
+        torn.extend_from_slice(&[b'x'; 100]);
+        let (_, r) = run(torn, 64, ResponseKind::Query, OPTS).await;
         assert!(matches!(r, Err(SessionError::BackendLost(_))), "{r:?}");
     }
 

@@ -855,9 +855,19 @@ impl Session {
                     .await?;
                 Ok(None)
             }
+            Err(SessionError::BackendCut { detail, seq }) => {
+                // Whole packets reached the client: an ERR ends the response (clients accept
+                // one in place of the next row) and the session goes on.
+                let name = self.conn(on).server.clone();
+                self.drop_held(on);
+                self.client
+                    .send_err(seq, &errors::lost_in_flight(&name, &detail))
+                    .await?;
+                Ok(None)
+            }
             Err(SessionError::BackendLost(detail)) => {
-                // Whatever sequence id comes next is unknown mid-response; clients accept an
-                // ERR at any point and then see the connection close.
+                // Inside a packet: the client holds part of one; clients accept an ERR at
+                // any point and then see the connection close.
                 self.drop_held(on);
                 let _ = self.client.send_err(1, &errors::server_lost(&detail)).await;
                 Err(SessionError::BackendLost(detail))
