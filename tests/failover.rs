@@ -577,6 +577,69 @@ async fn a_replica_killed_while_streaming_a_result_ends_it_with_an_error_and_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_the_majority_never_promotes_and_the_others_do() {
+    init_tracing();
+    let mut topo = Topology::start(spec(2)).await.expect("topology");
+    // Instance A reaches the primary and db2 through relays that will be cut, db3 directly:
+    // once cut it sees a minority (db3), which can confirm the primary's death but is not a
+    // majority to lock. B reaches everything.
+    let r2 = FaultRelay::start(topo.nodes[0].address()).await;
+    let r3 = FaultRelay::start(topo.nodes[1].address()).await;
+    let mut ca = config_for(&topo);
+    ca.servers[0].address = r2.addr.to_string();
+    ca.servers[1].address = r3.addr.to_string();
+    // Its addresses for the replicas are not theirs: it must not repoint anything itself.
+    ca.monitor.auto_rejoin = false;
+    let a = server::start(Arc::new(ca)).await.expect("start sluice A");
+    let b = server::start(Arc::new(config_for(&topo)))
+        .await
+        .expect("start sluice B");
+    assert!(a.wait_ready(Duration::from_secs(15)).await);
+    assert!(b.wait_ready(Duration::from_secs(15)).await);
+    r2.cut();
+    r3.cut();
+    topo.nodes[0].kill();
+    let new = wait_new_primary(&b, 0, Duration::from_secs(20)).await;
+    // Give A every chance to do something wrong: several of its rounds and confirmations.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let performed = |p: &Running| p.cluster.borrow().history.iter().filter(|r| r.ok).count();
+    assert_eq!(performed(&a), 0, "the cut-off instance promoted something");
+    assert_eq!(performed(&b), 1);
+    assert_eq!(
+        a.cluster.borrow().primary,
+        None,
+        "A has no primary to write to"
+    );
+    // Healed, A follows the new primary and writes go there.
+    r2.restore();
+    r3.restore();
+    assert_eq!(wait_new_primary(&a, 0, Duration::from_secs(20)).await, new);
+    assert_eq!(a.cluster.borrow().generation, 1);
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(a.local_addr.port())
+        .user(Some(common::USER))
+        .pass(Some(common::PASSWORD))
+        .prefer_socket(false);
+    let mut c = Conn::new(opts).await.unwrap();
+    c.query_drop("CREATE DATABASE through_a").await.unwrap();
+    c.disconnect().await.unwrap();
+    assert_eq!(
+        topo.sql(
+            new,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'through_a'"
+        )
+        .await
+        .unwrap()
+        .trim(),
+        "1"
+    );
+    assert_eq!(performed(&a), 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
     let h = Harness::start(2).await;
     // An operator's replica with MariaDB's default period (slave_net_timeout / 2 = 30 s):
