@@ -639,6 +639,101 @@ async fn an_instance_cut_off_from_the_majority_never_promotes_and_the_others_do(
     b.shutdown().await;
 }
 
+/// A topology whose primary died after a first Sluice instance (which created Sluice's
+/// schema) went away: the state a crashed instance leaves mid-failover is then built by hand.
+async fn orphaned_topology() -> (Topology, Arc<sluice::config::Config>) {
+    init_tracing();
+    let mut topo = Topology::start(spec(2)).await.expect("topology");
+    let config = Arc::new(config_for(&topo));
+    let x = server::start(config.clone()).await.expect("start sluice");
+    assert!(x.wait_ready(Duration::from_secs(15)).await);
+    topo.wait_replicas_caught_up(Duration::from_secs(30))
+        .await
+        .expect("replicas caught up");
+    x.shutdown().await;
+    topo.nodes[0].kill();
+    (topo, config)
+}
+
+async fn not_replicating(topo: &Topology, node: usize) -> bool {
+    topo.sql(node, "SHOW SLAVE STATUS")
+        .await
+        .is_ok_and(|s| s.trim().is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_cut_short_after_the_drain_is_reported_and_the_operator_finishes_it() {
+    let (topo, config) = orphaned_topology().await;
+    // The instance died right after draining the candidate: its SQL thread is stopped.
+    topo.sql(1, "STOP SLAVE SQL_THREAD").await.unwrap();
+    let y = server::start(config).await.expect("start sluice");
+    // A fresh instance never saw the replicas' links healthy: it cannot confirm the death on
+    // its own and says so (docs/failover.md), promoting nothing.
+    eventually("the state says no primary", Duration::from_secs(10), || {
+        let st = y.cluster.borrow().state.clone();
+        async move { st == MonitorState::NoPrimary }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(y.cluster.borrow().history.is_empty());
+    assert_eq!(y.cluster.borrow().primary, None);
+    // The operator finishes it; the half-drained candidate is drained again and promoted.
+    sluice_cli(&topo, &["failover", "--to", "db2"], |t| t).await;
+    assert_eq!(wait_new_primary(&y, 0, Duration::from_secs(10)).await, 1);
+    let db2 = topo.nodes[1].port;
+    eventually("db2 detached, db3 following it", Duration::from_secs(15), || {
+        let topo = &topo;
+        async move {
+            not_replicating(topo, 1).await && follows(&replication_of(topo, 2).await, db2)
+        }
+    })
+    .await;
+    y.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_cut_short_after_the_promotion_is_finished_by_the_next_instance() {
+    let (topo, config) = orphaned_topology().await;
+    // The instance died after making db2 writable in generation 1, before resetting its
+    // replication and repointing db3.
+    topo.sql(
+        1,
+        &format!(
+            "STOP SLAVE SQL_THREAD; INSERT INTO sluice.cluster (id, generation, primary_name, kind, \
+             changed_at_ms, acknowledged, switchover_until_ms) VALUES (1, 1, 'db2', 'failover', {}, 0, 0) \
+             ON DUPLICATE KEY UPDATE generation = 1, primary_name = 'db2', kind = 'failover'; \
+             SET GLOBAL read_only = OFF",
+            sluice::monitor::now_ms()
+        ),
+    )
+    .await
+    .unwrap();
+    let y = server::start(config).await.expect("start sluice");
+    assert_eq!(wait_new_primary(&y, 0, Duration::from_secs(10)).await, 1);
+    let db2 = topo.nodes[1].port;
+    eventually("db2 detached, db3 following it", Duration::from_secs(15), || {
+        let topo = &topo;
+        async move {
+            not_replicating(topo, 1).await && follows(&replication_of(topo, 2).await, db2)
+        }
+    })
+    .await;
+    let mut c = Conn::new(
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(y.local_addr.port())
+            .user(Some(common::USER))
+            .pass(Some(common::PASSWORD))
+            .prefer_socket(false),
+    )
+    .await
+    .unwrap();
+    c.query_drop("CREATE DATABASE finished").await.unwrap();
+    c.disconnect().await.unwrap();
+    caught_up(&topo, 2, 1).await;
+    y.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
     let h = Harness::start(2).await;

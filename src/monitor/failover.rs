@@ -652,7 +652,18 @@ impl Monitor {
     /// Retries the repoints that did not hold (at most every 500 ms each); an outcome is added
     /// to the failover record it belongs to.
     pub(crate) async fn retry_repoints(&mut self, p: usize) {
-        if self.srv[p].detach_pending {
+        // A primary that still has replication configured with its SQL thread stopped was
+        // promoted by a failover that did not finish (this instance's detach failed, or the
+        // instance that ran it died before): finish it.
+        let leftover = self.srv[p]
+            .probe
+            .as_ref()
+            .and_then(|x| x.replication.as_ref())
+            .is_some_and(|r| !r.sql_running);
+        if leftover && !self.srv[p].detach_pending {
+            tracing::warn!(server = %self.name(p), "the primary still replicates from its old source (a failover did not finish): resetting its replication");
+        }
+        if self.srv[p].detach_pending || leftover {
             self.detach(p).await;
         }
         for i in 0..self.srv.len() {
