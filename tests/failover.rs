@@ -735,6 +735,51 @@ async fn a_failover_cut_short_after_the_promotion_is_finished_by_the_next_instan
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_primary_refuses_writes_with_its_own_error_and_is_not_failed_over() {
+    // InnoDB's system tablespace may not grow: once full, writes fail with 1114 ("The table
+    // is full") while the server stays up and answers everything else.
+    let mut s = spec(2);
+    s.extra_cnf = vec![
+        "innodb_data_file_path = ibdata1:12M".into(),
+        "innodb_file_per_table = OFF".into(),
+    ];
+    let h = Harness::start_spec(s, |_| {}).await;
+    let mut c = h.proxy_conn().await;
+    c.query_drop("CREATE DATABASE full_disk; CREATE TABLE full_disk.t (id INT AUTO_INCREMENT PRIMARY KEY, pad LONGBLOB)")
+        .await
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..400 {
+        match c
+            .query_drop("INSERT INTO full_disk.t (pad) VALUES (REPEAT('x', 1000000))")
+            .await
+        {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) => {
+                refused = Some(e);
+                break;
+            }
+            Err(e) => panic!("the session broke instead of relaying the server's error: {e}"),
+        }
+    }
+    let e = refused.expect("the primary's tablespace filled up");
+    assert_eq!(e.code, 1114, "{e:?}");
+    // The session goes on, reads work, and the monitor does not mistake it for a dead primary.
+    let n: Option<i64> = c
+        .query_first("SELECT COUNT(*) FROM full_disk.t")
+        .await
+        .unwrap();
+    assert!(n.unwrap_or(0) > 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = h.proxy.as_ref().unwrap().cluster.borrow().clone();
+    assert_eq!(v.primary, Some(0));
+    assert_eq!(v.generation, 0);
+    assert!(v.history.is_empty());
+    c.disconnect().await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
     let h = Harness::start(2).await;
     // An operator's replica with MariaDB's default period (slave_net_timeout / 2 = 30 s):
