@@ -87,8 +87,20 @@ async fn admin_port_shows_true_values_and_takes_commands() {
             .await
             .unwrap();
     }
-    // The server updates its per-user statistics after it answered.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server updates its per-user statistics after it answered: wait until the replicas
+    // counted the 100 reads (exactness is checked per server below).
+    eventually(
+        "the replicas' statistics count the reads",
+        Duration::from_secs(10),
+        || {
+            let h = &h;
+            async move {
+                select_commands(h, 1).await + select_commands(h, 2).await
+                    >= server_before[1] + server_before[2] + 100
+            }
+        },
+    )
+    .await;
     let servers = table(&mut a, "SHOW SERVERS").await;
     assert_eq!(servers.len(), 3);
     let mut on_replicas = 0u64;

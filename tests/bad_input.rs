@@ -197,7 +197,7 @@ async fn backend_killed_mid_query_gives_2013_and_the_session_moves_to_a_new_conn
         let r = c.query_drop("SELECT SLEEP(20)").await;
         (r, c)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::running_on(&h, 0, "SELECT SLEEP(20)").await;
     h.root_sql(0, &format!("KILL CONNECTION {id}")).await;
     let (r, mut c) = tokio::time::timeout(Duration::from_secs(10), q)
         .await
@@ -214,7 +214,7 @@ async fn backend_killed_mid_query_gives_2013_and_the_session_moves_to_a_new_conn
     // The primary dies during a query: error 2013 from Sluice, promptly.
     let mut c = h.proxy_conn().await;
     let q = tokio::spawn(async move { c.query_drop("SELECT SLEEP(20)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::running_on(&h, 0, "SELECT SLEEP(20)").await;
     h.topo.nodes[0].kill();
     let r = tokio::time::timeout(Duration::from_secs(10), q)
         .await

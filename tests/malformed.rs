@@ -23,6 +23,36 @@ use tokio::net::TcpStream;
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
+/// What the run must give back: client sessions (admin `SHOW SESSIONS`), server connections
+/// in use and idle (`SHOW SERVERS`), and this process's open file descriptors (Sluice runs in
+/// it).
+#[derive(Debug, Clone, Copy)]
+struct Resources {
+    sessions: usize,
+    in_use: usize,
+    idle: usize,
+    fds: usize,
+}
+
+impl Resources {
+    async fn now(admin: &mut mysql_async::Conn) -> Resources {
+        let sessions: Vec<mysql_async::Row> = admin.query("SHOW SESSIONS").await.unwrap();
+        let servers: Vec<mysql_async::Row> = admin.query("SHOW SERVERS").await.unwrap();
+        let col = |r: &mysql_async::Row, name: &str| -> usize {
+            r.get_opt::<String, _>(name)
+                .and_then(Result::ok)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Resources {
+            sessions: sessions.len(),
+            in_use: servers.iter().map(|r| col(r, "conn_in_use")).sum(),
+            idle: servers.iter().map(|r| col(r, "conn_idle")).sum(),
+            fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
+        }
+    }
+}
+
 /// A small deterministic generator (xorshift), so that a failure can be replayed.
 struct Rng(u64);
 
@@ -72,9 +102,10 @@ fn response(user: &str, password: &str, salt: &[u8], caps: u64) -> Vec<u8> {
 }
 
 /// One malformed handshake: what to send after the greeting.
-fn bad_handshake(rng: &mut Rng, salt: &[u8], user: &str, password: &str) -> Vec<u8> {
+fn bad_handshake(rng: &mut Rng, salt: &[u8], user: &str, password: &str) -> (usize, Vec<u8>) {
     let caps = CLIENT_CAPS | cap::CLIENT_CONNECT_ATTRS;
-    match rng.below(9) {
+    let case = rng.below(9);
+    let bytes = match case {
         // Random bytes, not even framed.
         0 => {
             let n = rng.below(200);
@@ -85,10 +116,14 @@ fn bad_handshake(rng: &mut Rng, salt: &[u8], user: &str, password: &str) -> Vec<
             let n = rng.below(300);
             frame(1, &rng.bytes(n))
         }
-        // A valid response cut short (the frame says the cut length).
+        // A valid response cut short (the frame says the cut length) inside its required
+        // part: capabilities, sizes, filler, user name, authentication data. (What follows
+        // — plugin name, attributes — servers and Sluice treat as optional: a response cut
+        // after the authentication data is a complete login.)
         2 => {
             let r = response(user, password, salt, caps);
-            let cut = rng.below(r.len());
+            let required = 32 + user.len() + 1 + 1 + 20;
+            let cut = rng.below(required);
             frame(1, &r[..cut])
         }
         // A header that claims more than follows.
@@ -131,14 +166,21 @@ fn bad_handshake(rng: &mut Rng, salt: &[u8], user: &str, password: &str) -> Vec<
             }
             frame(1, &p)
         }
-        // Connect attributes whose lenenc length lies.
+        // Connect attributes whose lenenc length lies (the encoded response ends with an
+        // empty attribute block, length 0: replaced by 65,535 and fewer bytes).
         _ => {
             let mut r = response(user, password, salt, caps);
+            assert_eq!(
+                r.pop(),
+                Some(0),
+                "the response ends with an empty attribute block"
+            );
             r.extend_from_slice(&[0xFC, 0xFF, 0xFF]);
             r.extend(rng.some(30));
             frame(1, &r)
         }
-    }
+    };
+    (case, bytes)
 }
 
 /// Connects, takes the greeting, sends one malformed handshake, closes its side and expects
@@ -151,7 +193,7 @@ async fn one_bad_handshake(port: u16, rng: &mut Rng, user: &str, password: &str)
     let mut g = vec![0u8; len];
     s.read_exact(&mut g).await.unwrap();
     let hello = sluice_proto::handshake::HandshakeV10::parse(&g).expect("greeting parses");
-    let bytes = bad_handshake(rng, &hello.auth_data, user, password);
+    let (case, bytes) = bad_handshake(rng, &hello.auth_data, user, password);
     let _ = s.write_all(&bytes).await;
     let _ = s.shutdown().await;
     let mut rest = Vec::new();
@@ -159,6 +201,16 @@ async fn one_bad_handshake(port: u16, rng: &mut Rng, user: &str, password: &str)
         .await
         .expect("Sluice closed a malformed handshake within its deadline")
         .ok();
+    // Whatever came back refuses the login: nothing, an ERR, or a request to switch the
+    // authentication method (which this client never answers) — never an OK.
+    if rest.len() >= 5 {
+        assert!(
+            matches!(rest[4], 0xFF | 0xFE),
+            "malformed handshake (case {case}: {:02x?}) answered with something other than an ERR: {:02x?}",
+            &bytes[..bytes.len().min(200)],
+            &rest[..rest.len().min(40)]
+        );
+    }
 }
 
 /// A random command packet from a set that cannot harm the test servers (no SHUTDOWN, KILL,
@@ -200,13 +252,20 @@ async fn raw_session(port: u16, user: &str, password: &str, prepare: bool) -> Ra
 /// Sends a marker query and reads until its answer: true when the session still works,
 /// false when Sluice closed it (allowed after a malformed command).
 async fn sync(c: &mut RawConn, marker: u32) -> bool {
+    sync_first(c, marker).await.0
+}
+
+/// [`sync`], also returning the first packet that came back after the malformed command
+/// (before the marker's answer), if any.
+async fn sync_first(c: &mut RawConn, marker: u32) -> (bool, Option<Vec<u8>>) {
     let q = format!("\x03SELECT {marker}");
     let mut out = BytesMut::new();
     framing::write_packet(&mut out, 0, q.as_bytes());
     if c.stream.write_all(&out).await.is_err() {
-        return false;
+        return (false, None);
     }
     let needle = marker.to_string();
+    let mut first: Option<Vec<u8>> = None;
     let found = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let Some(p) = c.try_read_packet().await else {
@@ -219,11 +278,14 @@ async fn sync(c: &mut RawConn, marker: u32) -> bool {
                 // The row; then the end of the result.
                 return c.try_read_packet().await.is_some();
             }
+            if first.is_none() {
+                first = Some(p.payload.to_vec());
+            }
         }
     })
     .await
     .expect("Sluice answered or closed within 10 s");
-    found
+    (found, first)
 }
 
 async fn check_alive(h: &Harness, existing: &mut mysql_async::Conn, what: &str) {
@@ -259,6 +321,10 @@ async fn ten_thousand_malformed_inputs_on_both_ports() {
     let admin_port = h.proxy.as_ref().unwrap().admin_addr.unwrap().port();
     let admin_pw = sluice::sandbox::ADMIN_PASSWORD;
     let mut existing = h.proxy_conn().await;
+    let mut admin = mysql_async::Conn::new(h.opts(admin_port, "admin", admin_pw))
+        .await
+        .unwrap();
+    let baseline = Resources::now(&mut admin).await;
     let mut rng = Rng(0x5EED_CAFE_F00D_D00D);
     let mut cases = 0usize;
 
@@ -293,7 +359,18 @@ async fn ten_thousand_malformed_inputs_on_both_ports() {
         };
         let _ = c.stream.write_all(&frame(seq, &cmd)).await;
         cases += 1;
-        if !sync(&mut c, 900_000 + i).await {
+        let (alive, reply) = sync_first(&mut c, 900_000 + i).await;
+        // A command no server knows is answered with an error (1047), never ignored.
+        if seq == 0 && matches!(cmd[0], 0x7F | 0xEE) && alive {
+            let r = reply.unwrap_or_default();
+            assert!(
+                r.first() == Some(&0xFF) && r.get(1..3) == Some(&1047u16.to_le_bytes()[..]),
+                "command 0x{:02x} answered with {:02x?}",
+                cmd[0],
+                &r[..r.len().min(20)]
+            );
+        }
+        if !alive {
             closed += 1;
             c = raw_session(port, "app", "app-pw", true).await;
         }
@@ -346,11 +423,27 @@ async fn ten_thousand_malformed_inputs_on_both_ports() {
         }
     }
     check_alive(&h, &mut existing, "the admin port suite").await;
-    let mut admin = mysql_async::Conn::new(h.opts(admin_port, "admin", admin_pw))
-        .await
-        .unwrap();
     let servers: Vec<mysql_async::Row> = admin.query("SHOW SERVERS").await.unwrap();
     assert_eq!(servers.len(), 1);
+    // Everything the run opened is gone again: sessions, server connections in use, and the
+    // process's file descriptors (beyond idle pooled connections).
+    drop(c);
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = Resources::now(&mut admin).await;
+        let back = now.sessions == baseline.sessions
+            && now.in_use == 0
+            && now.fds <= baseline.fds + now.idle.saturating_sub(baseline.idle) + 4;
+        if back {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not back to the baseline {baseline:?} after the run: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     assert!(cases >= 10_000, "{cases} cases");
     assert_eq!(PANICS.load(Ordering::SeqCst), 0);

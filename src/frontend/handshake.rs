@@ -158,6 +158,9 @@ pub async fn authenticate(
     // Not a byte past the first packet: after an SSLRequest comes the TLS handshake.
     let mut pkt = client.read_packet_exact().await?;
     let mut seq = pkt.last_seq.wrapping_add(1);
+    // The answer to the greeting (sequence 0) is 1; anything else is refused, as the server
+    // does (1156), before a byte of it is believed.
+    let mut want = 1u8;
     if SslRequest::is_ssl_request(&pkt.payload) {
         let Some(acceptor) = &opts.tls else {
             let e = sluice_proto::err::ErrPacket::new(
@@ -170,14 +173,29 @@ pub async fn authenticate(
                 "SSLRequest while TLS is off".into(),
             ));
         };
+        if pkt.seq != want {
+            client.send_err(seq, &errors::out_of_order()).await?;
+            return Err(SessionError::Malformed(format!(
+                "SSLRequest with sequence id {} instead of {want}",
+                pkt.seq
+            )));
+        }
         client.start_tls(acceptor).await?;
         pkt = client.read_packet().await?;
         seq = pkt.last_seq.wrapping_add(1);
+        want = 2;
     } else if opts.require_tls {
         // Refused on the first four bytes (capability flags): the credentials that follow
         // are never parsed, let alone checked or sent anywhere.
         client.send_err(seq, &errors::insecure_transport()).await?;
         return Err(SessionError::InsecureTransport);
+    }
+    if pkt.seq != want {
+        client.send_err(seq, &errors::out_of_order()).await?;
+        return Err(SessionError::Malformed(format!(
+            "handshake response with sequence id {} instead of {want}",
+            pkt.seq
+        )));
     }
     let response = match HandshakeResponse41::parse(&pkt.payload) {
         Ok(r) => r,
@@ -215,6 +233,15 @@ pub async fn authenticate(
             };
             client.write_packet(seq, &sw.encode()).await?;
             let reply = client.read_packet().await?;
+            if reply.seq != seq.wrapping_add(1) {
+                let at = reply.last_seq.wrapping_add(1);
+                client.send_err(at, &errors::out_of_order()).await?;
+                return Err(SessionError::Malformed(format!(
+                    "auth switch answer with sequence id {} instead of {}",
+                    reply.seq,
+                    seq.wrapping_add(1)
+                )));
+            }
             seq = reply.last_seq.wrapping_add(1);
             token = reply.payload.to_vec();
             to

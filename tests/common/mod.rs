@@ -218,6 +218,24 @@ where
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
+/// Waits (up to 10 s) until a statement starting with `prefix` runs on `node` (seen in its
+/// process list), instead of sleeping and hoping it started.
+pub async fn running_on(h: &Harness, node: usize, prefix: &str) {
+    let q = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '{}%' AND COMMAND = 'Query'",
+        prefix.replace('\'', "''")
+    );
+    eventually(
+        &format!("{prefix:?} running on node {node}"),
+        Duration::from_secs(10),
+        || {
+            let q = q.clone();
+            async move { h.root_sql(node, &q).await.trim() != "0" }
+        },
+    )
+    .await;
+}
+
 /// Rows of a query as maps column → value (for admin-port tables).
 pub async fn table(
     c: &mut Conn,
