@@ -432,7 +432,7 @@ async fn soak_two_instances_through_failovers_switchovers_reloads_and_restarts()
             Some((w.parse().ok()?, n.parse().ok()?))
         })
         .collect();
-    let t = tally.lock().unwrap();
+    let t = std::mem::take(&mut *tally.lock().unwrap());
     let lost: Vec<_> = t.acked.iter().filter(|k| !rows.contains(k)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(
