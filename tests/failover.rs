@@ -780,6 +780,82 @@ async fn a_full_primary_refuses_writes_with_its_own_error_and_is_not_failed_over
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_during_load_data_local_ends_it_with_an_error_and_acknowledges_nothing() {
+    let mut h = Harness::start(2).await;
+    h.root_sql(0, "CREATE DATABASE ld; CREATE TABLE ld.t (v INT)")
+        .await;
+    // The client streams its file from a pipe that the test keeps feeding: the upload is in
+    // progress when the primary dies.
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("rows.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (pipe, stop) = (pipe.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&pipe) else {
+                return 0u64;
+            };
+            let chunk = "1\n".repeat(4096);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                if f.write_all(chunk.as_bytes()).is_err() {
+                    break;
+                }
+                sent += 4096;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    let opts = h
+        .proxy_opts()
+        .local_infile_handler(Some(mysql_async::WhiteListFsHandler::new(
+            &[pipe.as_path()][..],
+        )));
+    let mut c = Conn::new(opts).await.unwrap();
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE ld.t",
+        pipe.display()
+    );
+    let load = tokio::spawn(async move {
+        let r = c.query_drop(sql).await;
+        (r, c)
+    });
+    common::running_on(&h, 0, "LOAD DATA").await;
+    h.topo.nodes[0].kill();
+    let (r, _c) = tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .expect("the load ends after the primary died")
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    // Unblock a feeder still waiting for a reader.
+    let _ = std::fs::File::open(&pipe);
+    let sent = feeder.join().unwrap();
+    assert!(sent > 0, "the upload was under way");
+    let e = r.expect_err("a LOAD DATA cut off by the primary's death is not acknowledged");
+    eprintln!("LOAD DATA LOCAL cut off by the primary's death: {e}");
+    let proxy = h.proxy.as_ref().unwrap();
+    let new = wait_new_primary(proxy, 0, Duration::from_secs(20)).await;
+    // Nothing of the unacknowledged load exists on the new primary, and writes go on.
+    let n = h.root_sql(new, "SELECT COUNT(*) FROM ld.t").await;
+    assert_eq!(
+        n.trim(),
+        "0",
+        "rows of an unacknowledged LOAD DATA reached the new primary ({e})"
+    );
+    let mut w = h.proxy_conn().await;
+    w.query_drop("INSERT INTO ld.t VALUES (7)").await.unwrap();
+    w.disconnect().await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
     let h = Harness::start(2).await;
     // An operator's replica with MariaDB's default period (slave_net_timeout / 2 = 30 s):
