@@ -11,141 +11,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::instance::{opts, Instance};
 use common::{spec, PASSWORD, USER};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder};
-use sluice::sandbox::{node_free_port, Topology, ADMIN_PASSWORD};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-struct Instance {
-    child: tokio::process::Child,
-    port: u16,
-    admin: u16,
-    config: std::path::PathBuf,
-}
-
-impl Instance {
-    async fn start(topo: &Topology, dir: &std::path::Path, name: &str) -> Instance {
-        let (port, admin, metrics) = (node_free_port(), node_free_port(), node_free_port());
-        let text = topo
-            .config_toml(&format!("127.0.0.1:{port}"))
-            .replace("[admin]\n", &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"))
-            // Anti-flap would block every failover after the first one.
-            + "failover_block_s = 0\n"
-            + &format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, text).unwrap();
-        let child = tokio::process::Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start sluice run");
-        let i = Instance {
-            child,
-            port,
-            admin,
-            config,
-        };
-        common::eventually(
-            "sluice run accepts clients",
-            Duration::from_secs(20),
-            || async move { Conn::new(opts(port, USER, PASSWORD)).await.is_ok() },
-        )
-        .await;
-        i
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
-    async fn admin(&self) -> Conn {
-        Conn::new(opts(self.admin, "admin", ADMIN_PASSWORD))
-            .await
-            .expect("admin login")
-    }
-
-    /// The primary's name as this instance sees it.
-    async fn primary(&self) -> Option<String> {
-        let mut a = self.admin().await;
-        let rows: Vec<mysql_async::Row> = a
-            .query("SELECT * FROM servers WHERE role = 'primary'")
-            .await
-            .unwrap_or_default();
-        let _ = a.disconnect().await;
-        rows.first()
-            .and_then(|r| r.get_opt::<String, _>("name"))
-            .and_then(Result::ok)
-    }
-
-    async fn resources(&self) -> Resources {
-        let mut a = self.admin().await;
-        let sessions: Vec<mysql_async::Row> = a.query("SHOW SESSIONS").await.unwrap();
-        let servers: Vec<mysql_async::Row> = a.query("SHOW SERVERS").await.unwrap();
-        let _ = a.disconnect().await;
-        let col = |r: &mysql_async::Row, n: &str| -> usize {
-            r.get_opt::<String, _>(n)
-                .and_then(Result::ok)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let pid = self.pid();
-        let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0);
-        Resources {
-            rss_kib,
-            fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
-            sessions: sessions.len(),
-            pool: servers
-                .iter()
-                .map(|r| col(r, "conn_in_use") + col(r, "conn_idle"))
-                .sum(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Resources {
-    rss_kib: usize,
-    fds: usize,
-    sessions: usize,
-    pool: usize,
-}
-
-impl Resources {
-    /// Within 5 % of `base` (and a small absolute slack for tiny counts).
-    fn within(&self, base: &Resources) -> bool {
-        let ok = |now: usize, then: usize, slack: usize| now <= then + (then / 20).max(slack);
-        ok(self.rss_kib, base.rss_kib, 1024)
-            && ok(self.fds, base.fds, 2)
-            && self.sessions <= base.sessions
-            && ok(self.pool, base.pool, 2)
-    }
-}
-
-fn opts(port: u16, user: &str, pw: &str) -> OptsBuilder {
-    OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(port)
-        .user(Some(user))
-        .pass(Some(pw))
-        .prefer_socket(false)
-}
+use mysql_async::Conn;
+use sluice::sandbox::Topology;
 
 #[derive(Default)]
 struct Tally {
@@ -246,8 +120,10 @@ async fn soak_two_instances_through_failovers_switchovers_reloads_and_restarts()
     .to_vec();
     let mut topo = Topology::start(s).await.expect("topology");
     let dir = tempfile::tempdir().unwrap();
-    let a = Instance::start(&topo, dir.path(), "a").await;
-    let b = Instance::start(&topo, dir.path(), "b").await;
+    // Anti-flap would block every failover after the first one.
+    let extra = "failover_block_s = 0\n";
+    let a = Instance::start(&topo, dir.path(), "a", extra).await;
+    let b = Instance::start(&topo, dir.path(), "b", extra).await;
     let mut c = Conn::new(opts(a.port, USER, PASSWORD)).await.unwrap();
     c.query_drop(
         "CREATE DATABASE soak; CREATE TABLE soak.acked (id BIGINT AUTO_INCREMENT PRIMARY KEY, w INT, n BIGINT)",

@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod fault;
 pub mod hostile;
+pub mod instance;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -73,6 +73,28 @@ impl RawConn {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
+        Self::login_on(stream, user, password, extra_caps).await
+    }
+
+    /// [`RawConn::login`] from a chosen loopback source address (127.0.0.x).
+    pub async fn login_from(
+        source: std::net::Ipv4Addr,
+        port: u16,
+        user: &str,
+        password: &str,
+    ) -> std::io::Result<(RawConn, Vec<u8>)> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+        Ok(Self::login_on(stream, user, password, 0).await)
+    }
+
+    async fn login_on(
+        stream: TcpStream,
+        user: &str,
+        password: &str,
+        extra_caps: u64,
+    ) -> (RawConn, Vec<u8>) {
         let mut c = RawConn {
             stream,
             buf: BytesMut::new(),
@@ -80,6 +102,10 @@ impl RawConn {
             handshake: HandshakeV10::default(),
         };
         let hello = c.read_packet().await;
+        if hello.payload.first() == Some(&0xFF) {
+            // Refused before the greeting (a blocked address, too many connections).
+            return (c, hello.payload.to_vec());
+        }
         c.handshake = HandshakeV10::parse(&hello.payload).expect("handshake");
         c.caps = (CLIENT_CAPS | extra_caps)
             & (c.handshake.capabilities | cap::CLIENT_LONG_PASSWORD)
