@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_SOAK_SECS="${SLUICE_SOAK_SECS:-1800}"
-cargo nextest run --release --test soak --no-capture >/dev/null 2>&1 \
-    || { echo "the soak failed: run SLUICE_SOAK_SECS=$SLUICE_SOAK_SECS cargo nextest run --test soak --no-capture" >&2; exit 1; }
+mkdir -p target/tmp
+cargo nextest run --release --profile soak --test soak --no-capture >target/tmp/soak.log 2>&1 \
+    || { echo "the soak failed; its output: target/tmp/soak.log" >&2; tail -40 target/tmp/soak.log >&2; exit 1; }
 cat target/tmp/soak.txt

@@ -262,11 +262,13 @@ async fn soak_two_instances_through_failovers_switchovers_reloads_and_restarts()
                 topo.sql(r, "START SLAVE").await.expect("start replication");
             }
         }
-        log.push(format!(
+        let line = format!(
             "{:>6.1} s {ev:?}: {} ms",
             began.elapsed().as_secs_f64(),
             t.elapsed().as_millis()
-        ));
+        );
+        eprintln!("soak: {line}");
+        log.push(line);
     }
     tokio::time::sleep(Duration::from_secs(secs).saturating_sub(began.elapsed())).await;
     stop.store(true, Ordering::SeqCst);
