@@ -225,8 +225,18 @@ async fn soak_two_instances_through_failovers_switchovers_reloads_and_restarts()
                     .await;
                 }
                 // The old primary comes back (read-only, as a production config says for any
-                // server that may not be the primary) and rejoins as a replica.
+                // server that may not be the primary) and rejoins as a replica. Restarted as a
+                // semi-sync replica (`init-rpl-role = SLAVE`), MariaDB truncates from its binlog
+                // the transactions no replica acknowledged (its crash left them there): without
+                // that its history diverges and it cannot follow (docs/failover.md).
                 topo.nodes[p].replica = true;
+                if !topo.nodes[p]
+                    .extra_cnf
+                    .iter()
+                    .any(|l| l.starts_with("init-rpl-role"))
+                {
+                    topo.nodes[p].extra_cnf.push("init-rpl-role = SLAVE".into());
+                }
                 let bins = topo.bins.clone();
                 topo.nodes[p]
                     .start(&bins)
@@ -235,6 +245,36 @@ async fn soak_two_instances_through_failovers_switchovers_reloads_and_restarts()
             }
             Event::Switchover => {
                 let to = topo.nodes[(p + 1) % 3].name.clone();
+                // The target must be a replica that follows (after a failover, the restarted
+                // old primary has had a whole event interval to rejoin).
+                common::eventually(
+                    &format!("{to} to follow the primary"),
+                    Duration::from_secs(30),
+                    || {
+                        let a = &a;
+                        let to = to.clone();
+                        async move {
+                            let mut adm = a.admin().await;
+                            let rows: Vec<mysql_async::Row> = adm
+                                .query(format!("SELECT * FROM servers WHERE name = '{to}'"))
+                                .await
+                                .unwrap_or_default();
+                            let _ = adm.disconnect().await;
+                            rows.first().is_some_and(|r| {
+                                let col = |n: &str| {
+                                    r.get_opt::<Option<String>, _>(n)
+                                        .and_then(Result::ok)
+                                        .flatten()
+                                };
+                                col("role").as_deref() == Some("replica")
+                                    && col("excluded").is_none()
+                                    && col("not_following").is_none()
+                                    && col("healthy").as_deref() == Some("yes")
+                            })
+                        }
+                    },
+                )
+                .await;
                 let mut adm = a.admin().await;
                 adm.query_drop(format!("SWITCHOVER TO {to}"))
                     .await

@@ -16,7 +16,8 @@ pub struct Node {
     pub server_id: u32,
     pub replica: bool,
     child: Option<Child>,
-    extra_cnf: Vec<String>,
+    /// Extra my.cnf lines (a restart rewrites the file with them).
+    pub extra_cnf: Vec<String>,
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
