@@ -3,7 +3,8 @@
 # source addresses, a quarter with a wrong password, while a steady client queries — once
 # through Sluice (`sluice run`), once directly against MariaDB. Prints the storm's duration,
 # the steady client's p99 under each, and the Sluice process's RSS and descriptors before and
-# after (the test asserts correctness and the return to baseline; latency is only reported).
+# after (the test asserts correctness and that sessions, descriptors and pool connections return
+# to their baseline; RSS and latency are only reported).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_STORM_LOGINS="${SLUICE_STORM_LOGINS:-10000}"
