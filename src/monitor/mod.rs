@@ -647,6 +647,12 @@ impl Monitor {
                 if stalled {
                     now = was.clone();
                 } else if enabled {
+                    // Unknown (the primary died between the probe and this query): semi-sync
+                    // stays as last seen on this primary, it is not taken for a fallback to
+                    // asynchronous.
+                    if was.primary == Some(p) {
+                        now = was.clone();
+                    }
                     if let Some(c) = self.srv[p].sc.conn.as_mut() {
                         if let Ok((on, clients, no_tx)) = probe::semi_sync_status(c, timeout).await
                         {
