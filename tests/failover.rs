@@ -20,20 +20,8 @@ use sluice::monitor::Command;
 use sluice::sandbox::{Topology, TopologySpec};
 use sluice::server::{self, Running};
 
-/// Semi-sync with the AFTER_SYNC wait point: a commit is acknowledged to the client only once
-/// a replica has received it.
 fn semisync_spec() -> TopologySpec {
-    let mut s = spec(2);
-    s.extra_cnf = [
-        "rpl_semi_sync_master_enabled = ON",
-        "rpl_semi_sync_slave_enabled = ON",
-        "rpl_semi_sync_master_wait_point = AFTER_SYNC",
-        "rpl_semi_sync_master_wait_no_slave = OFF",
-        "rpl_semi_sync_master_timeout = 10000",
-    ]
-    .map(String::from)
-    .to_vec();
-    s
+    common::semisync_spec(2)
 }
 
 /// What the writers saw.

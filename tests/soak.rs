@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::instance::{opts, Instance};
-use common::{spec, PASSWORD, USER};
+use common::{PASSWORD, USER};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use sluice::sandbox::Topology;
@@ -108,16 +108,7 @@ async fn soak_two_instances_through_failovers_switchovers_reloads_and_restarts()
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
-    let mut s = spec(2);
-    s.extra_cnf = [
-        "rpl_semi_sync_master_enabled = ON",
-        "rpl_semi_sync_slave_enabled = ON",
-        "rpl_semi_sync_master_wait_point = AFTER_SYNC",
-        "rpl_semi_sync_master_wait_no_slave = OFF",
-        "rpl_semi_sync_master_timeout = 10000",
-    ]
-    .map(String::from)
-    .to_vec();
+    let s = common::semisync_spec(2);
     let mut topo = Topology::start(s).await.expect("topology");
     let dir = tempfile::tempdir().unwrap();
     // Anti-flap would block every failover after the first one.

@@ -845,25 +845,12 @@ impl Session {
         drop(outstanding);
         match result {
             Ok(outcome) => Ok(Some(Relayed { outcome })),
-            Err(SessionError::BackendGone(detail)) => {
-                // Nothing of the response reached the client: a clean error, and the session
-                // goes on.
-                let name = self.conn(on).server.clone();
-                self.drop_held(on);
-                self.client
-                    .send_err(seq, &errors::lost_in_flight(&name, &detail))
-                    .await?;
-                Ok(None)
-            }
+            // Nothing of the response reached the client (gone), or only whole packets did
+            // (cut: an ERR ends the response, clients accept one in place of the next row):
+            // a clean error, and the session goes on.
+            Err(SessionError::BackendGone(detail)) => self.lost_in_flight(on, seq, &detail).await,
             Err(SessionError::BackendCut { detail, seq }) => {
-                // Whole packets reached the client: an ERR ends the response (clients accept
-                // one in place of the next row) and the session goes on.
-                let name = self.conn(on).server.clone();
-                self.drop_held(on);
-                self.client
-                    .send_err(seq, &errors::lost_in_flight(&name, &detail))
-                    .await?;
-                Ok(None)
+                self.lost_in_flight(on, seq, &detail).await
             }
             Err(SessionError::BackendLost(detail)) => {
                 // Inside a packet: the client holds part of one; clients accept an ERR at
@@ -884,6 +871,22 @@ impl Session {
                 Err(e)
             }
         }
+    }
+
+    /// The server connection broke while the client can still be told cleanly: drop it and
+    /// answer 2013 with sequence id `seq`.
+    async fn lost_in_flight(
+        &mut self,
+        on: Held,
+        seq: u8,
+        detail: &str,
+    ) -> Result<Option<Relayed>, SessionError> {
+        let name = self.conn(on).server.clone();
+        self.drop_held(on);
+        self.client
+            .send_err(seq, &errors::lost_in_flight(&name, detail))
+            .await?;
+        Ok(None)
     }
 
     /// Closes a held connection that broke (its pool slot frees when it is dropped).

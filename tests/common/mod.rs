@@ -56,6 +56,22 @@ pub fn spec(replicas: usize) -> TopologySpec {
     }
 }
 
+/// [`spec`] with semi-sync replication and the AFTER_SYNC wait point: a commit is
+/// acknowledged to the client only once a replica has received it.
+pub fn semisync_spec(replicas: usize) -> TopologySpec {
+    let mut s = spec(replicas);
+    s.extra_cnf = [
+        "rpl_semi_sync_master_enabled = ON",
+        "rpl_semi_sync_slave_enabled = ON",
+        "rpl_semi_sync_master_wait_point = AFTER_SYNC",
+        "rpl_semi_sync_master_wait_no_slave = OFF",
+        "rpl_semi_sync_master_timeout = 10000",
+    ]
+    .map(String::from)
+    .to_vec();
+    s
+}
+
 /// The proxy config for a topology (listener on port 0).
 pub fn config_for(topo: &Topology) -> Config {
     topo.proxy_config("127.0.0.1:0")
