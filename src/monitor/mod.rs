@@ -607,7 +607,10 @@ impl Monitor {
         let timeout = self.timeout;
         let mut written = false;
         let mut stalled = false;
-        if let Some(p) = primary {
+        // No heartbeat write while a switchover holds writes: the monitor login bypasses
+        // read_only, and a write after the switching instance read the primary's position
+        // would reach some replicas and not the new primary (its history would diverge).
+        if let Some(p) = primary.filter(|_| !self.hold) {
             let sc = &mut self.srv[p].sc;
             if sc.conn.is_some() {
                 let r = async {
