@@ -23,4 +23,5 @@ pub mod router;
 pub mod sandbox;
 pub mod server;
 pub mod state;
+pub mod takeover;
 pub mod tls;

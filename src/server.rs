@@ -33,12 +33,42 @@ pub struct Running {
     monitor_task: JoinHandle<()>,
     sessions_done: mpsc::Receiver<()>,
     grace: Duration,
+    /// Duplicates of the client, admin and metrics listeners, for a takeover.
+    handover: [Option<std::os::fd::OwnedFd>; 3],
 }
 
 /// Binds `[proxy] listen` (and the admin and metrics ports) and starts serving.
 pub async fn start(config: Arc<Config>) -> std::io::Result<Running> {
-    let listener = bind_clients(config.listen_addr(), config.proxy.listen_backlog)?;
-    start_with_listener(config, listener).await
+    start_inheriting(config, crate::takeover::Listeners::default()).await
+}
+
+/// Like `start`, serving on listeners taken over from a running process where they match
+/// the configured addresses (the others are bound anew, and unmatched ones closed).
+pub async fn start_inheriting(
+    config: Arc<Config>,
+    inherited: crate::takeover::Listeners,
+) -> std::io::Result<Running> {
+    let matching = |l: Option<std::net::TcpListener>, want: &str| {
+        let l = l?;
+        let want: SocketAddr = want.parse().ok()?;
+        if l.local_addr().ok()? == want {
+            TcpListener::from_std(l).ok()
+        } else {
+            None
+        }
+    };
+    let listener = match matching(inherited.client, &config.proxy.listen) {
+        Some(l) => l,
+        None => bind_clients(config.listen_addr(), config.proxy.listen_backlog).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("[proxy] listen {}: {e}", config.proxy.listen),
+            )
+        })?,
+    };
+    let admin = matching(inherited.admin, &config.admin.listen);
+    let metrics = matching(inherited.metrics, &config.metrics.listen);
+    start_on(config, listener, admin, metrics).await
 }
 
 /// The client listener, with `[proxy] listen_backlog` pending connections (the kernel caps it
@@ -66,17 +96,34 @@ pub async fn start_with_listener(
     config: Arc<Config>,
     listener: TcpListener,
 ) -> std::io::Result<Running> {
-    let admin_listener = match &config.admin.password {
-        Some(_) => Some(bind("[admin] listen", &config.admin.listen).await?),
-        None => {
+    start_on(config, listener, None, None).await
+}
+
+async fn start_on(
+    config: Arc<Config>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+) -> std::io::Result<Running> {
+    let admin_listener = match (&config.admin.password, admin) {
+        (Some(_), Some(l)) => Some(l),
+        (Some(_), None) => Some(bind("[admin] listen", &config.admin.listen).await?),
+        (None, _) => {
             tracing::warn!("the admin port is off: set [admin] password to enable it (there is no default password)");
             None
         }
     };
-    let metrics_listener = match config.metrics.listen.as_str() {
-        "" => None,
-        addr => Some(bind("[metrics] listen", addr).await?),
+    let metrics_listener = match (config.metrics.listen.as_str(), metrics) {
+        ("", _) => None,
+        (_, Some(l)) => Some(l),
+        (addr, None) => Some(bind("[metrics] listen", addr).await?),
     };
+    let dup = |l: Option<&TcpListener>| l.and_then(|l| crate::takeover::dup(l).ok());
+    let handover = [
+        dup(Some(&listener)),
+        dup(admin_listener.as_ref()),
+        dup(metrics_listener.as_ref()),
+    ];
     let local_addr = listener.local_addr()?;
     let rules = crate::router::rules::load(&config.routing.rules, &config.base_dir)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -141,10 +188,21 @@ pub async fn start_with_listener(
         monitor_task: monitor,
         sessions_done: done_rx,
         grace: Duration::from_millis(config.proxy.shutdown_grace_ms),
+        handover,
     })
 }
 
 impl Running {
+    /// Fresh duplicates of the listeners, for the takeover thread.
+    fn handover_fds(&self) -> std::io::Result<[Option<std::os::fd::OwnedFd>; 3]> {
+        let d = |f: &Option<std::os::fd::OwnedFd>| f.as_ref().map(|f| f.try_clone()).transpose();
+        Ok([
+            d(&self.handover[0])?,
+            d(&self.handover[1])?,
+            d(&self.handover[2])?,
+        ])
+    }
+
     /// Waits until a primary is known and its handshake was read, or `timeout` passes.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let mut rx = self.cluster.clone();
@@ -190,22 +248,92 @@ pub async fn run(
     config: Arc<Config>,
     signal: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let running = start(config).await?;
+    let path = crate::takeover::socket_path(&config.proxy.takeover_socket, config.listen_addr());
+    let inherited = match path.clone() {
+        Some(p) => tokio::task::spawn_blocking(move || crate::takeover::request(&p))
+            .await
+            .map_err(std::io::Error::other)?
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the running process did not hand its listeners over; binding them anew");
+                None
+            }),
+        None => None,
+    };
+    let (listeners, handing) = match inherited {
+        Some(mut i) => (std::mem::take(&mut i.listeners), Some(i)),
+        None => (crate::takeover::Listeners::default(), None),
+    };
+    let running = start_inheriting(config, listeners).await?;
+    if let Some(h) = handing {
+        // The old process stops accepting once this one can route writes (or after a bound,
+        // so that an upgrade during an outage of the primary still completes).
+        running.wait_ready(Duration::from_secs(10)).await;
+        match h.ready() {
+            Ok(()) => {
+                tracing::info!("took the listeners over from the running process, which now drains")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not tell the previous process to drain"),
+        }
+    }
+    let (taken_tx, mut taken_rx) = tokio::sync::oneshot::channel();
+    let mut owned_path = None;
+    if let Some(p) = path {
+        match crate::takeover::bind(&p) {
+            Ok(ul) => {
+                owned_path = inode(&p).map(|ino| (p.clone(), ino));
+                let fds = running.handover_fds()?;
+                // A plain thread: it blocks in accept() and must not hold the runtime open.
+                std::thread::spawn(move || {
+                    let _ = taken_tx.send(crate::takeover::serve_one(&ul, &fds));
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %p.display(), "no takeover socket: a restart will have to rebind the ports")
+            }
+        }
+    }
     let shared = running.shared.clone();
     let monitor = running.monitor.clone();
     tokio::pin!(signal);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut taken = false;
+    let mut watching = true;
     loop {
         tokio::select! {
             _ = &mut signal => break,
             Some(()) = hup.recv() => {
                 let _ = crate::reload::reload(&shared, &monitor).await;
             }
+            r = &mut taken_rx, if watching => {
+                watching = false;
+                match r {
+                    Ok(Ok(())) => {
+                        tracing::info!("a new process took the listeners over; draining");
+                        taken = true;
+                        break;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "the takeover socket failed; a restart will have to rebind the ports"),
+                    // No takeover socket.
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    // The path belongs to the new process after a takeover; otherwise it is removed, unless
+    // another process replaced it meanwhile.
+    if let Some((p, ino)) = owned_path {
+        if !taken && inode(&p) == Some(ino) {
+            let _ = std::fs::remove_file(&p);
         }
     }
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+fn inode(p: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(p).ok().map(|m| m.ino())
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).

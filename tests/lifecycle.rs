@@ -203,15 +203,20 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
     }
     let (r, mut c) = q.await.unwrap();
     assert_eq!(r, Some(7), "the in-flight query finished");
-    assert!(
-        c.query_drop("SELECT 1").await.is_err(),
-        "the session is closed after its command"
-    );
+    // A client that goes on at once is still served (it is not quiet yet)...
+    let next: Option<i64> = c.query_first("SELECT 8").await.unwrap();
+    assert_eq!(next, Some(8));
+    // ...and once quiet, its session is closed at the boundary and the process exits
+    // without waiting for the grace period.
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
         .await
         .expect("exits")
         .unwrap();
     assert!(status.success(), "{status}");
+    assert!(
+        c.query_drop("SELECT 1").await.is_err(),
+        "the session is closed after the drain"
+    );
     let mut log = String::new();
     use tokio::io::AsyncReadExt;
     child
@@ -221,6 +226,10 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
         .read_to_string(&mut log)
         .await
         .unwrap();
+    assert!(
+        !log.contains("still busy after the grace period"),
+        "the quiet session was not closed at its boundary:\n{log}"
+    );
     assert!(
         log.contains("primary discovered") && log.contains("db1"),
         "{log}"

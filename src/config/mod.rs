@@ -230,6 +230,11 @@ pub struct ProxyConfig {
     /// The plugin the greeting names: `mysql_native_password` or `caching_sha2_password`
     /// (clients answer with its token; others are switched per user).
     pub default_auth_plugin: String,
+    /// Unix socket through which a new `sluice run` takes the listening sockets over from
+    /// the running one (rolling restart without a refused connection): empty (default) = a
+    /// path derived from `listen` in `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR` or the
+    /// temporary folder; `"off"` = none.
+    pub takeover_socket: String,
     /// `[proxy.tls]`: TLS for clients; absent = plaintext only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProxyTlsConfig>,
@@ -269,6 +274,7 @@ impl Default for ProxyConfig {
             multiplexing_hold_ms: 250,
             max_prepared_statements_per_connection: 128,
             max_prepared_statements_per_session: 1024,
+            takeover_socket: String::new(),
             tls: None,
         }
     }

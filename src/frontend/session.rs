@@ -83,6 +83,8 @@ pub(super) struct Session {
     /// `[proxy] client_idle_timeout_ms`: when the last command arrived, and a timer that
     /// fires at the earliest moment the session could be idle too long.
     last_command: tokio::time::Instant,
+    /// When this session first saw the shutdown (drain) signal.
+    drain_started: Option<tokio::time::Instant>,
     idle_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The user and database last shown to the admin port (published only when they change).
     published_user: String,
@@ -202,6 +204,7 @@ pub async fn run(
         idle: true,
         known_digests: Default::default(),
         last_command: tokio::time::Instant::now(),
+        drain_started: None,
         idle_timer: Box::pin(tokio::time::sleep(Duration::from_millis(
             snapshot_idle_ms.max(1),
         ))),
@@ -293,7 +296,7 @@ impl Session {
         loop {
             self.idle = true;
             self.info.busy.store(false, Ordering::Relaxed);
-            if *shutdown.borrow() {
+            if *shutdown.borrow() && self.may_close_for_shutdown() {
                 return self.close().await;
             }
             let Some(ext) = self.next_command(&mut shutdown).await? else {
@@ -353,7 +356,24 @@ impl Session {
             }
             self.settle().await;
             self.publish_state();
+            // Idle time (client_idle_timeout_ms, the shutdown drain) counts from the answer.
+            self.last_command = tokio::time::Instant::now();
         }
+    }
+
+    /// On shutdown (or after a takeover), a session closes at a transaction boundary once the
+    /// client has been quiet for `DRAIN_QUIET`: a client that connects, runs a statement and
+    /// leaves is never cut short, and one that keeps a transaction open finishes it (within
+    /// `shutdown_grace_ms`).
+    /// A client that never pauses is closed at its first transaction boundary after half the
+    /// grace period.
+    fn may_close_for_shutdown(&mut self) -> bool {
+        let started = *self
+            .drain_started
+            .get_or_insert_with(tokio::time::Instant::now);
+        let half_grace = Duration::from_millis(self.routing.config.proxy.shutdown_grace_ms / 2);
+        !self.st.in_transaction()
+            && (self.last_command.elapsed() >= DRAIN_QUIET || started.elapsed() >= half_grace)
     }
 
     /// Waits for the client's next command, watching the held connections meanwhile. `None`
@@ -369,6 +389,8 @@ impl Session {
             self.hold_until = Some(tokio::time::Instant::now() + Duration::from_millis(ms));
         }
         let hold_until = self.hold_until;
+        let drain_at = (*shutdown.borrow() && !self.st.in_transaction())
+            .then(|| self.last_command + DRAIN_QUIET);
         let primary = self.primary.as_mut().map(|l| &mut l.conn);
         let replica = self.replica.as_mut().map(|l| &mut l.conn);
         let client = &mut self.client;
@@ -415,6 +437,7 @@ impl Session {
                 Ok(None)
             }
             _ = shutdown.changed() => Ok(None),
+            _ = until(drain_at) => Ok(None),
         }
     }
 
@@ -1122,6 +1145,9 @@ async fn watch(conn: Option<&mut BackendConn>) -> String {
         None => std::future::pending().await,
     }
 }
+
+/// How long a client must have been quiet before a draining session closes it.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
 async fn until(at: Option<tokio::time::Instant>) {
     match at {

@@ -59,6 +59,26 @@ impl Instance {
         i
     }
 
+    /// A second `sluice run` with the same config file (a rolling restart), its log kept.
+    pub fn start_again(&self, log: &std::path::Path) -> tokio::process::Child {
+        tokio::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start sluice run")
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub async fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
