@@ -244,3 +244,125 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
     );
     h.shutdown().await;
 }
+
+/// `[log] format = "json"`: every line `sluice run` writes is one JSON object, with the
+/// session span's fields; `sluice health` answers from `/readyz` and `/healthz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_the_health_command() {
+    let h = Harness::start(1).await;
+    let port = sluice::sandbox::node_free_port();
+    let metrics = sluice::sandbox::node_free_port();
+    let text = toml_for(&h.topo, &[0, 1], &format!("127.0.0.1:{port}")).replace(
+        "[metrics]\nlisten = \"127.0.0.1:0\"",
+        &format!("[metrics]\nlisten = \"0.0.0.0:{metrics}\"\n[log]\nformat = \"json\""),
+    );
+    let cfg = write_config(&text);
+    let health = |extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["health", "--config"])
+            .arg(cfg.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Nothing runs yet: not healthy, and the answer says why.
+    let out = health(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/readyz"));
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(cfg.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let opts = h.opts(port, USER, PASSWORD);
+    common::eventually("ready", Duration::from_secs(20), || async {
+        health(&[]).status.success()
+    })
+    .await;
+    let out = health(&[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ready: primary db1"),
+        "{out:?}"
+    );
+    assert!(health(&["--live"]).status.success());
+    let mut c = mysql_async::Conn::new(opts).await.unwrap();
+    let _: Option<i64> = c.query_first("SELECT 1").await.unwrap();
+    // A wrong password makes a line inside the session span.
+    let bad = mysql_async::Conn::new(h.opts(port, USER, "wrong")).await;
+    assert!(bad.is_err());
+    c.disconnect().await.unwrap();
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success());
+    let mut log = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["message"] == "primary discovered"
+            && v["level"] == "INFO"
+            && v["timestamp"].is_string()),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["span"]["name"] == "session"
+                && v["span"]["id"].is_u64()
+                && v["span"]["client"].is_string()
+                && v["user"] == USER),
+        "no line carries the session span's fields:\n{log}"
+    );
+    // Stopped: not healthy any more.
+    assert_eq!(health(&["--live"]).status.code(), Some(1));
+    h.shutdown().await;
+}
+
+/// The operator commands load `[backend_tls]` like `sluice run`: an unreadable CA stops them
+/// before any server is contacted (never a plaintext fallback with the credentials).
+#[test]
+fn operator_commands_refuse_an_unreadable_backend_ca() {
+    let text = "[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:9\"\n\
+                [[users]]\nname = \"app\"\npassword = \"x\"\n\
+                [monitor]\nuser = \"mon\"\npassword = \"m\"\n\
+                [backend_tls]\nca = \"/nonexistent/ca.pem\"\n";
+    let cfg = write_config(text);
+    for args in [
+        &["switchover", "--to", "db1"][..],
+        &["failover"],
+        &["acknowledge"],
+        &["check-config"],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .arg(args[0])
+            .arg("--config")
+            .arg(cfg.path())
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("backend_tls") && stderr.contains("/nonexistent/ca.pem"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -30,7 +30,8 @@ pub enum AdminCommand {
     Reload,
     /// `SELECT @@var, …` and other client start-up chatter (`SELECT DATABASE()`, …).
     Variables(Vec<String>),
-    /// `SET …`, `USE …`, `BEGIN`, …: accepted and ignored (drivers send them at connect).
+    /// `SET NAMES …`, `SET var = …`, `SET [SESSION] TRANSACTION …`, `COMMIT`, `ROLLBACK`:
+    /// accepted and ignored (drivers send them at connect, pools on release).
     Ignored,
     ShowQueryDigest,
     ResetQueryDigest,
@@ -102,9 +103,15 @@ impl AdminCommand {
                     None => AdminCommand::Unknown(sql.to_string()),
                 }
             }
-            ["SET", ..] | ["USE", ..] | ["BEGIN"] | ["COMMIT"] | ["ROLLBACK"] => {
-                AdminCommand::Ignored
-            }
+            // What client libraries send on connect or when a pool hands a connection back
+            // is accepted without effect; any other SET (a mistyped `SET SERVER db2 OFLINE`),
+            // USE or BEGIN is an error, never a silent no-op.
+            ["SET", "SERVER", ..] => AdminCommand::Unknown(sql.to_string()),
+            ["SET", "NAMES" | "CHARACTER" | "CHARSET" | "TRANSACTION", ..]
+            | ["SET", "SESSION" | "LOCAL", "TRANSACTION", ..]
+            | ["COMMIT"]
+            | ["ROLLBACK"] => AdminCommand::Ignored,
+            ["SET", ..] if sql.contains('=') => AdminCommand::Ignored,
             ["SELECT", ..] => {
                 // `SELECT @@a, @@b LIMIT 1`, `SELECT DATABASE()`, `SELECT 1`.
                 let list = sql[6..]
@@ -215,6 +222,31 @@ mod tests {
             Unknown(_)
         ));
         assert!(matches!(AdminCommand::parse("KILL SESSION x"), Unknown(_)));
+        // Driver chatter is accepted; typos and statements without effect here are not.
+        for ok in [
+            "SET NAMES utf8mb4",
+            "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_general_ci'",
+            "set autocommit=1",
+            "SET SESSION sql_mode = 'TRADITIONAL'",
+            "SET @@session.time_zone='+00:00'",
+            "SET character_set_results = NULL",
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET CHARACTER SET utf8",
+            "ROLLBACK",
+            "commit",
+        ] {
+            assert_eq!(AdminCommand::parse(ok), Ignored, "{ok}");
+        }
+        for bad in [
+            "SET SERVER db2 OFLINE",
+            "SET SERVER db2",
+            "SET SEVRER db2 OFFLINE",
+            "USE sluice",
+            "BEGIN",
+            "START TRANSACTION",
+        ] {
+            assert!(matches!(AdminCommand::parse(bad), Unknown(_)), "{bad}");
+        }
         assert!(matches!(
             AdminCommand::parse("SELECT * FROM users"),
             Unknown(_)

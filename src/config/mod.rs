@@ -28,6 +28,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub firewall: FirewallConfig,
+    pub log: LogConfig,
     /// `[backend_tls]`: TLS from Sluice (data path and monitor) to every server; absent =
     /// plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +144,24 @@ impl Default for MetricsConfig {
             listen: "127.0.0.1:6070".into(),
         }
     }
+}
+
+/// `[log]`: how log lines are written (the level is `SLUICE_LOG`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object per line, for log pipelines);
+    /// `SLUICE_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[routing]`: where statements go.
@@ -493,6 +512,19 @@ impl Config {
         config.validate(path)?;
         crate::router::rules::load(&config.routing.rules, &config.base_dir)
             .map_err(|e| ConfigError::Rules(e.to_string()))?;
+        // Certificates and keys are read now, for every command: an operator command
+        // (switchover, failover) with an unreadable CA must stop, never reach the servers in
+        // clear text with the monitor's and replication credentials.
+        crate::tls::backend_tls(&config).map_err(|msg| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: "backend_tls".into(),
+            msg,
+        })?;
+        crate::tls::client_acceptor(&config).map_err(|msg| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: "proxy.tls".into(),
+            msg,
+        })?;
         Ok(config)
     }
 

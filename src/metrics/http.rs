@@ -114,3 +114,47 @@ async fn respond(
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
 }
+
+/// A blocking, bounded `GET path` against this endpoint at `address` (`sluice health`). An
+/// unspecified address (`0.0.0.0`, `[::]`) is asked on loopback. Returns the status and body.
+pub fn get(
+    address: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let mut last = None;
+    for mut addr in address.to_socket_addrs()? {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        match std::net::TcpStream::connect_timeout(&addr, timeout) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut raw = Vec::new();
+                // The answers are a few bytes; the bound keeps a wrong peer from feeding us.
+                s.take(64 * 1024).read_to_end(&mut raw)?;
+                let text = String::from_utf8_lossy(&raw);
+                let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
+                return Ok((status, body.to_string()));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
+}

@@ -190,6 +190,7 @@ impl Topology {
                 },
             },
             firewall: Default::default(),
+            log: Default::default(),
             backend_tls: None,
             base_dir: std::path::PathBuf::from("."),
             source: None,
