@@ -302,3 +302,84 @@ pub fn backend_tls(config: &Config) -> Result<Option<Arc<BackendTls>>, String> {
         verify_server_name: t.verify_server_name,
     })))
 }
+
+/// The `notAfter` of an X.509 certificate, in Unix seconds (for the expiry metric). A small
+/// DER walk: Certificate → tbsCertificate → [version] serial signature issuer validity.
+pub fn not_after(cert: &[u8]) -> Option<i64> {
+    /// One DER element at the front of `b`: (tag, contents, rest).
+    fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, mut b) = b.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |a, &x| (a << 8) | usize::from(x));
+            b = &b[n..];
+            len
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (_, cert, _) = element(cert)?;
+    let (_, mut tbs, _) = element(cert)?;
+    let (tag, _, rest) = element(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest; // explicit version
+    }
+    for _ in 0..3 {
+        tbs = element(tbs)?.2; // serial, signature algorithm, issuer
+    }
+    let (_, validity, _) = element(tbs)?;
+    let (_, _, validity) = element(validity)?; // notBefore
+    let (tag, time, _) = element(validity)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let digits = |s: &str| -> Option<i64> { s.parse().ok() };
+    let (year, rest) = match tag {
+        0x17 => {
+            // UTCTime YYMMDDHHMMSSZ: 50–99 → 19xx.
+            let yy = digits(text.get(..2)?)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        0x18 => (digits(text.get(..4)?)?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |i: usize| digits(rest.get(i..i + 2)?);
+    let (month, day, h, m, s) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    // Days from the civil date (proleptic Gregorian), 1970-01-01 = 0.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+#[cfg(test)]
+mod not_after_tests {
+    #[test]
+    fn reads_the_expiry_of_a_generated_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert_until = |y, m, d| {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+            params.self_signed(&key).unwrap()
+        };
+        // 2031-07-15T00:00:00Z
+        assert_eq!(
+            super::not_after(cert_until(2031, 7, 15).der()),
+            Some(1_941_840_000)
+        );
+        let cert = cert_until(2060, 2, 29);
+        // GeneralizedTime after 2049: 2060-02-29T00:00:00Z
+        assert_eq!(super::not_after(cert.der()), Some(2_845_238_400));
+        assert_eq!(super::not_after(b"\x30\x03\x02\x01"), None);
+        assert_eq!(super::not_after(&[]), None);
+    }
+}

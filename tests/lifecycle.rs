@@ -323,12 +323,10 @@ async fn json_logs_and_the_health_command() {
         "{log}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|v| v["span"]["name"] == "session"
-                && v["span"]["id"].is_u64()
-                && v["span"]["client"].is_string()
-                && v["user"] == USER),
+        lines.iter().any(|v| v["span"]["name"] == "session"
+            && v["span"]["id"].is_u64()
+            && v["span"]["client"].is_string()
+            && v["user"] == USER),
         "no line carries the session span's fields:\n{log}"
     );
     // Stopped: not healthy any more.

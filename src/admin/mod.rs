@@ -251,6 +251,7 @@ async fn connection(
                 let sql = String::from_utf8_lossy(&pkt.payload[1..]).into_owned();
                 let cmd = AdminCommand::parse(&sql);
                 tracing::debug!(command = cmd.name(), "admin statement");
+                ctx.shared.metrics.admin_command(cmd.name());
                 match ctx.execute(cmd).await {
                     Reply::Rows(rs) => {
                         let out = rs.encode(seq, caps);

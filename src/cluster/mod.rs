@@ -180,6 +180,9 @@ pub struct ClusterView {
     pub heartbeat_failures: u64,
     /// Failovers and switchovers this instance ran, oldest first.
     pub history: Arc<Vec<FailoverRecord>>,
+    /// Records ever made by this instance (`history` keeps the last 100): metrics count new
+    /// records from this, so they go on moving after the cap.
+    pub history_total: u64,
 }
 
 impl ClusterView {

@@ -417,6 +417,9 @@ pub struct MonitorConfig {
     pub replication_user: Option<String>,
     #[serde(deserialize_with = "opt_string_or_number", serialize_with = "mask_opt")]
     pub replication_password: Option<String>,
+    /// Read `replication_password` from this file (first line) instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_password_file: Option<String>,
     /// The replication heartbeat period Sluice asks for (`MASTER_HEARTBEAT_PERIOD`) when it
     /// points a replica at a primary: a replica that receives neither an event nor a
     /// heartbeat for 4 periods has lost its primary, whatever its IO thread says.
@@ -465,6 +468,7 @@ impl Default for MonitorConfig {
             auto_rejoin: true,
             replication_user: None,
             replication_password: None,
+            replication_password_file: None,
             replication_heartbeat_ms: 250,
             manage_heartbeat_period: false,
         }
@@ -564,6 +568,13 @@ impl Config {
                 "monitor.password_file".into(),
                 f,
                 self.monitor.password.is_some(),
+            )?);
+        }
+        if let Some(f) = &self.monitor.replication_password_file {
+            self.monitor.replication_password = Some(read(
+                "monitor.replication_password_file".into(),
+                f,
+                self.monitor.replication_password.is_some(),
             )?);
         }
         if let Some(f) = &self.admin.password_file {

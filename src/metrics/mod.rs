@@ -87,6 +87,11 @@ pub struct Metrics {
     heartbeat_failures: IntCounter,
     errors_total: IntCounterVec,
     reloads: IntCounterVec,
+    admin_commands: IntCounterVec,
+    lag_budget: prometheus::Gauge,
+    cert_expiry: GaugeVec,
+    /// The served certificate's expiry, cached by (file, modification time).
+    cert_cache: Mutex<Option<(std::path::PathBuf, std::time::SystemTime, Option<i64>)>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -287,12 +292,21 @@ impl Metrics {
             lag,
             primary_known: gauge(&r, PRIMARY_KNOWN, "1 when a writable primary is known"),
             generation: gauge(&r, GENERATION, "The newest failover generation seen"),
-            failovers: counter_vec(
-                &r,
-                FAILOVERS_TOTAL,
-                "Failovers and switchovers this instance ran, by kind and outcome",
-                &["kind", "outcome"],
-            ),
+            failovers: {
+                let c = counter_vec(
+                    &r,
+                    FAILOVERS_TOTAL,
+                    "Failovers and switchovers this instance ran, by kind and outcome",
+                    &["kind", "outcome"],
+                );
+                // Present at 0 from the start, so that `increase()` sees the first one.
+                for kind in ["failover", "switchover"] {
+                    for outcome in ["success", "failure"] {
+                        c.with_label_values(&[kind, outcome]);
+                    }
+                }
+                c
+            },
             failover_seconds,
             failovers_seen: Mutex::new(0),
             semi_sync: gauge(
@@ -317,8 +331,59 @@ impl Metrics {
                 "Configuration reloads (SIGHUP, admin RELOAD), by outcome",
                 &["outcome"],
             ),
+            admin_commands: counter_vec(
+                &r,
+                ADMIN_COMMANDS_TOTAL,
+                "Admin port statements, by command (unknown ones as `unknown`)",
+                &["command"],
+            ),
+            lag_budget: {
+                let g = prometheus::Gauge::new(
+                    LAG_BUDGET_SECONDS,
+                    "[routing] max_lag_ms: a replica lagging more gets no reads",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            cert_expiry: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        TLS_CERT_EXPIRY,
+                        "Expiry (not after, Unix seconds) of the certificate Sluice presents to clients ([proxy.tls] cert)",
+                    ),
+                    &["certificate"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            cert_cache: Mutex::new(None),
             registry: r,
         }
+    }
+
+    /// Counts one admin statement.
+    pub fn admin_command(&self, name: &str) {
+        self.admin_commands.with_label_values(&[name]).inc();
+    }
+
+    /// The client certificate's expiry, read again only when the file changed.
+    fn client_cert_expiry(&self, config: &crate::config::Config) -> Option<i64> {
+        let tls = config.proxy.tls.as_ref()?;
+        let path = config.base_dir.join(&tls.cert);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let mut cache = self.cert_cache.lock().ok()?;
+        if let Some((p, t, v)) = cache.as_ref() {
+            if *p == path && *t == mtime {
+                return *v;
+            }
+        }
+        let v = crate::tls::load_certs(&path)
+            .ok()
+            .and_then(|c| c.first().and_then(|c| crate::tls::not_after(c)));
+        *cache = Some((path, mtime, v));
+        v
     }
 
     /// Copies the process's counters and the cluster view into the registry and renders the
@@ -482,7 +547,10 @@ impl Metrics {
             .set(i64::from(view.semi_sync.enabled && view.semi_sync.active));
         sync(&self.heartbeat_failures, view.heartbeat_failures);
         if let Ok(mut seen) = self.failovers_seen.lock() {
-            for rec in view.history.iter().skip(*seen) {
+            // New records since the last scrape, even once the history is capped.
+            let new = (view.history_total as usize).saturating_sub(*seen);
+            let skip = view.history.len().saturating_sub(new);
+            for rec in view.history.iter().skip(skip) {
                 let outcome = if rec.ok { "success" } else { "failure" };
                 self.failovers.with_label_values(&[rec.kind, outcome]).inc();
                 if rec.ok {
@@ -491,7 +559,7 @@ impl Metrics {
                         .observe(rec.duration_ms as f64 / 1000.0);
                 }
             }
-            *seen = view.history.len();
+            *seen = view.history_total as usize;
         }
         for (i, code) in COUNTED_ERRORS.iter().enumerate() {
             let v = self.errors.get(i);
@@ -514,6 +582,18 @@ impl Metrics {
             &self.reloads.with_label_values(&["failure"]),
             shared.reloads_failed.load(Ordering::Relaxed),
         );
+        let config = shared.config();
+        self.lag_budget
+            .set(config.routing.max_lag_ms as f64 / 1000.0);
+        match self.client_cert_expiry(&config) {
+            Some(t) => self
+                .cert_expiry
+                .with_label_values(&["client_listener"])
+                .set(t as f64),
+            None => {
+                let _ = self.cert_expiry.remove_label_values(&["client_listener"]);
+            }
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

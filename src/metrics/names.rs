@@ -34,3 +34,5 @@ pub const POOL_WAIT_SECONDS: &str = "sluice_pool_wait_seconds";
 pub const SESSIONS_PINNED: &str = "sluice_sessions_pinned";
 pub const MULTIPLEXING_RATIO: &str = "sluice_multiplexing_ratio";
 pub const SESSIONS_HOLDING: &str = "sluice_sessions_holding_connections";
+pub const LAG_BUDGET_SECONDS: &str = "sluice_lag_budget_seconds";
+pub const TLS_CERT_EXPIRY: &str = "sluice_tls_certificate_expiry_timestamp_seconds";

@@ -278,6 +278,7 @@ impl Monitor {
 
     fn record(&mut self, rec: FailoverRecord) {
         self.history.push(rec);
+        self.history_total += 1;
         if self.history.len() > 100 {
             self.history.remove(0);
         }

@@ -174,6 +174,8 @@ pub struct Monitor {
     /// The generation when automatic failover was disabled.
     pub(crate) disabled_at: u64,
     pub(crate) history: Vec<FailoverRecord>,
+    /// Records ever made (the history keeps the last 100).
+    pub(crate) history_total: u64,
     pub(crate) state: MonitorState,
     heartbeat_failing: bool,
     heartbeat_failures: u64,
@@ -214,6 +216,7 @@ impl Monitor {
             disabled: None,
             disabled_at: 0,
             history: Vec::new(),
+            history_total: 0,
             state: MonitorState::Starting,
             heartbeat_failing: false,
             heartbeat_failures: 0,
@@ -997,6 +1000,7 @@ impl Monitor {
                 clients: self.semi_sync.clients,
             },
             history: Arc::new(self.history.clone()),
+            history_total: self.history_total,
             heartbeat_failures: self.heartbeat_failures,
         }
     }
@@ -1192,6 +1196,7 @@ fn changed(a: &ClusterView, b: &ClusterView) -> bool {
         || a.state != b.state
         || a.semi_sync != b.semi_sync
         || a.heartbeat_failures != b.heartbeat_failures
+        || a.history_total != b.history_total
         || a.history.len() != b.history.len()
         || a.history.last().map(|r| &r.detail) != b.history.last().map(|r| &r.detail)
         || a.servers.len() != b.servers.len()
