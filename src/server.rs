@@ -292,6 +292,7 @@ pub async fn run(
             }
         }
     }
+    sd_notify("READY=1\nSTATUS=serving");
     let shared = running.shared.clone();
     let monitor = running.monitor.clone();
     tokio::pin!(signal);
@@ -302,7 +303,9 @@ pub async fn run(
         tokio::select! {
             _ = &mut signal => break,
             Some(()) = hup.recv() => {
+                sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
                 let _ = crate::reload::reload(&shared, &monitor).await;
+                sd_notify("READY=1\nSTATUS=serving");
             }
             r = &mut taken_rx, if watching => {
                 watching = false;
@@ -327,8 +330,50 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down");
+    sd_notify("STOPPING=1\nSTATUS=draining sessions");
     running.shutdown().await;
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about the service's state through `$NOTIFY_SOCKET`; nothing
+/// when not started by systemd. Best effort: a failure is logged at debug level.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "sd_notify: no socket");
+            return;
+        }
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let r = match bytes.strip_prefix(b"@") {
+        // An abstract socket name.
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt as _;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds (systemd wants it with RELOADING=1).
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 fn inode(p: &std::path::Path) -> Option<u64> {

@@ -4,7 +4,8 @@
 //! Prometheus; docker/check_tier.py checks read-your-writes over HTTP and HTTPS, 200 requests
 //! spread over both apps and both Sluice instances (their admin ports), a killed primary
 //! container (writes resume, nothing acknowledged lost, the alert fires in Prometheus);
-//! `down -v` leaves no container, volume or process. Needs a running Docker engine
+//! `down -v` leaves no container, volume or process. `promtool check config` checks the
+//! shipped Prometheus config and alert rules. Needs a running Docker engine
 //! (.ci/run starts one); without one this test fails and says so.
 
 use std::path::PathBuf;
@@ -149,6 +150,26 @@ fn the_example_tier_serves_fails_over_and_cleans_up() {
         build.status.success(),
         "docker/build.sh failed:\n{}",
         text(&build)
+    );
+    // The shipped Prometheus config and alert rules, checked by promtool (in the tier image).
+    let prom = root().join("docker/prometheus");
+    let check = run(
+        Command::new("docker")
+            .args(["run", "--rm", "--network", "host", "-v"])
+            .arg(format!("{}:/etc/prometheus:ro", prom.display()))
+            .args([
+                "sluice-tier:local",
+                "promtool",
+                "check",
+                "config",
+                "/etc/prometheus/prometheus.yml",
+            ]),
+        Duration::from_secs(120),
+    );
+    let out = text(&check);
+    assert!(
+        check.status.success() && out.contains("SUCCESS: 12 rules found"),
+        "promtool check config (and its rule file):\n{out}"
     );
     let _down = Down;
     let up = compose(&["up", "-d"], Duration::from_secs(300));
