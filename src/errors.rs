@@ -60,7 +60,7 @@ pub fn no_primary_within(waited_ms: u64) -> ErrPacket {
         SLUICE_NO_PRIMARY,
         b"HY000",
         format!(
-            "Sluice: no primary server is available (waited {waited_ms} ms,              [monitor] failover_hold_ms, for a failover or switchover to finish)"
+            "Sluice: no primary server is available (waited {waited_ms} ms, [monitor] failover_hold_ms, for a failover or switchover to finish)"
         ),
     )
 }

@@ -5,7 +5,7 @@
 //! It is built on `sluice-proto` (the same greeting and `mysql_native_password` check as the
 //! client port, with a random salt per connection) plus a text result-set writer, not on
 //! `opensrv-mysql`: its newest release (0.7.0) has the pre-authentication use-after-free and
-//! the constant salt DESIGN.md warns about. One file per statement; [`command::AdminCommand`]
+//! a constant salt. One file per statement; [`command::AdminCommand`]
 //! dispatches. It starts only when `[admin] password` is set.
 
 mod command;

@@ -15,8 +15,10 @@ use super::session;
 use crate::errors;
 use crate::state::Shared;
 
-/// Sends an ERR in place of the greeting and closes (in the background, bounded).
-fn refuse(stream: tokio::net::TcpStream, err: sluice_proto::err::ErrPacket) {
+/// Sends an ERR in place of the greeting and closes (in the background, bounded). Counted in
+/// `sluice_errors_total` like every ERR Sluice sends.
+fn refuse(shared: &Shared, stream: tokio::net::TcpStream, err: sluice_proto::err::ErrPacket) {
+    shared.metrics.errors.record(err.code);
     tokio::spawn(async move {
         let mut out = bytes::BytesMut::new();
         framing::write_packet(&mut out, 0, &err.encode_pre_handshake());
@@ -73,7 +75,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
                 super::firewall::Refusal::Rate { per_s } => errors::connection_rate(&ip, per_s),
             };
             tracing::info!(client = %peer, reason = super::firewall::Refusal::REASONS[r.index()], "connection refused by the firewall");
-            refuse(stream, err);
+            refuse(&shared, stream, err);
             continue;
         }
         if shared.clients.load(Ordering::Relaxed) >= limit {
@@ -82,7 +84,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
                 .rejected_too_many
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = %peer, limit, "too many client connections");
-            refuse(stream, errors::too_many_connections());
+            refuse(&shared, stream, errors::too_many_connections());
             continue;
         }
         shared.clients.fetch_add(1, Ordering::Relaxed);

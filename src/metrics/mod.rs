@@ -24,9 +24,9 @@ use crate::router::{PinReason, StatementClass};
 use crate::state::Shared;
 
 /// Error codes counted one by one; any other code is counted as `other`.
-pub const COUNTED_ERRORS: [u16; 18] = [
-    1040, 1043, 1045, 1047, 1153, 1156, 1243, 1835, 2013, 9001, 9002, 9003, 9004, 9010, 9011, 9012,
-    9020, 9021,
+pub const COUNTED_ERRORS: [u16; 22] = [
+    1040, 1043, 1045, 1047, 1129, 1130, 1153, 1156, 1210, 1243, 1835, 2013, 9001, 9002, 9003, 9004,
+    9010, 9011, 9012, 9020, 9021, 9040,
 ];
 
 /// ERR packets Sluice sent to clients, by code.
