@@ -363,6 +363,26 @@ impl Metrics {
         }
     }
 
+    /// Counts the failover records made since the last scrape, even once the history (the
+    /// last 100) is full: `history_total` says how many were ever made.
+    fn count_failovers(&self, view: &ClusterView) {
+        let Ok(mut seen) = self.failovers_seen.lock() else {
+            return;
+        };
+        let new = (view.history_total as usize).saturating_sub(*seen);
+        let skip = view.history.len().saturating_sub(new);
+        for rec in view.history.iter().skip(skip) {
+            let outcome = if rec.ok { "success" } else { "failure" };
+            self.failovers.with_label_values(&[rec.kind, outcome]).inc();
+            if rec.ok {
+                self.failover_seconds
+                    .with_label_values(&[rec.kind])
+                    .observe(rec.duration_ms as f64 / 1000.0);
+            }
+        }
+        *seen = view.history_total as usize;
+    }
+
     /// Counts one admin statement.
     pub fn admin_command(&self, name: &str) {
         self.admin_commands.with_label_values(&[name]).inc();
@@ -546,21 +566,7 @@ impl Metrics {
         self.semi_sync
             .set(i64::from(view.semi_sync.enabled && view.semi_sync.active));
         sync(&self.heartbeat_failures, view.heartbeat_failures);
-        if let Ok(mut seen) = self.failovers_seen.lock() {
-            // New records since the last scrape, even once the history is capped.
-            let new = (view.history_total as usize).saturating_sub(*seen);
-            let skip = view.history.len().saturating_sub(new);
-            for rec in view.history.iter().skip(skip) {
-                let outcome = if rec.ok { "success" } else { "failure" };
-                self.failovers.with_label_values(&[rec.kind, outcome]).inc();
-                if rec.ok {
-                    self.failover_seconds
-                        .with_label_values(&[rec.kind])
-                        .observe(rec.duration_ms as f64 / 1000.0);
-                }
-            }
-            *seen = view.history_total as usize;
-        }
+        self.count_failovers(&view);
         for (i, code) in COUNTED_ERRORS.iter().enumerate() {
             let v = self.errors.get(i);
             if v > 0 {
@@ -597,5 +603,52 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::FailoverRecord;
+
+    fn record(n: u64) -> FailoverRecord {
+        FailoverRecord {
+            kind: "switchover",
+            from: "db1".into(),
+            to: Some("db2".into()),
+            generation: n,
+            started_ms: 0,
+            duration_ms: 100,
+            ok: true,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn failover_counters_keep_moving_after_the_history_is_full() {
+        let m = Metrics::new();
+        let count = || {
+            m.failovers
+                .with_label_values(&["switchover", "success"])
+                .get()
+        };
+        let mut view = ClusterView::default();
+        let mut history = Vec::new();
+        for n in 1..=250u64 {
+            history.push(record(n));
+            if history.len() > 100 {
+                history.remove(0);
+            }
+            view.history = std::sync::Arc::new(history.clone());
+            view.history_total = n;
+            // A scrape every 7 records, as a slow scraper would see them.
+            if n % 7 == 0 || n == 250 {
+                m.count_failovers(&view);
+            }
+        }
+        assert_eq!(count(), 250);
+        // Nothing new: nothing counted again.
+        m.count_failovers(&view);
+        assert_eq!(count(), 250);
     }
 }
