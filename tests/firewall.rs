@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{python_with_pymysql, Harness};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Connects from `source` and returns the first packet's payload (greeting or ERR), or `None`
 /// when the connection closed without one.
@@ -137,27 +137,83 @@ async fn address_lists_and_per_user_rules() {
     h.shutdown().await;
 }
 
+/// Connects from `source`, reads the greeting and answers it with a packet that is not a
+/// handshake response: a malformed handshake (one of MySQL's "connect errors").
+async fn malformed_handshake(source: &str, to: SocketAddr) {
+    let greeting = first_packet_keep(source, to).await;
+    let (mut s, body) = greeting;
+    assert_ne!(body.first(), Some(&0xFF), "refused before the handshake");
+    // A 2-byte payload where a HandshakeResponse41 belongs.
+    s.write_all(&[2, 0, 0, 1, 0x01, 0x02]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+}
+
+/// The greeting (first packet) with the socket kept open.
+async fn first_packet_keep(source: &str, to: SocketAddr) -> (tokio::net::TcpStream, Vec<u8>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(to).await.unwrap();
+    let mut head = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .expect("a greeting within 5 s")
+        .unwrap();
+    let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (s, body)
+}
+
+/// Wrong passwords never block an address (they are throttled per user and address);
+/// malformed or interrupted handshakes do, after `max_connect_errors` in a row, as in MySQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_block_an_address_and_rates_are_limited() {
+async fn wrong_passwords_are_throttled_and_broken_handshakes_block() {
     let h = Harness::start_with(0, |c| {
-        c.firewall.max_login_failures = 3;
+        c.firewall.max_connect_errors = 3;
         c.firewall.block_s = 600;
-        c.firewall.connection_rate_per_source = 1;
-        c.firewall.connection_burst_per_source = 8;
+        c.firewall.login_throttle_max_ms = 200;
     })
     .await;
     let port = h.addr.port();
-    // Three wrong passwords from 127.0.0.2, then even the right one is refused (1129) —
-    // before any credential is read.
-    let got = py_logins(port, "127.0.0.2", "app", &["x", "y", "z", "app-pw"]).await;
-    assert_eq!(got, ["err 1045", "err 1045", "err 1045", "err 1129"]);
-    let p = first_packet("127.0.0.2", h.addr).await.expect("an ERR");
-    assert_eq!(err_code(&p), Some(1129));
-    works(&h).await;
+    // Twelve wrong passwords for `app` from 127.0.0.2: each gets 1045, and the right one
+    // then gets in — and so does another user from the same address.
+    let mut tries: Vec<&str> = vec!["wrong"; 12];
+    tries.push("app-pw");
+    let got = py_logins(port, "127.0.0.2", "app", &tries).await;
+    let mut want = vec!["err 1045".to_string(); 12];
+    want.push("ok".into());
+    assert_eq!(got, want);
+    let got = py_logins(port, "127.0.0.2", "other", &["other-pw"]).await;
+    assert_eq!(got, ["ok"], "another user from the same address");
+    // The answers from the fourth on were delayed: counted, and the address is not blocked.
+    let metrics = h.proxy.as_ref().unwrap().metrics_addr.unwrap();
+    let body = sluice::metrics::http::get(&metrics.to_string(), "/metrics", Duration::from_secs(3))
+        .unwrap()
+        .1;
+    let throttled: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_login_throttled_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no throttle counter in:\n{body}"));
+    assert_eq!(throttled, 9, "wrong passwords 4..=12 were throttled");
     let admin_port = h.proxy.as_ref().unwrap().admin_addr.unwrap().port();
     let mut a = Conn::new(h.opts(admin_port, "admin", sluice::sandbox::ADMIN_PASSWORD))
         .await
         .unwrap();
+    let blocked: Vec<(String, u64, u64)> = a.query("SHOW BLOCKED HOSTS").await.unwrap();
+    assert!(blocked.is_empty(), "{blocked:?}");
+
+    // Three malformed handshakes from 127.0.0.2: then even a good login is refused (1129),
+    // before any credential is read.
+    for _ in 0..3 {
+        malformed_handshake("127.0.0.2", h.addr).await;
+    }
+    let p = first_packet("127.0.0.2", h.addr).await.expect("an ERR");
+    assert_eq!(err_code(&p), Some(1129));
+    let got = py_logins(port, "127.0.0.2", "app", &["app-pw"]).await;
+    assert_eq!(got, ["err 1129"]);
+    works(&h).await;
     let blocked: Vec<(String, u64, u64)> = a.query("SHOW BLOCKED HOSTS").await.unwrap();
     assert_eq!(blocked.len(), 1);
     assert_eq!(blocked[0].0, "127.0.0.2");
@@ -166,18 +222,33 @@ async fn failed_logins_block_an_address_and_rates_are_limited() {
     let got = py_logins(port, "127.0.0.2", "app", &["app-pw"]).await;
     assert_eq!(got, ["ok"], "FLUSH HOSTS lifts the block");
 
-    // A successful login resets the count: 2 failures, a success, 2 failures: not blocked.
-    let got = py_logins(
-        port,
-        "127.0.0.4",
-        "app",
-        &["x", "x", "app-pw", "x", "x", "app-pw"],
-    )
-    .await;
-    assert_eq!(got[5], "ok", "{got:?}");
+    // A successful login resets the count: 2 errors, a success, 2 errors: not blocked.
+    for _ in 0..2 {
+        malformed_handshake("127.0.0.4", h.addr).await;
+    }
+    assert_eq!(
+        py_logins(port, "127.0.0.4", "app", &["app-pw"]).await,
+        ["ok"]
+    );
+    for _ in 0..2 {
+        malformed_handshake("127.0.0.4", h.addr).await;
+    }
+    assert_eq!(
+        py_logins(port, "127.0.0.4", "app", &["app-pw"]).await,
+        ["ok"]
+    );
+    h.shutdown().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_per_source_are_rate_limited() {
+    let h = Harness::start_with(0, |c| {
+        c.firewall.connection_rate_per_source = 1;
+        c.firewall.connection_burst_per_source = 8;
+    })
+    .await;
     // 1 new connection per second with a burst of 8: a quick ninth from 127.0.0.3 is refused
-    // with 9040 (127.0.0.2 and .4 spent theirs above; 127.0.0.1 is unaffected).
+    // with 9040 (127.0.0.1 is unaffected).
     let mut codes = Vec::new();
     for _ in 0..9 {
         let p = first_packet("127.0.0.3", h.addr).await.expect("a packet");

@@ -313,7 +313,7 @@ async fn ten_thousand_malformed_inputs_on_both_ports() {
     // Malformed handshakes count as failed logins; this suite sends thousands from one
     // address, so blocking is off here (tests/firewall.rs covers it).
     let h = Harness::start_with(0, |c| {
-        c.firewall.max_login_failures = 0;
+        c.firewall.max_connect_errors = 0;
         c.proxy.handshake_timeout_ms = 2_000;
     })
     .await;

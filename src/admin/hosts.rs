@@ -1,5 +1,5 @@
-//! `SHOW BLOCKED HOSTS` (addresses blocked after `[firewall] max_login_failures` failed
-//! logins) and `FLUSH HOSTS` (lift every block, as MySQL's statement of the same name).
+//! `SHOW BLOCKED HOSTS` (addresses blocked after `[firewall] max_connect_errors` interrupted or
+//! malformed handshakes) and `FLUSH HOSTS` (lift every block, as MySQL's statement of the same name).
 
 use super::{AdminCtx, Reply, ResultSet};
 

@@ -196,7 +196,9 @@ async fn connection(
     let timeout = Duration::from_millis(config.proxy.handshake_timeout_ms);
     let auth = match tokio::time::timeout(
         timeout,
-        handshake::authenticate(&mut client, &users, id, None, &Default::default()),
+        handshake::authenticate(&mut client, &users, id, None, &Default::default(), &|_| {
+            Duration::ZERO
+        }),
     )
     .await
     {

@@ -77,8 +77,16 @@ pub struct FirewallConfig {
     pub connection_rate_per_source: u32,
     /// Connections a source may open at once above the rate (the bucket's size).
     pub connection_burst_per_source: u32,
-    /// Failed logins in a row after which a source address is blocked; 0 = never blocked.
-    pub max_login_failures: u32,
+    /// Interrupted or malformed handshakes in a row after which a source address is blocked
+    /// (MySQL's `max_connect_errors`); 0 = never blocked. Wrong passwords do not count: they
+    /// are throttled per user and address instead.
+    pub max_connect_errors: u32,
+    /// The old key (wrong passwords counted too): refused with a message naming the new one.
+    #[serde(skip_serializing)]
+    pub max_login_failures: Option<u32>,
+    /// Wrong passwords for one user from one address get a growing delay before their 1045
+    /// (from the 4th in a burst: 100 ms, doubling) up to this; 0 = no delay.
+    pub login_throttle_max_ms: u64,
     /// How long a blocked address stays blocked (admin `FLUSH HOSTS` lifts every block).
     pub block_s: u64,
 }
@@ -90,7 +98,9 @@ impl Default for FirewallConfig {
             deny: Vec::new(),
             connection_rate_per_source: 0,
             connection_burst_per_source: 20,
-            max_login_failures: 20,
+            max_connect_errors: 100,
+            max_login_failures: None,
+            login_throttle_max_ms: 1_000,
             block_s: 300,
         }
     }
@@ -605,6 +615,12 @@ impl Config {
             }
             Ok(())
         };
+        if self.firewall.max_login_failures.is_some() {
+            return Err(bad(
+                "firewall.max_login_failures".into(),
+                "renamed to max_connect_errors, which counts only interrupted or malformed handshakes (wrong passwords are throttled per user and address instead, never blocked): see docs/security.md".into(),
+            ));
+        }
         cidrs("firewall.allow".into(), &self.firewall.allow)?;
         cidrs("firewall.deny".into(), &self.firewall.deny)?;
         for (i, sv) in self.servers.iter().enumerate() {
@@ -956,9 +972,17 @@ password = "secret"
         let f = write(&format!(
             "{GOOD}max_connections = 5\n[firewall]\nallow = [\"127.0.0.0/8\", \"fd00::/8\"]\nmax_login_failures = 0\n"
         ));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("firewall.max_login_failures") && e.contains("max_connect_errors"),
+            "{e}"
+        );
+        let f = write(&format!(
+            "{GOOD}max_connections = 5\n[firewall]\nallow = [\"127.0.0.0/8\", \"fd00::/8\"]\nmax_connect_errors = 0\n"
+        ));
         let c = Config::load(f.path()).unwrap();
         assert_eq!(c.users[0].max_connections, 5);
-        assert_eq!(c.firewall.max_login_failures, 0);
+        assert_eq!(c.firewall.max_connect_errors, 0);
     }
 
     #[test]

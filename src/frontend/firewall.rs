@@ -2,7 +2,10 @@
 //! `allow` / `max_connections` per user).
 //!
 //! Checked at accept, before a greeting is sent: the address lists (`deny` wins over
-//! `allow`), a block after too many failed logins, and a token bucket per source address.
+//! `allow`), a block after too many interrupted or malformed handshakes (MySQL's
+//! `max_connect_errors`), and a token bucket per source address. Wrong passwords never block
+//! an address (one application's bad credential must not lock out the others on its host):
+//! they are throttled per (user, address) with a growing delay instead.
 //! Checked during the handshake, once the user name is known: the user's own address list
 //! (a mismatch looks exactly like a wrong password). Checked after a successful login: the
 //! user's session limit. State per source address is bounded ([`MAX_SOURCES`]); the std
@@ -26,7 +29,7 @@ pub const MAX_SOURCES: usize = 65_536;
 pub enum Refusal {
     /// `[firewall] deny` matched, or `allow` is set and did not.
     Address,
-    /// Blocked after `max_login_failures` failed logins in a row.
+    /// Blocked after `max_connect_errors` interrupted or malformed handshakes in a row.
     Blocked { remaining_s: u64 },
     /// Over `connection_rate_per_source`.
     Rate { per_s: u32 },
@@ -117,10 +120,24 @@ impl Source {
     }
 }
 
+/// Wrong passwords of one user from one address, for the throttle.
+struct Burst {
+    failures: u32,
+    last: Instant,
+}
+
+/// A burst of wrong passwords ends after this long without one.
+const BURST_GAP: Duration = Duration::from_secs(60);
+/// Wrong passwords in a burst answered at once; later ones wait.
+const FREE_FAILURES: u32 = 3;
+
 /// The firewall's state: per source address and per user.
 #[derive(Default)]
 pub struct Firewall {
     sources: Mutex<HashMap<IpAddr, Source>>,
+    bursts: Mutex<HashMap<(IpAddr, String), Burst>>,
+    /// Wrong-password answers delayed by the throttle.
+    pub throttled: AtomicU64,
     users: Arc<Mutex<HashMap<String, u32>>>,
     /// Refused connections and logins, indexed like [`Refusal::REASONS`].
     pub refused: [AtomicU64; 5],
@@ -162,7 +179,7 @@ impl Firewall {
         if !lists.admits(ip) {
             return refused(Refusal::Address);
         }
-        let tracking = cfg.connection_rate_per_source > 0 || cfg.max_login_failures > 0;
+        let tracking = cfg.connection_rate_per_source > 0 || cfg.max_connect_errors > 0;
         if !tracking {
             return Ok(());
         }
@@ -198,10 +215,52 @@ impl Firewall {
         Ok(())
     }
 
-    /// A login from `ip` failed (bad credentials, malformed or abandoned handshake). Returns
-    /// true when this failure blocked the address.
-    pub fn login_failed(&self, ip: IpAddr, cfg: &FirewallConfig) -> bool {
-        if cfg.max_login_failures == 0 {
+    /// A wrong password (or unknown user) for `user` from `ip`: how long to wait before
+    /// answering 1045. The first [`FREE_FAILURES`] of a burst are answered at once, then
+    /// 100 ms doubling up to `login_throttle_max_ms`. Logged once per burst when the delay
+    /// starts. Never blocks the address.
+    pub fn wrong_password(&self, ip: IpAddr, user: &str, cfg: &FirewallConfig) -> Duration {
+        if cfg.login_throttle_max_ms == 0 {
+            return Duration::ZERO;
+        }
+        let ip = canonical(ip);
+        let now = Instant::now();
+        let Ok(mut map) = self.bursts.lock() else {
+            return Duration::ZERO;
+        };
+        if map.len() >= MAX_SOURCES && !map.contains_key(&(ip, user.to_string())) {
+            map.retain(|_, b| now.duration_since(b.last) < BURST_GAP);
+            if map.len() >= MAX_SOURCES {
+                // A flood of distinct names: the oldest bursts make room.
+                return Duration::from_millis(cfg.login_throttle_max_ms);
+            }
+        }
+        let b = map.entry((ip, user.to_string())).or_insert(Burst {
+            failures: 0,
+            last: now,
+        });
+        if now.duration_since(b.last) >= BURST_GAP {
+            b.failures = 0;
+        }
+        b.failures = b.failures.saturating_add(1);
+        b.last = now;
+        let n = b.failures;
+        drop(map);
+        if n <= FREE_FAILURES {
+            return Duration::ZERO;
+        }
+        if n == FREE_FAILURES + 1 {
+            tracing::warn!(client = %ip, user, "repeated wrong passwords: answers are delayed from now on (the address is not blocked)");
+        }
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        let ms = 100u64.saturating_mul(1u64 << (n - FREE_FAILURES - 1).min(20));
+        Duration::from_millis(ms.min(cfg.login_throttle_max_ms))
+    }
+
+    /// An interrupted or malformed handshake from `ip` (MySQL's connect errors). Returns true
+    /// when this one blocked the address.
+    pub fn connect_error(&self, ip: IpAddr, cfg: &FirewallConfig) -> bool {
+        if cfg.max_connect_errors == 0 {
             return false;
         }
         let ip = canonical(ip);
@@ -213,21 +272,25 @@ impl Firewall {
             return false;
         };
         src.failures = src.failures.saturating_add(1);
-        if src.failures >= cfg.max_login_failures && src.blocked_until.is_none() {
+        if src.failures >= cfg.max_connect_errors && src.blocked_until.is_none() {
             src.blocked_until = Some(now + Duration::from_secs(cfg.block_s));
-            tracing::warn!(client = %ip, failures = src.failures, block_s = cfg.block_s, "address blocked after failed logins");
+            tracing::warn!(client = %ip, errors = src.failures, block_s = cfg.block_s, "address blocked after interrupted or malformed handshakes");
             return true;
         }
         false
     }
 
-    /// A login from `ip` succeeded: its failure count starts again (as MySQL does).
-    pub fn login_ok(&self, ip: IpAddr) {
+    /// `user` logged in from `ip`: the address's connect errors start again (as MySQL does),
+    /// and so does that user's wrong-password burst from there.
+    pub fn login_ok(&self, ip: IpAddr, user: &str) {
         let ip = canonical(ip);
         if let Ok(mut map) = self.sources.lock() {
             if let Some(src) = map.get_mut(&ip) {
                 src.failures = 0;
             }
+        }
+        if let Ok(mut map) = self.bursts.lock() {
+            map.remove(&(ip, user.to_string()));
         }
     }
 
@@ -350,17 +413,17 @@ mod tests {
     }
 
     #[test]
-    fn failures_block_then_flush_unblocks() {
+    fn connect_errors_block_then_flush_unblocks() {
         let mut c = cfg();
-        c.max_login_failures = 3;
+        c.max_connect_errors = 3;
         let f = Firewall::default();
         let l = AddressLists::default();
         let a: IpAddr = "127.0.0.5".parse().unwrap();
-        assert!(!f.login_failed(a, &c));
-        f.login_ok(a);
-        assert!(!f.login_failed(a, &c));
-        assert!(!f.login_failed(a, &c));
-        assert!(f.login_failed(a, &c));
+        assert!(!f.connect_error(a, &c));
+        f.login_ok(a, "app");
+        assert!(!f.connect_error(a, &c));
+        assert!(!f.connect_error(a, &c));
+        assert!(f.connect_error(a, &c));
         assert!(matches!(f.admit(a, &c, &l), Err(Refusal::Blocked { .. })));
         assert_eq!(f.blocked().len(), 1);
         assert_eq!(f.flush_hosts(), 1);
@@ -380,5 +443,31 @@ mod tests {
         u.allow = vec!["10.0.0.0/8".into()];
         assert!(!user_admits(&u, "127.0.0.1".parse().unwrap()));
         assert!(user_admits(&u, "10.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn wrong_passwords_are_throttled_per_user_and_never_block() {
+        let c = cfg();
+        let f = Firewall::default();
+        let l = AddressLists::default();
+        let a: IpAddr = "127.0.0.6".parse().unwrap();
+        let delays: Vec<u64> = (0..10)
+            .map(|_| f.wrong_password(a, "app", &c).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [0, 0, 0, 100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(f.throttled.load(Ordering::Relaxed), 7);
+        // The address is not blocked, and another user from it is not slowed.
+        assert_eq!(f.admit(a, &c, &l), Ok(()));
+        assert!(f.blocked().is_empty());
+        assert_eq!(f.wrong_password(a, "report", &c), Duration::ZERO);
+        // A successful login ends the burst.
+        f.login_ok(a, "app");
+        assert_eq!(f.wrong_password(a, "app", &c), Duration::ZERO);
+        // Off.
+        let mut off = cfg();
+        off.login_throttle_max_ms = 0;
+        for _ in 0..10 {
+            assert_eq!(f.wrong_password(a, "x", &off), Duration::ZERO);
+        }
     }
 }

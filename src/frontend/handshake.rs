@@ -129,13 +129,15 @@ pub struct AuthOptions {
     pub greeting_plugin: AuthPlugin,
 }
 
-/// Greets the client and checks its credentials against `users`.
+/// Greets the client and checks its credentials against `users`. A refused login waits
+/// `refusal_delay(user)` before its 1045 (the wrong-password throttle).
 pub async fn authenticate(
     client: &mut ClientConn,
     users: &[UserConfig],
     connection_id: u32,
     hello: Option<&ServerHello>,
     opts: &AuthOptions,
+    refusal_delay: &(dyn Fn(&str) -> std::time::Duration + Sync),
 ) -> Result<Authenticated, SessionError> {
     let check_address = opts.check_address;
     let salt = new_salt();
@@ -268,6 +270,10 @@ pub async fn authenticate(
         }),
         _ => {
             let host = client.peer.ip().to_string();
+            let delay = refusal_delay(&String::from_utf8_lossy(&response.username));
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             client
                 .send_err(
                     seq,

@@ -129,25 +129,23 @@ pub async fn run(
     .await
     .map_err(|_| SessionError::HandshakeTimeout(handshake_ms))
     .and_then(|r| r);
-    // Failed logins count toward blocking the address: wrong credentials, a malformed or
-    // abandoned handshake. A client that just closes (a load balancer's TCP check) does not.
+    // A malformed or abandoned handshake counts toward blocking the address (MySQL's
+    // max_connect_errors). Wrong credentials do not (they were throttled per user and
+    // address instead), nor does a client that just closes (a load balancer's TCP check).
     let auth = match auth {
         Ok(Some(a)) => a,
-        Ok(None) => {
-            shared.firewall.login_failed(ip, firewall);
-            return Ok(());
-        }
+        Ok(None) => return Ok(()),
         Err(e) => {
             if matches!(
                 e,
                 SessionError::Malformed(_) | SessionError::HandshakeTimeout(_)
             ) {
-                shared.firewall.login_failed(ip, firewall);
+                shared.firewall.connect_error(ip, firewall);
             }
             return Err(e);
         }
     };
-    shared.firewall.login_ok(ip);
+    shared.firewall.login_ok(ip, &auth.user.name);
     if let Some((cipher, version)) = client.stream.tls_info() {
         tracing::debug!(%cipher, %version, "client uses TLS");
         let _ = info.tls.set(format!("{version} {cipher}"));
@@ -232,7 +230,12 @@ async fn authenticate(
 ) -> Result<Option<Authenticated>, SessionError> {
     let hello = shared.cluster.borrow().primary_hello.clone();
     let users = &snapshot.config.users;
-    match handshake::authenticate(client, users, id, hello.as_ref(), &snapshot.auth).await {
+    let firewall = &snapshot.config.firewall;
+    let ip = client.peer.ip();
+    // Below the handshake deadline, so that the client still gets its 1045.
+    let cap = Duration::from_millis(snapshot.config.proxy.handshake_timeout_ms / 2);
+    let delay = |user: &str| shared.firewall.wrong_password(ip, user, firewall).min(cap);
+    match handshake::authenticate(client, users, id, hello.as_ref(), &snapshot.auth, &delay).await {
         Ok(a) => Ok(Some(a)),
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(user = %user, "access denied");

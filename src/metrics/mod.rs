@@ -88,6 +88,7 @@ pub struct Metrics {
     errors_total: IntCounterVec,
     reloads: IntCounterVec,
     admin_commands: IntCounterVec,
+    login_throttled: IntCounter,
     lag_budget: prometheus::Gauge,
     cert_expiry: GaugeVec,
     /// The served certificate's expiry, cached by (file, modification time).
@@ -336,6 +337,11 @@ impl Metrics {
                 ADMIN_COMMANDS_TOTAL,
                 "Admin port statements, by command (unknown ones as `unknown`)",
                 &["command"],
+            ),
+            login_throttled: counter(
+                &r,
+                LOGIN_THROTTLED_TOTAL,
+                "Wrong-password answers delayed by the per-user, per-address throttle",
             ),
             lag_budget: {
                 let g = prometheus::Gauge::new(
@@ -587,6 +593,10 @@ impl Metrics {
         sync(
             &self.reloads.with_label_values(&["failure"]),
             shared.reloads_failed.load(Ordering::Relaxed),
+        );
+        sync(
+            &self.login_throttled,
+            shared.firewall.throttled.load(Ordering::Relaxed),
         );
         let config = shared.config();
         self.lag_budget

@@ -36,3 +36,4 @@ pub const MULTIPLEXING_RATIO: &str = "sluice_multiplexing_ratio";
 pub const SESSIONS_HOLDING: &str = "sluice_sessions_holding_connections";
 pub const LAG_BUDGET_SECONDS: &str = "sluice_lag_budget_seconds";
 pub const TLS_CERT_EXPIRY: &str = "sluice_tls_certificate_expiry_timestamp_seconds";
+pub const LOGIN_THROTTLED_TOTAL: &str = "sluice_login_throttled_total";
