@@ -4,7 +4,8 @@
 //! Prometheus; docker/check_tier.py checks read-your-writes over HTTP and HTTPS, 200 requests
 //! spread over both apps and both Sluice instances (their admin ports), a killed primary
 //! container (writes resume, nothing acknowledged lost, the alert fires in Prometheus);
-//! `down -v` leaves no container, volume or process. `promtool check config` checks the
+//! Sluice as PID 1 reloads on SIGHUP and exits 0 on SIGTERM (`docker stop`); `down -v` leaves
+//! no container, volume or process. `promtool check config` checks the
 //! shipped Prometheus config and alert rules. Needs a running Docker engine
 //! (.ci/run starts one); without one this test fails and says so.
 
@@ -188,6 +189,48 @@ fn the_example_tier_serves_fails_over_and_cleans_up() {
         );
     }
     assert!(report.contains("PASS"), "{report}");
+    // Sluice as PID 1 in its container: SIGHUP reloads, SIGTERM drains and exits 0.
+    let logs = |name: &str| {
+        text(&run(
+            Command::new("docker").args(["logs", name]),
+            Duration::from_secs(30),
+        ))
+    };
+    let hup = run(
+        Command::new("docker").args(["kill", "-s", "HUP", "sluice-tier-sluice1"]),
+        Duration::from_secs(30),
+    );
+    assert!(hup.status.success(), "{}", text(&hup));
+    let start = Instant::now();
+    while !logs("sluice-tier-sluice1").contains("configuration reloaded") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "SIGHUP did not reload:\n{}",
+            logs("sluice-tier-sluice1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stop = run(
+        Command::new("docker").args(["stop", "-t", "30", "sluice-tier-sluice1"]),
+        Duration::from_secs(60),
+    );
+    assert!(stop.status.success(), "{}", text(&stop));
+    let code = run(
+        Command::new("docker").args([
+            "inspect",
+            "--format",
+            "{{.State.ExitCode}}",
+            "sluice-tier-sluice1",
+        ]),
+        Duration::from_secs(30),
+    );
+    let log = logs("sluice-tier-sluice1");
+    assert_eq!(
+        String::from_utf8_lossy(&code.stdout).trim(),
+        "0",
+        "SIGTERM as PID 1: exit status\n{log}"
+    );
+    assert!(log.contains("sluice stopped"), "{log}");
     let down = compose(
         &["down", "-v", "--remove-orphans"],
         Duration::from_secs(180),
