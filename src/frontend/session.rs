@@ -364,6 +364,19 @@ impl Session {
         }
     }
 
+    /// How long the client may stay silent: the session's own `SET wait_timeout` (seconds, as
+    /// the server would apply it to this session), else `[proxy] client_idle_timeout_ms`
+    /// (8 h by default, the servers' default `wait_timeout` and `interactive_timeout`).
+    fn idle_limit_ms(&self) -> u64 {
+        self.st
+            .vars
+            .get(b"wait_timeout")
+            .and_then(wait_timeout_secs)
+            .map_or(self.routing.config.proxy.client_idle_timeout_ms, |s| {
+                s.saturating_mul(1000)
+            })
+    }
+
     /// On shutdown (or after a takeover), a session closes at a transaction boundary once the
     /// client has been quiet for `DRAIN_QUIET`: a client that connects, runs a statement and
     /// leaves is never cut short, and one that keeps a transaction open finishes it (within
@@ -385,7 +398,14 @@ impl Session {
         &mut self,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<PacketExtent>, SessionError> {
-        let idle_ms = self.routing.config.proxy.client_idle_timeout_ms;
+        let idle_ms = self.idle_limit_ms();
+        if idle_ms > 0 {
+            // A SET wait_timeout may have shortened the limit since the timer was set.
+            let due = self.last_command + Duration::from_millis(idle_ms);
+            if self.idle_timer.deadline() > due {
+                self.idle_timer.as_mut().reset(due);
+            }
+        }
         // A hold ends at the next command, or after multiplexing_hold_ms.
         if self.st.hold.is_some() && self.hold_until.is_none() {
             let ms = self.routing.config.proxy.multiplexing_hold_ms;
@@ -421,7 +441,7 @@ impl Session {
                 }
                 // Like the server's wait_timeout: the client stayed silent too long.
                 self.shared.counters.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("closing a client idle for longer than client_idle_timeout_ms");
+                tracing::info!(idle_ms, "closing a client idle for longer than its wait_timeout (client_idle_timeout_ms or the session's SET wait_timeout)");
                 self.close().await?;
                 Err(SessionError::ClientClosed)
             }
@@ -1147,6 +1167,16 @@ async fn watch(conn: Option<&mut BackendConn>) -> String {
         Some(c) => c.idle_event().await,
         None => std::future::pending().await,
     }
+}
+
+/// The seconds of a `wait_timeout = N` assignment (`None` for DEFAULT, an expression or
+/// anything but a plain number: the configured limit applies).
+fn wait_timeout_secs(assignment: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(assignment).ok()?;
+    let value = text.rsplit('=').next()?.trim().trim_end_matches(';').trim();
+    let n: u64 = value.parse().ok()?;
+    // The server's range is 1 … 31536000; 0 is raised to 1.
+    Some(n.clamp(1, 31_536_000))
 }
 
 /// How long a client must have been quiet before a draining session closes it.
