@@ -60,3 +60,102 @@ async fn a_session_wait_timeout_closes_an_idle_client_as_the_server_does() {
     assert_eq!(proxied, Ok(()), "a session that did not set wait_timeout");
     h.shutdown().await;
 }
+
+/// Connection ids as a driver uses them, through Sluice and directly: `CONNECTION_ID()` is the
+/// id of the greeting; `KILL QUERY id` interrupts that connection's statement (and only it);
+/// `KILL id` ends that connection; an unknown id gets 1094. Through Sluice, another user's
+/// session gets 1095 (no privilege lets a Sluice user kill other users' sessions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_ids_and_kill_behave_as_on_a_direct_connection() {
+    let h = Harness::start(1).await;
+    for (what, opts) in [("direct", h.direct_opts()), ("sluice", h.proxy_opts())] {
+        let mut victim = Conn::new(opts.clone()).await.unwrap();
+        let mut killer = Conn::new(opts.clone()).await.unwrap();
+        let id = victim.id();
+        let cid: Option<u64> = victim.query_first("SELECT CONNECTION_ID()").await.unwrap();
+        assert_eq!(
+            cid,
+            Some(u64::from(id)),
+            "{what}: CONNECTION_ID() is the greeting's id"
+        );
+        let named: Vec<mysql_async::Row> = victim.query("SELECT CONNECTION_ID()").await.unwrap();
+        assert_eq!(
+            named[0].columns_ref()[0].name_str(),
+            "CONNECTION_ID()",
+            "{what}: the column name"
+        );
+        let (cid2, two): (u64, u64) = victim
+            .query_first("SELECT CONNECTION_ID() AS c, 1 + 1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cid2, two), (u64::from(id), 2), "{what}");
+
+        // KILL QUERY interrupts the victim's running statement; the victim goes on.
+        let sleeping = tokio::spawn(async move {
+            let r: Result<Option<i64>, _> = victim.query_first("SELECT SLEEP(20)").await;
+            (r.map_err(|e| kind(&e)), victim)
+        });
+        // Wait until the statement runs (seen in the server's process list).
+        let direct = h.direct_opts();
+        common::eventually("the victim's SLEEP runs", Duration::from_secs(10), || {
+            let o = direct.clone();
+            async move {
+                let mut w = Conn::new(o).await.unwrap();
+                let n: Option<u64> = w
+                    .query_first(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(20)'",
+                    )
+                    .await
+                    .unwrap();
+                let _ = w.disconnect().await;
+                n == Some(1)
+            }
+        })
+        .await;
+        killer
+            .query_drop(format!("KILL QUERY {id}"))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: KILL QUERY: {e}"));
+        let (r, mut victim) = sleeping.await.unwrap();
+        // MariaDB answers the interrupted statement with 1317 (measured directly).
+        assert_eq!(
+            r,
+            Err("server error 1317".to_string()),
+            "{what}: the interrupted statement"
+        );
+        let again: Option<i64> = victim.query_first("SELECT 7").await.unwrap();
+        assert_eq!(
+            again,
+            Some(7),
+            "{what}: the victim goes on after KILL QUERY"
+        );
+        // The killer is unharmed, and an unknown id is refused.
+        let e = killer.query_drop("KILL 4000000000").await.unwrap_err();
+        assert_eq!(kind(&e), "server error 1094", "{what}: unknown id");
+        // KILL ends the victim's connection.
+        killer.query_drop(format!("KILL {id}")).await.unwrap();
+        let r = victim.query_first::<i64, _>("SELECT 1").await;
+        assert!(r.is_err(), "{what}: the killed connection still answers");
+        let one: Option<i64> = killer.query_first("SELECT 1").await.unwrap();
+        assert_eq!(one, Some(1), "{what}: the killer goes on");
+    }
+    // Through Sluice only: another user may not kill app's session (1095), and a session
+    // that KILLs itself gets 1927.
+    let mut app = h.proxy_conn().await;
+    let mut other = Conn::new(h.opts(h.addr.port(), "other", "other-pw"))
+        .await
+        .unwrap();
+    let e = other
+        .query_drop(format!("KILL {}", app.id()))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&e), "server error 1095");
+    let _: Option<i64> = app.query_first("SELECT 1").await.unwrap();
+    let e = other
+        .query_drop(format!("KILL CONNECTION {}", other.id()))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&e), "server error 1927");
+    h.shutdown().await;
+}

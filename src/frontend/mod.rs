@@ -5,6 +5,7 @@ pub(crate) mod client;
 mod error;
 pub mod firewall;
 pub(crate) mod handshake;
+mod kill;
 mod lease;
 mod listener;
 pub mod registry;

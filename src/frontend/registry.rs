@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,6 +33,9 @@ pub struct SessionInfo {
     pub last_server: AtomicUsize,
     /// `TLSv1_3 TLS13_AES_256_GCM_SHA384` when the client uses TLS.
     pub tls: std::sync::OnceLock<String>,
+    /// The server and thread the current (or last) statement was sent to, packed
+    /// (`kill::pack`; `u64::MAX` = none): what `KILL QUERY` interrupts.
+    pub running: AtomicU64,
     abort: Mutex<Option<AbortHandle>>,
 }
 
@@ -51,6 +54,7 @@ impl SessionInfo {
             primary: AtomicUsize::new(usize::MAX),
             last_server: AtomicUsize::new(usize::MAX),
             tls: std::sync::OnceLock::new(),
+            running: AtomicU64::new(u64::MAX),
             abort: Mutex::new(None),
         }
     }

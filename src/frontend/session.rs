@@ -465,7 +465,28 @@ impl Session {
     }
 
     /// A command other than the prepared-statement ones, at the front of the client buffer.
-    async fn command(&mut self, code: u8, wire_len: usize, seq: u8) -> Result<(), SessionError> {
+    async fn command(
+        &mut self,
+        code: u8,
+        mut wire_len: usize,
+        seq: u8,
+    ) -> Result<(), SessionError> {
+        // Connection ids are Sluice's session ids (src/frontend/kill.rs).
+        if code == command::COM_PROCESS_KILL {
+            let k = super::kill::parse_process_kill(&self.client.rbuf[HEADER_LEN..wire_len]);
+            return self
+                .kill(k.ok_or("a malformed COM_PROCESS_KILL"), wire_len, seq)
+                .await;
+        }
+        if code == command::COM_QUERY {
+            let sql = &self.client.rbuf[HEADER_LEN + 1..wire_len];
+            if let Some(k) = super::kill::parse(sql) {
+                return self.kill(k, wire_len, seq).await;
+            }
+            if let Some(new) = super::kill::rewrite_connection_id(sql, self.info.id) {
+                wire_len = self.client.replace_query(wire_len, &new);
+            }
+        }
         let payload = &self.client.rbuf[HEADER_LEN..wire_len];
         let mut plan = self.plan(payload);
         if code == command::COM_SET_OPTION {
@@ -520,6 +541,82 @@ impl Session {
             self.reset_connection_state(on);
         }
         Ok(())
+    }
+
+    /// `KILL` / `COM_PROCESS_KILL` with a Sluice session id.
+    async fn kill(
+        &mut self,
+        k: Result<super::kill::Kill, &'static str>,
+        wire_len: usize,
+        seq: u8,
+    ) -> Result<(), SessionError> {
+        use super::kill::{decide, unsupported, Verdict};
+        self.client.consume(wire_len);
+        let k = match k {
+            Ok(k) => k,
+            Err(what) => return self.client.send_err(seq, &unsupported(what)).await,
+        };
+        match decide(&self.shared, self.info.id, &self.user.name, k) {
+            Verdict::Killed | Verdict::Idle => self.send_local_ok(seq).await,
+            Verdict::Refused(e) => self.client.send_err(seq, &e).await,
+            Verdict::Myself => {
+                let _ = self
+                    .client
+                    .send_err(seq, &super::kill::connection_killed())
+                    .await;
+                self.close().await?;
+                Err(SessionError::ClientClosed)
+            }
+            Verdict::Interrupt { server, thread } => {
+                let (mut conn, _) = match self.lease(server).await {
+                    Ok(c) => c,
+                    Err(Unavailable::Reply(e) | Unavailable::Close(e)) => {
+                        return self.client.send_err(seq, &e).await
+                    }
+                };
+                let sql = format!("\x03KILL QUERY {thread}");
+                let r = conn.control(sql.as_bytes(), ResponseKind::Query).await;
+                if let Some(slot) = self.routing.slot(server) {
+                    if r.is_ok() {
+                        slot.pool.release(conn);
+                    }
+                }
+                match r {
+                    // The statement ended between the check and the kill: nothing to do.
+                    Ok(Ok(_)) | Ok(Err(_)) => self.send_local_ok(seq).await,
+                    Err(e) => {
+                        self.client
+                            .send_err(
+                                seq,
+                                &errors::backend_connect(
+                                    &self
+                                        .routing
+                                        .slot(server)
+                                        .map_or_else(String::new, |s| s.pool.name.clone()),
+                                    &e.to_string(),
+                                ),
+                            )
+                            .await
+                    }
+                }
+            }
+        }
+    }
+
+    /// An OK that Sluice answers itself, with the session's status flags.
+    async fn send_local_ok(&mut self, seq: u8) -> Result<(), SessionError> {
+        let ok = sluice_proto::ok::OkPacket {
+            header: 0,
+            affected_rows: 0,
+            last_insert_id: 0,
+            status: self.st.status,
+            warnings: 0,
+            info: Vec::new(),
+            session_state: None,
+        };
+        self.client
+            .write_packet(seq, &ok.encode(self.capabilities))
+            .await
     }
 
     /// Counts a relayed statement (digest, per-route and per-server counters, latency, where
@@ -868,6 +965,10 @@ impl Session {
             return Err(SessionError::BackendProtocol("no connection leased".into()));
         };
         let conn = &mut leased.conn;
+        self.info.running.store(
+            super::kill::pack(server, conn.handshake.connection_id),
+            Ordering::Relaxed,
+        );
         let written = match rebuilt {
             Some(p) => conn.write_packet(0, p).await.map_err(|e| e.to_string()),
             None => conn

@@ -52,6 +52,7 @@ const MAX_SURE_MYSQL_VERSION: u32 = 50700;
 /// MariaDB version Sluice assumes for `/*M!NNNNNN … */` (10.11).
 const MARIADB_VERSION: u32 = 101100;
 
+#[derive(Clone)]
 pub struct Lexer<'a> {
     sql: &'a [u8],
     pos: usize,

@@ -1,0 +1,290 @@
+//! Connection ids as a client sees them: the greeting carries the Sluice session id, and
+//! `CONNECTION_ID()`, `KILL [CONNECTION | QUERY] n` and `COM_PROCESS_KILL` use that id — never
+//! a server thread id, which with multiplexing belongs to whichever session holds the
+//! connection at the moment (a `KILL` forwarded as is could end an unrelated session).
+//!
+//! - `KILL [HARD | SOFT] [CONNECTION] n`: ends Sluice session n (its client sees the
+//!   connection closed, as after a server-side kill); `n` = the caller's own id answers 1927
+//!   and closes, as MariaDB does.
+//! - `KILL [HARD | SOFT] QUERY n`: interrupts the statement session n is running, by sending
+//!   `KILL QUERY <thread>` to the server thread serving it; nothing to do when it is idle.
+//! - only sessions of the same user may be killed (1095 otherwise: Sluice has no privilege to
+//!   grant the right to kill other users' sessions; the admin port's `KILL SESSION` does);
+//!   an unknown id gets 1094.
+//! - `KILL QUERY ID`, `KILL USER` name server-wide things that multiplexing shares among
+//!   sessions: refused with 1235.
+
+use std::sync::atomic::Ordering;
+
+use sluice_proto::err::ErrPacket;
+
+use crate::router::lexer::{eq_kw, Lexer, Token};
+
+/// A parsed `KILL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kill {
+    Connection(u64),
+    Query(u64),
+}
+
+/// `None` when `sql` is not a `KILL`; `Some(Err(what))` for a form Sluice refuses.
+pub(super) fn parse(sql: &[u8]) -> Option<Result<Kill, &'static str>> {
+    let mut lx = Lexer::new(sql);
+    match lx.next_token() {
+        Some(Token::Word(w)) if eq_kw(w, b"KILL") => {}
+        _ => return None,
+    }
+    let mut query = false;
+    let mut before = sql.len() - lx.rest().len();
+    let mut t = lx.next_token();
+    if matches!(t, Some(Token::Word(w)) if eq_kw(w, b"HARD") || eq_kw(w, b"SOFT")) {
+        before = sql.len() - lx.rest().len();
+        t = lx.next_token();
+    }
+    match t {
+        Some(Token::Word(w)) if eq_kw(w, b"CONNECTION") => {
+            before = sql.len() - lx.rest().len();
+            t = lx.next_token();
+        }
+        Some(Token::Word(w)) if eq_kw(w, b"QUERY") => {
+            query = true;
+            before = sql.len() - lx.rest().len();
+            t = lx.next_token();
+            if matches!(t, Some(Token::Word(w)) if eq_kw(w, b"ID")) {
+                return Some(Err("KILL QUERY ID"));
+            }
+        }
+        Some(Token::Word(w)) if eq_kw(w, b"USER") => return Some(Err("KILL USER")),
+        _ => {}
+    }
+    if t != Some(Token::Number) {
+        // An expression (`KILL CONNECTION_ID()`…): left to the server, which refuses it.
+        return Some(Err("KILL with anything but a number"));
+    }
+    let after = sql.len() - lx.rest().len();
+    let id: u64 = std::str::from_utf8(crate::router::lexer::trim(&sql[before..after]))
+        .ok()?
+        .parse()
+        .ok()?;
+    loop {
+        match lx.next_token() {
+            None => break,
+            Some(Token::Punct(b';')) => {}
+            Some(_) => return Some(Err("KILL followed by more")),
+        }
+    }
+    Some(Ok(if query {
+        Kill::Query(id)
+    } else {
+        Kill::Connection(id)
+    }))
+}
+
+/// `COM_PROCESS_KILL`: a 4-byte connection id.
+pub(super) fn parse_process_kill(payload: &[u8]) -> Option<Kill> {
+    let b: [u8; 4] = payload.get(1..5)?.try_into().ok()?;
+    Some(Kill::Connection(u64::from(u32::from_le_bytes(b))))
+}
+
+pub(super) fn unknown_thread(id: u64) -> ErrPacket {
+    ErrPacket::new(1094, b"HY000", format!("Unknown thread id: {id}"))
+}
+
+pub(super) fn not_owner(id: u64) -> ErrPacket {
+    ErrPacket::new(1095, b"HY000", format!("You are not owner of thread {id}"))
+}
+
+pub(super) fn connection_killed() -> ErrPacket {
+    ErrPacket::new(1927, b"70100", "Connection was killed")
+}
+
+pub(super) fn unsupported(what: &str) -> ErrPacket {
+    ErrPacket::new(
+        1235,
+        b"42000",
+        format!(
+            "Sluice does not support {what}: with multiplexing, server threads and users' connections are shared; use KILL [CONNECTION | QUERY] with the id from CONNECTION_ID()"
+        ),
+    )
+}
+
+/// The server index and thread id a session's statement runs on now, packed for one atomic
+/// store on the hot path (`u64::MAX` = none).
+pub(super) fn pack(server: usize, thread: u32) -> u64 {
+    ((server as u64) << 32) | u64::from(thread)
+}
+
+pub(super) fn unpack(v: u64) -> Option<(usize, u32)> {
+    (v != u64::MAX).then_some(((v >> 32) as usize, v as u32))
+}
+
+/// What `KILL n` does to the session registry; the caller answers the client.
+pub(super) enum Verdict {
+    /// Session n was ended.
+    Killed,
+    /// The caller killed itself: answer 1927 and close.
+    Myself,
+    /// Interrupt thread `thread` on server `server`.
+    Interrupt {
+        server: usize,
+        thread: u32,
+    },
+    /// `KILL QUERY` of an idle session: nothing to do.
+    Idle,
+    Refused(ErrPacket),
+}
+
+/// Decides a `KILL` by session `me` (of `user`) against the registry.
+pub(super) fn decide(shared: &crate::state::Shared, me: u32, user: &str, kill: Kill) -> Verdict {
+    let (Kill::Connection(id) | Kill::Query(id)) = kill;
+    let Some(target) = u32::try_from(id).ok().and_then(|i| shared.sessions.get(i)) else {
+        return Verdict::Refused(unknown_thread(id));
+    };
+    if target.names().0 != user {
+        return Verdict::Refused(not_owner(id));
+    }
+    match kill {
+        Kill::Connection(_) if target.id == me => Verdict::Myself,
+        Kill::Connection(_) => {
+            if shared.sessions.kill(target.id) {
+                shared
+                    .counters
+                    .sessions_killed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(session = target.id, "session killed by KILL from its user");
+                Verdict::Killed
+            } else {
+                Verdict::Refused(unknown_thread(id))
+            }
+        }
+        Kill::Query(_) => {
+            if !target.busy.load(Ordering::Relaxed) {
+                return Verdict::Idle;
+            }
+            match unpack(target.running.load(Ordering::Relaxed)) {
+                Some((server, thread)) => Verdict::Interrupt { server, thread },
+                None => Verdict::Idle,
+            }
+        }
+    }
+}
+
+/// Replaces every `CONNECTION_ID()` in a statement with the session's id (as
+/// `CAST(id AS UNSIGNED)`, the function's type; a bare `SELECT CONNECTION_ID()` keeps its
+/// column name through an alias). `None` when the statement does not call it.
+pub(super) fn rewrite_connection_id(sql: &[u8], id: u32) -> Option<Vec<u8>> {
+    // Cheap test first: most statements never mention it.
+    if !sql
+        .windows(13)
+        .any(|w| w.eq_ignore_ascii_case(b"connection_id"))
+    {
+        return None;
+    }
+    let mut lx = Lexer::new(sql);
+    let mut calls = Vec::new();
+    let mut tokens = 0;
+    let mut selects_only_it = false;
+    loop {
+        let start = sql.len() - lx.rest().len();
+        let Some(t) = lx.next_token() else { break };
+        tokens += 1;
+        if tokens == 1 {
+            selects_only_it = matches!(t, Token::Word(w) if eq_kw(w, b"SELECT"));
+        }
+        if let Token::Word(w) = t {
+            if eq_kw(w, b"CONNECTION_ID") {
+                let save = lx.clone();
+                if lx.next_token() == Some(Token::Punct(b'('))
+                    && lx.next_token() == Some(Token::Punct(b')'))
+                {
+                    let end = sql.len() - lx.rest().len();
+                    // The word starts where the token does (after any blanks or comments).
+                    let word_at = start
+                        + sql[start..end]
+                            .windows(13)
+                            .position(|x| x.eq_ignore_ascii_case(b"connection_id"))?;
+                    calls.push((word_at, end));
+                    continue;
+                }
+                lx = save;
+            }
+        }
+    }
+    if calls.is_empty() || lx.unsure {
+        return None;
+    }
+    // `SELECT CONNECTION_ID()` alone (a driver's or pool's check): keep the column name.
+    let alone = selects_only_it
+        && calls.len() == 1
+        && {
+            let rest = crate::router::lexer::trim(&sql[calls[0].1..]);
+            rest.is_empty() || rest == b";"
+        }
+        && crate::router::lexer::trim(&sql[..calls[0].0]).eq_ignore_ascii_case(b"select");
+    let mut out = Vec::with_capacity(sql.len() + 32);
+    let mut at = 0;
+    for (s, e) in &calls {
+        out.extend_from_slice(&sql[at..*s]);
+        out.extend_from_slice(format!("CAST({id} AS UNSIGNED)").as_bytes());
+        if alone {
+            out.extend_from_slice(b" AS `");
+            out.extend_from_slice(&sql[*s..*e]);
+            out.push(b'`');
+        }
+        at = *e;
+    }
+    out.extend_from_slice(&sql[at..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_forms() {
+        assert_eq!(parse(b"KILL 42"), Some(Ok(Kill::Connection(42))));
+        assert_eq!(parse(b"kill connection 7;"), Some(Ok(Kill::Connection(7))));
+        assert_eq!(parse(b"KILL HARD QUERY 9"), Some(Ok(Kill::Query(9))));
+        assert_eq!(parse(b"KILL SOFT 3"), Some(Ok(Kill::Connection(3))));
+        assert_eq!(parse(b"KILL QUERY ID 3"), Some(Err("KILL QUERY ID")));
+        assert_eq!(parse(b"KILL USER app"), Some(Err("KILL USER")));
+        assert!(matches!(parse(b"KILL 3; SELECT 1"), Some(Err(_))));
+        assert_eq!(parse(b"SELECT 'KILL 3'"), None);
+        assert_eq!(parse(b"killer"), None);
+        assert_eq!(
+            parse_process_kill(&[0x0c, 5, 0, 0, 0]),
+            Some(Kill::Connection(5))
+        );
+        assert_eq!(parse_process_kill(&[0x0c, 5]), None);
+        assert_eq!(unpack(pack(3, 77)), Some((3, 77)));
+        assert_eq!(unpack(u64::MAX), None);
+    }
+
+    #[test]
+    fn connection_id_is_the_sessions() {
+        let r = |s: &str| {
+            rewrite_connection_id(s.as_bytes(), 12).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(
+            r("SELECT CONNECTION_ID()").as_deref(),
+            Some("SELECT CAST(12 AS UNSIGNED) AS `CONNECTION_ID()`")
+        );
+        assert_eq!(
+            r("select connection_id ( ) ;").as_deref(),
+            Some("select CAST(12 AS UNSIGNED) AS `connection_id ( )` ;")
+        );
+        assert_eq!(
+            r("SELECT CONNECTION_ID() AS id, NOW()").as_deref(),
+            Some("SELECT CAST(12 AS UNSIGNED) AS id, NOW()")
+        );
+        assert_eq!(
+            r("INSERT INTO t VALUES (CONNECTION_ID())").as_deref(),
+            Some("INSERT INTO t VALUES (CAST(12 AS UNSIGNED))")
+        );
+        // In a string or a comment it is text, not a call.
+        assert_eq!(r("SELECT 'CONNECTION_ID()'"), None);
+        assert_eq!(r("SELECT 1 /* CONNECTION_ID() */"), None);
+        assert_eq!(r("SELECT 1"), None);
+    }
+}
