@@ -159,3 +159,58 @@ async fn connection_ids_and_kill_behave_as_on_a_direct_connection() {
     assert_eq!(kind(&e), "server error 1927");
     h.shutdown().await;
 }
+
+/// MariaDB's extended column metadata (`MARIADB_CLIENT_EXTENDED_METADATA`): a client that asks
+/// for it gets the same column definitions through Sluice as directly — a JSON column carries
+/// its `json` format name, which drivers use to type the value — in text results and in a
+/// prepared statement's metadata, on a replica as on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_metadata_matches_a_direct_connection() {
+    use common::raw::RawConn;
+    use sluice_proto::flags::cap;
+    let h = Harness::start(1).await;
+    let mut c = h.proxy_conn().await;
+    c.query_drop("CREATE DATABASE xm; CREATE TABLE xm.t (id INT PRIMARY KEY, j JSON, u INET6)")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO xm.t VALUES (1, '{\"a\": 1}', '::1')")
+        .await
+        .unwrap();
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let ext = cap::MARIADB_CLIENT_EXTENDED_METADATA;
+    let mut seen = Vec::new();
+    for port in [h.topo.nodes[0].port, h.addr.port()] {
+        let (mut raw, ok) = RawConn::login(port, common::USER, common::PASSWORD, ext).await;
+        assert_eq!(ok.first(), Some(&0x00), "login: {ok:?}");
+        assert_ne!(
+            raw.caps & ext,
+            0,
+            "extended metadata was not negotiated on {port}"
+        );
+        let text = raw.command(b"\x03SELECT j, u FROM xm.t").await;
+        let prepared = raw.command(b"\x16SELECT j, u FROM xm.t WHERE id = ?").await;
+        // Column definitions: the packets after the column count (text), and after the
+        // prepare OK and the parameter definition (prepared).
+        let defs = |p: &[(u8, Vec<u8>)], from: usize| -> Vec<Vec<u8>> {
+            p[from..from + 2].iter().map(|x| x.1.clone()).collect()
+        };
+        seen.push((defs(&text, 1), defs(&prepared, 2)));
+    }
+    let (direct, through) = (&seen[0], &seen[1]);
+    let has = |d: &[u8], s: &[u8]| d.windows(s.len()).any(|w| w == s);
+    assert!(
+        has(&direct.0[0], b"json"),
+        "direct: no json format name: {:?}",
+        direct.0[0]
+    );
+    assert!(has(&direct.0[1], b"inet6"), "direct: no inet6 type name");
+    assert_eq!(through.0, direct.0, "text result column definitions differ");
+    assert_eq!(
+        through.1, direct.1,
+        "prepared statement column definitions differ"
+    );
+    h.shutdown().await;
+}

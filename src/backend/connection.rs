@@ -30,10 +30,13 @@ const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
     | cap::CLIENT_LONG_PASSWORD
     | cap::CLIENT_TRANSACTIONS;
 
-/// Capabilities never passed on to a backend: TLS and compression are per hop, and MariaDB's
-/// extended capabilities are not advertised to clients.
-const NEVER: u64 =
-    cap::CLIENT_SSL | cap::CLIENT_COMPRESS | cap::CLIENT_ZSTD_COMPRESSION | !0xFFFF_FFFF;
+/// Capabilities never passed on to a backend: TLS and compression are per hop, and of
+/// MariaDB's extended capabilities only extended metadata is relayed (see
+/// `frontend::handshake::OFFERED_EXT`).
+const NEVER: u64 = cap::CLIENT_SSL
+    | cap::CLIENT_COMPRESS
+    | cap::CLIENT_ZSTD_COMPRESSION
+    | (!0xFFFF_FFFF & !cap::MARIADB_CLIENT_EXTENDED_METADATA);
 
 /// Largest control packet (handshake, auth) accepted from a server.
 const MAX_CONTROL_PACKET: usize = 64 << 10;
@@ -286,9 +289,21 @@ async fn connect_inner(
 /// The capabilities a login with the client's `client_caps` gets from a server advertising
 /// `server_caps` (before the per-login CONNECT_WITH_DB / CONNECT_ATTRS adjustments).
 pub(super) fn negotiate(client_caps: u64, server_caps: u64) -> u64 {
+    // MariaDB's extended capabilities count only when the server cleared CLIENT_MYSQL
+    // (`CLIENT_LONG_PASSWORD`), and the login then clears it too so that the server reads them.
+    let ext = if server_caps & cap::CLIENT_LONG_PASSWORD == 0 {
+        client_caps & server_caps & !0xFFFF_FFFF & !NEVER
+    } else {
+        0
+    };
     let server_caps = server_caps & 0xFFFF_FFFF;
     let caps = (client_caps & server_caps & !NEVER) | REQUIRED;
-    caps & (server_caps | cap::CLIENT_LONG_PASSWORD)
+    let caps = caps & (server_caps | cap::CLIENT_LONG_PASSWORD);
+    if ext != 0 {
+        (caps & !cap::CLIENT_LONG_PASSWORD) | ext
+    } else {
+        caps
+    }
 }
 
 /// Capability bits that only matter during the login itself.

@@ -43,6 +43,15 @@ pub const SUPPORTED: u64 = cap::CLIENT_LONG_PASSWORD
     | cap::CLIENT_DEPRECATE_EOF
     | cap::CLIENT_REMEMBER_OPTIONS;
 
+/// MariaDB extended capabilities offered to clients when the primary offers them:
+/// extended column metadata (the `json`, `uuid`, … type names a driver maps types from) is
+/// negotiated on every server connection the session uses and relayed as is. Not offered:
+/// `MARIADB_CLIENT_PROGRESS` (progress reports are ERR-shaped packets in the middle of a
+/// response), `MARIADB_CLIENT_STMT_BULK_OPERATIONS` (`COM_STMT_BULK_EXECUTE` is refused), and
+/// `MARIADB_CLIENT_CACHE_METADATA` (a statement is prepared again on each connection a
+/// session uses, so the server's "metadata unchanged" would describe another preparation).
+pub const OFFERED_EXT: u64 = cap::MARIADB_CLIENT_EXTENDED_METADATA;
+
 /// Used before the primary's own handshake is known.
 const DEFAULT_VERSION: &[u8] = b"5.5.5-10.11.0-Sluice";
 
@@ -143,6 +152,18 @@ pub async fn authenticate(
     let salt = new_salt();
     let server_caps = hello.map_or(u64::from(u32::MAX), |h| h.capabilities & 0xFFFF_FFFF);
     let mut offered = SUPPORTED & (server_caps | cap::CLIENT_LONG_PASSWORD);
+    // A MariaDB primary (CLIENT_MYSQL cleared) with extended capabilities: offer the ones
+    // Sluice relays, signalled the same way.
+    let ext = hello.map_or(0, |h| {
+        if h.capabilities & cap::CLIENT_LONG_PASSWORD == 0 {
+            h.capabilities & OFFERED_EXT
+        } else {
+            0
+        }
+    });
+    if ext != 0 {
+        offered = (offered & !cap::CLIENT_LONG_PASSWORD) | ext;
+    }
     if opts.tls.is_some() {
         offered |= cap::CLIENT_SSL;
     }

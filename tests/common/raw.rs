@@ -110,6 +110,11 @@ impl RawConn {
         c.caps = (CLIENT_CAPS | extra_caps)
             & (c.handshake.capabilities | cap::CLIENT_LONG_PASSWORD)
             & 0xFFFF_FFFF;
+        // MariaDB extended capabilities: asked for by clearing CLIENT_MYSQL, when offered.
+        let ext = extra_caps & c.handshake.capabilities & !0xFFFF_FFFF;
+        if ext != 0 && c.handshake.capabilities & cap::CLIENT_LONG_PASSWORD == 0 {
+            c.caps = (c.caps & !cap::CLIENT_LONG_PASSWORD) | ext;
+        }
         let resp = HandshakeResponse41 {
             capabilities: c.caps,
             max_packet: 1 << 30,
