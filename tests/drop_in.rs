@@ -214,3 +214,99 @@ async fn extended_metadata_matches_a_direct_connection() {
     );
     h.shutdown().await;
 }
+
+/// Character sets: a client logging in with cp1251, koi8r, cp866, latin1, utf8mb4 or binary
+/// (the handshake's collation byte), or switching with `SET NAMES`, gets byte-identical
+/// answers through Sluice and directly — column definitions (character set ids) and row
+/// bytes — for text queries and for prepared statements (prepared and executed on a replica
+/// through Sluice), and on connections taken from the pool after other sessions used them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn character_sets_give_identical_bytes_text_and_prepared() {
+    use common::raw::RawConn;
+    let h = Harness::start(1).await;
+    let mut c = h.proxy_conn().await;
+    c.query_drop(
+        "CREATE DATABASE cs; CREATE TABLE cs.t (id INT PRIMARY KEY, s VARCHAR(40) CHARACTER SET utf8mb4)",
+    )
+    .await
+    .unwrap();
+    c.query_drop("INSERT INTO cs.t VALUES (1, 'Привет, мир'), (2, 'café Zürich'), (3, 'plain')")
+        .await
+        .unwrap();
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    // (name, collation id): the handshake byte clients send.
+    let charsets = [
+        ("cp1251", 51u8),
+        ("koi8r", 7),
+        ("cp866", 36),
+        ("latin1", 8),
+        ("utf8mb4", 45),
+        ("binary", 63),
+    ];
+    async fn script(port: u16, charset: u8, set_names: Option<&str>) -> Vec<Vec<(u8, Vec<u8>)>> {
+        let (mut raw, ok) =
+            RawConn::login_charset(port, common::USER, common::PASSWORD, charset).await;
+        assert_eq!(
+            ok.first(),
+            Some(&0x00),
+            "login with charset {charset}: {ok:?}"
+        );
+        let mut out = Vec::new();
+        if let Some(n) = set_names {
+            out.push(raw.command(format!("\x03SET NAMES {n}").as_bytes()).await);
+        }
+        out.push(raw.command(b"\x03SELECT id, s FROM cs.t ORDER BY id").await);
+        let prep = raw
+            .command(b"\x16SELECT s, CHAR_LENGTH(s) FROM cs.t WHERE id > 0 ORDER BY id")
+            .await;
+        let id = prep[0].1[1..5].to_vec();
+        // The prepare answer without the statement id (Sluice numbers its own).
+        let mut p0 = prep[0].1.clone();
+        p0[1..5].fill(0);
+        out.push(
+            std::iter::once((prep[0].0, p0))
+                .chain(prep[1..].iter().cloned())
+                .collect(),
+        );
+        for _ in 0..3 {
+            let mut exec = vec![0x17];
+            exec.extend_from_slice(&id);
+            exec.extend_from_slice(&[0, 1, 0, 0, 0]);
+            out.push(raw.command(&exec).await);
+        }
+        out
+    }
+    let mut checked = 0;
+    for (name, id) in charsets {
+        for set_names in [None, Some(name)] {
+            let direct = script(
+                h.topo.nodes[0].port,
+                if set_names.is_some() { 45 } else { id },
+                set_names,
+            )
+            .await;
+            let through = script(
+                h.addr.port(),
+                if set_names.is_some() { 45 } else { id },
+                set_names,
+            )
+            .await;
+            assert_eq!(
+                through,
+                direct,
+                "{name} ({}): through Sluice vs direct",
+                if set_names.is_some() {
+                    "SET NAMES"
+                } else {
+                    "handshake"
+                }
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12);
+    h.shutdown().await;
+}

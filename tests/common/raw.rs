@@ -73,7 +73,20 @@ impl RawConn {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
-        Self::login_on(stream, user, password, extra_caps).await
+        Self::login_on(stream, user, password, extra_caps, 45).await
+    }
+
+    /// [`RawConn::login`] with the handshake's character set (collation id) `charset`.
+    pub async fn login_charset(
+        port: u16,
+        user: &str,
+        password: &str,
+        charset: u8,
+    ) -> (RawConn, Vec<u8>) {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        Self::login_on(stream, user, password, 0, charset).await
     }
 
     /// [`RawConn::login`] from a chosen loopback source address (127.0.0.x).
@@ -86,7 +99,7 @@ impl RawConn {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind((source, 0).into())?;
         let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
-        Ok(Self::login_on(stream, user, password, 0).await)
+        Ok(Self::login_on(stream, user, password, 0, 45).await)
     }
 
     async fn login_on(
@@ -94,6 +107,7 @@ impl RawConn {
         user: &str,
         password: &str,
         extra_caps: u64,
+        charset: u8,
     ) -> (RawConn, Vec<u8>) {
         let mut c = RawConn {
             stream,
@@ -118,7 +132,7 @@ impl RawConn {
         let resp = HandshakeResponse41 {
             capabilities: c.caps,
             max_packet: 1 << 30,
-            charset: 45,
+            charset,
             username: user.as_bytes().to_vec(),
             auth_response: native_token(password.as_bytes(), &c.handshake.auth_data),
             database: None,
