@@ -310,3 +310,79 @@ async fn character_sets_give_identical_bytes_text_and_prepared() {
     assert_eq!(checked, 12);
     h.shutdown().await;
 }
+
+/// `COM_STMT_BULK_EXECUTE` (MariaDB batch inserts, `MARIADB_CLIENT_STMT_BULK_OPERATIONS`):
+/// three rows in one command insert the same rows, with the same answer, through Sluice
+/// (on the primary) and directly; without parameter types Sluice refuses it (1210).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_execute_inserts_as_directly() {
+    use common::raw::RawConn;
+    use sluice_proto::flags::cap;
+    let h = Harness::start(1).await;
+    let mut c = h.proxy_conn().await;
+    c.query_drop("CREATE DATABASE bulk; CREATE TABLE bulk.t (k VARCHAR(20) PRIMARY KEY, n INT)")
+        .await
+        .unwrap();
+    let bulk_caps = cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
+    // One bulk command: types (VARCHAR, LONG), then per row: indicator 0 + value, twice.
+    let bulk = |stmt: &[u8], prefix: &str, flags: u16| {
+        let mut p = vec![0xFA];
+        p.extend_from_slice(stmt);
+        p.extend_from_slice(&flags.to_le_bytes());
+        if flags & 128 != 0 {
+            p.extend_from_slice(&[15, 0, 3, 0]);
+        }
+        for i in 0..3i32 {
+            let k = format!("{prefix}-{i}");
+            p.push(0);
+            p.push(k.len() as u8);
+            p.extend_from_slice(k.as_bytes());
+            p.push(0);
+            p.extend_from_slice(&(i * 10).to_le_bytes());
+        }
+        p
+    };
+    let mut answers = Vec::new();
+    for (prefix, port) in [("direct", h.topo.nodes[0].port), ("sluice", h.addr.port())] {
+        let (mut raw, ok) = RawConn::login(port, common::USER, common::PASSWORD, bulk_caps).await;
+        assert_eq!(ok.first(), Some(&0x00), "{prefix}: login");
+        assert_ne!(
+            raw.caps & bulk_caps,
+            0,
+            "{prefix}: bulk operations not negotiated"
+        );
+        let prep = raw
+            .command(b"\x16INSERT INTO bulk.t (k, n) VALUES (?, ?)")
+            .await;
+        assert_eq!(prep[0].1[0], 0, "{prefix}: prepare: {prep:?}");
+        let stmt = prep[0].1[1..5].to_vec();
+        let answer = raw.command(&bulk(&stmt, prefix, 128)).await;
+        answers.push(answer[0].1.clone());
+        if prefix == "sluice" {
+            let refused = raw.command(&bulk(&stmt, "untyped", 0)).await;
+            assert_eq!(refused[0].1[0], 0xFF, "without types: {refused:?}");
+            assert_eq!(u16::from_le_bytes([refused[0].1[1], refused[0].1[2]]), 1210);
+            // The session goes on.
+            let again = raw.command(&bulk(&stmt, "again", 128)).await;
+            assert_eq!(again[0].1[0], 0, "{again:?}");
+        }
+    }
+    // OK packets: header, affected rows 3, insert id 0, then status and warnings.
+    assert_eq!(answers[0][0], 0x00, "direct: {:?}", answers[0]);
+    assert_eq!(answers[0][1], 3, "direct: 3 rows");
+    assert_eq!(answers[1][..2], answers[0][..2], "through Sluice vs direct");
+    let rows: Vec<(String, i32)> = c
+        .query("SELECT k, n FROM bulk.t ORDER BY k FOR UPDATE")
+        .await
+        .unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "again-0", "again-1", "again-2", "direct-0", "direct-1", "direct-2", "sluice-0",
+            "sluice-1", "sluice-2"
+        ]
+    );
+    assert_eq!(rows[7].1, 10);
+    h.shutdown().await;
+}

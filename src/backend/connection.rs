@@ -36,7 +36,8 @@ const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
 const NEVER: u64 = cap::CLIENT_SSL
     | cap::CLIENT_COMPRESS
     | cap::CLIENT_ZSTD_COMPRESSION
-    | (!0xFFFF_FFFF & !cap::MARIADB_CLIENT_EXTENDED_METADATA);
+    | (!0xFFFF_FFFF
+        & !(cap::MARIADB_CLIENT_EXTENDED_METADATA | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS));
 
 /// Largest control packet (handshake, auth) accepted from a server.
 const MAX_CONTROL_PACKET: usize = 64 << 10;

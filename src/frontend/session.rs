@@ -40,7 +40,6 @@ fn refused_command(code: u8) -> bool {
             | command::COM_TABLE_DUMP
             | command::COM_CONNECT_OUT
             | command::COM_DAEMON
-            | command::COM_STMT_BULK_EXECUTE
     )
 }
 
@@ -352,7 +351,8 @@ impl Session {
                 | command::COM_STMT_SEND_LONG_DATA
                 | command::COM_STMT_CLOSE
                 | command::COM_STMT_RESET
-                | command::COM_STMT_FETCH => {
+                | command::COM_STMT_FETCH
+                | command::COM_STMT_BULK_EXECUTE => {
                     self.statement_command(code, ext.wire_len, seq).await?
                 }
                 _ => self.command(code, ext.wire_len, seq).await?,

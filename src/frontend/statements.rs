@@ -59,6 +59,9 @@ impl Session {
         match code {
             COM_STMT_PREPARE => self.prepare(wire_len, seq).await,
             COM_STMT_EXECUTE => self.execute(id, wire_len, seq).await,
+            sluice_proto::command::COM_STMT_BULK_EXECUTE => {
+                self.bulk_execute(id, wire_len, seq).await
+            }
             COM_STMT_SEND_LONG_DATA => self.long_data(id, wire_len).await,
             COM_STMT_CLOSE => {
                 // No answer. The server statement stays in its connection's cache.
@@ -290,6 +293,71 @@ impl Session {
             (rows, warnings, insert_id),
             pin_text,
         );
+        Ok(())
+    }
+
+    /// COM_STMT_BULK_EXECUTE (MariaDB batch execution, `MARIADB_CLIENT_STMT_BULK_OPERATIONS`):
+    /// the statement runs many times with the rows of parameters in the packet. Always a
+    /// write, on the primary, and it must carry its parameter types (flag
+    /// `STMT_BULK_FLAG_SEND_TYPES_TO_SERVER`, which libmariadb always sets): the server
+    /// statement may have been bound by another session.
+    async fn bulk_execute(
+        &mut self,
+        id: u32,
+        wire_len: usize,
+        seq: u8,
+    ) -> Result<(), SessionError> {
+        const SEND_TYPES: u16 = 128;
+        let Some(st) = self.st.stmts.get(&id) else {
+            self.client.consume(wire_len);
+            return self
+                .client
+                .send_err(seq, &unknown_statement(id, "mysqld_stmt_bulk_execute"))
+                .await;
+        };
+        let payload = &self.client.rbuf[HEADER_LEN..wire_len];
+        let flags = payload
+            .get(5..7)
+            .map_or(0, |f| u16::from_le_bytes([f[0], f[1]]));
+        let typed = flags & SEND_TYPES != 0 && payload.len() >= 7 + 2 * usize::from(st.params);
+        if st.params == 0 || !typed {
+            self.client.consume(wire_len);
+            let e = ErrPacket::new(
+                1210,
+                b"HY000",
+                "Incorrect arguments to mysqld_stmt_bulk_execute (Sluice needs the parameter types in every bulk execution)",
+            );
+            return self.client.send_err(seq, &e).await;
+        }
+        let (sql, digest_hash, cached) = (st.sql.clone(), st.digest, st.cached);
+        let digest =
+            self.shared
+                .digests
+                .begin_hashed_known(digest_hash, &sql, &mut self.known_digests);
+        let mut plan = self.plan_prepared(&sql, cached);
+        plan.route = Route::Primary;
+        let Some(on) = self.target(&mut plan, wire_len, seq).await? else {
+            return Ok(());
+        };
+        let Some(server_id) = self.ensure_prepared(on, &sql, wire_len, seq).await? else {
+            return Ok(());
+        };
+        self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
+        let started = std::time::Instant::now();
+        let Some(r) = self
+            .forward(on, wire_len, None, ResponseKind::Execute, seq, false)
+            .await?
+        else {
+            return Ok(());
+        };
+        let counts = self.account(
+            on,
+            crate::router::StatementClass::Write,
+            digest,
+            started,
+            r.outcome,
+        );
+        self.after(on, COM_STMT_EXECUTE, &plan, r.outcome, counts, None);
         Ok(())
     }
 
