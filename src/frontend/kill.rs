@@ -173,11 +173,8 @@ pub(super) fn decide(shared: &crate::state::Shared, me: u32, user: &str, kill: K
 /// `CAST(id AS UNSIGNED)`, the function's type; a bare `SELECT CONNECTION_ID()` keeps its
 /// column name through an alias). `None` when the statement does not call it.
 pub(super) fn rewrite_connection_id(sql: &[u8], id: u32) -> Option<Vec<u8>> {
-    // Cheap test first: most statements never mention it.
-    if !sql
-        .windows(13)
-        .any(|w| w.eq_ignore_ascii_case(b"connection_id"))
-    {
+    // Cheap test first (every statement pays it): look only before each `(`.
+    if !mentions_connection_id(sql) {
         return None;
     }
     let mut lx = Lexer::new(sql);
@@ -237,6 +234,25 @@ pub(super) fn rewrite_connection_id(sql: &[u8], id: u32) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether `connection_id` (any case, blanks allowed before the parenthesis) precedes some
+/// `(` in `sql`: one pass over the bytes, a 13-byte comparison only at each `(`.
+fn mentions_connection_id(sql: &[u8]) -> bool {
+    const NAME: &[u8] = b"connection_id";
+    let mut from = 0;
+    while let Some(p) = sql[from..].iter().position(|&b| b == b'(') {
+        let at = from + p;
+        let mut end = at;
+        while end > 0 && sql[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        if end >= NAME.len() && sql[end - NAME.len()..end].eq_ignore_ascii_case(NAME) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +302,8 @@ mod tests {
         assert_eq!(r("SELECT 'CONNECTION_ID()'"), None);
         assert_eq!(r("SELECT 1 /* CONNECTION_ID() */"), None);
         assert_eq!(r("SELECT 1"), None);
+        assert!(mentions_connection_id(b"select Connection_Id  ()"));
+        assert!(!mentions_connection_id(b"select connection_id"));
+        assert!(!mentions_connection_id(b"insert into t values (1), (2)"));
     }
 }
