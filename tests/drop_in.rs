@@ -359,12 +359,22 @@ async fn bulk_execute_inserts_as_directly() {
         let answer = raw.command(&bulk(&stmt, prefix, 128)).await;
         answers.push(answer[0].1.clone());
         if prefix == "sluice" {
-            let refused = raw.command(&bulk(&stmt, "untyped", 0)).await;
+            // Without types after a typed bulk (what drivers send for the next batch): the
+            // types are added again for the server.
+            let again = raw.command(&bulk(&stmt, "again", 0)).await;
+            assert_eq!(again[0].1[0], 0, "{again:?}");
+            // A statement never executed with types: refused, and the session goes on.
+            let fresh = raw
+                .command(b"\x16INSERT INTO bulk.t (k, n) VALUES (?, ?)")
+                .await;
+            let fresh_id = fresh[0].1[1..5].to_vec();
+            let refused = raw.command(&bulk(&fresh_id, "untyped", 0)).await;
             assert_eq!(refused[0].1[0], 0xFF, "without types: {refused:?}");
             assert_eq!(u16::from_le_bytes([refused[0].1[1], refused[0].1[2]]), 1210);
-            // The session goes on.
-            let again = raw.command(&bulk(&stmt, "again", 128)).await;
-            assert_eq!(again[0].1[0], 0, "{again:?}");
+            let short = raw
+                .command(&[0xFA, fresh_id[0], fresh_id[1], fresh_id[2], fresh_id[3]])
+                .await;
+            assert_eq!(short[0].1[0], 0xFF, "a truncated bulk: {short:?}");
         }
     }
     // OK packets: header, affected rows 3, insert id 0, then status and warnings.
@@ -384,5 +394,22 @@ async fn bulk_execute_inserts_as_directly() {
         ]
     );
     assert_eq!(rows[7].1, 10);
+    // mysql_async's exec_batch uses COM_STMT_BULK_EXECUTE when it is offered: 2,000 rows in
+    // batches through Sluice and directly give the same rows.
+    for (name, opts) in [("d", h.direct_opts()), ("s", h.proxy_opts())] {
+        let mut conn = Conn::new(opts).await.unwrap();
+        let rows: Vec<(String, i32)> = (0..2000).map(|i| (format!("{name}{i:05}"), i)).collect();
+        conn.exec_batch("INSERT INTO bulk.t (k, n) VALUES (?, ?)", rows)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: exec_batch: {e}"));
+        let (count, sum): (u64, i64) = conn
+            .query_first(format!(
+                "SELECT COUNT(*), SUM(n) FROM bulk.t WHERE k LIKE '{name}0%' OR k LIKE '{name}1%' FOR UPDATE"
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((count, sum), (2000, 1_999_000), "{name}");
+    }
     h.shutdown().await;
 }

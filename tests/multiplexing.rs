@@ -490,7 +490,7 @@ async fn state_changed_inside_a_procedure_is_learned_from_session_tracking() {
 /// The backend connection a transaction runs on.
 async fn in_txn(c: &mut Conn) -> u64 {
     c.query_drop("BEGIN").await.unwrap();
-    let id: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    let id: Option<u64> = c.query_first("SELECT @@pseudo_thread_id").await.unwrap();
     c.query_drop("COMMIT").await.unwrap();
     id.unwrap()
 }

@@ -13,7 +13,7 @@ use mysql_async::prelude::*;
 async fn backend_id(c: &mut mysql_async::Conn) -> u64 {
     // In a transaction: the statements run on one server connection.
     c.query_drop("BEGIN").await.unwrap();
-    let id: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    let id: Option<u64> = c.query_first("SELECT @@pseudo_thread_id").await.unwrap();
     c.query_drop("COMMIT").await.unwrap();
     id.unwrap()
 }

@@ -31,13 +31,20 @@ const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
     | cap::CLIENT_TRANSACTIONS;
 
 /// Capabilities never passed on to a backend: TLS and compression are per hop, and of
-/// MariaDB's extended capabilities only extended metadata is relayed (see
+/// MariaDB's extended capabilities only extended metadata (it changes every result's
+/// metadata: sessions are partitioned by it) and bulk operations are negotiated (see
 /// `frontend::handshake::OFFERED_EXT`).
 const NEVER: u64 = cap::CLIENT_SSL
     | cap::CLIENT_COMPRESS
     | cap::CLIENT_ZSTD_COMPRESSION
     | (!0xFFFF_FFFF
         & !(cap::MARIADB_CLIENT_EXTENDED_METADATA | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS));
+
+/// Asked of every server that offers them, whatever the client asked: they change nothing in
+/// the answers to other commands, so a connection with them serves every session, and the
+/// sessions of drivers that ask for bulk operations (mysql_async, libmariadb) share pooled
+/// connections with those that do not.
+const ALWAYS_EXT: u64 = cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
 
 /// Largest control packet (handshake, auth) accepted from a server.
 const MAX_CONTROL_PACKET: usize = 64 << 10;
@@ -293,7 +300,7 @@ pub(super) fn negotiate(client_caps: u64, server_caps: u64) -> u64 {
     // MariaDB's extended capabilities count only when the server cleared CLIENT_MYSQL
     // (`CLIENT_LONG_PASSWORD`), and the login then clears it too so that the server reads them.
     let ext = if server_caps & cap::CLIENT_LONG_PASSWORD == 0 {
-        client_caps & server_caps & !0xFFFF_FFFF & !NEVER
+        (client_caps | ALWAYS_EXT) & server_caps & !0xFFFF_FFFF & !NEVER
     } else {
         0
     };

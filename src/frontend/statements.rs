@@ -298,9 +298,9 @@ impl Session {
 
     /// COM_STMT_BULK_EXECUTE (MariaDB batch execution, `MARIADB_CLIENT_STMT_BULK_OPERATIONS`):
     /// the statement runs many times with the rows of parameters in the packet. Always a
-    /// write, on the primary, and it must carry its parameter types (flag
-    /// `STMT_BULK_FLAG_SEND_TYPES_TO_SERVER`, which libmariadb always sets): the server
-    /// statement may have been bound by another session.
+    /// write, on the primary. The server statement may have been bound by another session, so
+    /// a bulk without parameter types (a driver sends them with the first bulk only) gets the
+    /// types of the statement's last typed execution added; with none known, 1210.
     async fn bulk_execute(
         &mut self,
         id: u32,
@@ -319,8 +319,9 @@ impl Session {
         let flags = payload
             .get(5..7)
             .map_or(0, |f| u16::from_le_bytes([f[0], f[1]]));
-        let typed = flags & SEND_TYPES != 0 && payload.len() >= 7 + 2 * usize::from(st.params);
-        if st.params == 0 || !typed {
+        let n_types = 2 * usize::from(st.params);
+        let typed = flags & SEND_TYPES != 0 && payload.len() >= 7 + n_types;
+        if st.params == 0 || payload.len() < 7 || !typed && st.types.is_none() {
             self.client.consume(wire_len);
             let e = ErrPacket::new(
                 1210,
@@ -329,6 +330,16 @@ impl Session {
             );
             return self.client.send_err(seq, &e).await;
         }
+        let types = if typed {
+            let t = payload[7..7 + n_types].to_vec();
+            if let Some(st) = self.st.stmts.get_mut(&id) {
+                st.types = Some(t);
+            }
+            None
+        } else {
+            st.types.clone()
+        };
+        let st = &self.st.stmts[&id];
         let (sql, digest_hash, cached) = (st.sql.clone(), st.digest, st.cached);
         let digest =
             self.shared
@@ -342,10 +353,30 @@ impl Session {
         let Some(server_id) = self.ensure_prepared(on, &sql, wire_len, seq).await? else {
             return Ok(());
         };
-        self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
+        let rebuilt = types.map(|t| {
+            let payload = &self.client.rbuf[HEADER_LEN..wire_len];
+            let mut p = Vec::with_capacity(payload.len() + t.len());
+            p.extend_from_slice(&payload[..5]);
+            p.extend_from_slice(&(flags | SEND_TYPES).to_le_bytes());
+            p.extend_from_slice(&t);
+            p.extend_from_slice(&payload[7..]);
+            p[1..5].copy_from_slice(&server_id.to_le_bytes());
+            p
+        });
+        if rebuilt.is_none() {
+            self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5]
+                .copy_from_slice(&server_id.to_le_bytes());
+        }
         let started = std::time::Instant::now();
         let Some(r) = self
-            .forward(on, wire_len, None, ResponseKind::Execute, seq, false)
+            .forward(
+                on,
+                wire_len,
+                rebuilt.as_deref(),
+                ResponseKind::Execute,
+                seq,
+                false,
+            )
             .await?
         else {
             return Ok(());
