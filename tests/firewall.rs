@@ -13,21 +13,31 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Connects from `source` and returns the first packet's payload (greeting or ERR), or `None`
-/// when the connection closed without one.
-async fn first_packet(source: &str, to: SocketAddr) -> Option<Vec<u8>> {
+/// Connects from `source` and reads the first packet's payload (`None` when the connection
+/// closed without one), keeping the socket.
+async fn first_packet_on(source: &str, to: SocketAddr) -> (tokio::net::TcpStream, Option<Vec<u8>>) {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let mut s = sock.connect(to).await.unwrap();
     let mut head = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+    let got = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
         .await
-        .expect("an answer within 5 s")
-        .ok()?;
+        .expect("an answer within 5 s");
+    if got.is_err() {
+        return (s, None);
+    }
     let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
     assert_eq!(head[3], 0, "the first packet has sequence id 0");
     let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.ok()?;
+    let body = s.read_exact(&mut body).await.ok().map(|_| body);
+    (s, body)
+}
+
+/// Connects from `source` and returns the first packet's payload (greeting or ERR), or `None`
+/// when the connection closed without one.
+async fn first_packet(source: &str, to: SocketAddr) -> Option<Vec<u8>> {
+    let (mut s, body) = first_packet_on(source, to).await;
+    let body = body?;
     if body[0] == 0xFF {
         // Refused: nothing follows, the connection closes.
         let mut rest = Vec::new();
@@ -140,29 +150,13 @@ async fn address_lists_and_per_user_rules() {
 /// Connects from `source`, reads the greeting and answers it with a packet that is not a
 /// handshake response: a malformed handshake (one of MySQL's "connect errors").
 async fn malformed_handshake(source: &str, to: SocketAddr) {
-    let greeting = first_packet_keep(source, to).await;
-    let (mut s, body) = greeting;
+    let (mut s, body) = first_packet_on(source, to).await;
+    let body = body.expect("a greeting");
     assert_ne!(body.first(), Some(&0xFF), "refused before the handshake");
     // A 2-byte payload where a HandshakeResponse41 belongs.
     s.write_all(&[2, 0, 0, 1, 0x01, 0x02]).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
-}
-
-/// The greeting (first packet) with the socket kept open.
-async fn first_packet_keep(source: &str, to: SocketAddr) -> (tokio::net::TcpStream, Vec<u8>) {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let mut s = sock.connect(to).await.unwrap();
-    let mut head = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
-        .await
-        .expect("a greeting within 5 s")
-        .unwrap();
-    let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.unwrap();
-    (s, body)
 }
 
 /// Wrong passwords never block an address (they are throttled per user and address);

@@ -232,20 +232,11 @@ impl Session {
             return Ok(());
         };
         // Always with types: the server statement may have been bound by another session.
-        let rebuilt = types.map(|t| {
-            let payload = &self.client.rbuf[HEADER_LEN..wire_len];
-            let mut p = Vec::with_capacity(payload.len() + t.len());
-            p.extend_from_slice(&payload[..bound_at]);
-            p.push(1);
-            p.extend_from_slice(&t);
-            p.extend_from_slice(payload.get(bound_at + 1..).unwrap_or_default());
-            p[1..5].copy_from_slice(&server_id.to_le_bytes());
-            p
-        });
-        if rebuilt.is_none() {
-            self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5]
-                .copy_from_slice(&server_id.to_le_bytes());
-        }
+        let rebuilt = self.with_server_id(
+            wire_len,
+            server_id,
+            types.map(|t| (bound_at, 1, &[1u8][..], t)),
+        );
         let started = std::time::Instant::now();
         let Some(r) = self
             .forward(
@@ -353,20 +344,9 @@ impl Session {
         let Some(server_id) = self.ensure_prepared(on, &sql, wire_len, seq).await? else {
             return Ok(());
         };
-        let rebuilt = types.map(|t| {
-            let payload = &self.client.rbuf[HEADER_LEN..wire_len];
-            let mut p = Vec::with_capacity(payload.len() + t.len());
-            p.extend_from_slice(&payload[..5]);
-            p.extend_from_slice(&(flags | SEND_TYPES).to_le_bytes());
-            p.extend_from_slice(&t);
-            p.extend_from_slice(&payload[7..]);
-            p[1..5].copy_from_slice(&server_id.to_le_bytes());
-            p
-        });
-        if rebuilt.is_none() {
-            self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5]
-                .copy_from_slice(&server_id.to_le_bytes());
-        }
+        let marker = (flags | SEND_TYPES).to_le_bytes();
+        let rebuilt =
+            self.with_server_id(wire_len, server_id, types.map(|t| (5, 2, &marker[..], t)));
         let started = std::time::Instant::now();
         let Some(r) = self
             .forward(
@@ -390,6 +370,31 @@ impl Session {
         );
         self.after(on, COM_STMT_EXECUTE, &plan, r.outcome, counts, None);
         Ok(())
+    }
+
+    /// Puts the server's statement id in the execution at the front of the client buffer. With
+    /// `types = (at, len, marker, types)`, returns a rebuilt payload instead, in which the
+    /// `len` bytes at `at` become `marker` followed by the parameter types (the server
+    /// statement may have been bound by another session).
+    fn with_server_id(
+        &mut self,
+        wire_len: usize,
+        server_id: u32,
+        types: Option<(usize, usize, &[u8], Vec<u8>)>,
+    ) -> Option<Vec<u8>> {
+        let Some((at, len, marker, t)) = types else {
+            self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5]
+                .copy_from_slice(&server_id.to_le_bytes());
+            return None;
+        };
+        let payload = &self.client.rbuf[HEADER_LEN..wire_len];
+        let mut p = Vec::with_capacity(payload.len() + marker.len() + t.len());
+        p.extend_from_slice(&payload[..at]);
+        p.extend_from_slice(marker);
+        p.extend_from_slice(&t);
+        p.extend_from_slice(payload.get(at + len..).unwrap_or_default());
+        p[1..5].copy_from_slice(&server_id.to_le_bytes());
+        Some(p)
     }
 
     /// The server's id for `sql` on the held connection `on`, preparing it there if needed.
