@@ -127,6 +127,43 @@ backend primary
                             stderr=subprocess.DEVNULL)
 
 
+def stop(procs, work):
+    """Stops the sandbox (first, with SIGINT) and the other processes, and removes `work`."""
+    for p in reversed(procs):
+        p.send_signal(signal.SIGINT if p is procs[0] else signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def with_and_without(targets, threads_list, repeats, run):
+    """Runs each target (name, port, proxy pid or None, flag) with `run(port, threads, flag)`
+    (sysbench's output), in rotating order, `repeats` times per thread count; returns the
+    markdown table of median QPS, p95 and the proxy's CPU time per query."""
+    lines = ["| threads | target | QPS | p95 ms | proxy CPU µs/query |", "|---|---|---|---|---|"]
+    for threads in threads_list:
+        res = {t[0]: [] for t in targets}
+        for r in range(repeats):
+            k = r % len(targets)
+            for name, port, pid, flag in targets[k:] + targets[:k]:
+                before = cpu_seconds(pid) if pid else None
+                q, qps, p95 = figures(run(port, threads, flag))
+                cpu = (cpu_seconds(pid) - before) * 1e6 / q if pid else None
+                res[name].append((qps, p95, cpu))
+        for name, _, pid, _ in targets:
+            v = res[name]
+            qps = statistics.median(x[0] for x in v)
+            p95 = statistics.median(x[1] for x in v)
+            cpu = f"{statistics.median(x[2] for x in v):.1f}" if pid else "—"
+            line = f"| {threads} | {name} | {qps:.0f} | {p95:.2f} | {cpu} |"
+            print(line, flush=True)
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--time", type=int, default=10)
@@ -204,14 +241,7 @@ def main():
             with open(args.out, "w") as f:
                 f.write(table + "\n")
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGINT if p is procs[0] else signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop(procs, work)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ sysbench 1.0 loads from its working directory: cacert.pem, client-cert.pem, clie
 Reports median QPS and the proxy processes' CPU time per query; runs of one configuration are
 back to back, repeated in rotating order. Installs sysbench and haproxy (apt) if missing.
 """
-import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile
+import argparse, os, re, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (ROOT, USER, PASSWORD, cpu_seconds, ensure, figures, free_port,  # noqa: E402
-                     start_haproxy, start_sandbox, wait_port)
+from compare import (ROOT, USER, PASSWORD, ensure, free_port, start_haproxy,  # noqa: E402
+                     start_sandbox, stop, wait_port, with_and_without)
 
 
 def openssl(*args, cwd):
@@ -97,38 +97,14 @@ def main():
         targets = [("direct", primary, None, False), ("direct-tls", primary, None, True),
                    ("haproxy", haproxy_port, hp.pid, False), ("haproxy-tls", haproxy_port, hp.pid, True),
                    ("sluice", sluice_port, sb.pid, False), ("sluice-tls", sluice_port, sb.pid, True)]
-        lines = ["| threads | target | QPS | p95 ms | proxy CPU µs/query |", "|---|---|---|---|---|"]
-        for threads in [int(t) for t in args.threads.split(",")]:
-            res = {t[0]: [] for t in targets}
-            for r in range(args.repeats):
-                k = r % len(targets)
-                for name, port, pid, tls in targets[k:] + targets[:k]:
-                    before = cpu_seconds(pid) if pid else None
-                    q, qps, p95 = figures(sysbench(port, threads, args.time, tls, work))
-                    cpu = (cpu_seconds(pid) - before) * 1e6 / q if pid else None
-                    res[name].append((qps, p95, cpu))
-            for name, _, pid, _ in targets:
-                v = res[name]
-                qps = statistics.median(x[0] for x in v)
-                p95 = statistics.median(x[1] for x in v)
-                cpu = f"{statistics.median(x[2] for x in v):.1f}" if pid else "—"
-                line = f"| {threads} | {name} | {qps:.0f} | {p95:.2f} | {cpu} |"
-                print(line, flush=True)
-                lines.append(line)
-        table = "\n".join(lines)
+        table = with_and_without(targets, [int(t) for t in args.threads.split(",")], args.repeats,
+                                 lambda port, threads, flag: sysbench(port, threads, args.time, flag, work))
         print("\n" + table)
         if args.out:
             with open(args.out, "w") as f:
                 f.write(table + "\n")
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGINT if p is procs[0] else signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop(procs, work)
 
 
 if __name__ == "__main__":

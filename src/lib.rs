@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod backend;
 pub mod cluster;
+pub mod compress;
 pub mod config;
 pub mod errors;
 pub mod frontend;

@@ -141,16 +141,22 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
         applied.push("[backend_tls]".into());
     }
     for (i, (slot, s)) in slots.iter().zip(&new.servers).enumerate() {
-        // New connections use the new TLS settings; idle ones made with the old are closed.
-        if tls_changed || old.servers.get(i).is_some_and(|o| o.tls != s.tls) {
+        // New connections use the new TLS and compression settings; idle ones made with the
+        // old are closed.
+        if tls_changed
+            || old
+                .servers
+                .get(i)
+                .is_some_and(|o| o.tls != s.tls || o.compress != s.compress)
+        {
             slot.pool
-                .set_tls(crate::tls::for_server(backend_tls.as_ref(), s));
+                .set_transport(crate::tls::for_server(backend_tls.as_ref(), s), s.compress);
         }
     }
     for s in &new.servers[slots.len()..] {
         let slot = ServerSlot::new(s, limits);
         slot.pool
-            .set_tls(crate::tls::for_server(backend_tls.as_ref(), s));
+            .set_transport(crate::tls::for_server(backend_tls.as_ref(), s), s.compress);
         slots.push(Arc::new(slot));
     }
     if limits.max_connections != current.pool_limits.max_connections
@@ -204,6 +210,7 @@ mod tests {
             no_promote: false,
             priority: 0,
             tls: None,
+            compress: false,
             removed: false,
         }
     }

@@ -143,7 +143,7 @@ async fn start_on(
     ));
     for (slot, s) in shared.routing().slots.iter().zip(&config.servers) {
         slot.pool
-            .set_tls(crate::tls::for_server(backend_tls.as_ref(), s));
+            .set_transport(crate::tls::for_server(backend_tls.as_ref(), s), s.compress);
     }
     let (done_tx, done_rx) = mpsc::channel(1);
     let mut admin_addr = None;

@@ -137,6 +137,7 @@ impl RoutingState {
         RoutingState {
             auth: handshake::AuthOptions {
                 check_address: true,
+                compression: config.proxy.compression,
                 require_tls: config.proxy.tls.as_ref().is_some_and(|t| t.require),
                 tls,
                 greeting_plugin: handshake::AuthPlugin::from_name(

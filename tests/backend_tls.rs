@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::certs::{self, TestPki};
 use common::Harness;
 use mysql_async::prelude::Queryable;
-use sluice::backend::{connect, BackendError, LoginParams};
+use sluice::backend::{connect, BackendError, LoginParams, Transport};
 use sluice::config::BackendTlsConfig;
 
 fn tls_spec(pki: &TestPki) -> sluice::sandbox::TopologySpec {
@@ -56,7 +56,10 @@ async fn try_connect(address: &str, cfg: BackendTlsConfig) -> Result<bool, Backe
         address,
         params(),
         Duration::from_secs(5),
-        tls.as_deref(),
+        Transport {
+            tls: tls.as_deref(),
+            compress: false,
+        },
     )
     .await?;
     Ok(conn.is_tls())
@@ -151,7 +154,7 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
         .unwrap()
     };
     let tls = with_identity(false);
-    match connect("db", &addr, x509, Duration::from_secs(5), tls.as_deref()).await {
+    match connect("db", &addr, x509, Duration::from_secs(5), transport(&tls)).await {
         Err(BackendError::Refused(e)) => assert_eq!(e.code, 1045, "{e:?}"),
         r => panic!(
             "REQUIRE X509 without a client certificate: {:?}",
@@ -159,7 +162,7 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
         ),
     }
     let tls = with_identity(true);
-    let (conn, _) = connect("db", &addr, x509, Duration::from_secs(5), tls.as_deref())
+    let (conn, _) = connect("db", &addr, x509, Duration::from_secs(5), transport(&tls))
         .await
         .expect("login with the client certificate");
     assert!(conn.is_tls());
@@ -195,4 +198,11 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
     drop(c);
     proxy.shutdown().await;
     drop(plain);
+}
+
+fn transport(tls: &Option<std::sync::Arc<sluice::tls::BackendTls>>) -> Transport<'_> {
+    Transport {
+        tls: tls.as_deref(),
+        compress: false,
+    }
 }

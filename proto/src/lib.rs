@@ -8,6 +8,7 @@
 
 pub mod auth_switch;
 pub mod command;
+pub mod compress;
 pub mod eof;
 pub mod err;
 pub mod error;

@@ -17,10 +17,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BackendError;
+use crate::compress::MaybeCompressed;
 use crate::tls::{BackendTls, MaybeTls};
 
-/// A connection to a server: plain TCP, or TLS with `[backend_tls]`.
-pub type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+/// A connection to a server: plain TCP, or TLS with `[backend_tls]`; compressed after the
+/// login with `[[servers]] compress`.
+pub type BackendStream = MaybeCompressed<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Capabilities Sluice always asks a backend for, whatever the client did.
 const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
@@ -112,7 +114,7 @@ pub struct Cuttable {
 impl Cuttable {
     /// Registers `conn`'s socket (a duplicate descriptor, owned here).
     pub fn register(self: &std::sync::Arc<Self>, conn: &mut BackendConn) {
-        let tcp = match &conn.stream {
+        let tcp = match conn.stream.get_ref() {
             MaybeTls::Plain(t) => t,
             MaybeTls::Tls(s) => s.get_ref().0,
             MaybeTls::Switching => return,
@@ -189,6 +191,16 @@ impl StmtBudget<'_> {
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// How a connection reaches its server.
+#[derive(Clone, Copy, Default)]
+pub struct Transport<'a> {
+    /// `[backend_tls]`, when this server is reached over TLS.
+    pub tls: Option<&'a BackendTls>,
+    /// `[[servers]] compress`: the compressed protocol after the login, when the server offers
+    /// it.
+    pub compress: bool,
+}
+
 /// Connects to `address` and logs in. Returns the connection and the server's final OK payload
 /// (to forward to the client). The whole exchange is bounded by `timeout`.
 pub async fn connect(
@@ -196,10 +208,10 @@ pub async fn connect(
     address: &str,
     params: LoginParams<'_>,
     timeout: Duration,
-    tls: Option<&BackendTls>,
+    transport: Transport<'_>,
 ) -> Result<(BackendConn, Bytes), BackendError> {
     let ms = timeout.as_millis() as u64;
-    tokio::time::timeout(timeout, connect_inner(server, address, params, tls))
+    tokio::time::timeout(timeout, connect_inner(server, address, params, transport))
         .await
         .map_err(|_| BackendError::Timeout(ms))?
 }
@@ -208,15 +220,16 @@ async fn connect_inner(
     server: &str,
     address: &str,
     p: LoginParams<'_>,
-    tls: Option<&BackendTls>,
+    transport: Transport<'_>,
 ) -> Result<(BackendConn, Bytes), BackendError> {
+    let tls = transport.tls;
     let stream = TcpStream::connect(address)
         .await
         .map_err(BackendError::Connect)?;
     stream.set_nodelay(true)?;
     let mut conn = BackendConn {
         server: server.to_string(),
-        stream: MaybeTls::Plain(stream),
+        stream: MaybeCompressed::new(MaybeTls::Plain(stream)),
         rbuf: BytesMut::with_capacity(16 << 10),
         handshake: HandshakeV10::default(),
         capabilities: 0,
@@ -251,6 +264,10 @@ async fn connect_inner(
     if p.connect_attrs.is_none() {
         caps &= !cap::CLIENT_CONNECT_ATTRS;
     }
+    let compress = transport.compress && conn.handshake.capabilities & cap::CLIENT_COMPRESS != 0;
+    if compress {
+        caps |= cap::CLIENT_COMPRESS;
+    }
     let mut seq = hello.last_seq.wrapping_add(1);
     if let Some(tls) = tls {
         // Never a silent fallback to plaintext: a server without TLS is an error.
@@ -268,14 +285,15 @@ async fn connect_inner(
         conn.write_packet(seq, &req.encode()).await?;
         seq = seq.wrapping_add(1);
         let name = tls.name_for(address).map_err(BackendError::Tls)?;
-        let MaybeTls::Plain(tcp) = std::mem::replace(&mut conn.stream, MaybeTls::Switching) else {
+        let MaybeTls::Plain(tcp) = std::mem::replace(conn.stream.get_mut(), MaybeTls::Switching)
+        else {
             return Err(BackendError::Tls("the connection is not plain TCP".into()));
         };
         let s =
             tls.connector.connect(name, tcp).await.map_err(|e| {
                 BackendError::Tls(format!("TLS with {server} ({address}) failed: {e}"))
             })?;
-        conn.stream = MaybeTls::Tls(Box::new(s));
+        *conn.stream.get_mut() = MaybeTls::Tls(Box::new(s));
     }
     conn.capabilities = caps;
     conn.scramble = conn.handshake.auth_data.clone();
@@ -291,6 +309,12 @@ async fn connect_inner(
     };
     conn.write_packet(seq, &resp.encode()).await?;
     let ok = conn.finish_auth(p.password).await?;
+    if compress {
+        conn.stream.enable(
+            sluice_proto::compress::MAX_FRAME,
+            crate::compress::Peer::Server,
+        );
+    }
     Ok((conn, ok))
 }
 
@@ -315,9 +339,12 @@ pub(super) fn negotiate(client_caps: u64, server_caps: u64) -> u64 {
 }
 
 /// Capability bits that only matter during the login itself.
-/// (`CLIENT_SSL` is per hop: set on TLS connections whatever the client asked.)
-pub(super) const LOGIN_ONLY: u64 =
-    cap::CLIENT_CONNECT_WITH_DB | cap::CLIENT_CONNECT_ATTRS | cap::CLIENT_SSL;
+/// (`CLIENT_SSL` and `CLIENT_COMPRESS` are per hop: set as the server's configuration says,
+/// whatever the client asked.)
+pub(super) const LOGIN_ONLY: u64 = cap::CLIENT_CONNECT_WITH_DB
+    | cap::CLIENT_CONNECT_ATTRS
+    | cap::CLIENT_SSL
+    | cap::CLIENT_COMPRESS;
 
 impl BackendConn {
     /// Reads one whole packet (control exchanges only; the relay streams instead).
@@ -341,6 +368,7 @@ impl BackendConn {
         let mut out = BytesMut::with_capacity(payload.len() + 4);
         framing::write_packet(&mut out, seq, payload);
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -625,7 +653,7 @@ impl BackendConn {
     pub fn looks_closed(&self) -> bool {
         use futures::FutureExt;
         let mut b = [0u8; 1];
-        match &self.stream {
+        match self.stream.get_ref() {
             MaybeTls::Plain(t) => t.peek(&mut b).now_or_never().is_some(),
             // TLS records (a session ticket) may legitimately arrive; only EOF counts.
             MaybeTls::Tls(t) => matches!(
@@ -638,7 +666,7 @@ impl BackendConn {
 
     /// Whether the connection runs over TLS.
     pub fn is_tls(&self) -> bool {
-        self.stream.is_tls()
+        self.stream.get_ref().is_tls()
     }
 
     /// The socket and its read buffer, for the relay.
@@ -649,6 +677,8 @@ impl BackendConn {
     /// Writes bytes as they are (a client's command, already framed).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         self.stream.write_all(bytes).await?;
+        // Frames the bytes when compressed (nothing to do on a plain socket).
+        self.stream.flush().await?;
         Ok(())
     }
 

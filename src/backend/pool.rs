@@ -82,6 +82,8 @@ pub struct ServerPool {
     pub stmt_cap: AtomicUsize,
     /// `[backend_tls]` for new connections (replaced by a reload).
     tls: std::sync::RwLock<Option<Arc<crate::tls::BackendTls>>>,
+    /// `[[servers]] compress` for new connections.
+    compress: AtomicBool,
     /// Every open connection's socket, to cut them all when the server is deposed.
     live: Arc<super::connection::Cuttable>,
     /// Connections cut so far.
@@ -126,17 +128,19 @@ impl ServerPool {
             retired: AtomicBool::new(false),
             stmt_cap: AtomicUsize::new(usize::MAX),
             tls: std::sync::RwLock::new(None),
+            compress: AtomicBool::new(false),
             live: Default::default(),
             cut_total: AtomicU64::new(0),
         }
     }
 
-    /// Sets the TLS used by new connections (idle ones made before are closed: they must
-    /// match the configuration in force).
-    pub fn set_tls(&self, tls: Option<Arc<crate::tls::BackendTls>>) {
+    /// Sets the TLS and compression used by new connections (idle ones made before are
+    /// closed: they must match the configuration in force).
+    pub fn set_transport(&self, tls: Option<Arc<crate::tls::BackendTls>>, compress: bool) {
         if let Ok(mut t) = self.tls.write() {
             *t = tls;
         }
+        self.compress.store(compress, Ordering::Relaxed);
         if let Ok(mut l) = self.lists.lock() {
             l.idle.clear();
         }
@@ -354,12 +358,16 @@ impl ServerPool {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(BackendConn, Bytes), PoolError> {
         let tls = self.tls.read().ok().and_then(|t| t.clone());
+        let transport = super::connection::Transport {
+            tls: tls.as_deref(),
+            compress: self.compress.load(Ordering::Relaxed),
+        };
         let (mut conn, ok) = connect(
             &self.name,
             &self.address,
             p,
             limits.connect_timeout,
-            tls.as_deref(),
+            transport,
         )
         .await?;
         conn.slot = Some(permit);

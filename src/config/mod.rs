@@ -264,6 +264,10 @@ pub struct ProxyConfig {
     /// path derived from `listen` in `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR` or the
     /// temporary folder; `"off"` = none.
     pub takeover_socket: String,
+    /// Offer clients the compressed protocol (`CLIENT_COMPRESS`, zlib). Sluice inflates and
+    /// deflates it itself (it must read the commands), which costs CPU: `false` stops offering
+    /// it (clients that ask then talk uncompressed).
+    pub compression: bool,
     /// `[proxy.tls]`: TLS for clients; absent = plaintext only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProxyTlsConfig>,
@@ -304,6 +308,7 @@ impl Default for ProxyConfig {
             max_prepared_statements_per_connection: 128,
             max_prepared_statements_per_session: 1024,
             takeover_socket: String::new(),
+            compression: true,
             tls: None,
         }
     }
@@ -338,6 +343,11 @@ pub struct ServerConfig {
     /// unset: as `[backend_tls]` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<bool>,
+    /// Talk to this server with the compressed protocol (zlib) when it offers it: less traffic
+    /// on a slow or metered link, more CPU on both ends. Per hop: clients compress or not as
+    /// they ask.
+    #[serde(default)]
+    pub compress: bool,
     /// Not a key: set on a server a reload removed (its index stays taken so that indices in
     /// the cluster view never change meaning).
     #[serde(skip)]

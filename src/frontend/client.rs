@@ -9,6 +9,7 @@ use sluice_proto::err::ErrPacket;
 use sluice_proto::framing::{self, FrameError, Packet, PacketExtent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::compress::MaybeCompressed;
 use crate::tls::MaybeTls;
 use tokio::net::TcpStream;
 
@@ -38,7 +39,8 @@ impl ClientStream {
 }
 
 pub struct ClientConn {
-    pub stream: ClientStream,
+    /// The socket; compressed after the login when the client asked (`CLIENT_COMPRESS`).
+    pub stream: MaybeCompressed<ClientStream>,
     pub rbuf: BytesMut,
     pub peer: SocketAddr,
     pub max_packet: usize,
@@ -49,7 +51,7 @@ pub struct ClientConn {
 impl ClientConn {
     pub fn new(stream: TcpStream, peer: SocketAddr, max_packet: usize) -> Self {
         ClientConn {
-            stream: MaybeTls::Plain(stream),
+            stream: MaybeCompressed::new(MaybeTls::Plain(stream)),
             rbuf: BytesMut::with_capacity(16 << 10),
             peer,
             max_packet,
@@ -65,7 +67,7 @@ impl ClientConn {
         match self.stream.read_buf(&mut self.rbuf).await {
             Ok(0) => Err(SessionError::ClientClosed),
             Ok(_) => Ok(()),
-            Err(e) => Err(SessionError::ClientIo(e)),
+            Err(e) => Err(compression_error(e)),
         }
     }
 
@@ -125,17 +127,17 @@ impl ClientConn {
         &mut self,
         acceptor: &tokio_rustls::TlsAcceptor,
     ) -> Result<(), SessionError> {
-        match std::mem::replace(&mut self.stream, MaybeTls::Switching) {
+        match std::mem::replace(self.stream.get_mut(), MaybeTls::Switching) {
             MaybeTls::Plain(tcp) => {
                 let tls = acceptor
                     .accept(tcp)
                     .await
                     .map_err(|e| SessionError::Malformed(format!("TLS handshake failed: {e}")))?;
-                self.stream = MaybeTls::Tls(Box::new(tls));
+                *self.stream.get_mut() = MaybeTls::Tls(Box::new(tls));
                 Ok(())
             }
             other => {
-                self.stream = other;
+                *self.stream.get_mut() = other;
                 Err(SessionError::Malformed("a second SSLRequest".into()))
             }
         }
@@ -177,10 +179,19 @@ impl ClientConn {
             .write_all(bytes)
             .await
             .map_err(SessionError::ClientIo)?;
-        if let MaybeTls::Tls(_) = self.stream {
+        if self.stream.is_compressed() || self.stream.get_ref().is_tls() {
             self.stream.flush().await.map_err(SessionError::ClientIo)?;
         }
         Ok(())
+    }
+
+    /// Compresses the connection from now on (after the login's OK, when the client asked).
+    pub fn start_compression(&mut self) {
+        // A frame may carry a whole packet of the largest size plus its header.
+        self.stream.enable(
+            self.max_packet.saturating_add(framing::HEADER_LEN),
+            crate::compress::Peer::Client,
+        );
     }
 
     pub async fn send_err(&mut self, seq: u8, err: &ErrPacket) -> Result<(), SessionError> {
@@ -188,5 +199,17 @@ impl ClientConn {
             e.record(err.code);
         }
         self.write_packet(seq, &err.encode()).await
+    }
+}
+
+/// A read error: a compressed frame over the packet limit is an oversized packet (1153), a
+/// broken one a malformed packet; anything else is the socket's.
+pub fn compression_error(e: io::Error) -> SessionError {
+    match crate::compress::zerror(&e) {
+        Some(sluice_proto::compress::ZError::TooLarge { claimed, .. }) => {
+            SessionError::TooLarge(*claimed)
+        }
+        Some(z) => SessionError::Malformed(z.to_string()),
+        None => SessionError::ClientIo(e),
     }
 }

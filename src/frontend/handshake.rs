@@ -16,10 +16,8 @@ use crate::cluster::ServerHello;
 use crate::config::UserConfig;
 use crate::errors;
 
-/// Capabilities Sluice can relay (`CLIENT_SSL` is added when `[proxy.tls]` is set).
-/// Compression is not offered; MariaDB's
-/// extended capabilities are not offered either, so `CLIENT_LONG_PASSWORD` ("CLIENT_MYSQL")
-/// stays set.
+/// Capabilities Sluice can relay, as far as the primary has them (`CLIENT_SSL` is added when
+/// `[proxy.tls]` is set, `CLIENT_COMPRESS` with `[proxy] compression`: both are per hop).
 pub const SUPPORTED: u64 = cap::CLIENT_LONG_PASSWORD
     | cap::CLIENT_FOUND_ROWS
     | cap::CLIENT_LONG_FLAG
@@ -137,6 +135,8 @@ pub struct AuthOptions {
     pub require_tls: bool,
     /// The plugin named in the greeting (`[proxy] default_auth_plugin`).
     pub greeting_plugin: AuthPlugin,
+    /// Offer `CLIENT_COMPRESS` (the caller then compresses after the login's OK).
+    pub compression: bool,
 }
 
 /// Greets the client and checks its credentials against `users`. A refused login waits
@@ -167,6 +167,10 @@ pub async fn authenticate(
     }
     if opts.tls.is_some() {
         offered |= cap::CLIENT_SSL;
+    }
+    // Terminated by Sluice, whatever the servers offer.
+    if opts.compression {
+        offered |= cap::CLIENT_COMPRESS;
     }
     let greeting = HandshakeV10 {
         server_version: hello.map_or(DEFAULT_VERSION.to_vec(), |h| h.version.clone()),

@@ -282,6 +282,10 @@ where
                 .write_all(&client_buf[..pos])
                 .await
                 .map_err(|e| SessionError::BackendLost(e.to_string()))?;
+            backend
+                .flush()
+                .await
+                .map_err(|e| SessionError::BackendLost(e.to_string()))?;
             client_buf.advance(pos);
         }
         if last && body_left == 0 {
@@ -293,7 +297,7 @@ where
         match client.read_buf(client_buf).await {
             Ok(0) => return Err(SessionError::ClientClosed),
             Ok(_) => {}
-            Err(e) => return Err(SessionError::ClientIo(e)),
+            Err(e) => return Err(super::client::compression_error(e)),
         }
     }
 }

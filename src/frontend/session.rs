@@ -145,7 +145,7 @@ pub async fn run(
         }
     };
     shared.firewall.login_ok(ip, &auth.user.name);
-    if let Some((cipher, version)) = client.stream.tls_info() {
+    if let Some((cipher, version)) = client.stream.get_ref().tls_info() {
         tracing::debug!(%cipher, %version, "client uses TLS");
         let _ = info.tls.set(format!("{version} {cipher}"));
     }
@@ -269,6 +269,10 @@ impl Session {
                 self.hold_primary(p, conn);
                 let ok = ok.map_or(LOGIN_OK.to_vec(), |b| b.to_vec());
                 self.client.write_packet(seq, &ok).await?;
+                // The login's OK goes out as is; everything after it is compressed.
+                if self.capabilities & cap::CLIENT_COMPRESS != 0 {
+                    self.client.start_compression();
+                }
                 self.settle().await;
                 Ok(true)
             }

@@ -917,7 +917,11 @@ impl Monitor {
             connect_attrs: None,
         };
         let tls = crate::tls::for_server(self.backend_tls.as_ref(), s);
-        match backend::connect(&s.name, &s.address, params, self.timeout, tls.as_deref()).await {
+        let transport = backend::Transport {
+            tls: tls.as_deref(),
+            compress: false,
+        };
+        match backend::connect(&s.name, &s.address, params, self.timeout, transport).await {
             Ok((conn, _)) => {
                 let h = ServerHello {
                     version: conn.handshake.server_version.clone(),

@@ -152,6 +152,7 @@ impl Topology {
                     no_promote: false,
                     priority: 0,
                     tls: None,
+                    compress: false,
                     removed: false,
                 })
                 .collect(),
