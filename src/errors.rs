@@ -97,6 +97,20 @@ pub fn session_state_lost(reasons: &str) -> ErrPacket {
     )
 }
 
+/// MariaDB's `ER_ACCOUNT_HAS_BEEN_LOCKED`.
+pub fn account_locked() -> ErrPacket {
+    ErrPacket::new(4151, b"HY000", "Access denied, this account is locked")
+}
+
+/// `ER_MUST_CHANGE_PASSWORD_LOGIN`: Sluice does not offer the expired-password sandbox.
+pub fn password_expired() -> ErrPacket {
+    ErrPacket::new(
+        1862,
+        b"HY000",
+        "Your password has expired. To log in you must change it using a client that supports expired passwords.",
+    )
+}
+
 pub fn access_denied(user: &[u8], host: &str, using_password: bool) -> ErrPacket {
     ErrPacket::new(
         ER_ACCESS_DENIED,

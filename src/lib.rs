@@ -8,6 +8,7 @@
 //! MariaDB topologies (for `sluice sandbox` and the tests), `state` is what the whole process
 //! shares, `server` wires it all together, `reload` applies a changed configuration.
 
+pub mod accounts;
 pub mod admin;
 pub mod backend;
 pub mod cluster;

@@ -123,6 +123,10 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
     if new.users != old.users {
         applied.push("[[users]]".into());
     }
+    if new.auth != old.auth {
+        // The account reader picks the new settings up at its next round.
+        applied.push("[auth]".into());
+    }
     if new.admin != old.admin {
         applied.push("[admin] settings".into());
     }

@@ -170,6 +170,10 @@ async fn start_on(
         shared.clone(),
         shared.shutdown.clone(),
     ));
+    tokio::spawn(crate::state::refresh_accounts(
+        shared.clone(),
+        shared.shutdown.clone(),
+    ));
     tokio::spawn(crate::state::cut_deposed(
         shared.clone(),
         shared.shutdown.clone(),

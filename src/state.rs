@@ -44,6 +44,8 @@ pub struct Shared {
     pub pin_log: crate::metrics::pins::PinLog,
     /// Per-source and per-user connection state (`[firewall]`).
     pub firewall: firewall::Firewall,
+    /// Accounts read from the database (`[auth] source`).
+    pub accounts: crate::accounts::Accounts,
     pub(crate) next_id: AtomicU32,
 }
 
@@ -236,7 +238,95 @@ impl Shared {
             digests,
             pin_log: Default::default(),
             firewall: Default::default(),
+            accounts: Default::default(),
             next_id: AtomicU32::new(1),
+        }
+    }
+}
+
+impl Shared {
+    /// Where to read the accounts from now (the primary, with the monitor login); `None`
+    /// without a known primary or monitor login.
+    pub fn account_source(&self) -> Option<crate::accounts::LoadSource> {
+        let routing = self.routing();
+        let config = &routing.config;
+        let (user, password) = config.monitor.credentials(&config.users)?;
+        let address = self.cluster.borrow().primary()?.address.clone();
+        Some(crate::accounts::LoadSource {
+            address,
+            user: user.to_string(),
+            password: password.to_string(),
+            timeout: std::time::Duration::from_millis(config.proxy.connect_timeout_ms.max(1000)),
+        })
+    }
+
+    /// The user `name` logs in as from `ip`, by `[auth] source`: `[[users]]`, then the
+    /// database's accounts (read again, within `lookup_interval_ms`, for a name not found).
+    pub async fn find_user(
+        &self,
+        config: &crate::config::Config,
+        name: &[u8],
+        ip: std::net::IpAddr,
+    ) -> crate::accounts::Found {
+        use crate::accounts::Found;
+        if config.auth.source.uses_config() {
+            if let Some(u) = config.find_user(name) {
+                return Found::User(u.clone());
+            }
+        }
+        if !config.auth.source.uses_database() {
+            return Found::Unknown;
+        }
+        match self.accounts.find(name, ip) {
+            Found::Unknown => {}
+            found => return found,
+        }
+        if let Some(src) = self.account_source() {
+            let interval = std::time::Duration::from_millis(config.auth.lookup_interval_ms);
+            self.accounts.load_if_older(&src, interval).await;
+        }
+        self.accounts.find(name, ip)
+    }
+}
+
+/// Reads the database's accounts every `[auth] refresh_ms` while `[auth] source` uses them
+/// (and at once when the primary changes). Runs until shutdown.
+pub async fn refresh_accounts(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut cluster = shared.cluster.clone();
+    let mut last_primary: Option<String> = None;
+    loop {
+        let routing = shared.routing();
+        let every = std::time::Duration::from_millis(routing.config.auth.refresh_ms.max(100));
+        let primary = cluster.borrow().primary().map(|p| p.address.clone());
+        if routing.config.auth.source.uses_database() && primary.is_some() {
+            if let Some(src) = shared.account_source() {
+                match shared.accounts.load(&src).await {
+                    Ok(n) if last_primary != primary => {
+                        tracing::info!(accounts = n, from = %src.address, "accounts read from the database");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the accounts; the last ones read stay in force")
+                    }
+                }
+                last_primary = primary;
+            }
+        }
+        // Until the next refresh, or a new primary (views change every monitor round).
+        let deadline = tokio::time::Instant::now() + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                r = cluster.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let now = cluster.borrow().primary().map(|p| p.address.clone());
+            if now.is_some() && now != last_primary {
+                break;
+            }
         }
     }
 }
@@ -295,7 +385,7 @@ pub async fn keep_pools_warm(shared: Arc<Shared>, mut shutdown: watch::Receiver<
             }
             let p = crate::backend::LoginParams {
                 user: user.name.as_bytes(),
-                password: user.password.as_bytes(),
+                secret: user.secret(),
                 database: None,
                 capabilities: WARM_CAPABILITIES,
                 charset: 45,

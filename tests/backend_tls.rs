@@ -36,7 +36,7 @@ fn backend_tls(ca: &Path, verify_name: bool, name: Option<&str>) -> BackendTlsCo
 fn params() -> LoginParams<'static> {
     LoginParams {
         user: b"app",
-        password: b"app-pw",
+        secret: sluice::config::Secret::Password(b"app-pw"),
         database: None,
         capabilities: u64::from(u32::MAX),
         charset: 45,
@@ -138,7 +138,7 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
     .await;
     let x509 = LoginParams {
         user: b"x509",
-        password: b"x509-pw",
+        secret: sluice::config::Secret::Password(b"x509-pw"),
         ..params()
     };
     let with_identity = |identity: bool| {

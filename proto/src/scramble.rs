@@ -47,13 +47,7 @@ pub fn native_token(password: &[u8], salt: &[u8]) -> Vec<u8> {
     if password.is_empty() {
         return Vec::new();
     }
-    let stage1 = Sha1::digest(password);
-    let stage2 = Sha1::digest(stage1);
-    let mut h = Sha1::new();
-    h.update(salt);
-    h.update(stage2);
-    let mix = h.finalize();
-    stage1.iter().zip(mix.iter()).map(|(a, b)| a ^ b).collect()
+    native_token_from_stage1(&Sha1::digest(password).into(), salt)
 }
 
 /// `SHA1(SHA1(password))`: what a server stores.
@@ -64,11 +58,19 @@ pub fn native_hash(password: &[u8]) -> [u8; 20] {
 /// Checks a client's token against the stored double hash (`None` = empty password), in time
 /// that does not depend on where the bytes differ.
 pub fn verify_native(stored: Option<&[u8; 20]>, salt: &[u8], token: &[u8]) -> bool {
-    let Some(stage2) = stored else {
-        return token.is_empty();
-    };
+    match stored {
+        None => token.is_empty(),
+        Some(stage2) => native_stage1(stage2, salt, token).is_some(),
+    }
+}
+
+/// Checks a client's token against the stored double hash and, when it is right, returns
+/// `SHA1(password)` — which the token carries, masked with `SHA1(salt + stored)`. That value
+/// logs in to any server holding the same stored hash ([`native_token_from_stage1`]): it is
+/// as secret as the password and is kept only in memory.
+pub fn native_stage1(stage2: &[u8; 20], salt: &[u8], token: &[u8]) -> Option<[u8; 20]> {
     if token.len() != 20 {
-        return false;
+        return None;
     }
     let mut h = Sha1::new();
     h.update(salt);
@@ -79,7 +81,39 @@ pub fn verify_native(stored: Option<&[u8; 20]>, salt: &[u8], token: &[u8]) -> bo
         stage1[i] = token[i] ^ mix[i];
     }
     let candidate: [u8; 20] = Sha1::digest(stage1).into();
-    constant_time_eq(&candidate, stage2)
+    constant_time_eq(&candidate, stage2).then_some(stage1)
+}
+
+/// The mysql_native_password token for a server's `salt`, from `SHA1(password)`.
+pub fn native_token_from_stage1(stage1: &[u8; 20], salt: &[u8]) -> Vec<u8> {
+    let stage2 = Sha1::digest(stage1);
+    let mut h = Sha1::new();
+    h.update(salt);
+    h.update(stage2);
+    let mix = h.finalize();
+    stage1.iter().zip(mix.iter()).map(|(a, b)| a ^ b).collect()
+}
+
+/// A stored value that is not a mysql_native_password hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAHash;
+
+/// Parses a stored mysql_native_password hash (`*` and 40 hex digits, as in
+/// `mysql.user.authentication_string`); `Ok(None)` for an empty one (no password).
+pub fn parse_native_hash(s: &str) -> Result<Option<[u8; 20]>, NotAHash> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let hex = s.strip_prefix('*').ok_or(NotAHash)?;
+    if hex.len() != 40 {
+        return Err(NotAHash);
+    }
+    let mut out = [0u8; 20];
+    for (i, o) in out.iter_mut().enumerate() {
+        let pair = hex.get(2 * i..2 * i + 2).ok_or(NotAHash)?;
+        *o = u8::from_str_radix(pair, 16).map_err(|_| NotAHash)?;
+    }
+    Ok(Some(out))
 }
 
 /// Compares two byte strings without an early exit.
@@ -93,6 +127,30 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_checked_against_the_stored_hash_yields_what_logs_in_elsewhere() {
+        let pw = b"s3cret";
+        // MariaDB's PASSWORD('s3cret').
+        let stored = parse_native_hash("*B865CAE8F340F6CE1485A06F4492BB49718DF1EC")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored, native_hash(pw));
+        let salt = b"abcdefghij0123456789";
+        let token = native_token(pw, salt);
+        let stage1 = native_stage1(&stored, salt, &token).expect("right password");
+        let other_salt = b"ZYXWVUTSRQ9876543210";
+        assert_eq!(
+            native_token_from_stage1(&stage1, other_salt),
+            native_token(pw, other_salt)
+        );
+        assert!(native_stage1(&stored, salt, &native_token(b"wrong", salt)).is_none());
+        assert!(native_stage1(&stored, salt, &token[..19]).is_none());
+        assert_eq!(parse_native_hash(""), Ok(None));
+        assert!(parse_native_hash("*58815970").is_err());
+        assert!(parse_native_hash("58815970BE77B3720276F63DB198B1FA42E5CC02").is_err());
+        assert!(parse_native_hash("*ZZ815970BE77B3720276F63DB198B1FA42E5CC02").is_err());
+    }
 
     const KNOWN_SHA2: &str = "746ebe205d56a0707acb3e796e834e0dd7b1d61743b26bd5202c7a623230c7c9";
 

@@ -38,6 +38,8 @@ pub enum AdminCommand {
     /// Statement shapes that pinned sessions, most frequent first.
     ShowPins,
     ResetPins,
+    /// Accounts read from the database (`[auth] source`), without their hashes.
+    ShowAccounts,
     /// Addresses blocked after failed logins.
     ShowBlockedHosts,
     /// Lift every block.
@@ -77,6 +79,7 @@ impl AdminCommand {
             ["SHOW", "QUERY", "DIGEST"] => AdminCommand::ShowQueryDigest,
             ["RESET", "QUERY", "DIGEST"] => AdminCommand::ResetQueryDigest,
             ["SHOW", "PINS"] => AdminCommand::ShowPins,
+            ["SHOW", "ACCOUNTS"] => AdminCommand::ShowAccounts,
             ["RESET", "PINS"] => AdminCommand::ResetPins,
             ["SHOW", "BLOCKED", "HOSTS"] => AdminCommand::ShowBlockedHosts,
             ["FLUSH", "HOSTS"] => AdminCommand::FlushHosts,
@@ -164,6 +167,7 @@ impl AdminCommand {
             AdminCommand::ResetQueryDigest => "reset_query_digest",
             AdminCommand::ShowPins => "show_pins",
             AdminCommand::ResetPins => "reset_pins",
+            AdminCommand::ShowAccounts => "show_accounts",
             AdminCommand::ShowBlockedHosts => "show_blocked_hosts",
             AdminCommand::FlushHosts => "flush_hosts",
             AdminCommand::Empty => "empty",

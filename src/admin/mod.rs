@@ -111,6 +111,7 @@ impl AdminCtx {
             AdminCommand::ShowPools => show_pools::run(self),
             AdminCommand::ShowPins => show_pins::run(self),
             AdminCommand::ResetPins => show_pins::reset(self),
+            AdminCommand::ShowAccounts => show_pins::accounts(self),
             AdminCommand::ShowSessions => show_sessions::run(self),
             AdminCommand::ShowRules => show_rules::run(self),
             AdminCommand::ShowConfig => show_config::run(self),
@@ -196,9 +197,14 @@ async fn connection(
     let timeout = Duration::from_millis(config.proxy.handshake_timeout_ms);
     let auth = match tokio::time::timeout(
         timeout,
-        handshake::authenticate(&mut client, &users, id, None, &Default::default(), &|_| {
-            Duration::ZERO
-        }),
+        handshake::authenticate(
+            &mut client,
+            &handshake::Users::List(&users),
+            id,
+            None,
+            &Default::default(),
+            &|_| Duration::ZERO,
+        ),
     )
     .await
     {

@@ -34,6 +34,30 @@ pub(super) fn run(ctx: &AdminCtx) -> Reply {
     Reply::Rows(rs)
 }
 
+/// `SHOW ACCOUNTS`: the database's accounts as Sluice matches them (most specific host first),
+/// with what a login would get; never a hash.
+pub(super) fn accounts(ctx: &AdminCtx) -> Reply {
+    let mut rs = ResultSet::new(&["user", "host", "plugin", "state"]);
+    for a in ctx.shared.accounts.list() {
+        let state = if a.plugin != "mysql_native_password" || a.stored.is_err() {
+            "unsupported plugin"
+        } else if a.locked {
+            "locked"
+        } else if a.expired {
+            "expired"
+        } else {
+            "ok"
+        };
+        rs.push(vec![
+            Some(a.user),
+            Some(a.host),
+            Some(a.plugin),
+            Some(state.to_string()),
+        ]);
+    }
+    Reply::Rows(rs)
+}
+
 pub(super) fn reset(ctx: &AdminCtx) -> Reply {
     ctx.shared.pin_log.clear();
     Reply::Ok("pin statistics reset".into())

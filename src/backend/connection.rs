@@ -11,13 +11,14 @@ use sluice_proto::flags::cap;
 use sluice_proto::framing::{self, FrameError, Packet};
 use sluice_proto::handshake::HandshakeV10;
 use sluice_proto::handshake_response::HandshakeResponse41;
-use sluice_proto::scramble::{native_token, NATIVE_PASSWORD_PLUGIN};
+use sluice_proto::scramble::NATIVE_PASSWORD_PLUGIN;
 use sluice_proto::ssl_request::SslRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BackendError;
 use crate::compress::MaybeCompressed;
+use crate::config::Secret;
 use crate::tls::{BackendTls, MaybeTls};
 
 /// A connection to a server: plain TCP, or TLS with `[backend_tls]`; compressed after the
@@ -55,7 +56,7 @@ const MAX_CONTROL_PACKET: usize = 64 << 10;
 #[derive(Debug, Clone, Copy)]
 pub struct LoginParams<'a> {
     pub user: &'a [u8],
-    pub password: &'a [u8],
+    pub secret: Secret<'a>,
     pub database: Option<&'a [u8]>,
     /// The client's capabilities; the backend gets the same, less what is per hop.
     pub capabilities: u64,
@@ -302,13 +303,13 @@ async fn connect_inner(
         max_packet: p.max_packet,
         charset: p.charset,
         username: p.user.to_vec(),
-        auth_response: native_token(p.password, &conn.scramble),
+        auth_response: p.secret.native_token(&conn.scramble),
         database: p.database.map(<[u8]>::to_vec),
         auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.to_vec()),
         connect_attrs: p.connect_attrs.map(<[u8]>::to_vec),
     };
     conn.write_packet(seq, &resp.encode()).await?;
-    let ok = conn.finish_auth(p.password).await?;
+    let ok = conn.finish_auth(p.secret).await?;
     if compress {
         conn.stream.enable(
             sluice_proto::compress::MAX_FRAME,
@@ -374,7 +375,7 @@ impl BackendConn {
 
     /// Reads the answer to a login or change-user, answering mysql_native_password auth
     /// switches. Returns the OK payload.
-    async fn finish_auth(&mut self, password: &[u8]) -> Result<Bytes, BackendError> {
+    async fn finish_auth(&mut self, secret: Secret<'_>) -> Result<Bytes, BackendError> {
         // A server switches plugins at most once per login; a loop is a hostile server.
         for _ in 0..3 {
             let p = self.read_packet().await?;
@@ -391,7 +392,7 @@ impl BackendConn {
                         ));
                     }
                     self.scramble = sw.data;
-                    let token = native_token(password, &self.scramble);
+                    let token = secret.native_token(&self.scramble);
                     self.write_packet(p.last_seq.wrapping_add(1), &token)
                         .await?;
                 }
@@ -412,11 +413,11 @@ impl BackendConn {
     pub async fn change_user(
         &mut self,
         cu: &ChangeUser,
-        password: &[u8],
+        secret: Secret<'_>,
     ) -> Result<Bytes, BackendError> {
         let req = ChangeUser {
             username: cu.username.clone(),
-            auth_response: native_token(password, &self.scramble),
+            auth_response: secret.native_token(&self.scramble),
             database: cu.database.clone(),
             charset: cu.charset,
             auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.to_vec()),
@@ -424,7 +425,7 @@ impl BackendConn {
         };
         let payload = req.encode(self.capabilities);
         self.write_packet(0, &payload).await?;
-        let ok = self.finish_auth(password).await?;
+        let ok = self.finish_auth(secret).await?;
         self.user = cu.username.clone();
         // The server dropped the session: variables, statements, temporary tables.
         self.state = super::state::SessionVars {
@@ -441,7 +442,7 @@ impl BackendConn {
 
     /// Logs in again as the same user with no default database (COM_CHANGE_USER): the
     /// server forgets every session state of this connection.
-    pub async fn relogin(&mut self, password: &[u8]) -> Result<(), BackendError> {
+    pub async fn relogin(&mut self, secret: Secret<'_>) -> Result<(), BackendError> {
         let cu = ChangeUser {
             username: self.user.clone(),
             auth_response: Vec::new(),
@@ -450,7 +451,7 @@ impl BackendConn {
             auth_plugin: None,
             connect_attrs: None,
         };
-        self.change_user(&cu, password).await.map(|_| ())
+        self.change_user(&cu, secret).await.map(|_| ())
     }
 
     /// Runs a command whose whole answer Sluice reads (state changes, prepares, lookups).

@@ -343,8 +343,7 @@ impl ServerPool {
             auth_plugin: None,
             connect_attrs: p.connect_attrs.map(<[u8]>::to_vec),
         };
-        match tokio::time::timeout(limits.connect_timeout, conn.change_user(&cu, p.password)).await
-        {
+        match tokio::time::timeout(limits.connect_timeout, conn.change_user(&cu, p.secret)).await {
             Ok(Ok(ok)) => Ok(Some((conn, ok))),
             Ok(Err(BackendError::Refused(e))) => Err(PoolError::Backend(BackendError::Refused(e))),
             _ => Ok(None),

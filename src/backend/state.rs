@@ -121,12 +121,16 @@ impl BackendConn {
     /// Brings this connection to `want`: the default database, then every assignment that
     /// differs, in one statement. `password` re-authenticates when the session has no default
     /// database and the connection has one (no statement can unselect a database).
-    pub async fn sync_to(&mut self, want: &SessionVars, password: &[u8]) -> Result<(), SyncError> {
+    pub async fn sync_to(
+        &mut self,
+        want: &SessionVars,
+        secret: crate::config::Secret<'_>,
+    ) -> Result<(), SyncError> {
         if self.state == *want {
             return Ok(());
         }
         if want.db.is_none() && self.state.db.is_some() {
-            self.relogin(password).await?;
+            self.relogin(secret).await?;
         }
         if want.db != self.state.db {
             if let Some(db) = &want.db {

@@ -29,6 +29,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub firewall: FirewallConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
     /// `[backend_tls]`: TLS from Sluice (data path and monitor) to every server; absent =
     /// plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,6 +154,50 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: "127.0.0.1:6070".into(),
         }
+    }
+}
+
+/// `[auth]`: where the accounts clients log in with come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `config`: `[[users]]` only. `database`: the primary's accounts (`mysql.global_priv`,
+    /// or `mysql.user` on MySQL), read with the monitor login. `both`: `[[users]]` first.
+    pub source: AuthSource,
+    /// How often the accounts are read again.
+    pub refresh_ms: u64,
+    /// An unknown user name triggers a read at most this often (a name scan cannot flood
+    /// the primary; until then an unknown name is refused).
+    pub lookup_interval_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            source: AuthSource::Config,
+            refresh_ms: 5000,
+            lookup_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[auth] source`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthSource {
+    #[default]
+    Config,
+    Database,
+    Both,
+}
+
+impl AuthSource {
+    pub fn uses_database(self) -> bool {
+        self != AuthSource::Config
+    }
+
+    pub fn uses_config(self) -> bool {
+        self != AuthSource::Database
     }
 }
 
@@ -384,6 +429,53 @@ pub struct UserConfig {
     /// `caching_sha2_password`); empty = both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auth_plugins: Vec<String>,
+    /// Set for an account read from the database (`[auth] source`): not a key.
+    #[serde(skip)]
+    pub db: Option<DbCredential>,
+}
+
+/// What Sluice knows of a database account's password: never the password itself.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct DbCredential {
+    /// The stored `SHA1(SHA1(password))`; `None` = no password.
+    pub stored: Option<[u8; 20]>,
+    /// `SHA1(password)`, learnt from the client's token once it was verified: what Sluice
+    /// logs in to the servers with for this session. Memory only.
+    pub stage1: Option<[u8; 20]>,
+}
+
+impl std::fmt::Debug for DbCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbCredential(..)")
+    }
+}
+
+/// What Sluice logs in to a server with, for one user.
+#[derive(Clone, Copy)]
+pub enum Secret<'a> {
+    /// The password (from `[[users]]`).
+    Password(&'a [u8]),
+    /// `SHA1(password)` of a database account (mysql_native_password only).
+    Stage1(&'a [u8; 20]),
+    /// A database account without a password.
+    Empty,
+}
+
+impl std::fmt::Debug for Secret<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret<'_> {
+    /// The mysql_native_password token for a server's salt.
+    pub fn native_token(&self, salt: &[u8]) -> Vec<u8> {
+        match self {
+            Secret::Password(p) => sluice_proto::scramble::native_token(p, salt),
+            Secret::Stage1(s) => sluice_proto::scramble::native_token_from_stage1(s, salt),
+            Secret::Empty => Vec::new(),
+        }
+    }
 }
 
 impl UserConfig {
@@ -395,6 +487,18 @@ impl UserConfig {
             allow: Vec::new(),
             max_connections: 0,
             auth_plugins: Vec::new(),
+            db: None,
+        }
+    }
+
+    /// What logs in to the servers as this user.
+    pub fn secret(&self) -> Secret<'_> {
+        match &self.db {
+            None => Secret::Password(self.password.as_bytes()),
+            Some(DbCredential {
+                stage1: Some(s), ..
+            }) => Secret::Stage1(s),
+            Some(_) => Secret::Empty,
         }
     }
 }
@@ -825,10 +929,23 @@ impl Config {
                 ));
             }
         }
-        if self.users.is_empty() {
+        if self.users.is_empty() && !self.auth.source.uses_database() {
             return Err(bad(
                 "users".into(),
-                "expected at least one [[users]] entry".into(),
+                "expected at least one [[users]] entry (or [auth] source = \"database\")".into(),
+            ));
+        }
+        if self.auth.source.uses_database() && self.monitor.user.is_none() && self.users.is_empty()
+        {
+            return Err(bad(
+                "monitor.user".into(),
+                "[auth] source = \"database\" without [[users]] needs a monitor login (it reads the accounts)".into(),
+            ));
+        }
+        if self.auth.refresh_ms < 100 {
+            return Err(bad(
+                "auth.refresh_ms".into(),
+                format!("expected at least 100, found {}", self.auth.refresh_ms),
             ));
         }
         for (i, u) in self.users.iter().enumerate() {

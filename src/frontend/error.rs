@@ -20,6 +20,9 @@ pub enum SessionError {
     /// "access denied", as for a wrong password).
     #[error("user {0:?} may not connect from this address")]
     AddressDenied(String),
+    /// The password was right but the account may not log in now (locked, expired).
+    #[error("user {0:?} refused: {1}")]
+    AccountRefused(String, String),
     /// `[proxy.tls] require = true` and the client did not switch to TLS.
     #[error("plaintext login refused: [proxy.tls] require = true")]
     InsecureTransport,

@@ -12,6 +12,7 @@ use sluice_proto::ssl_request::SslRequest;
 
 use super::client::ClientConn;
 use super::SessionError;
+use crate::accounts::Found;
 use crate::cluster::ServerHello;
 use crate::config::UserConfig;
 use crate::errors;
@@ -124,6 +125,71 @@ pub fn allowed_plugins(user: &UserConfig) -> Vec<AuthPlugin> {
     }
 }
 
+/// Where a listener finds its users.
+pub enum Users<'a> {
+    /// A fixed list (the admin port).
+    List(&'a [UserConfig]),
+    /// `[[users]]` and/or the database's accounts, by `[auth] source`.
+    Source {
+        shared: &'a crate::state::Shared,
+        config: &'a crate::config::Config,
+    },
+}
+
+impl Users<'_> {
+    pub async fn find(&self, name: &[u8], ip: std::net::IpAddr) -> Found {
+        match self {
+            Users::List(list) => list
+                .iter()
+                .find(|u| u.name.as_bytes() == name)
+                .map_or(Found::Unknown, |u| Found::User(u.clone())),
+            Users::Source { shared, config } => shared.find_user(config, name, ip).await,
+        }
+    }
+}
+
+/// Checks `token` for `user` with `plugin`. A database account (mysql_native_password only)
+/// is checked against its stored hash, and on success keeps what logs in to the servers.
+pub fn verify_user(user: &mut UserConfig, plugin: AuthPlugin, salt: &[u8], token: &[u8]) -> bool {
+    match &mut user.db {
+        None => plugin.verify(user.password.as_bytes(), salt, token),
+        Some(_) if plugin != AuthPlugin::Native => false,
+        Some(db) => match &db.stored {
+            None => token.is_empty(),
+            Some(stored) => match sluice_proto::scramble::native_stage1(stored, salt, token) {
+                Some(stage1) => {
+                    db.stage1 = Some(stage1);
+                    true
+                }
+                None => false,
+            },
+        },
+    }
+}
+
+/// The user a lookup found, and the error to send instead of the OK once its password is
+/// verified (a locked or expired account, as the server checks them after the password).
+pub fn found_user(
+    found: Found,
+    name: &[u8],
+) -> (Option<UserConfig>, Option<sluice_proto::err::ErrPacket>) {
+    match found {
+        Found::User(u) => (Some(u), None),
+        Found::Locked(u) => (Some(u), Some(errors::account_locked())),
+        Found::Expired(u) => (Some(u), Some(errors::password_expired())),
+        Found::Unsupported { account, plugin } => {
+            tracing::warn!(
+                user = %String::from_utf8_lossy(name),
+                %account,
+                %plugin,
+                "login refused: Sluice cannot verify this account's authentication plugin (only mysql_native_password accounts can be read from the database)"
+            );
+            (None, None)
+        }
+        Found::Unknown => (None, None),
+    }
+}
+
 /// How a listener authenticates.
 #[derive(Default, Clone)]
 pub struct AuthOptions {
@@ -143,7 +209,7 @@ pub struct AuthOptions {
 /// `refusal_delay(user)` before its 1045 (the wrong-password throttle).
 pub async fn authenticate(
     client: &mut ClientConn,
-    users: &[UserConfig],
+    users: &Users<'_>,
     connection_id: u32,
     hello: Option<&ServerHello>,
     opts: &AuthOptions,
@@ -234,9 +300,10 @@ pub async fn authenticate(
     };
     let capabilities = response.capabilities & offered;
 
-    let user = users
-        .iter()
-        .find(|u| u.name.as_bytes() == response.username.as_slice());
+    let (mut user, refusal) = found_user(
+        users.find(&response.username, client.peer.ip()).await,
+        &response.username,
+    );
     // The client answered the greeting with this plugin's token (pre-4.1 style clients
     // without CLIENT_PLUGIN_AUTH always use mysql_native_password).
     let answered = if capabilities & cap::CLIENT_PLUGIN_AUTH != 0 {
@@ -249,7 +316,9 @@ pub async fn authenticate(
     };
     // An unknown user is offered every plugin, so that the exchange does not tell whether
     // the name exists.
-    let allowed = user.map_or(AuthPlugin::ALL.to_vec(), allowed_plugins);
+    let allowed = user
+        .as_ref()
+        .map_or(AuthPlugin::ALL.to_vec(), allowed_plugins);
     let mut token = response.auth_response.clone();
     let plugin = match answered {
         Some(p) if allowed.contains(&p) => p,
@@ -275,11 +344,22 @@ pub async fn authenticate(
             to
         }
     };
-    let address_ok =
-        !user.is_some_and(|u| check_address && !super::firewall::user_admits(u, client.peer.ip()));
+    let address_ok = !user
+        .as_ref()
+        .is_some_and(|u| check_address && !super::firewall::user_admits(u, client.peer.ip()));
     // Checked whatever the address: the answer takes the same time either way.
-    let ok =
-        user.is_some_and(|u| plugin.verify(u.password.as_bytes(), &salt, &token)) && address_ok;
+    let ok = user
+        .as_mut()
+        .is_some_and(|u| verify_user(u, plugin, &salt, &token))
+        && address_ok;
+    if let (true, Some(e)) = (ok, &refusal) {
+        client.send_err(seq, e).await?;
+        let name = String::from_utf8_lossy(&response.username).into_owned();
+        return Err(SessionError::AccountRefused(
+            name,
+            String::from_utf8_lossy(&e.message).into_owned(),
+        ));
+    }
     if ok && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
         client
             .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)
@@ -288,7 +368,7 @@ pub async fn authenticate(
     }
     match (ok, user) {
         (true, Some(u)) => Ok(Authenticated {
-            user: u.clone(),
+            user: u,
             response,
             capabilities,
             salt,

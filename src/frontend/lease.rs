@@ -77,7 +77,7 @@ impl Session {
     pub(super) fn login_params(&self) -> LoginParams<'_> {
         LoginParams {
             user: self.user.name.as_bytes(),
-            password: self.user.password.as_bytes(),
+            secret: self.user.secret(),
             database: self.st.vars.db.as_deref(),
             capabilities: self.capabilities,
             charset: self.login.charset,
@@ -134,10 +134,7 @@ impl Session {
                 .observe(acquired.waited.as_secs_f64());
         }
         let mut conn = acquired.conn;
-        match conn
-            .sync_to(&self.st.vars, self.user.password.as_bytes())
-            .await
-        {
+        match conn.sync_to(&self.st.vars, self.user.secret()).await {
             Ok(()) => {}
             Err(SyncError::Refused(e)) => {
                 if !conn.state.sets.iter().any(|(k, _)| k == b"?unknown") {

@@ -228,16 +228,24 @@ async fn authenticate(
     id: u32,
 ) -> Result<Option<Authenticated>, SessionError> {
     let hello = shared.cluster.borrow().primary_hello.clone();
-    let users = &snapshot.config.users;
+    let users = handshake::Users::Source {
+        shared,
+        config: &snapshot.config,
+    };
     let firewall = &snapshot.config.firewall;
     let ip = client.peer.ip();
     // Below the handshake deadline, so that the client still gets its 1045.
     let cap = Duration::from_millis(snapshot.config.proxy.handshake_timeout_ms / 2);
     let delay = |user: &str| shared.firewall.wrong_password(ip, user, firewall).min(cap);
-    match handshake::authenticate(client, users, id, hello.as_ref(), &snapshot.auth, &delay).await {
+    match handshake::authenticate(client, &users, id, hello.as_ref(), &snapshot.auth, &delay).await
+    {
         Ok(a) => Ok(Some(a)),
         Err(SessionError::AccessDenied(user)) => {
             tracing::info!(user = %user, "access denied");
+            Ok(None)
+        }
+        Err(SessionError::AccountRefused(user, why)) => {
+            tracing::info!(user = %user, reason = %why, "login refused");
             Ok(None)
         }
         Err(SessionError::AddressDenied(user)) => {
@@ -1097,7 +1105,12 @@ impl Session {
         };
         let mut seq = 1u8;
         let mut token = cu.auth_response.clone();
-        let user = self.routing.config.find_user(&cu.username).cloned();
+        let ip = self.client.peer.ip();
+        let found = self
+            .shared
+            .find_user(&self.routing.config, &cu.username, ip)
+            .await;
+        let (mut user, refusal) = handshake::found_user(found, &cu.username);
         let allowed = user.as_ref().map_or(AuthPlugin::ALL.to_vec(), |u| {
             super::handshake::allowed_plugins(u)
         });
@@ -1121,11 +1134,17 @@ impl Session {
                 allowed[0]
             }
         };
-        let ip = self.client.peer.ip();
-        let verified = user.as_ref().is_some_and(|u| {
-            plugin.verify(u.password.as_bytes(), &self.salt, &token)
+        let verified = user.as_mut().is_some_and(|u| {
+            handshake::verify_user(u, plugin, &self.salt, &token)
                 && super::firewall::user_admits(u, ip)
         });
+        if let (true, Some(e)) = (verified, &refusal) {
+            let _ = self.client.send_err(seq, e).await;
+            return Err(SessionError::AccountRefused(
+                String::from_utf8_lossy(&cu.username).into_owned(),
+                String::from_utf8_lossy(&e.message).into_owned(),
+            ));
+        }
         if verified && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
             self.client
                 .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)

@@ -89,6 +89,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     admin_commands: IntCounterVec,
     login_throttled: IntCounter,
+    account_loads: IntCounterVec,
+    accounts: IntGauge,
     lag_budget: prometheus::Gauge,
     cert_expiry: GaugeVec,
     /// The served certificate's expiry, cached by (file, modification time).
@@ -342,6 +344,17 @@ impl Metrics {
                 &r,
                 LOGIN_THROTTLED_TOTAL,
                 "Wrong-password answers delayed by the per-user, per-address throttle",
+            ),
+            account_loads: counter_vec(
+                &r,
+                "sluice_auth_account_loads_total",
+                "Reads of the database's accounts ([auth] source), by outcome",
+                &["outcome"],
+            ),
+            accounts: gauge(
+                &r,
+                "sluice_auth_accounts",
+                "Accounts read from the database and in force",
             ),
             lag_budget: {
                 let g = prometheus::Gauge::new(
@@ -598,6 +611,15 @@ impl Metrics {
             &self.login_throttled,
             shared.firewall.throttled.load(Ordering::Relaxed),
         );
+        let loads = shared.accounts.loads.load(Ordering::Relaxed);
+        let failed = shared.accounts.load_errors.load(Ordering::Relaxed);
+        sync(
+            &self.account_loads.with_label_values(&["success"]),
+            loads.saturating_sub(failed),
+        );
+        sync(&self.account_loads.with_label_values(&["failure"]), failed);
+        self.accounts
+            .set(shared.accounts.count.load(Ordering::Relaxed) as i64);
         let config = shared.config();
         self.lag_budget
             .set(config.routing.max_lag_ms as f64 / 1000.0);

@@ -909,7 +909,7 @@ impl Monitor {
         let s = &self.config.servers[p];
         let params = LoginParams {
             user: self.user.as_bytes(),
-            password: self.password.as_bytes(),
+            secret: crate::config::Secret::Password(self.password.as_bytes()),
             database: None,
             capabilities: u64::from(u32::MAX),
             charset: 45,

@@ -192,6 +192,7 @@ impl Topology {
             },
             firewall: Default::default(),
             log: Default::default(),
+            auth: Default::default(),
             backend_tls: None,
             base_dir: std::path::PathBuf::from("."),
             source: None,
