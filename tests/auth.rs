@@ -152,3 +152,125 @@ async fn read(s: &mut tokio::net::TcpStream, buf: &mut bytes::BytesMut) -> Packe
         assert!(n > 0, "closed");
     }
 }
+
+/// The user a backend connection runs as (`CURRENT_USER()`).
+async fn backend_user(conn: &mut sluice::backend::BackendConn) -> String {
+    let row = conn
+        .control_row(b"\x03SELECT CURRENT_USER()")
+        .await
+        .expect("query")
+        .expect("a row");
+    String::from_utf8(row[0].clone().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_logs_in_to_a_server_that_demands_caching_sha2() {
+    use sluice::backend::{connect, BackendError, LoginParams, Transport};
+    use sluice::config::Secret;
+    use std::time::Duration;
+    // The server: a Sluice whose users may use only caching_sha2_password and whose greeting
+    // names it — what a MySQL 8.4 server with default accounts asks of a client (no MySQL
+    // server runs on these machines). Sluice's backend login must follow its AuthSwitch and
+    // the fast-path AuthMoreData.
+    let server = Harness::start_with(0, |c| {
+        c.proxy.default_auth_plugin = "caching_sha2_password".into();
+        for u in &mut c.users {
+            u.auth_plugins = vec!["caching_sha2_password".into()];
+        }
+    })
+    .await;
+    let addr = server.addr.to_string();
+    let params = |user: &'static [u8], secret| LoginParams {
+        user,
+        secret,
+        database: None,
+        capabilities: u64::from(u32::MAX),
+        charset: 45,
+        max_packet: 1 << 24,
+        connect_attrs: None,
+    };
+    let t = Duration::from_secs(5);
+    let (mut conn, _) = connect(
+        "sha2",
+        &addr,
+        params(b"app", Secret::Password(b"app-pw")),
+        t,
+        Transport::default(),
+    )
+    .await
+    .expect("login through a caching_sha2 AuthSwitch");
+    assert!(backend_user(&mut conn).await.starts_with("app@"));
+    // COM_CHANGE_USER on that connection: switched to caching_sha2 again.
+    let cu = sluice_proto::command::ChangeUser {
+        username: b"other".to_vec(),
+        auth_response: Vec::new(),
+        database: Vec::new(),
+        charset: Some(45),
+        auth_plugin: None,
+        connect_attrs: None,
+    };
+    conn.change_user(&cu, Secret::Password(b"other-pw"))
+        .await
+        .expect("change user through a caching_sha2 AuthSwitch");
+    assert!(backend_user(&mut conn).await.starts_with("other@"));
+    // A wrong password is the server's refusal, forwarded as is.
+    match connect(
+        "sha2",
+        &addr,
+        params(b"app", Secret::Password(b"nope")),
+        t,
+        Transport::default(),
+    )
+    .await
+    {
+        Err(BackendError::Refused(e)) => assert_eq!(e.code, 1045),
+        r => panic!("wrong password: {:?}", r.map(|_| ())),
+    }
+    // An account read from the database has no password to make a caching_sha2 token from:
+    // a clear error, not a wrong-password refusal.
+    let stage1 = [7u8; 20];
+    match connect(
+        "sha2",
+        &addr,
+        params(b"app", Secret::Stage1(&stage1)),
+        t,
+        Transport::default(),
+    )
+    .await
+    {
+        Err(BackendError::AuthPlugin(p)) => assert!(p.contains("caching_sha2"), "{p}"),
+        r => panic!("derived credential: {:?}", r.map(|_| ())),
+    }
+
+    // The whole data path: a Sluice in front of it (its monitor and sessions log in through
+    // the same code), a client through both.
+    let mut config = server.config.as_ref().clone();
+    config.proxy.listen = "127.0.0.1:0".into();
+    config.admin.listen = "127.0.0.1:0".into();
+    config.metrics.listen = "127.0.0.1:0".into();
+    config.proxy.default_auth_plugin = "mysql_native_password".into();
+    config.servers.truncate(1);
+    config.servers[0].address = addr.clone();
+    config.monitor.user = Some("app".into());
+    config.monitor.password = Some("app-pw".into());
+    for u in &mut config.users {
+        u.auth_plugins.clear();
+    }
+    let front = sluice::server::start(std::sync::Arc::new(config))
+        .await
+        .expect("start the front Sluice");
+    assert!(
+        front.wait_ready(Duration::from_secs(15)).await,
+        "the front Sluice's monitor did not log in through caching_sha2"
+    );
+    let mut c = Conn::new(server.opts(front.local_addr.port(), "app", "app-pw"))
+        .await
+        .expect("a client through both");
+    assert!(current_user(&mut c).await.starts_with("app@"));
+    c.query_drop("CREATE DATABASE IF NOT EXISTS chain")
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    front.shutdown().await;
+    server.shutdown().await;
+}

@@ -14,6 +14,9 @@ use sha2::Sha256;
 pub const CACHING_SHA2_PLUGIN: &[u8] = b"caching_sha2_password";
 /// AuthMoreData payload: the fast path succeeded (an OK follows).
 pub const SHA2_FAST_AUTH_SUCCESS: [u8; 2] = [0x01, 0x03];
+/// AuthMoreData payload: the server's cache has no entry; it wants the password itself (over
+/// TLS) or RSA-encrypted.
+pub const SHA2_PERFORM_FULL_AUTH: [u8; 2] = [0x01, 0x04];
 
 /// The client's caching_sha2_password fast-path response (empty for an empty password).
 pub fn sha2_token(password: &[u8], salt: &[u8]) -> Vec<u8> {

@@ -11,7 +11,9 @@ use sluice_proto::flags::cap;
 use sluice_proto::framing::{self, FrameError, Packet};
 use sluice_proto::handshake::HandshakeV10;
 use sluice_proto::handshake_response::HandshakeResponse41;
-use sluice_proto::scramble::NATIVE_PASSWORD_PLUGIN;
+use sluice_proto::scramble::{
+    CACHING_SHA2_PLUGIN, NATIVE_PASSWORD_PLUGIN, SHA2_FAST_AUTH_SUCCESS, SHA2_PERFORM_FULL_AUTH,
+};
 use sluice_proto::ssl_request::SslRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -373,12 +375,16 @@ impl BackendConn {
         Ok(())
     }
 
-    /// Reads the answer to a login or change-user, answering mysql_native_password auth
-    /// switches. Returns the OK payload.
+    /// Reads the answer to a login or change-user, answering auth switches to
+    /// mysql_native_password and caching_sha2_password (fast path; the full authentication
+    /// over TLS, where the password may be sent). Returns the OK payload.
     async fn finish_auth(&mut self, secret: Secret<'_>) -> Result<Bytes, BackendError> {
-        // A server switches plugins at most once per login; a loop is a hostile server.
-        for _ in 0..3 {
+        // A server switches plugins at most once per login and asks for more data at most
+        // twice; more rounds are a hostile server.
+        let mut sha2 = false;
+        for _ in 0..4 {
             let p = self.read_packet().await?;
+            let next = p.last_seq.wrapping_add(1);
             match p.payload.first() {
                 Some(0x00) => return Ok(p.payload),
                 Some(&ERR_HEADER) => {
@@ -386,15 +392,41 @@ impl BackendConn {
                 }
                 Some(&AUTH_SWITCH_HEADER) => {
                     let sw = AuthSwitchRequest::parse(&p.payload)?;
-                    if sw.plugin != NATIVE_PASSWORD_PLUGIN {
+                    // The scramble may end with a NUL (as in the greeting).
+                    let mut salt = sw.data;
+                    if salt.len() > 20 && salt.last() == Some(&0) {
+                        salt.pop();
+                    }
+                    self.scramble = salt;
+                    let token = if sw.plugin == NATIVE_PASSWORD_PLUGIN {
+                        sha2 = false;
+                        secret.native_token(&self.scramble)
+                    } else if sw.plugin == CACHING_SHA2_PLUGIN {
+                        sha2 = true;
+                        secret.sha2_token(&self.scramble).ok_or_else(|| {
+                            BackendError::AuthPlugin(
+                                "caching_sha2_password (for an account read from the database, Sluice holds no password)".into(),
+                            )
+                        })?
+                    } else {
                         return Err(BackendError::AuthPlugin(
                             String::from_utf8_lossy(&sw.plugin).into_owned(),
                         ));
-                    }
-                    self.scramble = sw.data;
-                    let token = secret.native_token(&self.scramble);
-                    self.write_packet(p.last_seq.wrapping_add(1), &token)
-                        .await?;
+                    };
+                    self.write_packet(next, &token).await?;
+                }
+                Some(0x01) if sha2 && p.payload[..] == SHA2_FAST_AUTH_SUCCESS => {}
+                Some(0x01) if sha2 && p.payload[..] == SHA2_PERFORM_FULL_AUTH => {
+                    // The password in clear, which only an encrypted link may carry (the RSA
+                    // exchange for plaintext links is not implemented).
+                    let Some(pw) = secret.password().filter(|_| self.is_tls()) else {
+                        return Err(BackendError::AuthPlugin(
+                            "caching_sha2_password full authentication, which Sluice does only over TLS to the server ([backend_tls]); the server's cache has no entry for this account yet".into(),
+                        ));
+                    };
+                    let mut out = pw.to_vec();
+                    out.push(0);
+                    self.write_packet(next, &out).await?;
                 }
                 _ => {
                     return Err(BackendError::Protocol(

@@ -468,6 +468,25 @@ impl std::fmt::Debug for Secret<'_> {
 }
 
 impl Secret<'_> {
+    /// The caching_sha2_password token for a server's salt; `None` when only the password
+    /// itself can make one (a database account's derived credential cannot).
+    pub fn sha2_token(&self, salt: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Secret::Password(p) => Some(sluice_proto::scramble::sha2_token(p, salt)),
+            Secret::Stage1(_) => None,
+            Secret::Empty => Some(Vec::new()),
+        }
+    }
+
+    /// The password, for caching_sha2_password's full authentication over TLS.
+    pub fn password(&self) -> Option<&[u8]> {
+        match self {
+            Secret::Password(p) => Some(p),
+            Secret::Stage1(_) => None,
+            Secret::Empty => Some(b""),
+        }
+    }
+
     /// The mysql_native_password token for a server's salt.
     pub fn native_token(&self, salt: &[u8]) -> Vec<u8> {
         match self {
