@@ -168,9 +168,11 @@ pub async fn run(
         salt,
         next_seq,
     } = auth;
+    // An empty name is no database, as the server takes it (mysql-connector-python sends
+    // CLIENT_CONNECT_WITH_DB with an empty name).
     let database = r
         .database
-        .filter(|_| capabilities & cap::CLIENT_CONNECT_WITH_DB != 0);
+        .filter(|d| capabilities & cap::CLIENT_CONNECT_WITH_DB != 0 && !d.is_empty());
     let multiplex = snapshot.config.proxy.multiplexing == Multiplexing::Transaction;
     let snapshot_idle_ms = snapshot.config.proxy.client_idle_timeout_ms;
     let mut cluster_rx = shared.cluster.clone();
