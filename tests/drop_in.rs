@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::Harness;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
+use sluice_proto::flags::cap;
 
 /// What a statement's failure looks like to the client, coarsely: a server error code, or
 /// the connection gone.
@@ -411,5 +412,42 @@ async fn bulk_execute_inserts_as_directly() {
             .unwrap();
         assert_eq!((count, sum), (2000, 1_999_000), "{name}");
     }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_default_wait_timeout_applies_as_directly() {
+    use common::raw::RawConn;
+    // The servers' defaults: 2 s for ordinary clients, 60 s for interactive ones.
+    let mut spec = common::spec(1);
+    spec.extra_cnf = vec!["wait_timeout = 2".into(), "interactive_timeout = 60".into()];
+    let h = Harness::start_spec(spec, |_| {}).await;
+    let idle = Duration::from_millis(3500);
+    let direct = after_idle(h.direct_opts(), "SET @x = 1", idle).await;
+    let proxied = after_idle(h.proxy_opts(), "SET @x = 1", idle).await;
+    eprintln!("server wait_timeout = 2: direct {direct:?}, through Sluice {proxied:?}");
+    assert!(direct.is_err(), "direct: the idle connection survived");
+    assert_eq!(proxied, direct, "through Sluice vs direct");
+    // An interactive client (CLIENT_INTERACTIVE) gets interactive_timeout instead: it stays.
+    for port in [h.topo.nodes[0].port, h.addr.port()] {
+        let (mut c, ok) = RawConn::login(
+            port,
+            common::USER,
+            common::PASSWORD,
+            cap::CLIENT_INTERACTIVE,
+        )
+        .await;
+        assert_eq!(ok.first(), Some(&0x00), "login on {port}");
+        tokio::time::sleep(idle).await;
+        c.write(0, b"\x03SELECT 1").await;
+        let answer = c.try_read_packet().await;
+        assert!(
+            answer.is_some_and(|p| p.payload.first() == Some(&0x01)),
+            "an interactive client idle for {idle:?} on port {port} was cut"
+        );
+    }
+    // A session's own SET still wins over the server's default.
+    let proxied = after_idle(h.proxy_opts(), "SET wait_timeout = 10", idle).await;
+    assert_eq!(proxied, Ok(()));
     h.shutdown().await;
 }

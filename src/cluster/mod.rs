@@ -176,6 +176,9 @@ pub struct ClusterView {
     pub state: MonitorState,
     /// Semi-synchronous replication on the primary, as last seen.
     pub semi_sync: SemiSync,
+    /// The primary's `@@global.wait_timeout` and `interactive_timeout` (seconds): a client
+    /// session's idle limit unless it sets its own, as on a direct connection.
+    pub idle_timeouts: Option<(u64, u64)>,
     /// Monitor rounds in which the heartbeat could not be written on the primary (total).
     pub heartbeat_failures: u64,
     /// Failovers and switchovers this instance ran, oldest first.

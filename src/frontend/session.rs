@@ -379,16 +379,33 @@ impl Session {
     }
 
     /// How long the client may stay silent: the session's own `SET wait_timeout` (seconds, as
-    /// the server would apply it to this session), else `[proxy] client_idle_timeout_ms`
-    /// (8 h by default, the servers' default `wait_timeout` and `interactive_timeout`).
+    /// the server would apply it to this session); else the primary's default, as the server
+    /// applies it to a new session (`interactive_timeout` for a client that said
+    /// `CLIENT_INTERACTIVE`, `wait_timeout` otherwise), capped by `[proxy]
+    /// client_idle_timeout_ms` (0 = no cap); without a known primary, that key alone.
     fn idle_limit_ms(&self) -> u64 {
-        self.st
+        if let Some(secs) = self
+            .st
             .vars
             .get(b"wait_timeout")
             .and_then(wait_timeout_secs)
-            .map_or(self.routing.config.proxy.client_idle_timeout_ms, |s| {
-                s.saturating_mul(1000)
-            })
+        {
+            return secs.saturating_mul(1000);
+        }
+        let cap = self.routing.config.proxy.client_idle_timeout_ms;
+        let server = self.view.idle_timeouts.map(|(wait, interactive)| {
+            let secs = if self.capabilities & cap::CLIENT_INTERACTIVE != 0 {
+                interactive
+            } else {
+                wait
+            };
+            secs.saturating_mul(1000)
+        });
+        match (server, cap) {
+            (Some(s), 0) => s,
+            (Some(s), c) => s.min(c),
+            (None, c) => c,
+        }
     }
 
     /// On shutdown (or after a takeover), a session closes at a transaction boundary once the

@@ -1003,6 +1003,10 @@ impl Monitor {
                 active: self.semi_sync.active,
                 clients: self.semi_sync.clients,
             },
+            idle_timeouts: self
+                .primary
+                .and_then(|i| self.srv[i].probe.as_ref())
+                .and_then(|p| p.idle_timeouts),
             history: Arc::new(self.history.clone()),
             history_total: self.history_total,
             heartbeat_failures: self.heartbeat_failures,
@@ -1199,6 +1203,7 @@ fn changed(a: &ClusterView, b: &ClusterView) -> bool {
         || a.hold != b.hold
         || a.state != b.state
         || a.semi_sync != b.semi_sync
+        || a.idle_timeouts != b.idle_timeouts
         || a.heartbeat_failures != b.heartbeat_failures
         || a.history_total != b.history_total
         || a.history.len() != b.history.len()

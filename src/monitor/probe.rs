@@ -123,6 +123,8 @@ pub struct Probe {
     pub generation: Option<GenerationRow>,
     pub semi_sync_master: bool,
     pub semi_sync_slave: bool,
+    /// The server's defaults for sessions: `wait_timeout`, `interactive_timeout` (seconds).
+    pub idle_timeouts: Option<(u64, u64)>,
 }
 
 impl Probe {
@@ -262,11 +264,13 @@ impl ServerConn {
             Flavor::MariaDb => {
                 "SELECT @@read_only, @@version, @@server_id, @@gtid_current_pos, \
                  @@gtid_slave_pos, @@gtid_binlog_pos, @@rpl_semi_sync_master_enabled, \
-                 @@rpl_semi_sync_slave_enabled"
+                 @@rpl_semi_sync_slave_enabled, @@global.wait_timeout, \
+                 @@global.interactive_timeout"
             }
             Flavor::MySql => {
                 "SELECT @@read_only OR @@super_read_only, @@version, @@server_id, \
-                 @@gtid_executed, @@gtid_executed, @@gtid_executed, 0, 0"
+                 @@gtid_executed, @@gtid_executed, @@gtid_executed, 0, 0, \
+                 @@global.wait_timeout, @@global.interactive_timeout"
             }
         };
         let row: Option<Row> = bounded(timeout, "probe", c.query_first(vars)).await?;
@@ -281,6 +285,9 @@ impl ServerConn {
             binlog_pos: pos(5),
             semi_sync_master: at(&row, 6).is_some_and(|v| v == "1"),
             semi_sync_slave: at(&row, 7).is_some_and(|v| v == "1"),
+            idle_timeouts: at(&row, 8)
+                .and_then(|w| w.parse().ok())
+                .zip(at(&row, 9).and_then(|i| i.parse().ok())),
             ..Probe::default()
         };
         p.replication = replication_status(c, flavor, timeout).await?;
