@@ -451,3 +451,78 @@ async fn the_servers_default_wait_timeout_applies_as_directly() {
     assert_eq!(proxied, Ok(()));
     h.shutdown().await;
 }
+
+/// Runs `sql` on a raw connection and returns the answer's packets as (sequence id, first
+/// byte, is a progress report), up to the OK or ERR that ends it.
+async fn progress_script(port: u16, sql: &str) -> Vec<(u8, u8, bool)> {
+    use common::raw::RawConn;
+    let (mut c, ok) = RawConn::login(
+        port,
+        common::USER,
+        common::PASSWORD,
+        cap::MARIADB_CLIENT_PROGRESS,
+    )
+    .await;
+    assert_eq!(ok.first(), Some(&0x00));
+    assert!(
+        c.caps & cap::MARIADB_CLIENT_PROGRESS != 0,
+        "progress reports offered on port {port}"
+    );
+    c.write(0, b"\x03SET SESSION progress_report_time = 1")
+        .await;
+    assert_eq!(c.read_packet().await.payload.first(), Some(&0x00));
+    let mut q = vec![0x03];
+    q.extend_from_slice(sql.as_bytes());
+    c.write(0, &q).await;
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let p = c.read_packet().await;
+        let progress = p.payload.len() >= 3 && p.payload[..3] == [0xFF, 0xFF, 0xFF];
+        seen.push((p.seq, p.payload[0], progress));
+        if !progress && matches!(p.payload[0], 0x00 | 0xFF) {
+            break;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reports_reach_the_client_as_directly() {
+    let h = Harness::start(1).await;
+    let mut d = h.direct_conn().await;
+    d.query_drop("CREATE DATABASE pr").await.unwrap();
+    d.query_drop("CREATE TABLE pr.t (id INT PRIMARY KEY, v VARCHAR(200))")
+        .await
+        .unwrap();
+    d.query_drop("INSERT INTO pr.t SELECT seq, REPEAT('x', 150) FROM pr.seq_1_to_600000")
+        .await
+        .unwrap();
+    // A table copy long enough for reports every second, directly and through Sluice.
+    let alter = "ALTER TABLE pr.t FORCE, ALGORITHM = COPY";
+    let direct = progress_script(h.topo.nodes[0].port, alter).await;
+    let proxied = progress_script(h.addr.port(), alter).await;
+    let reports = |v: &[(u8, u8, bool)]| v.iter().filter(|p| p.2).count();
+    eprintln!(
+        "progress reports: direct {} of {} packets, through Sluice {} of {}",
+        reports(&direct),
+        direct.len(),
+        reports(&proxied),
+        proxied.len()
+    );
+    assert!(
+        reports(&direct) >= 1,
+        "the server sent no report: {direct:?}"
+    );
+    assert!(
+        reports(&proxied) >= 1,
+        "no report reached the client: {proxied:?}"
+    );
+    // Both end with the OK, with sequence ids that count on through the reports.
+    for v in [&direct, &proxied] {
+        assert_eq!(v.last().map(|p| (p.1, p.2)), Some((0x00, false)), "{v:?}");
+        for (i, p) in v.iter().enumerate() {
+            assert_eq!(p.0 as usize, i + 1, "sequence ids: {v:?}");
+        }
+    }
+    h.shutdown().await;
+}

@@ -37,13 +37,15 @@ const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
 
 /// Capabilities never passed on to a backend: TLS and compression are per hop, and of
 /// MariaDB's extended capabilities only extended metadata (it changes every result's
-/// metadata: sessions are partitioned by it) and bulk operations are negotiated (see
-/// `frontend::handshake::OFFERED_EXT`).
+/// metadata: sessions are partitioned by it), progress reports (partitioned likewise) and
+/// bulk operations are negotiated (see `frontend::handshake::OFFERED_EXT`).
 const NEVER: u64 = cap::CLIENT_SSL
     | cap::CLIENT_COMPRESS
     | cap::CLIENT_ZSTD_COMPRESSION
     | (!0xFFFF_FFFF
-        & !(cap::MARIADB_CLIENT_EXTENDED_METADATA | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS));
+        & !(cap::MARIADB_CLIENT_EXTENDED_METADATA
+            | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS
+            | cap::MARIADB_CLIENT_PROGRESS));
 
 /// Asked of every server that offers them, whatever the client asked: they change nothing in
 /// the answers to other commands, so a connection with them serves every session, and the

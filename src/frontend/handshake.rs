@@ -44,13 +44,15 @@ pub const SUPPORTED: u64 = cap::CLIENT_LONG_PASSWORD
 
 /// MariaDB extended capabilities offered to clients when the primary offers them:
 /// extended column metadata (the `json`, `uuid`, … type names a driver maps types from) is
-/// negotiated on every server connection the session uses and relayed as is, and bulk
-/// operations (`COM_STMT_BULK_EXECUTE`, routed as a write). Not offered:
-/// `MARIADB_CLIENT_PROGRESS` (progress reports are ERR-shaped packets in the middle of a
-/// response) and `MARIADB_CLIENT_CACHE_METADATA` (a statement is prepared again on each connection a
+/// negotiated on every server connection the session uses and relayed as is; bulk
+/// operations (`COM_STMT_BULK_EXECUTE`, routed as a write); progress reports (ERR-shaped
+/// packets with code 0xFFFF in the middle of a long statement's response, relayed as they
+/// come: the response tracker does not take them for the end). Not offered:
+/// `MARIADB_CLIENT_CACHE_METADATA` (a statement is prepared again on each connection a
 /// session uses, so the server's "metadata unchanged" would describe another preparation).
-pub const OFFERED_EXT: u64 =
-    cap::MARIADB_CLIENT_EXTENDED_METADATA | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
+pub const OFFERED_EXT: u64 = cap::MARIADB_CLIENT_EXTENDED_METADATA
+    | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS
+    | cap::MARIADB_CLIENT_PROGRESS;
 
 /// Used before the primary's own handshake is known.
 const DEFAULT_VERSION: &[u8] = b"5.5.5-10.11.0-Sluice";
