@@ -91,6 +91,7 @@ impl Client {
             database: Some(b"sbtest".to_vec()),
             auth_plugin: Some(b"mysql_native_password".to_vec()),
             connect_attrs: None,
+            zstd_level: None,
         };
         c.write(1, &resp.encode()).await?;
         let ok = c.read_packet().await?;

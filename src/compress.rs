@@ -55,8 +55,8 @@ struct Zlib {
     last_read: u8,
     /// Inflated bytes one frame may carry.
     max_frame: usize,
-    inflater: z::Decompress,
-    deflater: z::Compress,
+    inflater: z::Inflater,
+    deflater: z::Deflater,
 }
 
 /// A stream that passes bytes through, or compresses them once enabled.
@@ -96,7 +96,19 @@ impl<S> MaybeCompressed<S> {
     /// Compresses from now on. `max_frame` bounds what one frame of the peer may inflate to
     /// (`max_packet_bytes` plus a header): a frame claiming more is an error of kind
     /// `InvalidData` carrying a [`ZError::TooLarge`].
-    pub fn enable(&mut self, max_frame: usize, peer: Peer) {
+    pub fn enable(&mut self, max_frame: usize, peer: Peer) -> Result<(), ZError> {
+        self.enable_with(max_frame, peer, z::Algorithm::Zlib)
+    }
+
+    /// [`MaybeCompressed::enable`] with zstd or zlib. Fails only when zstd cannot allocate
+    /// its context.
+    pub fn enable_with(
+        &mut self,
+        max_frame: usize,
+        peer: Peer,
+        algorithm: z::Algorithm,
+    ) -> Result<(), ZError> {
+        let inflater = z::Inflater::new(algorithm)?;
         self.z = Some(Box::new(Zlib {
             zin: BytesMut::new(),
             plain: BytesMut::new(),
@@ -111,9 +123,10 @@ impl<S> MaybeCompressed<S> {
             peer_turn_start: true,
             last_read: 0,
             max_frame,
-            inflater: z::decompressor(),
-            deflater: z::compressor(LEVEL),
+            inflater,
+            deflater: z::Deflater::new(algorithm, LEVEL),
         }));
+        Ok(())
     }
 }
 
@@ -394,8 +407,8 @@ mod tests {
         // Before enabling: passthrough.
         a.write_all(b"hello").await.unwrap();
         assert_eq!(read_n(&mut b, 5).await, b"hello");
-        a.enable(1 << 20, Peer::Server);
-        b.enable(1 << 20, Peer::Client);
+        a.enable(1 << 20, Peer::Server).unwrap();
+        b.enable(1 << 20, Peer::Client).unwrap();
         // A command and its continuation (an upload), in sizes that straddle frames and the
         // pieces they are written in, with an empty packet at the end.
         let list: Vec<(usize, u8)> = (0..40u32)
@@ -424,8 +437,8 @@ mod tests {
     async fn packet_ids_are_renumbered_as_on_an_uncompressed_connection() {
         let (a, b) = duplex(1 << 16);
         let (mut a, mut b) = (MaybeCompressed::new(a), MaybeCompressed::new(b));
-        a.enable(1 << 20, Peer::Server);
-        b.enable(1 << 20, Peer::Client);
+        a.enable(1 << 20, Peer::Server).unwrap();
+        b.enable(1 << 20, Peer::Client).unwrap();
         // A command (packet 0) in frame 0.
         let cmd = packets(&[(20, 0)]);
         a.write_all(&cmd).await.unwrap();
@@ -471,7 +484,7 @@ mod tests {
     async fn an_oversized_frame_is_an_invalid_data_error_with_the_claim() {
         let (mut raw, b) = duplex(1 << 16);
         let mut b = MaybeCompressed::new(b);
-        b.enable(1024, Peer::Client);
+        b.enable(1024, Peer::Client).unwrap();
         // A frame that claims 2 MiB once inflated.
         raw.write_all(&[10, 0, 0, 0, 0, 0, 0x20]).await.unwrap();
         let mut buf = [0u8; 16];

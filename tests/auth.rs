@@ -123,6 +123,7 @@ async fn caching_sha2_as_the_greeting_plugin() {
             database: None,
             auth_plugin: Some(b"caching_sha2_password".to_vec()),
             connect_attrs: None,
+            zstd_level: None,
         };
         let mut out = bytes::BytesMut::new();
         sluice_proto::framing::write_packet(&mut out, 1, &resp.encode());

@@ -13,7 +13,7 @@ use common::raw::RawConn;
 use common::{cli, eventually, Harness};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Compression, Conn, OptsBuilder, Row};
-use sluice_proto::compress::{self, FrameHead, HEADER_LEN};
+use sluice_proto::compress::{self, Algorithm, FrameHead, HEADER_LEN};
 use sluice_proto::flags::cap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -212,20 +212,27 @@ async fn compressed_clients_see_what_uncompressed_and_direct_clients_see() {
 
 /// Logs in with `CLIENT_COMPRESS`; from then on the stream is framed.
 async fn compressed_login(port: u16) -> RawConn {
-    let (c, ok) = RawConn::login(port, common::USER, common::PASSWORD, cap::CLIENT_COMPRESS).await;
+    compressed_login_with(port, cap::CLIENT_COMPRESS).await
+}
+
+/// Logs in asking for `flag` (`CLIENT_COMPRESS` or `CLIENT_ZSTD_COMPRESSION`).
+async fn compressed_login_with(port: u16, flag: u64) -> RawConn {
+    let (c, ok) = RawConn::login(port, common::USER, common::PASSWORD, flag).await;
     assert_eq!(ok.first(), Some(&0x00), "login: {ok:?}");
-    assert!(
-        c.caps & cap::CLIENT_COMPRESS != 0,
-        "CLIENT_COMPRESS offered"
-    );
+    assert!(c.caps & flag != 0, "{flag:#x} offered");
     c
 }
 
 /// One frame holding `payload` (deflated), with `claim` as the stated inflated length.
 fn frame(payload: &[u8], seq: u8, claim: usize) -> Vec<u8> {
-    let mut z = compress::compressor(6);
+    frame_with(Algorithm::Zlib, payload, seq, claim)
+}
+
+/// [`frame`] with either algorithm.
+fn frame_with(a: Algorithm, payload: &[u8], seq: u8, claim: usize) -> Vec<u8> {
+    let mut z = compress::Deflater::new(a, 6);
     let mut out = BytesMut::new();
-    // Deflate through the library's framing, then restate the claimed length.
+    // Compress through the library's framing, then restate the claimed length.
     compress::deflate_frame(&mut z, payload, seq, &mut out);
     let head = FrameHead::peek(&out).unwrap();
     if head.plain_len == 0 {
@@ -243,6 +250,11 @@ fn frame(payload: &[u8], seq: u8, claim: usize) -> Vec<u8> {
 
 /// Reads what Sluice sends until it closes, inflated; `None` if it did not close in time.
 async fn read_until_closed(c: &mut RawConn) -> Option<Vec<u8>> {
+    read_until_closed_with(c, Algorithm::Zlib).await
+}
+
+/// [`read_until_closed`] with either algorithm.
+async fn read_until_closed_with(c: &mut RawConn, a: Algorithm) -> Option<Vec<u8>> {
     let mut wire = Vec::new();
     let read = async {
         let mut buf = [0u8; 4096];
@@ -257,7 +269,7 @@ async fn read_until_closed(c: &mut RawConn) -> Option<Vec<u8>> {
         .await
         .ok()?;
     let mut plain = BytesMut::new();
-    let mut z = compress::decompressor();
+    let mut z = compress::Inflater::new(a).unwrap();
     let mut at = 0;
     while let Some(h) = FrameHead::peek(&wire[at..]) {
         let body = &wire[at + HEADER_LEN..at + HEADER_LEN + h.len];
@@ -396,5 +408,76 @@ async fn lying_corrupt_and_oversized_frames_are_refused_and_others_go_on() {
     )
     .await;
     bystander.disconnect().await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_clients_are_served_and_zstd_bombs_refused() {
+    // No MariaDB client speaks zstd (MySQL 8.0.18+ clients do): a raw client asks for
+    // CLIENT_ZSTD_COMPRESSION_ALGORITHM (level 3, after the connection attributes).
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_packet_bytes = 1 << 20;
+    })
+    .await;
+    let port = h.addr.port();
+    let zstd = Algorithm::Zstd(3);
+    let mut c = compressed_login_with(port, cap::CLIENT_ZSTD_COMPRESSION).await;
+    assert_eq!(c.caps & cap::CLIENT_COMPRESS, 0, "only zstd was asked for");
+    let marker = "zstd-".repeat(60);
+    let mut query = vec![0, 0, 0, 0, 0x03];
+    query.extend_from_slice(format!("SELECT '{marker}', REPEAT('r', 100000)").as_bytes());
+    let len = query.len() - 4;
+    query[..3].copy_from_slice(&(len as u32).to_le_bytes()[..3]);
+    c.stream
+        .write_all(&frame_with(zstd, &query, 0, query.len()))
+        .await
+        .unwrap();
+    c.stream
+        .write_all(&frame_with(zstd, &[1, 0, 0, 0, 0x01], 1, 5))
+        .await
+        .unwrap();
+    let answer = read_until_closed_with(&mut c, zstd)
+        .await
+        .expect("COM_QUIT closes");
+    assert!(
+        answer.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the zstd query's result"
+    );
+    assert!(
+        answer
+            .windows(100_000)
+            .any(|w| w.iter().all(|&b| b == b'r')),
+        "a 100 kB value in zstd frames"
+    );
+    // A zstd bomb: a query plus 16 MiB of zeros claiming only the query's length.
+    let mut c = compressed_login_with(port, cap::CLIENT_ZSTD_COMPRESSION).await;
+    let mut bomb = query.clone();
+    let claim = bomb.len();
+    bomb.resize(compress::MAX_FRAME, 0);
+    c.stream
+        .write_all(&frame_with(zstd, &bomb, 0, claim))
+        .await
+        .unwrap();
+    let reply = read_until_closed_with(&mut c, zstd)
+        .await
+        .expect("a frame that inflates past its claim closes the session");
+    assert!(
+        !reply.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the lying frame's query ran"
+    );
+    // A claim over max_packet_bytes: 1153 from the header.
+    let mut c = compressed_login_with(port, cap::CLIENT_ZSTD_COMPRESSION).await;
+    let mut head = vec![0u8; HEADER_LEN];
+    head[..3].copy_from_slice(&100u32.to_le_bytes()[..3]);
+    head[4..7].copy_from_slice(&(8u32 << 20).to_le_bytes()[..3]);
+    c.stream.write_all(&head).await.unwrap();
+    let reply = read_until_closed_with(&mut c, zstd).await.expect("closed");
+    assert_eq!(err_code(&reply), Some(1153), "{reply:?}");
+    // Not zstd at all.
+    let mut c = compressed_login_with(port, cap::CLIENT_ZSTD_COMPRESSION).await;
+    let mut junk = vec![40, 0, 0, 0, 64, 0, 0];
+    junk.extend_from_slice(&[0x5a; 40]);
+    c.stream.write_all(&junk).await.unwrap();
+    assert!(read_until_closed_with(&mut c, zstd).await.is_some());
     h.shutdown().await;
 }

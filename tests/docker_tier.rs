@@ -114,16 +114,14 @@ fn tier_processes() -> Vec<(u32, String)> {
         };
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if [
-            "mariadbd",
-            "haproxy",
-            "prometheus",
-            "guestbook",
-            "sluice run",
-        ]
-        .iter()
-        .any(|p| cmd.contains(p))
-        {
+        // By program name (a compiler or linker whose arguments name such files is not one).
+        let mut args = cmd.split_whitespace();
+        let program = args.next().unwrap_or_default();
+        let program = program.rsplit('/').next().unwrap_or_default();
+        let tier = ["mariadbd", "haproxy", "prometheus", "guestbook"].contains(&program)
+            || (program == "sluice" && args.next() == Some("run"))
+            || (program.starts_with("python") && cmd.contains("guestbook"));
+        if tier {
             found.push((pid, cmd));
         }
     }

@@ -97,6 +97,7 @@ fn response(user: &str, password: &str, salt: &[u8], caps: u64) -> Vec<u8> {
         database: None,
         auth_plugin: Some(b"mysql_native_password".to_vec()),
         connect_attrs: None,
+        zstd_level: None,
     }
     .encode()
 }

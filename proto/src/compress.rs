@@ -1,6 +1,7 @@
-//! The compressed protocol (`CLIENT_COMPRESS`): after the login, each side sends its bytes in
-//! frames of a 7-byte header — 3 bytes of payload length, 1 byte of sequence id, 3 bytes of
-//! uncompressed length (0: the payload is stored as is) — and a zlib stream. Frames carry a
+//! The compressed protocol (`CLIENT_COMPRESS` with zlib, `CLIENT_ZSTD_COMPRESSION_ALGORITHM`
+//! with zstd): after the login, each side sends its bytes in frames of a 7-byte header — 3
+//! bytes of payload length, 1 byte of sequence id, 3 bytes of uncompressed length (0: the
+//! payload is stored as is) — and a zlib stream or a zstd frame. Frames carry a
 //! byte stream: one MySQL packet may span several frames and one frame may hold several
 //! packets.
 //!
@@ -82,9 +83,106 @@ pub fn check_head(h: &FrameHead, max: usize) -> Result<(), ZError> {
     Ok(())
 }
 
-/// Inflates the payload of one frame (`h` checked with [`check_head`]) onto `out`.
+/// The compression algorithm of a connection: zlib (`CLIENT_COMPRESS`) or zstd
+/// (`CLIENT_ZSTD_COMPRESSION_ALGORITHM`, MySQL 8.0.18+); both use the same frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Zlib,
+    /// With the level the client asked for (1–22).
+    Zstd(i32),
+}
+
+/// Inflates frames of one connection.
+pub enum Inflater {
+    Zlib(Decompress),
+    Zstd(Box<zstd::stream::raw::Decoder<'static>>),
+}
+
+/// Deflates frames of one connection.
+pub enum Deflater {
+    Zlib(Compress),
+    Zstd(Box<zstd::bulk::Compressor<'static>>),
+}
+
+impl Inflater {
+    pub fn new(a: Algorithm) -> Result<Inflater, ZError> {
+        Ok(match a {
+            Algorithm::Zlib => Inflater::Zlib(decompressor()),
+            Algorithm::Zstd(_) => Inflater::Zstd(Box::new(
+                zstd::stream::raw::Decoder::new().map_err(|e| ZError::Corrupt(e.to_string()))?,
+            )),
+        })
+    }
+
+    fn reset(&mut self) -> Result<(), ZError> {
+        match self {
+            Inflater::Zlib(z) => z.reset(true),
+            Inflater::Zstd(d) => {
+                use zstd::stream::raw::Operation;
+                d.reinit().map_err(|e| ZError::Corrupt(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inflates from `input` into `output`: (bytes consumed, bytes produced, stream ended).
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize, bool), ZError> {
+        match self {
+            Inflater::Zlib(z) => {
+                let (i, o) = (z.total_in(), z.total_out());
+                let status = z
+                    .decompress(input, output, FlushDecompress::None)
+                    .map_err(|e| ZError::Corrupt(e.to_string()))?;
+                Ok((
+                    (z.total_in() - i) as usize,
+                    (z.total_out() - o) as usize,
+                    status == Status::StreamEnd,
+                ))
+            }
+            Inflater::Zstd(d) => {
+                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                let mut inb = InBuffer::around(input);
+                let mut outb = OutBuffer::around(output);
+                let hint = d
+                    .run(&mut inb, &mut outb)
+                    .map_err(|e| ZError::Corrupt(e.to_string()))?;
+                Ok((inb.pos(), outb.pos(), hint == 0))
+            }
+        }
+    }
+}
+
+impl Deflater {
+    /// A deflater for `a` (zlib at `zlib_level`; zstd at the level the client asked for).
+    pub fn new(a: Algorithm, zlib_level: u32) -> Deflater {
+        match a {
+            Algorithm::Zlib => Deflater::Zlib(compressor(zlib_level)),
+            Algorithm::Zstd(level) => Deflater::Zstd(Box::new(
+                zstd::bulk::Compressor::new(level.clamp(1, 22))
+                    .unwrap_or_else(|_| zstd::bulk::Compressor::default()),
+            )),
+        }
+    }
+
+    /// Compresses `plain` into `room` (as long as `plain`); `None` when it does not shrink.
+    fn squeeze(&mut self, plain: &[u8], room: &mut [u8]) -> Option<usize> {
+        match self {
+            Deflater::Zlib(z) => {
+                z.reset();
+                match z.compress(plain, room, FlushCompress::Finish) {
+                    Ok(Status::StreamEnd) => Some(z.total_out() as usize),
+                    _ => None,
+                }
+            }
+            Deflater::Zstd(c) => c.compress_to_buffer(plain, room).ok(),
+        }
+    }
+}
+
+/// Inflates the payload of one frame (`h` checked with [`check_head`]) onto `out`, growing it
+/// by at most 64 KiB at a time and by at most one byte past the frame's claim.
 pub fn inflate(
-    z: &mut Decompress,
+    z: &mut Inflater,
     h: &FrameHead,
     payload: &[u8],
     out: &mut BytesMut,
@@ -93,23 +191,26 @@ pub fn inflate(
         out.extend_from_slice(payload);
         return Ok(());
     }
-    z.reset(true);
+    z.reset()?;
     let claimed = h.plain_len;
     let start_len = out.len();
+    let mut consumed = 0;
     loop {
         let produced = out.len() - start_len;
         // One byte more than the claim may be asked for: that is how a lie is caught.
         let room = (claimed + 1 - produced).min(STEP);
         let at = out.len();
         out.resize(at + room, 0);
-        let (in_before, out_before) = (z.total_in(), z.total_out());
-        let consumed = in_before as usize;
-        let status = z
-            .decompress(&payload[consumed..], &mut out[at..], FlushDecompress::None)
-            .map_err(|e| ZError::Corrupt(e.to_string()));
-        let made = (z.total_out() - out_before) as usize;
+        let r = z.step(&payload[consumed..], &mut out[at..]);
+        let (used, made, ended) = match r {
+            Ok(v) => v,
+            Err(e) => {
+                out.truncate(at);
+                return Err(e);
+            }
+        };
         out.truncate(at + made);
-        let status = status?;
+        consumed += used;
         let produced = out.len() - start_len;
         if produced > claimed {
             return Err(ZError::Length {
@@ -117,43 +218,38 @@ pub fn inflate(
                 detail: "it inflates to more".into(),
             });
         }
-        match status {
-            Status::StreamEnd if produced == claimed => return Ok(()),
-            Status::StreamEnd => {
-                return Err(ZError::Length {
-                    claimed,
-                    detail: format!("it ends after {produced}"),
-                })
-            }
-            _ if made == 0 && z.total_in() == in_before => {
-                return Err(ZError::Length {
-                    claimed,
-                    detail: format!("the stream is cut after {produced}"),
-                })
-            }
-            _ => {}
+        if ended && produced == claimed {
+            return Ok(());
+        }
+        if ended {
+            return Err(ZError::Length {
+                claimed,
+                detail: format!("it ends after {produced}"),
+            });
+        }
+        if made == 0 && used == 0 {
+            return Err(ZError::Length {
+                claimed,
+                detail: format!("the stream is cut after {produced}"),
+            });
         }
     }
 }
 
-/// Frames `plain` (at most [`MAX_FRAME`] bytes) onto `out` with sequence id `seq`: deflated,
+/// Frames `plain` (at most [`MAX_FRAME`] bytes) onto `out` with sequence id `seq`: compressed,
 /// or stored when it is short or does not shrink.
-pub fn deflate_frame(z: &mut Compress, plain: &[u8], seq: u8, out: &mut BytesMut) {
+pub fn deflate_frame(z: &mut Deflater, plain: &[u8], seq: u8, out: &mut BytesMut) {
     debug_assert!(plain.len() <= MAX_FRAME);
     let head_at = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     let mut stored = plain.len() < MIN_COMPRESS_LEN;
     if !stored {
-        z.reset();
         let body_at = out.len();
         // Room for the stored size: a frame that would not shrink is sent stored anyway.
         out.resize(body_at + plain.len(), 0);
-        match z.compress(plain, &mut out[body_at..], FlushCompress::Finish) {
-            Ok(Status::StreamEnd) => {
-                let n = z.total_out() as usize;
-                out.truncate(body_at + n);
-            }
-            _ => {
+        match z.squeeze(plain, &mut out[body_at..]) {
+            Some(n) => out.truncate(body_at + n),
+            None => {
                 out.truncate(body_at);
                 stored = true;
             }
@@ -184,21 +280,36 @@ pub fn decompressor() -> Decompress {
 mod tests {
     use super::*;
 
-    fn roundtrip(plain: &[u8]) -> BytesMut {
+    const BOTH: [Algorithm; 2] = [Algorithm::Zlib, Algorithm::Zstd(3)];
+
+    fn roundtrip(a: Algorithm, plain: &[u8]) -> BytesMut {
         let mut framed = BytesMut::new();
-        deflate_frame(&mut compressor(6), plain, 3, &mut framed);
+        deflate_frame(&mut Deflater::new(a, 6), plain, 3, &mut framed);
         let h = FrameHead::peek(&framed).unwrap();
         assert_eq!(h.seq, 3);
         assert_eq!(h.len, framed.len() - HEADER_LEN);
         check_head(&h, 1 << 20).unwrap();
         let mut out = BytesMut::new();
-        inflate(&mut decompressor(), &h, &framed[HEADER_LEN..], &mut out).unwrap();
+        inflate(
+            &mut Inflater::new(a).unwrap(),
+            &h,
+            &framed[HEADER_LEN..],
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(&out[..], plain);
         framed
     }
 
     #[test]
     fn frames_round_trip_stored_or_deflated() {
+        for a in BOTH {
+            round_trips(a);
+        }
+    }
+
+    fn round_trips(a: Algorithm) {
+        let roundtrip = |p: &[u8]| roundtrip(a, p);
         // Short: stored, plain length 0.
         let f = roundtrip(b"\x01\x00\x00\x00\x0e");
         assert_eq!(&f[4..7], &[0, 0, 0]);
@@ -246,30 +357,47 @@ mod tests {
 
     #[test]
     fn a_bomb_that_inflates_past_its_claim_stops_one_step_later() {
-        // 16 MiB of zeros deflate to about 16 KiB; the header claims 100 bytes.
+        for a in BOTH {
+            bomb(a);
+        }
+    }
+
+    fn bomb(a: Algorithm) {
+        // 16 MiB of zeros compress to at most about 16 KiB; the header claims 100 bytes.
         let bomb = vec![0u8; MAX_FRAME];
         let mut framed = BytesMut::new();
-        deflate_frame(&mut compressor(9), &bomb, 0, &mut framed);
+        deflate_frame(&mut Deflater::new(a, 9), &bomb, 0, &mut framed);
         let mut h = FrameHead::peek(&framed).unwrap();
         assert!(h.len < 64 << 10);
         h.plain_len = 100;
         let mut out = BytesMut::new();
-        let r = inflate(&mut decompressor(), &h, &framed[HEADER_LEN..], &mut out);
+        let r = inflate(
+            &mut Inflater::new(a).unwrap(),
+            &h,
+            &framed[HEADER_LEN..],
+            &mut out,
+        );
         assert!(
             matches!(r, Err(ZError::Length { claimed: 100, .. })),
-            "{r:?}"
+            "{a:?}: {r:?}"
         );
         assert!(out.len() <= 101, "{}", out.len());
     }
 
     #[test]
     fn short_truncated_and_corrupt_streams_are_refused() {
+        for a in BOTH {
+            refused(a);
+        }
+    }
+
+    fn refused(a: Algorithm) {
         let plain = b"hello compressed world ".repeat(20);
         let mut framed = BytesMut::new();
-        deflate_frame(&mut compressor(6), &plain, 0, &mut framed);
+        deflate_frame(&mut Deflater::new(a, 6), &plain, 0, &mut framed);
         let h = FrameHead::peek(&framed).unwrap();
         let body = &framed[HEADER_LEN..];
-        let mut z = decompressor();
+        let mut z = Inflater::new(a).unwrap();
         // Claims more than the stream holds.
         let long = FrameHead {
             plain_len: h.plain_len + 10,
@@ -282,7 +410,7 @@ mod tests {
         assert!(matches!(r, Err(ZError::Length { .. })), "{r:?}");
         // Not zlib at all.
         let r = inflate(&mut z, &h, &[0xFFu8; 40], &mut BytesMut::new());
-        assert!(matches!(r, Err(ZError::Corrupt(_))), "{r:?}");
+        assert!(matches!(r, Err(ZError::Corrupt(_))), "{a:?}: {r:?}");
         // The same inflater still works after errors.
         let mut out = BytesMut::new();
         inflate(&mut z, &h, body, &mut out).unwrap();

@@ -17,6 +17,8 @@ pub struct HandshakeResponse41 {
     pub auth_plugin: Option<Vec<u8>>,
     /// The connection attributes block, without its length prefix, kept as sent.
     pub connect_attrs: Option<Vec<u8>>,
+    /// The zstd compression level (`CLIENT_ZSTD_COMPRESSION_ALGORITHM`), after the attributes.
+    pub zstd_level: Option<u8>,
 }
 
 impl HandshakeResponse41 {
@@ -59,6 +61,9 @@ impl HandshakeResponse41 {
         if caps & cap::CLIENT_CONNECT_ATTRS != 0 && !r.is_empty() {
             resp.connect_attrs = Some(r.lenenc_bytes("connection attributes")?.to_vec());
         }
+        if caps & cap::CLIENT_ZSTD_COMPRESSION != 0 && !r.is_empty() {
+            resp.zstd_level = Some(r.u8("zstd compression level")?);
+        }
         Ok(resp)
     }
 
@@ -91,6 +96,9 @@ impl HandshakeResponse41 {
         }
         if caps & cap::CLIENT_CONNECT_ATTRS != 0 {
             put_lenenc_bytes(&mut out, self.connect_attrs.as_deref().unwrap_or_default());
+        }
+        if caps & cap::CLIENT_ZSTD_COMPRESSION != 0 {
+            out.push(self.zstd_level.unwrap_or(3));
         }
         out
     }

@@ -311,14 +311,17 @@ async fn connect_inner(
         database: p.database.map(<[u8]>::to_vec),
         auth_plugin: Some(NATIVE_PASSWORD_PLUGIN.to_vec()),
         connect_attrs: p.connect_attrs.map(<[u8]>::to_vec),
+        zstd_level: None,
     };
     conn.write_packet(seq, &resp.encode()).await?;
     let ok = conn.finish_auth(p.secret).await?;
     if compress {
-        conn.stream.enable(
-            sluice_proto::compress::MAX_FRAME,
-            crate::compress::Peer::Server,
-        );
+        conn.stream
+            .enable(
+                sluice_proto::compress::MAX_FRAME,
+                crate::compress::Peer::Server,
+            )
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
     }
     Ok((conn, ok))
 }

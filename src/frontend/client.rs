@@ -186,12 +186,18 @@ impl ClientConn {
     }
 
     /// Compresses the connection from now on (after the login's OK, when the client asked).
-    pub fn start_compression(&mut self) {
+    pub fn start_compression(
+        &mut self,
+        algorithm: sluice_proto::compress::Algorithm,
+    ) -> Result<(), SessionError> {
         // A frame may carry a whole packet of the largest size plus its header.
-        self.stream.enable(
-            self.max_packet.saturating_add(framing::HEADER_LEN),
-            crate::compress::Peer::Client,
-        );
+        self.stream
+            .enable_with(
+                self.max_packet.saturating_add(framing::HEADER_LEN),
+                crate::compress::Peer::Client,
+                algorithm,
+            )
+            .map_err(|e| SessionError::Malformed(e.to_string()))
     }
 
     pub async fn send_err(&mut self, seq: u8, err: &ErrPacket) -> Result<(), SessionError> {

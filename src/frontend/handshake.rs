@@ -238,7 +238,7 @@ pub async fn authenticate(
     }
     // Terminated by Sluice, whatever the servers offer.
     if opts.compression {
-        offered |= cap::CLIENT_COMPRESS;
+        offered |= cap::CLIENT_COMPRESS | cap::CLIENT_ZSTD_COMPRESSION;
     }
     let greeting = HandshakeV10 {
         server_version: hello.map_or(DEFAULT_VERSION.to_vec(), |h| h.version.clone()),

@@ -95,6 +95,8 @@ pub(super) struct LoginInfo {
     pub charset: u8,
     pub max_packet: u32,
     pub connect_attrs: Option<Vec<u8>>,
+    /// The compressed protocol the client asked for (zstd before zlib, as MySQL chooses).
+    pub compression: Option<sluice_proto::compress::Algorithm>,
 }
 
 /// Which held connection.
@@ -186,6 +188,15 @@ pub async fn run(
             charset: r.charset,
             max_packet: r.max_packet,
             connect_attrs: r.connect_attrs,
+            compression: if capabilities & cap::CLIENT_ZSTD_COMPRESSION != 0 {
+                Some(sluice_proto::compress::Algorithm::Zstd(i32::from(
+                    r.zstd_level.unwrap_or(3),
+                )))
+            } else if capabilities & cap::CLIENT_COMPRESS != 0 {
+                Some(sluice_proto::compress::Algorithm::Zlib)
+            } else {
+                None
+            },
         },
         info,
         routing: snapshot,
@@ -280,8 +291,8 @@ impl Session {
                 let ok = ok.map_or(LOGIN_OK.to_vec(), |b| b.to_vec());
                 self.client.write_packet(seq, &ok).await?;
                 // The login's OK goes out as is; everything after it is compressed.
-                if self.capabilities & cap::CLIENT_COMPRESS != 0 {
-                    self.client.start_compression();
+                if let Some(algorithm) = self.login.compression {
+                    self.client.start_compression(algorithm)?;
                 }
                 self.settle().await;
                 Ok(true)

@@ -138,6 +138,7 @@ impl RawConn {
             database: None,
             auth_plugin: Some(b"mysql_native_password".to_vec()),
             connect_attrs: None,
+            zstd_level: None,
         };
         c.write(1, &resp.encode()).await;
         let ok = c.read_packet().await;
