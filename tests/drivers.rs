@@ -133,3 +133,146 @@ async fn node_mysql2_sees_what_it_sees_directly() {
     )
     .await;
 }
+
+/// The scenario with sqlx (prepared statements for every query with arguments, a pool of
+/// connections, transactions), printed as lines.
+async fn sqlx_scenario(port: u16, db: &str) -> Vec<String> {
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+    use sqlx::{Connection, Executor, Row};
+    let opts = MySqlConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username(common::USER)
+        .password(common::PASSWORD)
+        .charset("utf8mb4");
+    let mut out = Vec::new();
+    let mut c = sqlx::MySqlConnection::connect_with(&opts)
+        .await
+        .expect("connect");
+    c.execute(format!("CREATE DATABASE {db} CHARACTER SET utf8mb4").as_str())
+        .await
+        .unwrap();
+    c.execute(format!("USE {db}").as_str()).await.unwrap();
+    c.execute(
+        "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, j JSON, name VARCHAR(50), \
+         d DECIMAL(10,2), b BLOB, f DOUBLE)",
+    )
+    .await
+    .unwrap();
+    let r = sqlx::query("INSERT INTO t (j, name, d, b, f) VALUES (?, ?, ?, ?, ?)")
+        .bind(r#"{"a": 1}"#)
+        .bind("h\u{e9}llo \u{2713}")
+        .bind("12.34")
+        .bind(vec![0u8, 1, 255])
+        .bind(1.5f64)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    out.push(format!(
+        "insert id {} rows {}",
+        r.last_insert_id(),
+        r.rows_affected()
+    ));
+    let r = sqlx::query("INSERT INTO t (name) VALUES (NULL), ('third')")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    out.push(format!(
+        "insert id {} rows {}",
+        r.last_insert_id(),
+        r.rows_affected()
+    ));
+    let rows = sqlx::query(
+        "SELECT id, CAST(j AS CHAR) AS j, name, CAST(d AS CHAR) AS d, b, f FROM t \
+         WHERE id >= ? ORDER BY id",
+    )
+    .bind(1)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    for r in &rows {
+        out.push(format!(
+            "row {} {:?} {:?} {:?} {:?} {:?}",
+            r.get::<i32, _>("id"),
+            r.get::<Option<String>, _>("j"),
+            r.get::<Option<String>, _>("name"),
+            r.get::<Option<String>, _>("d"),
+            r.get::<Option<Vec<u8>>, _>("b"),
+            r.get::<Option<f64>, _>("f"),
+        ));
+    }
+    let cols: Vec<String> = rows[0]
+        .columns()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}:{}",
+                sqlx::Column::name(c),
+                sqlx::TypeInfo::name(sqlx::Column::type_info(c))
+            )
+        })
+        .collect();
+    out.push(format!("columns {cols:?}"));
+    let mut tx = c.begin().await.unwrap();
+    sqlx::query("INSERT INTO t (name) VALUES ('rolled back')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    out.push(format!("count after rollback {n}"));
+    match sqlx::query("INSERT INTO t (id) VALUES (?)")
+        .bind(1)
+        .execute(&mut c)
+        .await
+    {
+        Err(sqlx::Error::Database(e)) => out.push(format!("duplicate key {:?}", e.code())),
+        other => panic!("duplicate key: {other:?}"),
+    }
+    // A pool: reads in autocommit (on the replica through Sluice), concurrently.
+    let pool = MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts.clone().database(db))
+        .await
+        .unwrap();
+    let reads = (0..20).map(|i| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) + ? FROM t")
+                .bind(i64::from(i))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    });
+    let sums: Vec<i64> = futures::future::join_all(reads).await;
+    out.push(format!("pool reads {sums:?}"));
+    // KILL by the id the connection reports: its next statement fails.
+    let mut victim = sqlx::MySqlConnection::connect_with(&opts).await.unwrap();
+    let vid: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&mut victim)
+        .await
+        .unwrap();
+    c.execute(format!("KILL {vid}").as_str()).await.unwrap();
+    let gone = sqlx::query("SELECT 1").execute(&mut victim).await.is_err();
+    out.push(format!("victim killed {gone}"));
+    pool.close().await;
+    c.execute(format!("DROP DATABASE {db}").as_str())
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_sees_what_it_sees_directly() {
+    let h = Harness::start(1).await;
+    let direct = sqlx_scenario(h.topo.nodes[0].port, "sqlx_direct").await;
+    let proxied = sqlx_scenario(h.addr.port(), "sqlx_proxied").await;
+    eprintln!("sqlx directly:\n{}", direct.join("\n"));
+    assert_eq!(proxied, direct, "sqlx: through Sluice vs direct");
+    assert!(direct.contains(&"victim killed true".to_string()));
+    h.shutdown().await;
+}

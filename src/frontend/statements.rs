@@ -78,7 +78,13 @@ impl Session {
     }
 
     async fn prepare(&mut self, wire_len: usize, seq: u8) -> Result<(), SessionError> {
-        let sql: Arc<[u8]> = Arc::from(&self.client.rbuf[HEADER_LEN + 1..wire_len]);
+        let raw = &self.client.rbuf[HEADER_LEN + 1..wire_len];
+        // `CONNECTION_ID()` is the session's id in prepared statements too (sqlx prepares
+        // every query), kept in the text that is prepared on each connection.
+        let sql: Arc<[u8]> = match super::kill::rewrite_connection_id(raw, self.info.id) {
+            Some(new) => Arc::from(new),
+            None => Arc::from(raw),
+        };
         // Deny rules apply to prepared statements as to text queries.
         let mut plan = self.plan_sql(&sql, false);
         if let Some(err) = plan.reject.take() {
