@@ -183,6 +183,8 @@ pub struct LoadSource {
     pub user: String,
     pub password: String,
     pub timeout: Duration,
+    /// `[backend_tls]` for this server, when it is reached over TLS.
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
 }
 
 async fn read_accounts(src: &LoadSource) -> Result<Vec<Account>, String> {
@@ -198,7 +200,8 @@ async fn read_accounts(src: &LoadSource) -> Result<Vec<Account>, String> {
         )
         .user(Some(src.user.clone()))
         .pass(Some(src.password.clone()))
-        .prefer_socket(false);
+        .prefer_socket(false)
+        .ssl_opts(src.tls.as_deref().map(crate::monitor::probe::ssl_opts));
     let work = async {
         let mut c = mysql_async::Conn::new(opts).await?;
         let now: i64 = c

@@ -252,7 +252,15 @@ impl Shared {
         let config = &routing.config;
         let (user, password) = config.monitor.credentials(&config.users)?;
         let address = self.cluster.borrow().primary()?.address.clone();
+        let tls = crate::tls::backend_tls(config)
+            .ok()
+            .flatten()
+            .and_then(|t| {
+                let server = config.servers.iter().find(|s| s.address == address)?;
+                crate::tls::for_server(Some(&t), server)
+            });
         Some(crate::accounts::LoadSource {
+            tls,
             address,
             user: user.to_string(),
             password: password.to_string(),

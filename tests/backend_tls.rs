@@ -73,6 +73,9 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
     let ca = pki.ca.clone();
     let h = Harness::start_spec(tls_spec(&pki), |c| {
         c.backend_tls = Some(backend_tls(&ca, true, None));
+        // Accounts from the database too: read with the monitor login, over TLS.
+        c.auth.source = sluice::config::AuthSource::Both;
+        c.auth.lookup_interval_ms = 200;
     })
     .await;
     // From now on the accounts Sluice uses refuse plaintext logins.
@@ -104,6 +107,32 @@ async fn sluice_speaks_tls_to_the_servers_and_fails_closed() {
         .await
         .unwrap();
     assert!(on_primary.is_some_and(|c| !c.is_empty()));
+    // An account created now is read from the primary over TLS (the monitor login requires
+    // it) and logs in through Sluice.
+    h.root_sql(
+        0,
+        "CREATE USER 'tlsdb'@'%' IDENTIFIED BY 'tlsdb-pw' REQUIRE SSL; \
+         GRANT SELECT ON *.* TO 'tlsdb'@'%'",
+    )
+    .await;
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    common::eventually(
+        "the account read over TLS",
+        Duration::from_secs(10),
+        || async {
+            let Ok(mut c) =
+                mysql_async::Conn::new(h.opts(h.addr.port(), "tlsdb", "tlsdb-pw")).await
+            else {
+                return false;
+            };
+            let me: Option<String> = c.query_first("SELECT CURRENT_USER()").await.unwrap_or(None);
+            me.as_deref() == Some("tlsdb@%")
+        },
+    )
+    .await;
     // The monitor keeps probing over TLS (REQUIRE SSL): the servers stay healthy.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let view = h.proxy.as_ref().unwrap().cluster.borrow().clone();

@@ -142,6 +142,23 @@ impl Probe {
     }
 }
 
+/// mysql_async's TLS options for `[backend_tls]`: the same verification as the data path.
+pub fn ssl_opts(t: &crate::tls::BackendTls) -> mysql_async::SslOpts {
+    let mut o = mysql_async::SslOpts::default()
+        .with_root_certs(vec![t.ca.clone().into()])
+        .with_danger_skip_domain_validation(!t.verify_server_name);
+    if let Some((cert, key)) = &t.identity {
+        o = o.with_client_identity(Some(mysql_async::ClientIdentity::new(
+            cert.clone().into(),
+            key.clone().into(),
+        )));
+    }
+    if let Some(name) = &t.server_name {
+        o = o.with_danger_tls_hostname_override(Some(name.clone()));
+    }
+    o
+}
+
 /// Runs `fut` within `timeout`.
 pub async fn bounded<T>(
     timeout: Duration,
@@ -195,21 +212,7 @@ impl ServerConn {
                 // A lock held by a monitor that vanished without closing its socket is
                 // released when the server drops the idle connection.
                 .setup(vec!["SET SESSION wait_timeout = 30".to_string()])
-                .ssl_opts(self.tls.as_ref().map(|t| {
-                    let mut o = mysql_async::SslOpts::default()
-                        .with_root_certs(vec![t.ca.clone().into()])
-                        .with_danger_skip_domain_validation(!t.verify_server_name);
-                    if let Some((cert, key)) = &t.identity {
-                        o = o.with_client_identity(Some(mysql_async::ClientIdentity::new(
-                            cert.clone().into(),
-                            key.clone().into(),
-                        )));
-                    }
-                    if let Some(name) = &t.server_name {
-                        o = o.with_danger_tls_hostname_override(Some(name.clone()));
-                    }
-                    o
-                }));
+                .ssl_opts(self.tls.as_deref().map(ssl_opts));
             let mut c = bounded(timeout, "connect", mysql_async::Conn::new(opts)).await?;
             let version: Option<String> =
                 bounded(timeout, "version query", c.query_first("SELECT @@version")).await?;
