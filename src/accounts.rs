@@ -172,8 +172,20 @@ impl Accounts {
             }
         }
         if let Err(e) = self.load(source).await {
-            tracing::warn!(error = %e, "cannot read the accounts for an unknown user");
+            tracing::warn!(error = %e, "account source unavailable: an unknown user is refused (1045); the accounts read before stay in force");
         }
+    }
+
+    /// Logs (at most once per `interval`) that an unknown user could not be looked up.
+    pub fn unavailable(&self, why: &str, interval: Duration) {
+        let Ok(mut last) = self.last_attempt.try_lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(reason = why, "account source unavailable: an unknown user is refused (1045); the accounts read before stay in force");
     }
 }
 

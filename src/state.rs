@@ -289,9 +289,12 @@ impl Shared {
             Found::Unknown => {}
             found => return found,
         }
-        if let Some(src) = self.account_source() {
-            let interval = std::time::Duration::from_millis(config.auth.lookup_interval_ms);
-            self.accounts.load_if_older(&src, interval).await;
+        let interval = std::time::Duration::from_millis(config.auth.lookup_interval_ms);
+        match self.account_source() {
+            Some(src) => self.accounts.load_if_older(&src, interval).await,
+            None => self
+                .accounts
+                .unavailable("no primary is known (or no monitor login)", interval),
         }
         self.accounts.find(name, ip)
     }

@@ -234,3 +234,52 @@ async fn accounts_created_at_run_time_log_in_and_follow_the_database() {
     assert!(reads <= bound, "{reads} reads > {bound}");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_down_known_accounts_pass_and_unknown_ones_are_refused_promptly() {
+    let mut h = Harness::start_with(1, |c| {
+        c.auth.source = AuthSource::Database;
+        c.auth.lookup_interval_ms = 200;
+        // No failover: the primary stays down for the whole test.
+        c.monitor.failover = sluice::config::FailoverMode::Off;
+        c.monitor.failover_hold_ms = 500;
+    })
+    .await;
+    h.root_sql(0, "CREATE USER 'known'@'%' IDENTIFIED BY 'known-pw'")
+        .await;
+    on_replica(&h, "known").await;
+    login_becomes(&h, "known", "known-pw", 0).await;
+    h.topo.nodes[0].kill();
+    let cluster = h.proxy.as_ref().unwrap().cluster.clone();
+    eventually(
+        "the monitor to see the primary down",
+        Duration::from_secs(15),
+        || {
+            let down = !cluster.borrow().servers[0].healthy;
+            async move { down }
+        },
+    )
+    .await;
+    // The account read before still verifies the password: the login gets past
+    // authentication and fails only for want of a primary (9001/9002), never 1045.
+    let start = Instant::now();
+    let known = login(&h, "known", "known-pw").await.err();
+    assert!(
+        matches!(known, Some(9001 | 9002)),
+        "a known account with the primary down: {known:?}"
+    );
+    // A wrong password is still wrong.
+    assert_eq!(login(&h, "known", "nope").await.err(), Some(1045));
+    // An unknown user: 1045 promptly, not a hang on the dead primary.
+    for i in 0..5 {
+        assert_eq!(
+            login(&h, &format!("nobody{i}"), "x").await.err(),
+            Some(1045)
+        );
+    }
+    eprintln!(
+        "with the primary down: 7 logins answered in {:?}",
+        start.elapsed()
+    );
+    h.shutdown().await;
+}

@@ -115,6 +115,15 @@ async fn php_mysqli_and_pdo_see_what_they_see_directly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_mysql2_sees_what_it_sees_directly() {
+    node_mysql2(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_mysql2_compressed_sees_what_it_sees_directly() {
+    node_mysql2(true).await;
+}
+
+async fn node_mysql2(compress: bool) {
     let install = "`npm install --prefix target/drivers mysql2@3.24.6` (Debian's nodejs and npm)";
     let modules = root().join("target/drivers/node_modules");
     assert!(
@@ -125,13 +134,14 @@ async fn node_mysql2_sees_what_it_sees_directly() {
         .join("tests/drivers/scenario.js")
         .display()
         .to_string()];
-    same_as_direct(
-        "node",
-        &args,
-        &[("NODE_PATH", modules.display().to_string())],
-        install,
-    )
-    .await;
+    let env = [
+        ("NODE_PATH", modules.display().to_string()),
+        (
+            "SCENARIO_COMPRESS",
+            if compress { "1" } else { "0" }.to_string(),
+        ),
+    ];
+    same_as_direct("node", &args, &env, install).await;
 }
 
 /// The scenario with sqlx (prepared statements for every query with arguments, a pool of

@@ -4,7 +4,9 @@
 const mysql = require('mysql2/promise');
 const [port, db] = process.argv.slice(2);
 const out = (...a) => console.log(a.map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join(' '));
-const connect = () => mysql.createConnection({ host: '127.0.0.1', port: Number(port), user: 'app', password: 'app-pw', supportBigNumbers: true });
+// SCENARIO_COMPRESS=1: the compressed protocol (zlib).
+const compress = process.env.SCENARIO_COMPRESS === '1';
+const connect = () => mysql.createConnection({ host: '127.0.0.1', port: Number(port), user: 'app', password: 'app-pw', supportBigNumbers: true, compress });
 (async () => {
   const c = await connect();
   await c.query(`CREATE DATABASE ${db} CHARACTER SET utf8mb4`);
