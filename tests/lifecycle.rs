@@ -196,7 +196,8 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
         let r: Option<i64> = c.query_first("SELECT SLEEP(1.5) + 7").await.unwrap();
         (r, c)
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Wait until it runs on the primary (where the 0 ms budget sends it), not a fixed time.
+    common::running_on(&h, 0, "SELECT SLEEP(1.5)").await;
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
