@@ -46,6 +46,8 @@ pub struct Shared {
     pub firewall: firewall::Firewall,
     /// Accounts read from the database (`[auth] source`).
     pub accounts: crate::accounts::Accounts,
+    /// Users who passed caching_sha2_password's full authentication (MySQL's cache).
+    pub sha2_cache: Sha2Cache,
     pub(crate) next_id: AtomicU32,
 }
 
@@ -239,7 +241,33 @@ impl Shared {
             pin_log: Default::default(),
             firewall: Default::default(),
             accounts: Default::default(),
+            sha2_cache: Default::default(),
             next_id: AtomicU32::new(1),
+        }
+    }
+}
+
+/// The users (name and a digest of the password) that passed caching_sha2_password's full
+/// authentication since start: their next logins use the fast path, as with MySQL's cache. A
+/// changed password is a new entry. Bounded by `[[users]]` (only config users have one).
+#[derive(Default)]
+pub struct Sha2Cache(std::sync::Mutex<std::collections::HashSet<(String, [u8; 32])>>);
+
+impl Sha2Cache {
+    fn key(user: &crate::config::UserConfig) -> (String, [u8; 32]) {
+        (
+            user.name.clone(),
+            sluice_proto::scramble::sha2_cache_digest(user.password.as_bytes()),
+        )
+    }
+
+    pub fn contains(&self, user: &crate::config::UserConfig) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(&Self::key(user)))
+    }
+
+    pub fn insert(&self, user: &crate::config::UserConfig) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(Self::key(user));
         }
     }
 }

@@ -172,15 +172,90 @@ async fn sluice_logs_in_to_a_server_that_demands_caching_sha2() {
     // The server: a Sluice whose users may use only caching_sha2_password and whose greeting
     // names it — what a MySQL 8.4 server with default accounts asks of a client (no MySQL
     // server runs on these machines). Sluice's backend login must follow its AuthSwitch and
-    // the fast-path AuthMoreData.
+    // the fast-path AuthMoreData — and, over TLS, the full authentication the server asks
+    // for a user not yet in its cache.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::certs::make(dir.path(), "sha2");
+    let (cert, key) = (
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+    );
     let server = Harness::start_with(0, |c| {
         c.proxy.default_auth_plugin = "caching_sha2_password".into();
         for u in &mut c.users {
             u.auth_plugins = vec!["caching_sha2_password".into()];
         }
+        c.proxy.tls = Some(sluice::config::ProxyTlsConfig {
+            cert,
+            key,
+            require: false,
+        });
     })
     .await;
     let addr = server.addr.to_string();
+    let cached = |name: &str| {
+        let u = server.config.find_user(name.as_bytes()).unwrap().clone();
+        server
+            .proxy
+            .as_ref()
+            .unwrap()
+            .shared
+            .sha2_cache
+            .contains(&u)
+    };
+    // Over TLS, `other` is not in the server's cache: full authentication, the password sent
+    // inside TLS; then cached.
+    let tls_config = sluice::config::Config {
+        backend_tls: Some(sluice::config::BackendTlsConfig {
+            ca: pki.ca.display().to_string(),
+            cert: None,
+            key: None,
+            verify_server_name: true,
+            server_name: None,
+        }),
+        ..Default::default()
+    };
+    let tls = sluice::tls::backend_tls(&tls_config).unwrap();
+    assert!(!cached("other"));
+    let (mut conn, _) = connect(
+        "sha2",
+        &addr,
+        LoginParams {
+            user: b"other",
+            secret: Secret::Password(b"other-pw"),
+            database: None,
+            capabilities: u64::from(u32::MAX),
+            charset: 45,
+            max_packet: 1 << 24,
+            connect_attrs: None,
+        },
+        Duration::from_secs(5),
+        Transport {
+            tls: tls.as_deref(),
+            compress: false,
+        },
+    )
+    .await
+    .expect("full authentication over TLS");
+    assert!(conn.is_tls());
+    assert!(backend_user(&mut conn).await.starts_with("other@"));
+    assert!(
+        cached("other"),
+        "the full authentication put the user in the cache"
+    );
+    // mysql_async does the same client side (full authentication over TLS, for `app`).
+    assert!(!cached("app"));
+    let ssl = mysql_async::SslOpts::default().with_root_certs(vec![pki.ca.clone().into()]);
+    let mut c = Conn::new(
+        server
+            .opts(server.addr.port(), "app", "app-pw")
+            .ssl_opts(Some(ssl)),
+    )
+    .await
+    .expect("mysql_async: full authentication over TLS");
+    assert!(current_user(&mut c).await.starts_with("app@"));
+    c.disconnect().await.unwrap();
+    assert!(cached("app"));
     let params = |user: &'static [u8], secret| LoginParams {
         user,
         secret,

@@ -18,6 +18,11 @@ pub const SHA2_FAST_AUTH_SUCCESS: [u8; 2] = [0x01, 0x03];
 /// TLS) or RSA-encrypted.
 pub const SHA2_PERFORM_FULL_AUTH: [u8; 2] = [0x01, 0x04];
 
+/// `SHA256(SHA256(password))`: what a caching_sha2_password server keeps in its cache.
+pub fn sha2_cache_digest(password: &[u8]) -> [u8; 32] {
+    Sha256::digest(Sha256::digest(password)).into()
+}
+
 /// The client's caching_sha2_password fast-path response (empty for an empty password).
 pub fn sha2_token(password: &[u8], salt: &[u8]) -> Vec<u8> {
     if password.is_empty() {

@@ -139,6 +139,21 @@ pub enum Users<'a> {
 }
 
 impl Users<'_> {
+    /// Whether `user` logged in with caching_sha2_password's full authentication before
+    /// (with this password); the admin port never asks for it.
+    pub fn sha2_cached(&self, user: &UserConfig) -> bool {
+        match self {
+            Users::List(_) => true,
+            Users::Source { shared, .. } => shared.sha2_cache.contains(user),
+        }
+    }
+
+    pub fn sha2_remember(&self, user: &UserConfig) {
+        if let Users::Source { shared, .. } = self {
+            shared.sha2_cache.insert(user);
+        }
+    }
+
     pub async fn find(&self, name: &[u8], ip: std::net::IpAddr) -> Found {
         match self {
             Users::List(list) => list
@@ -362,11 +377,39 @@ pub async fn authenticate(
             String::from_utf8_lossy(&e.message).into_owned(),
         ));
     }
+    let mut ok = ok;
     if ok && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
-        client
-            .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)
-            .await?;
-        seq = seq.wrapping_add(1);
+        let u = user.as_ref().expect("verified above");
+        let tls = client.stream.get_ref().tls_info().is_some();
+        if tls && !users.sha2_cached(u) {
+            // As MySQL does for a user not in its cache: the password itself, which only an
+            // encrypted link may carry (plaintext links keep the fast path: Sluice holds the
+            // password, so the scramble already proved it).
+            client
+                .write_packet(seq, &sluice_proto::scramble::SHA2_PERFORM_FULL_AUTH)
+                .await?;
+            let reply = client.read_packet().await?;
+            if reply.seq != seq.wrapping_add(1) {
+                let at = reply.last_seq.wrapping_add(1);
+                client.send_err(at, &errors::out_of_order()).await?;
+                return Err(SessionError::Malformed(format!(
+                    "full authentication answer with sequence id {} instead of {}",
+                    reply.seq,
+                    seq.wrapping_add(1)
+                )));
+            }
+            seq = reply.last_seq.wrapping_add(1);
+            let clear = reply.payload.strip_suffix(&[0]).unwrap_or(&reply.payload);
+            ok = sluice_proto::scramble::constant_time_eq(clear, u.password.as_bytes());
+            if ok {
+                users.sha2_remember(u);
+            }
+        } else {
+            client
+                .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)
+                .await?;
+            seq = seq.wrapping_add(1);
+        }
     }
     match (ok, user) {
         (true, Some(u)) => Ok(Authenticated {
