@@ -97,8 +97,11 @@ impl HandshakeResponse41 {
         if caps & cap::CLIENT_CONNECT_ATTRS != 0 {
             put_lenenc_bytes(&mut out, self.connect_attrs.as_deref().unwrap_or_default());
         }
-        if caps & cap::CLIENT_ZSTD_COMPRESSION != 0 {
-            out.push(self.zstd_level.unwrap_or(3));
+        if let Some(level) = self
+            .zstd_level
+            .filter(|_| caps & cap::CLIENT_ZSTD_COMPRESSION != 0)
+        {
+            out.push(level);
         }
         out
     }
@@ -117,6 +120,7 @@ mod tests {
                 | cap::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
                 | cap::CLIENT_CONNECT_WITH_DB
                 | cap::CLIENT_CONNECT_ATTRS
+                | cap::CLIENT_ZSTD_COMPRESSION
                 | cap::MARIADB_CLIENT_PROGRESS,
             max_packet: 1 << 24,
             charset: 45,
@@ -125,6 +129,7 @@ mod tests {
             database: Some(b"shop".to_vec()),
             auth_plugin: Some(b"mysql_native_password".to_vec()),
             connect_attrs: Some(vec![4, b'_', b'p', b'i', b'd', 2, b'4', b'2']),
+            zstd_level: Some(7),
         };
         assert_eq!(HandshakeResponse41::parse(&r.encode()).unwrap(), r);
     }

@@ -51,7 +51,10 @@ pub fn assess(m: &Monitor, dead: usize) -> Assessment {
         // periods is attached to a hung or black-holed primary.
         if rep.io_yes() && m.link_silent(i).is_none() {
             receiving.push(i);
-        } else if m.srv[i].io_ok {
+        } else if m.srv[i].io_ok || (!rep.io_yes() && cannot_connect(rep.last_io_errno)) {
+            // It had a working link that broke, or (a process that has just started, and
+            // never saw the link work) the replica itself reports that it cannot reach the
+            // primary.
             confirming.push(i);
         }
     }
@@ -62,6 +65,12 @@ pub fn assess(m: &Monitor, dead: usize) -> Assessment {
     } else {
         Assessment::Unconfirmed("no reachable replica had a working link to the primary".into())
     }
+}
+
+/// IO-thread errors that mean the replica cannot reach its source: can't connect (2003),
+/// lost or reset connection (2013, 2006), unknown host (2005).
+fn cannot_connect(errno: u32) -> bool {
+    matches!(errno, 2003 | 2005 | 2006 | 2013)
 }
 
 /// How a repointed server is doing right after `START SLAVE`.
@@ -141,6 +150,23 @@ impl Monitor {
             .as_ref()
             .and_then(|x| x.replication.as_ref())
             .is_some_and(|r| r.source_port == port && same_host(&r.source_host, &host))
+    }
+
+    /// For a process that has not seen a primary since it started (restarted while the
+    /// primary was down, possibly in the middle of another instance's failover): the
+    /// unreachable server the replicas point at, the one that most of them follow.
+    pub(crate) fn primary_the_replicas_follow(&self) -> Option<usize> {
+        (0..self.srv.len())
+            .filter(|&k| !self.srv[k].healthy)
+            .map(|k| {
+                let followers = (0..self.srv.len())
+                    .filter(|&i| self.srv[i].healthy && self.replicates_from(i, k))
+                    .count();
+                (followers, k)
+            })
+            .filter(|&(n, _)| n > 0)
+            .max()
+            .map(|(_, k)| k)
     }
 
     /// Takes the failover lock on a majority of the configured servers, or none.
@@ -421,6 +447,7 @@ impl Monitor {
         self.publish_state(MonitorState::Ok, Some(c));
         let switched_ms = started.elapsed().as_millis() as u64;
         tracing::warn!(new_primary = %name, generation = gen, ms = switched_ms, "failover done: writes go to the new primary");
+        failpoint("failover:promoted");
         let mut detail = format!("promoted {name} (received {})", chosen.received);
         for i in 0..self.srv.len() {
             if i == c || Some(i) == dead || !self.srv[i].healthy {
@@ -591,6 +618,9 @@ impl Monitor {
         }
         .await;
         let conn = sc.conn.as_mut().ok_or("candidate not connected")?;
+        if first.is_ok() {
+            failpoint("failover:generation-written");
+        }
         match first {
             Ok(()) => run_sql(conn, timeout, writable).await?,
             Err(e) if e.server_code() == Some(1290) => {
@@ -965,12 +995,9 @@ impl Monitor {
             )
             .into());
         }
-        let dead = self.known_primary.or_else(|| {
-            // A fresh process: the server the replicas point at.
-            (0..self.srv.len()).find(|&k| {
-                !self.srv[k].healthy && (0..self.srv.len()).any(|i| self.replicates_from(i, k))
-            })
-        });
+        let dead = self
+            .known_primary
+            .or_else(|| self.primary_the_replicas_follow());
         let receiving: Vec<&str> = (0..self.srv.len())
             .filter(|&i| {
                 self.srv[i]
@@ -1163,6 +1190,23 @@ impl Monitor {
             detail: detail.clone(),
         });
         Ok(detail)
+    }
+}
+
+/// Fault injection for tests: with `SLUICE_FAILPOINT=<name>` in its environment, the process
+/// aborts (as a `kill -9` would end it, without cleanup) when a failover reaches that point —
+/// `failover:generation-written` (the candidate has the new generation, still read-only) or
+/// `failover:promoted` (the candidate is writable, the other replicas not yet repointed).
+/// tests/crash_mid_failover.rs uses it; unset, it costs one lookup per failover.
+fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if POINT
+        .get_or_init(|| std::env::var("SLUICE_FAILPOINT").ok())
+        .as_deref()
+        == Some(name)
+    {
+        tracing::error!(failpoint = name, "SLUICE_FAILPOINT reached: aborting");
+        std::process::abort();
     }
 }
 

@@ -28,6 +28,17 @@ impl Instance {
         name: &str,
         extra: &str,
     ) -> Instance {
+        Self::start_env(topo, dir, name, extra, &[]).await
+    }
+
+    /// [`Instance::start`] with extra environment variables (e.g. `SLUICE_FAILPOINT`).
+    pub async fn start_env(
+        topo: &Topology,
+        dir: &std::path::Path,
+        name: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Instance {
         let (port, admin, metrics) = (node_free_port(), node_free_port(), node_free_port());
         let text = topo.config_toml(&format!("127.0.0.1:{port}")).replace(
             "[admin]\n",
@@ -39,6 +50,7 @@ impl Instance {
         let child = tokio::process::Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -138,7 +138,7 @@ impl RawConn {
             database: None,
             auth_plugin: Some(b"mysql_native_password".to_vec()),
             connect_attrs: None,
-            zstd_level: None,
+            zstd_level: (c.caps & cap::CLIENT_ZSTD_COMPRESSION != 0).then_some(3),
         };
         c.write(1, &resp.encode()).await;
         let ok = c.read_packet().await;
