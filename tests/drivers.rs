@@ -1,8 +1,8 @@
 //! The drivers applications use, each running one scenario (tests/drivers/scenario.*) against
-//! MariaDB directly and through Sluice (a primary and a replica, reads split), with the same
+//! MariaDB directly and through Sluice (a primary and two replicas, reads split), with the same
 //! output expected from both: column types and metadata, JSON, DECIMAL, DATETIME(3), BLOB,
-//! utf8mb4 text, insert ids, affected rows, prepared statements, a rollback, a duplicate-key
-//! error, warnings, session state, autocommit reads, and `KILL` with the id the driver got
+//! utf8mb4 text, insert ids, affected rows, prepared statements, LOAD DATA LOCAL (the Python
+//! drivers), a rollback, a duplicate-key error, warnings, session state, autocommit reads, and `KILL` with the id the driver got
 //! in its greeting. Missing drivers fail the test with the command that installs them
 //! (`.ci/run` installs them); nothing is skipped.
 
@@ -49,7 +49,7 @@ async fn same_as_direct(program: &str, args: &[String], env: &[(&str, String)], 
         .output()
         .await;
     assert!(probe.is_ok(), "{program} is missing: {install}");
-    let h = Harness::start(1).await;
+    let h = Harness::start(2).await;
     let direct = run(program, args, h.topo.nodes[0].port, "drv_direct", env).await;
     let proxied = run(program, args, h.addr.port(), "drv_proxied", env).await;
     eprintln!("{program} {args:?} directly:\n{direct}");
@@ -278,7 +278,7 @@ async fn sqlx_scenario(port: u16, db: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlx_sees_what_it_sees_directly() {
-    let h = Harness::start(1).await;
+    let h = Harness::start(2).await;
     let direct = sqlx_scenario(h.topo.nodes[0].port, "sqlx_direct").await;
     let proxied = sqlx_scenario(h.addr.port(), "sqlx_proxied").await;
     eprintln!("sqlx directly:\n{}", direct.join("\n"));

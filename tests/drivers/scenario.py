@@ -7,12 +7,14 @@ if mod == "mysql.connector":
     import mysql.connector as m
 
     def connect(**kw):
-        return m.connect(host="127.0.0.1", port=port, user="app", password="app-pw", **kw)
+        return m.connect(host="127.0.0.1", port=port, user="app", password="app-pw",
+                         allow_local_infile=True, **kw)
 elif mod == "MySQLdb":
     import MySQLdb as m
 
     def connect(autocommit=False, **kw):
-        c = m.connect(host="127.0.0.1", port=port, user="app", password="app-pw", charset="utf8mb4", **kw)
+        c = m.connect(host="127.0.0.1", port=port, user="app", password="app-pw", charset="utf8mb4",
+                      local_infile=1, **kw)
         c.autocommit(autocommit)
         return c
 else:
@@ -40,6 +42,21 @@ cur.execute("SELECT id, j, name, d, ts, b, f FROM t ORDER BY id")
 for r in cur.fetchall():
     out(repr(r))
 out("description", [(d[0], d[1]) for d in cur.description])
+# LOAD DATA LOCAL from a file the driver streams.
+import os
+import tempfile
+
+with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+    for i in range(1000):
+        f.write(f"loaded {i}\n")
+    path = f.name
+cur.execute("CREATE TABLE ld (v VARCHAR(40))")
+cur.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE ld")
+out("load data rowcount", cur.rowcount)
+os.unlink(path)
+c.commit()
+cur.execute("SELECT COUNT(*), MIN(v), MAX(v) FROM ld")
+out("loaded", cur.fetchone())
 cur.execute("START TRANSACTION")
 cur.execute("INSERT INTO t (name) VALUES ('rolled back')")
 c.rollback()
