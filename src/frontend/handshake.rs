@@ -222,6 +222,28 @@ pub struct AuthOptions {
     pub compression: bool,
 }
 
+/// Sends `payload` with sequence id `seq` during the login and reads the client's answer,
+/// which must carry `seq + 1` (else 1156 and the login ends, as the server does).
+async fn ask(
+    client: &mut ClientConn,
+    seq: u8,
+    payload: &[u8],
+    what: &str,
+) -> Result<sluice_proto::framing::Packet, SessionError> {
+    client.write_packet(seq, payload).await?;
+    let reply = client.read_packet().await?;
+    if reply.seq != seq.wrapping_add(1) {
+        let at = reply.last_seq.wrapping_add(1);
+        client.send_err(at, &errors::out_of_order()).await?;
+        return Err(SessionError::Malformed(format!(
+            "{what} answer with sequence id {} instead of {}",
+            reply.seq,
+            seq.wrapping_add(1)
+        )));
+    }
+    Ok(reply)
+}
+
 /// Greets the client and checks its credentials against `users`. A refused login waits
 /// `refusal_delay(user)` before its 1045 (the wrong-password throttle).
 pub async fn authenticate(
@@ -345,17 +367,7 @@ pub async fn authenticate(
                 plugin: to.name().to_vec(),
                 data: salt.clone(),
             };
-            client.write_packet(seq, &sw.encode()).await?;
-            let reply = client.read_packet().await?;
-            if reply.seq != seq.wrapping_add(1) {
-                let at = reply.last_seq.wrapping_add(1);
-                client.send_err(at, &errors::out_of_order()).await?;
-                return Err(SessionError::Malformed(format!(
-                    "auth switch answer with sequence id {} instead of {}",
-                    reply.seq,
-                    seq.wrapping_add(1)
-                )));
-            }
+            let reply = ask(client, seq, &sw.encode(), "auth switch").await?;
             seq = reply.last_seq.wrapping_add(1);
             token = reply.payload.to_vec();
             to
@@ -365,7 +377,7 @@ pub async fn authenticate(
         .as_ref()
         .is_some_and(|u| check_address && !super::firewall::user_admits(u, client.peer.ip()));
     // Checked whatever the address: the answer takes the same time either way.
-    let ok = user
+    let mut ok = user
         .as_mut()
         .is_some_and(|u| verify_user(u, plugin, &salt, &token))
         && address_ok;
@@ -377,7 +389,6 @@ pub async fn authenticate(
             String::from_utf8_lossy(&e.message).into_owned(),
         ));
     }
-    let mut ok = ok;
     if ok && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
         let u = user.as_ref().expect("verified above");
         let tls = client.stream.get_ref().tls_info().is_some();
@@ -385,19 +396,8 @@ pub async fn authenticate(
             // As MySQL does for a user not in its cache: the password itself, which only an
             // encrypted link may carry (plaintext links keep the fast path: Sluice holds the
             // password, so the scramble already proved it).
-            client
-                .write_packet(seq, &sluice_proto::scramble::SHA2_PERFORM_FULL_AUTH)
-                .await?;
-            let reply = client.read_packet().await?;
-            if reply.seq != seq.wrapping_add(1) {
-                let at = reply.last_seq.wrapping_add(1);
-                client.send_err(at, &errors::out_of_order()).await?;
-                return Err(SessionError::Malformed(format!(
-                    "full authentication answer with sequence id {} instead of {}",
-                    reply.seq,
-                    seq.wrapping_add(1)
-                )));
-            }
+            let full = sluice_proto::scramble::SHA2_PERFORM_FULL_AUTH;
+            let reply = ask(client, seq, &full, "full authentication").await?;
             seq = reply.last_seq.wrapping_add(1);
             let clear = reply.payload.strip_suffix(&[0]).unwrap_or(&reply.payload);
             ok = sluice_proto::scramble::constant_time_eq(clear, u.password.as_bytes());
