@@ -180,7 +180,7 @@ pub fn backend_auth_plugin(server: &str, plugin: &str) -> ErrPacket {
     ErrPacket::new(
         SLUICE_BACKEND_AUTH_PLUGIN,
         b"08S01",
-        format!("Sluice: backend server {server} asks for authentication plugin {plugin:?}, which Sluice cannot answer (it speaks mysql_native_password, and caching_sha2_password with the password it holds; full authentication only over TLS)"),
+        format!("Sluice: backend server {server} asks for authentication plugin {plugin:?}, which Sluice cannot answer (it speaks mysql_native_password, and caching_sha2_password with the password it holds)"),
     )
 }
 

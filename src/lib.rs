@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod reload;
 pub mod router;
+pub mod rsa_auth;
 pub mod sandbox;
 pub mod server;
 pub mod state;

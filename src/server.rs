@@ -178,6 +178,7 @@ async fn start_on(
         shared.clone(),
         shared.shutdown.clone(),
     ));
+    tokio::spawn(return_freed_memory(shared.shutdown.clone()));
     let listener = tokio::spawn(frontend::serve(listener, shared.clone(), done_tx));
     tracing::info!(listen = %local_addr, "sluice is listening");
     Ok(Running {
@@ -366,6 +367,37 @@ fn sd_notify(state: &str) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
 }
+
+/// Every 10 s, hands the memory freed since to the operating system (glibc's `malloc_trim`).
+/// Without it, the allocator keeps the pages of sessions that have ended in its per-thread
+/// arenas: after a storm of 60,000 logins the heap was back to 1.5 MiB (heaptrack: nothing
+/// leaked that grows with logins) but the resident size stayed 3 MiB above its baseline.
+/// A trim of a heap this size takes microseconds.
+async fn return_freed_memory(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        trim_heap();
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers; it only returns free pages of glibc's own heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// CLOCK_MONOTONIC in microseconds (systemd wants it with RELOADING=1).
 fn monotonic_usec() -> u64 {

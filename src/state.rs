@@ -148,6 +148,12 @@ impl RoutingState {
                     config.proxy.default_auth_plugin.as_bytes(),
                 )
                 .unwrap_or_default(),
+                // Read and checked when the file was loaded; a key that went away since is
+                // logged and the fast path stays.
+                rsa: config.rsa_key().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "[proxy] rsa_private_key not applied");
+                    None
+                }),
             },
             max_lag_ms: config.routing.max_lag_ms,
             read_your_writes: config.routing.read_your_writes,

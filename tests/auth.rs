@@ -155,6 +155,31 @@ async fn read(s: &mut tokio::net::TcpStream, buf: &mut bytes::BytesMut) -> Packe
 }
 
 /// The user a backend connection runs as (`CURRENT_USER()`).
+/// A Sluice whose users may use only caching_sha2_password and whose greeting names it — what
+/// a MySQL 8.4 server with default accounts asks of a client; `tweak` adds to its config.
+async fn sha2_only_server(tweak: impl FnOnce(&mut sluice::config::Config)) -> Harness {
+    Harness::start_with(0, |c| {
+        c.proxy.default_auth_plugin = "caching_sha2_password".into();
+        for u in &mut c.users {
+            u.auth_plugins = vec!["caching_sha2_password".into()];
+        }
+        tweak(c);
+    })
+    .await
+}
+
+/// Whether `name` passed a full authentication on `server` (it is in its caching_sha2 cache).
+fn sha2_cached(server: &Harness, name: &str) -> bool {
+    let u = server.config.find_user(name.as_bytes()).unwrap().clone();
+    server
+        .proxy
+        .as_ref()
+        .unwrap()
+        .shared
+        .sha2_cache
+        .contains(&u)
+}
+
 async fn backend_user(conn: &mut sluice::backend::BackendConn) -> String {
     let row = conn
         .control_row(b"\x03SELECT CURRENT_USER()")
@@ -180,11 +205,7 @@ async fn sluice_logs_in_to_a_server_that_demands_caching_sha2() {
         pki.cert.display().to_string(),
         pki.key.display().to_string(),
     );
-    let server = Harness::start_with(0, |c| {
-        c.proxy.default_auth_plugin = "caching_sha2_password".into();
-        for u in &mut c.users {
-            u.auth_plugins = vec!["caching_sha2_password".into()];
-        }
+    let server = sha2_only_server(|c| {
         c.proxy.tls = Some(sluice::config::ProxyTlsConfig {
             cert,
             key,
@@ -193,16 +214,7 @@ async fn sluice_logs_in_to_a_server_that_demands_caching_sha2() {
     })
     .await;
     let addr = server.addr.to_string();
-    let cached = |name: &str| {
-        let u = server.config.find_user(name.as_bytes()).unwrap().clone();
-        server
-            .proxy
-            .as_ref()
-            .unwrap()
-            .shared
-            .sha2_cache
-            .contains(&u)
-    };
+    let cached = |name: &str| sha2_cached(&server, name);
     // Over TLS, `other` is not in the server's cache: full authentication, the password sent
     // inside TLS; then cached.
     let tls_config = sluice::config::Config {
@@ -349,4 +361,100 @@ async fn sluice_logs_in_to_a_server_that_demands_caching_sha2() {
     c.disconnect().await.unwrap();
     front.shutdown().await;
     server.shutdown().await;
+}
+
+/// caching_sha2_password's full authentication on a link without TLS: the RSA exchange, both
+/// halves by real code — Sluice's backend login asks the server for its public key and sends
+/// the password encrypted with it, against a Sluice whose client side has
+/// `[proxy] rsa_private_key` (as a MySQL server for a user not yet in its cache); and
+/// mysql_async does the same exchange with that Sluice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_sha2_full_authentication_without_tls_uses_the_servers_rsa_key() {
+    use sluice::backend::{connect, BackendError, LoginParams, Transport};
+    use sluice::config::Secret;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("rsa.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_path = key.display().to_string();
+    let server = sha2_only_server(|c| c.proxy.rsa_private_key = key_path).await;
+    let addr = server.addr.to_string();
+    let cached = |name: &str| sha2_cached(&server, name);
+    let params = |user: &'static [u8], secret| LoginParams {
+        user,
+        secret,
+        database: None,
+        capabilities: u64::from(u32::MAX),
+        charset: 45,
+        max_packet: 1 << 24,
+        connect_attrs: None,
+    };
+    let t = Duration::from_secs(5);
+    // Not in the cache, plaintext: full authentication by the RSA exchange.
+    assert!(!cached("other"));
+    let (mut conn, _) = connect(
+        "sha2",
+        &addr,
+        params(b"other", Secret::Password(b"other-pw")),
+        t,
+        Transport::default(),
+    )
+    .await
+    .expect("full authentication with the server's RSA key");
+    assert!(!conn.is_tls());
+    assert!(backend_user(&mut conn).await.starts_with("other@"));
+    assert!(
+        cached("other"),
+        "the login went through the full authentication"
+    );
+    // A wrong password is refused (by the scramble, before any RSA).
+    match connect(
+        "sha2",
+        &addr,
+        params(b"app", Secret::Password(b"not-app-pw")),
+        t,
+        Transport::default(),
+    )
+    .await
+    {
+        Err(BackendError::Refused(e)) => assert_eq!(e.code, 1045),
+        other => panic!("a wrong password logged in: {:?}", other.map(|_| ())),
+    }
+    assert!(!cached("app"));
+    // mysql_async, plaintext, `app` not cached: it asks for the public key, encrypts, logs in.
+    let mut c = Conn::new(server.opts(server.addr.port(), "app", "app-pw"))
+        .await
+        .expect("mysql_async: full authentication with the RSA key");
+    assert!(current_user(&mut c).await.starts_with("app@"));
+    c.disconnect().await.unwrap();
+    assert!(cached("app"));
+    // A bad key file is a configuration error naming the key.
+    std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[proxy]\nrsa_private_key = \"bad.pem\"\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n[[users]]\nname = \"a\"\npassword = \"b\"\n",
+    )
+    .unwrap();
+    let err = sluice::config::Config::load(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("proxy.rsa_private_key") && err.contains("bad.pem"),
+        "{err}"
+    );
 }

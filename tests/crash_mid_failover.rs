@@ -1,10 +1,12 @@
 //! Sluice killed in the middle of a failover (issue 14): `SLUICE_FAILPOINT` makes `sluice run`
-//! abort — no cleanup, as `kill -9` — at two points of a failover: after the candidate got the
-//! new generation but is still read-only, and after it became writable but before the other
-//! replica was repointed. The restarted process (same config, no failpoint) must finish the
-//! job: exactly one writable server, writes through Sluice again, every write acknowledged
-//! before the crash present (semi-sync, unique tokens), and the other replica following the
-//! new primary.
+//! abort — no cleanup, as `kill -9` — at two points of a failover. After the candidate became
+//! writable but before the other replica was repointed, the restarted process (same config, no
+//! failpoint) finishes the job on its own. After the new generation was written on the
+//! still read-only candidate, the restarted process never saw the primary alive and cannot
+//! confirm its death: it reports `no primary` and promotes nothing (docs/failover.md), and
+//! the operator's `sluice failover` finishes it. Either way: exactly one writable server,
+//! writes through Sluice again, every write acknowledged before the crash present (semi-sync,
+//! unique tokens), and the other replica following the new primary.
 
 mod common;
 
@@ -39,7 +41,16 @@ impl Drop for ShowLogOnPanic {
     }
 }
 
-async fn crash_at(point: &str) {
+/// How the failover is finished after the restart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// By the restarted process alone.
+    Restart,
+    /// The restarted process reports `no primary`; the operator runs `sluice failover`.
+    Operator,
+}
+
+async fn crash_at(point: &str, finish: Finish) {
     let mut topo = Topology::start(common::semisync_spec(2))
         .await
         .expect("topology");
@@ -86,6 +97,9 @@ async fn crash_at(point: &str) {
     let started = Instant::now();
     let port = a.port;
     let _show = ShowLogOnPanic(log.clone());
+    if finish == Finish::Operator {
+        operator_finishes(&a, point).await;
+    }
     eventually(
         &format!("{point}: writes through the restarted Sluice"),
         Duration::from_secs(60),
@@ -155,14 +169,46 @@ async fn crash_at(point: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_after_the_new_generation_is_written_the_restart_finishes_the_failover() {
-    common::init_tracing();
-    crash_at("failover:generation-written").await;
+/// The restarted process reports `no primary` for a while and promotes nothing; then the
+/// operator runs `sluice failover` with the same config.
+async fn operator_finishes(a: &Instance, point: &str) {
+    let admin = a.admin;
+    eventually(
+        &format!("{point}: the restarted Sluice answers on its admin port"),
+        Duration::from_secs(20),
+        || async move {
+            Conn::new(opts(admin, "admin", sluice::sandbox::ADMIN_PASSWORD))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    // Several monitor rounds: still no primary, nothing writable.
+    for _ in 0..10 {
+        assert_eq!(a.primary().await, None, "{point}: promoted on its own");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["failover", "--config"])
+        .arg(&a.config)
+        .output()
+        .await
+        .expect("run sluice failover");
+    assert!(
+        out.status.success(),
+        "{point}: sluice failover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_promotion_before_the_repoint_the_restart_finishes_the_failover() {
     common::init_tracing();
-    crash_at("failover:promoted").await;
+    crash_at("failover:promoted", Finish::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_new_generation_is_written_the_operator_finishes_the_failover() {
+    common::init_tracing();
+    crash_at("failover:generation-written", Finish::Operator).await;
 }

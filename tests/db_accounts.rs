@@ -214,6 +214,12 @@ async fn accounts_created_at_run_time_log_in_and_follow_the_database() {
     // A scan of unknown names for 1.5 s: at most one read of the accounts per lookup
     // interval, however many names.
     let shared = h.proxy.as_ref().unwrap().shared.clone();
+    // The primary's own record of the account reads: its general log, in a table.
+    h.root_sql(
+        0,
+        "SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; SET GLOBAL general_log = ON",
+    )
+    .await;
     let before = shared.accounts.loads.load(Ordering::Relaxed);
     let start = Instant::now();
     let mut names = 0;
@@ -226,12 +232,28 @@ async fn accounts_created_at_run_time_log_in_and_follow_the_database() {
     }
     let reads = shared.accounts.loads.load(Ordering::Relaxed) - before;
     let bound = start.elapsed().as_millis() as u64 / 300 + 2;
+    h.root_sql(0, "SET GLOBAL general_log = OFF").await;
+    let on_server: u64 = h
+        .root_sql(
+            0,
+            "SELECT COUNT(*) FROM mysql.general_log WHERE command_type = 'Query' \
+             AND argument LIKE '%FROM mysql.global_priv%'",
+        )
+        .await
+        .trim()
+        .parse()
+        .unwrap();
     eprintln!(
-        "{names} unknown names in {:?}: {reads} account reads (bound {bound})",
+        "{names} unknown names in {:?}: {reads} account reads counted by Sluice, {on_server} in the primary's general log (bound {bound})",
         start.elapsed()
     );
     assert!(reads >= 2, "unknown names trigger reads");
     assert!(reads <= bound, "{reads} reads > {bound}");
+    assert!(on_server >= 2, "the primary saw the reads");
+    assert!(
+        on_server <= bound,
+        "the primary saw {on_server} account reads > {bound}"
+    );
     h.shutdown().await;
 }
 

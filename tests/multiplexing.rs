@@ -236,6 +236,111 @@ async fn dependent_statements_answer_as_on_a_direct_connection() {
     h.shutdown().await;
 }
 
+/// `SELECT LAST_INSERT_ID(), ROW_COUNT()` right after an insert (found by the `mariadb` CLI's
+/// scenario: Sluice read the connection's LAST_INSERT_ID() first, which reset ROW_COUNT() to
+/// -1). On a connection whose LAST_INSERT_ID() was the session's when the insert ran, nothing
+/// runs in between: both are as directly, for generated and explicit ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_insert_id_and_row_count_in_one_statement_after_an_insert() {
+    let h = Harness::start_with(1, |c| c.proxy.max_backend_connections = 1).await;
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop(
+            "CREATE DATABASE lr; CREATE TABLE lr.t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)",
+        )
+        .await
+        .unwrap();
+    async fn run(c: &mut mysql_async::Conn, base: i64) -> Vec<(i64, i64)> {
+        let steps = [
+            format!("INSERT INTO lr.t (v) VALUES ({base})"),
+            format!("INSERT INTO lr.t (v) VALUES ({base}), ({base})"),
+            // An explicit id: LAST_INSERT_ID() keeps the last generated one.
+            format!("INSERT INTO lr.t (id, v) VALUES ({}, {base})", base * 10),
+            format!("UPDATE lr.t SET v = v + 1 WHERE v = {base}"),
+            format!("INSERT INTO lr.t (v) VALUES ({base})"),
+        ];
+        let mut out = Vec::new();
+        for s in &steps {
+            c.query_drop(s.as_str()).await.unwrap();
+            let got: (i64, i64) = c
+                .query_first("SELECT LAST_INSERT_ID(), ROW_COUNT()")
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(got);
+        }
+        out
+    }
+    let mut direct = h.direct_conn().await;
+    let want = run(&mut direct, 1000).await;
+    let mut proxied = mysql_async::Conn::new(h.proxy_opts()).await.unwrap();
+    let got = run(&mut proxied, 2000).await;
+    // Ids differ between the runs (the same table); the shape must not: the explicit id keeps
+    // the previous generated id, the insert after it gets the explicit id + 1, and the counts
+    // are equal.
+    let shape = |v: &[(i64, i64)], base: i64| -> Vec<(i64, i64)> {
+        v.iter()
+            .map(|(id, rc)| {
+                let rel = if *id > base * 10 - 1 {
+                    id - base * 10 + 100
+                } else {
+                    id - v[0].0
+                };
+                (rel, *rc)
+            })
+            .collect()
+    };
+    assert_eq!(
+        shape(&got, 2000),
+        shape(&want, 1000),
+        "through Sluice {got:?}, directly {want:?}"
+    );
+    assert_eq!(
+        shape(&want, 1000),
+        vec![(0, 1), (1, 2), (1, 1), (1, 4), (101, 1)]
+    );
+    h.shutdown().await;
+}
+
+/// A session that inserts and leaves at once (its connection still held) must not hand its
+/// LAST_INSERT_ID() to the next session on that connection: a new session reads 0, as on a
+/// new direct connection, and an explicit-id insert leaves it at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_sessions_insert_id_does_not_reach_the_next_session() {
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop("CREATE DATABASE lv; CREATE TABLE lv.t (id INT AUTO_INCREMENT PRIMARY KEY) AUTO_INCREMENT = 500")
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let mut a = mysql_async::Conn::new(h.proxy_opts()).await.unwrap();
+        a.query_drop("INSERT INTO lv.t VALUES (NULL)")
+            .await
+            .unwrap();
+        assert!(a.last_insert_id().unwrap() >= 500);
+        a.disconnect().await.unwrap();
+        let mut b = mysql_async::Conn::new(h.proxy_opts()).await.unwrap();
+        let got: Option<u64> = b.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+        assert_eq!(
+            got,
+            Some(0),
+            "round {round}: a new session read another's LAST_INSERT_ID()"
+        );
+        b.query_drop(format!("INSERT INTO lv.t VALUES ({})", 100 + round))
+            .await
+            .unwrap();
+        let got: (u64, i64) = b
+            .query_first("SELECT LAST_INSERT_ID(), ROW_COUNT()")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.0, 0, "round {round}: after an explicit id");
+        b.disconnect().await.unwrap();
+    }
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_insert_id_survives_a_change_of_connection() {
     // A hold of 0 ms gives the connection back at once: the next statement runs elsewhere.

@@ -2,8 +2,10 @@
 //! a wrong password — from several loopback source addresses, while a steady client keeps
 //! querying. All good logins succeed, every bad one is refused, the steady client never
 //! fails, and afterwards the Sluice process (`sluice run`) is back within 5 % of its baseline
-//! file descriptors and pool connections with no session left (its RSS is reported: it does not
-//! come back yet, see docs/benchmarks.md). The same storm is also run directly against
+//! resident size, file descriptors and pool connections with no session left (the resident
+//! size comes back because Sluice returns freed heap pages every 10 s; without that it stays
+//! about 3 MiB above, and this test fails). `SLUICE_STORM_ROUNDS` runs the storm through Sluice
+//! several times and prints the resident size after each. The same storm is also run directly against
 //! the server, and the steady client's p99 latency under both is reported (a benchmark figure,
 //! `bench/storm.sh`; not asserted here). `SLUICE_STORM_LOGINS` sets the count (default 4,000).
 
@@ -145,7 +147,18 @@ async fn a_login_storm_with_wrong_passwords_leaves_good_logins_and_the_process_i
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base = sluice.resources().await;
 
-    let through = storm(sluice.port, logins).await;
+    let rounds: usize = std::env::var("SLUICE_STORM_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut rss_after_round = Vec::new();
+    let mut through = storm(sluice.port, logins).await;
+    rss_after_round.push(sluice.resources().await.rss_kib);
+    for _ in 1..rounds {
+        through = storm(sluice.port, logins).await;
+        rss_after_round.push(sluice.resources().await.rss_kib);
+    }
+    eprintln!("RSS after each round (KiB): {rss_after_round:?}");
     let direct = storm(topo.nodes[0].port, logins).await;
     for (what, o) in [("through sluice", &through), ("direct", &direct)] {
         assert!(
@@ -158,18 +171,12 @@ async fn a_login_storm_with_wrong_passwords_leaves_good_logins_and_the_process_i
         assert_eq!(o.bad_refused, logins / 4, "{what}");
         assert_eq!(o.steady_errors, 0, "{what}: the steady client failed");
     }
-    // Back to the baseline: no session left, descriptors and pool within 5 %. RSS is
-    // reported, not asserted: it does not return to its baseline after a large storm (+0.7 MiB
-    // after 4,000 logins in a release build, +1.9 MiB in a debug build, +2.2 MiB after 20,000),
-    // an open finding (allocator retention or a small leak; docs/benchmarks.md).
+    // Back to the baseline: no session left, resident size, descriptors and pool within 5 %
+    // (waits for the 10 s heap trim).
     let deadline = Instant::now() + Duration::from_secs(30);
     let after = loop {
         let now = sluice.resources().await;
-        let no_rss = common::instance::Resources {
-            rss_kib: base.rss_kib,
-            ..now
-        };
-        if no_rss.within(&base) && now.sessions == 0 {
+        if now.within(&base) && now.sessions == 0 {
             break now;
         }
         assert!(

@@ -69,6 +69,10 @@ pub struct LoginParams<'a> {
     pub connect_attrs: Option<&'a [u8]>,
 }
 
+/// `BackendConn::insert_id_seen` of a connection whose LAST_INSERT_ID() Sluice does not know
+/// (never equal to a session's value: the next statement that reads it sets it first).
+pub const INSERT_ID_UNKNOWN: u64 = u64::MAX;
+
 /// A logged-in connection to a server.
 #[derive(Debug)]
 pub struct BackendConn {
@@ -93,7 +97,8 @@ pub struct BackendConn {
     /// The last OK of the last relayed response that reported a session-state change.
     pub session_state: Option<Vec<u8>>,
     pub last_insert_id: u64,
-    /// This connection's LAST_INSERT_ID() as Sluice last read or set it (0 after login).
+    /// This connection's LAST_INSERT_ID() as Sluice last read or set it (0 after login;
+    /// `INSERT_ID_UNKNOWN` when a session left it changed without Sluice reading it).
     pub insert_id_seen: u64,
     /// A number unique among the connections of this process.
     pub id: u64,
@@ -323,6 +328,19 @@ async fn connect_inner(
             )
             .map_err(|e| BackendError::Protocol(e.to_string()))?;
     }
+    if conn.is_mysql() && caps & cap::CLIENT_SESSION_TRACK != 0 {
+        // Read-your-writes learns each commit's GTID from its OK packet (MySQL has no
+        // @@last_gtid; src/frontend/gtid.rs). Without it, the global set is used instead.
+        let r = conn
+            .control(
+                b"\x03SET SESSION session_track_gtids = OWN_GTID",
+                sluice_proto::tracker::ResponseKind::Query,
+            )
+            .await?;
+        if let Err(e) = r {
+            tracing::debug!(server = %conn.server, error = %String::from_utf8_lossy(&e.message), "session_track_gtids not set");
+        }
+    }
     Ok((conn, ok))
 }
 
@@ -355,6 +373,14 @@ pub(super) const LOGIN_ONLY: u64 = cap::CLIENT_CONNECT_WITH_DB
     | cap::CLIENT_COMPRESS;
 
 impl BackendConn {
+    /// Whether the server is MySQL rather than MariaDB: GTIDs and their functions differ.
+    /// MariaDB's greeting names it, or starts with `5.5.5-` (MariaDB 10+, and Sluice's own
+    /// greeting when it has not seen a server yet).
+    pub fn is_mysql(&self) -> bool {
+        let v = &self.handshake.server_version;
+        !(v.starts_with(b"5.5.5-") || v.windows(7).any(|w| w == b"MariaDB"))
+    }
+
     /// Reads one whole packet (control exchanges only; the relay streams instead).
     pub async fn read_packet(&mut self) -> Result<Packet, BackendError> {
         loop {
@@ -422,16 +448,38 @@ impl BackendConn {
                 }
                 Some(0x01) if sha2 && p.payload[..] == SHA2_FAST_AUTH_SUCCESS => {}
                 Some(0x01) if sha2 && p.payload[..] == SHA2_PERFORM_FULL_AUTH => {
-                    // The password in clear, which only an encrypted link may carry (the RSA
-                    // exchange for plaintext links is not implemented).
-                    let Some(pw) = secret.password().filter(|_| self.is_tls()) else {
+                    let Some(pw) = secret.password() else {
                         return Err(BackendError::AuthPlugin(
-                            "caching_sha2_password full authentication, which Sluice does only over TLS to the server ([backend_tls]); the server's cache has no entry for this account yet".into(),
+                            "caching_sha2_password full authentication (for an account read from the database, Sluice holds no password)".into(),
                         ));
                     };
-                    let mut out = pw.to_vec();
-                    out.push(0);
-                    self.write_packet(next, &out).await?;
+                    if self.is_tls() {
+                        // The password in clear, which only an encrypted link may carry.
+                        let mut out = pw.to_vec();
+                        out.push(0);
+                        self.write_packet(next, &out).await?;
+                    } else {
+                        // On plaintext: ask for the server's RSA public key and send the
+                        // password encrypted with it (src/rsa_auth.rs).
+                        self.write_packet(next, &[crate::rsa_auth::REQUEST_PUBLIC_KEY])
+                            .await?;
+                        let k = self.read_packet().await?;
+                        let pem = match k.payload.split_first() {
+                            Some((0x01, pem)) => pem,
+                            Some((&ERR_HEADER, _)) => {
+                                return Err(BackendError::Refused(ErrPacket::parse(&k.payload)?))
+                            }
+                            _ => {
+                                return Err(BackendError::Protocol(
+                                    "no public key in answer to caching_sha2_password's request"
+                                        .into(),
+                                ))
+                            }
+                        };
+                        let blob = crate::rsa_auth::encrypt_password(pem, pw, &self.scramble)
+                            .map_err(BackendError::AuthPlugin)?;
+                        self.write_packet(k.last_seq.wrapping_add(1), &blob).await?;
+                    }
                 }
                 _ => {
                     return Err(BackendError::Protocol(

@@ -11,7 +11,7 @@ pub mod pool;
 pub mod state;
 pub mod stmt_cache;
 
-pub use connection::{connect, BackendConn, LoginParams, StmtBudget, Transport};
+pub use connection::{connect, BackendConn, LoginParams, StmtBudget, Transport, INSERT_ID_UNKNOWN};
 pub use error::BackendError;
 pub use pool::{Acquired, PoolError, PoolLimits, ServerPool};
 pub use state::{SessionVars, SyncError};

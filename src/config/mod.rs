@@ -313,6 +313,11 @@ pub struct ProxyConfig {
     /// deflates it itself (it must read the commands), which costs CPU: `false` stops offering
     /// it (clients that ask then talk uncompressed).
     pub compression: bool,
+    /// PEM RSA private key (relative to the config file's folder) for caching_sha2_password's
+    /// full authentication on links without TLS: with it, a client whose user is not yet in
+    /// Sluice's cache proves its password by the RSA exchange, as on MySQL (clients may ask for
+    /// the public key). Empty (default): such clients keep the fast path.
+    pub rsa_private_key: String,
     /// `[proxy.tls]`: TLS for clients; absent = plaintext only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ProxyTlsConfig>,
@@ -354,6 +359,7 @@ impl Default for ProxyConfig {
             max_prepared_statements_per_session: 1024,
             takeover_socket: String::new(),
             compression: true,
+            rsa_private_key: String::new(),
             tls: None,
         }
     }
@@ -633,6 +639,15 @@ impl MonitorConfig {
 impl Config {
     /// Loads `path` (which must exist) over the defaults, then `SLUICE_SECTION__KEY`
     /// environment variables, and validates the result.
+    /// `[proxy] rsa_private_key`, read (`None` when not set).
+    pub fn rsa_key(&self) -> Result<Option<std::sync::Arc<crate::rsa_auth::ServerKey>>, String> {
+        if self.proxy.rsa_private_key.is_empty() {
+            return Ok(None);
+        }
+        crate::rsa_auth::ServerKey::load(&self.base_dir.join(&self.proxy.rsa_private_key))
+            .map(|k| Some(std::sync::Arc::new(k)))
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         if !path.exists() {
             return Err(ConfigError::Missing(path.to_path_buf()));
@@ -670,6 +685,11 @@ impl Config {
         crate::tls::client_acceptor(&config).map_err(|msg| ConfigError::Invalid {
             file: path.to_path_buf(),
             key: "proxy.tls".into(),
+            msg,
+        })?;
+        config.rsa_key().map_err(|msg| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: "proxy.rsa_private_key".into(),
             msg,
         })?;
         Ok(config)

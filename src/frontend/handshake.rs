@@ -220,6 +220,9 @@ pub struct AuthOptions {
     pub greeting_plugin: AuthPlugin,
     /// Offer `CLIENT_COMPRESS` (the caller then compresses after the login's OK).
     pub compression: bool,
+    /// `[proxy] rsa_private_key`: caching_sha2_password's full authentication on plaintext
+    /// links by the RSA exchange.
+    pub rsa: Option<std::sync::Arc<crate::rsa_auth::ServerKey>>,
 }
 
 /// Sends `payload` with sequence id `seq` during the login and reads the client's answer,
@@ -377,10 +380,56 @@ pub async fn authenticate(
         .as_ref()
         .is_some_and(|u| check_address && !super::firewall::user_admits(u, client.peer.ip()));
     // Checked whatever the address: the answer takes the same time either way.
-    let mut ok = user
+    let verified = user
         .as_mut()
-        .is_some_and(|u| verify_user(u, plugin, &salt, &token))
-        && address_ok;
+        .is_some_and(|u| verify_user(u, plugin, &salt, &token));
+    let mut ok = verified && address_ok;
+    let tls = client.stream.get_ref().tls_info().is_some();
+    // caching_sha2_password: as MySQL does, a full authentication for a user not in the cache
+    // and for a scramble that does not verify (a client that computes it differently — sqlx
+    // 0.8 hashes the nonce first — or a stale cache), when the link can carry the password:
+    // TLS, or Sluice's RSA key (`[proxy] rsa_private_key`). Without either, a plaintext link
+    // keeps the fast path alone: Sluice holds the password, so a good scramble proves it.
+    // Unknown names and refused addresses are asked too, so that the exchange does not tell
+    // them apart from a wrong password.
+    let sha2_full = plugin == AuthPlugin::CachingSha2
+        && !token.is_empty()
+        && (tls || opts.rsa.is_some())
+        && !user.as_ref().is_some_and(|u| u.db.is_some())
+        && (!verified || user.as_ref().is_some_and(|u| !users.sha2_cached(u)));
+    if sha2_full {
+        let full = sluice_proto::scramble::SHA2_PERFORM_FULL_AUTH;
+        let mut reply = ask(client, seq, &full, "full authentication").await?;
+        seq = reply.last_seq.wrapping_add(1);
+        let clear = match &opts.rsa {
+            Some(key) if !tls => {
+                if reply.payload[..] == [crate::rsa_auth::REQUEST_PUBLIC_KEY] {
+                    let mut msg = Vec::with_capacity(1 + key.public_pem.len());
+                    msg.push(0x01);
+                    msg.extend_from_slice(&key.public_pem);
+                    reply = ask(client, seq, &msg, "public key").await?;
+                    seq = reply.last_seq.wrapping_add(1);
+                }
+                key.decrypt_password(&reply.payload, &salt)
+            }
+            _ => Some(
+                reply
+                    .payload
+                    .strip_suffix(&[0])
+                    .unwrap_or(&reply.payload)
+                    .to_vec(),
+            ),
+        };
+        ok = address_ok
+            && user.as_ref().is_some_and(|u| {
+                clear.is_some_and(|c| {
+                    sluice_proto::scramble::constant_time_eq(&c, u.password.as_bytes())
+                })
+            });
+        if ok {
+            users.sha2_remember(user.as_ref().expect("checked above"));
+        }
+    }
     if let (true, Some(e)) = (ok, &refusal) {
         client.send_err(seq, e).await?;
         let name = String::from_utf8_lossy(&response.username).into_owned();
@@ -389,27 +438,11 @@ pub async fn authenticate(
             String::from_utf8_lossy(&e.message).into_owned(),
         ));
     }
-    if ok && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
-        let u = user.as_ref().expect("verified above");
-        let tls = client.stream.get_ref().tls_info().is_some();
-        if tls && !users.sha2_cached(u) {
-            // As MySQL does for a user not in its cache: the password itself, which only an
-            // encrypted link may carry (plaintext links keep the fast path: Sluice holds the
-            // password, so the scramble already proved it).
-            let full = sluice_proto::scramble::SHA2_PERFORM_FULL_AUTH;
-            let reply = ask(client, seq, &full, "full authentication").await?;
-            seq = reply.last_seq.wrapping_add(1);
-            let clear = reply.payload.strip_suffix(&[0]).unwrap_or(&reply.payload);
-            ok = sluice_proto::scramble::constant_time_eq(clear, u.password.as_bytes());
-            if ok {
-                users.sha2_remember(u);
-            }
-        } else {
-            client
-                .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)
-                .await?;
-            seq = seq.wrapping_add(1);
-        }
+    if ok && !sha2_full && plugin == AuthPlugin::CachingSha2 && !token.is_empty() {
+        client
+            .write_packet(seq, &sluice_proto::scramble::SHA2_FAST_AUTH_SUCCESS)
+            .await?;
+        seq = seq.wrapping_add(1);
     }
     match (ok, user) {
         (true, Some(u)) => Ok(Authenticated {

@@ -285,10 +285,11 @@ impl Session {
         let capture_gtid = primary && ryw && self.st.wrote;
         let capture_lii = self.st.lii_dirty && self.st.lii_conn == Some(l.conn.id);
         if capture_gtid || capture_lii {
+            let mysql = l.conn.is_mysql();
             let sql: &[u8] = match (capture_lii, capture_gtid) {
-                (true, true) => b"\x03SELECT LAST_INSERT_ID(), @@last_gtid",
+                (true, true) => super::gtid::read_insert_id_and_last(mysql),
                 (true, false) => b"\x03SELECT LAST_INSERT_ID()",
-                _ => b"\x03SELECT @@last_gtid",
+                _ => super::gtid::read_last(mysql, true),
             };
             match l.conn.control_row(sql).await {
                 Ok(Some(row)) => {
@@ -305,8 +306,7 @@ impl Session {
                         self.st.last_gtid = it
                             .next()
                             .flatten()
-                            .map(|g| String::from_utf8_lossy(&g).into_owned())
-                            .filter(|g| !g.is_empty());
+                            .and_then(|g| super::gtid::clean(&g, mysql));
                         self.st.wrote = false;
                     }
                 }
@@ -365,7 +365,19 @@ impl Session {
         st: &mut super::session_state::SessionState,
         now: u64,
     ) {
-        st.lii = super::session_state::insert_id_after(st.lii, conn.insert_id_seen, now, st.lii_ok);
+        st.lii = if st.lii_in_sync {
+            now
+        } else if conn.insert_id_seen == crate::backend::INSERT_ID_UNKNOWN {
+            // What the connection had before is not known: an insert id its OK reported is a
+            // generated one (the session's); any other value is another session's.
+            if now == st.lii_ok {
+                now
+            } else {
+                st.lii
+            }
+        } else {
+            super::session_state::insert_id_after(st.lii, conn.insert_id_seen, now, st.lii_ok)
+        };
         conn.insert_id_seen = now;
         st.lii_dirty = false;
         st.lii_conn = None;
@@ -378,6 +390,10 @@ impl Session {
         st: &mut super::session_state::SessionState,
     ) -> Result<(), BackendError> {
         if st.lii_dirty && st.lii_conn == Some(conn.id) {
+            if st.lii_in_sync {
+                // The connection's value is the session's: read as is (learned at release).
+                return Ok(());
+            }
             let row = conn.control_row(b"\x03SELECT LAST_INSERT_ID()").await?;
             let now = row
                 .and_then(|r| r.into_iter().next().flatten())

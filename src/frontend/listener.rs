@@ -38,6 +38,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
     let mut shutdown = shared.shutdown.clone();
     let shared_for_abort = shared.clone();
     loop {
+        if *shutdown.borrow() {
+            break;
+        }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -50,9 +53,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
             },
             _ = shutdown.changed() => break,
         };
-        if *shutdown.borrow() {
-            break;
-        }
+        // A connection accepted as the shutdown began is served like any other (dropping it
+        // would close it under a client that a takeover promised to serve): the loop stops
+        // at its next turn.
         let _ = stream.set_nodelay(true);
         // Over the limit: refused before the handshake, as MySQL does (error 1040 in place of
         // the greeting), with nothing allocated for the session.

@@ -4,6 +4,7 @@
 pub(crate) mod client;
 mod error;
 pub mod firewall;
+mod gtid;
 pub(crate) mod handshake;
 mod kill;
 mod lease;

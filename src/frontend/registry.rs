@@ -36,6 +36,11 @@ pub struct SessionInfo {
     /// The server and thread the current (or last) statement was sent to, packed
     /// (`kill::pack`; `u64::MAX` = none): what `KILL QUERY` interrupts.
     pub running: AtomicU64,
+    /// The session waits for its client's next command (in its command loop).
+    pub waiting: AtomicBool,
+    /// A `KILL` of a waiting session: it closes itself (over TLS with a close_notify, as a
+    /// server does) instead of being aborted.
+    pub killed: KillSignal,
     abort: Mutex<Option<AbortHandle>>,
 }
 
@@ -55,6 +60,8 @@ impl SessionInfo {
             last_server: AtomicUsize::new(usize::MAX),
             tls: std::sync::OnceLock::new(),
             running: AtomicU64::new(u64::MAX),
+            waiting: AtomicBool::new(false),
+            killed: KillSignal::default(),
             abort: Mutex::new(None),
         }
     }
@@ -68,6 +75,37 @@ impl SessionInfo {
 
     pub fn names(&self) -> (String, Option<String>) {
         self.names.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
+/// A one-shot signal a session waits on between commands. Lock-free and allocation-free to
+/// wait on (a flag and a waker slot): the wait is set up on every command's turn.
+#[derive(Default)]
+pub struct KillSignal {
+    set: AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl KillSignal {
+    pub fn fire(&self) {
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves once `fire` was called (at once if it already was).
+    pub fn fired(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Fired between the check and the registration: seen here.
+            if self.set.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 }
 
@@ -113,8 +151,9 @@ impl Registry {
         v
     }
 
-    /// Ends a session at once: its task is aborted, its connections are closed (never
-    /// returned to a pool). Returns whether it existed.
+    /// Ends a session at once: a session waiting for its client closes itself (TLS closed
+    /// properly, held connections back to their pools); a busy one is aborted and its
+    /// connections are closed (never returned to a pool). Returns whether it existed.
     pub fn kill(&self, id: u32) -> bool {
         let Some(info) = self.get(id) else {
             return false;
@@ -122,7 +161,13 @@ impl Registry {
         let h = info.abort.lock().ok().and_then(|mut a| a.take());
         match h {
             Some(h) => {
-                h.abort();
+                if info.waiting.load(Ordering::Relaxed) {
+                    // Idle: it closes its client connection itself, at once (the permit is
+                    // kept if it just started a command: it closes after that command).
+                    info.killed.fire();
+                } else {
+                    h.abort();
+                }
                 self.remove(id);
                 true
             }
@@ -150,5 +195,35 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.shared.sessions.remove(self.id);
         self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KillSignal;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_kill_signal_wakes_its_waiter_and_stays_fired() {
+        let k = Arc::new(KillSignal::default());
+        // Not fired: the wait does not end.
+        assert!(tokio::time::timeout(Duration::from_millis(20), k.fired())
+            .await
+            .is_err());
+        let waiter = {
+            let k = k.clone();
+            tokio::spawn(async move { k.fired().await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        k.fire();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter is woken")
+            .unwrap();
+        // Fired before a wait begins: it ends at once.
+        tokio::time::timeout(Duration::from_millis(100), k.fired())
+            .await
+            .expect("already fired");
     }
 }

@@ -299,7 +299,7 @@ impl Session {
             return false;
         };
         let timeout = self.routing.read_your_writes_timeout_ms as f64 / 1000.0;
-        let sql = format!("\u{3}SELECT MASTER_GTID_WAIT('{gtid}', {timeout})");
+        let sql = super::gtid::wait_on_replica(rc.conn.is_mysql(), &gtid, timeout);
         match rc
             .conn
             .control_value(sql.as_bytes(), sluice_proto::tracker::ResponseKind::Query)
@@ -341,30 +341,22 @@ impl Session {
     /// connection went back to the pool without it) the primary's binlog position, which
     /// includes it.
     async fn learn_last_gtid(&mut self) -> bool {
-        let sql: &[u8] = if self.primary.is_some() {
-            b"\x03SELECT @@last_gtid"
-        } else {
-            b"\x03SELECT @@global.gtid_binlog_pos"
-        };
-        if self.primary.is_none() && self.lease_primary().await.is_err() {
+        let held = self.primary.is_some();
+        if !held && self.lease_primary().await.is_err() {
             return false;
         }
         let Some(p) = self.primary.as_mut() else {
             return false;
         };
+        let mysql = p.conn.is_mysql();
+        let sql = super::gtid::read_last(mysql, held);
         match p
             .conn
             .control_value(sql, sluice_proto::tracker::ResponseKind::Query)
             .await
         {
             Ok(Ok((_, v))) => {
-                self.st.last_gtid =
-                    v.map(|g| String::from_utf8_lossy(&g).into_owned())
-                        .filter(|g| {
-                            !g.is_empty()
-                                && g.bytes()
-                                    .all(|b| b.is_ascii_digit() || b == b'-' || b == b',')
-                        });
+                self.st.last_gtid = v.and_then(|g| super::gtid::clean(&g, mysql));
                 self.st.wrote = false;
                 true
             }

@@ -84,6 +84,9 @@ pub(super) struct Session {
     last_command: tokio::time::Instant,
     /// When this session first saw the shutdown (drain) signal.
     drain_started: Option<tokio::time::Instant>,
+    /// The client has sent a command since its login (a session that has not is given
+    /// longer before a drain closes it: its client is most likely about to use it).
+    commanded: bool,
     idle_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The user and database last shown to the admin port (published only when they change).
     published_user: String,
@@ -215,6 +218,7 @@ pub async fn run(
         known_digests: Default::default(),
         last_command: tokio::time::Instant::now(),
         drain_started: None,
+        commanded: false,
         idle_timer: Box::pin(tokio::time::sleep(Duration::from_millis(
             snapshot_idle_ms.max(1),
         ))),
@@ -227,6 +231,8 @@ pub async fn run(
         return Ok(());
     }
     tracing::debug!("client authenticated");
+    // Quiet time counts from the login's answer, not from the session's creation.
+    s.last_command = tokio::time::Instant::now();
     let result = s.command_loop().await;
     let orderly = matches!(result, Ok(()) | Err(SessionError::ClientClosed));
     s.finish(orderly).await;
@@ -323,6 +329,7 @@ impl Session {
         loop {
             self.idle = true;
             self.info.busy.store(false, Ordering::Relaxed);
+            self.info.waiting.store(true, Ordering::Relaxed);
             if *shutdown.borrow() && self.may_close_for_shutdown() {
                 return self.close().await;
             }
@@ -330,6 +337,7 @@ impl Session {
                 continue;
             };
             self.idle = false;
+            self.info.waiting.store(false, Ordering::Relaxed);
             self.info.busy.store(true, Ordering::Relaxed);
             if self.shared.routing_gen.load(Ordering::Acquire) != self.routing.generation {
                 self.refresh_snapshot();
@@ -431,7 +439,20 @@ impl Session {
             .get_or_insert_with(tokio::time::Instant::now);
         let half_grace = Duration::from_millis(self.routing.config.proxy.shutdown_grace_ms / 2);
         !self.st.in_transaction()
-            && (self.last_command.elapsed() >= DRAIN_QUIET || started.elapsed() >= half_grace)
+            && (self.last_command.elapsed() >= self.drain_quiet()
+                || started.elapsed() >= half_grace)
+    }
+
+    /// How long a draining session waits for its client to be quiet: `DRAIN_QUIET` after a
+    /// command; before the first one, `FIRST_COMMAND_QUIET` (a client that just logged in,
+    /// on a loaded machine, may take longer than 200 ms to send its first statement, and
+    /// closing it then looks to the client like a failed connect).
+    fn drain_quiet(&self) -> Duration {
+        if self.commanded {
+            DRAIN_QUIET
+        } else {
+            FIRST_COMMAND_QUIET
+        }
     }
 
     /// Waits for the client's next command, watching the held connections meanwhile. `None`
@@ -455,7 +476,7 @@ impl Session {
         }
         let hold_until = self.hold_until;
         let drain_at = (*shutdown.borrow() && !self.st.in_transaction())
-            .then(|| self.last_command + DRAIN_QUIET);
+            .then(|| self.last_command + self.drain_quiet());
         let primary = self.primary.as_mut().map(|l| &mut l.conn);
         let replica = self.replica.as_mut().map(|l| &mut l.conn);
         let client = &mut self.client;
@@ -466,6 +487,7 @@ impl Session {
             r = client.next_packet() => match r {
                 Ok(ext) => {
                     self.hold_until = None;
+                    self.commanded = true;
                     self.last_command = tokio::time::Instant::now();
                     Ok(Some(ext))
                 }
@@ -503,6 +525,12 @@ impl Session {
             }
             _ = shutdown.changed() => Ok(None),
             _ = until(drain_at) => Ok(None),
+            _ = self.info.killed.fired() => {
+                // KILL by its user or the admin port: the client sees its connection closed
+                // (TLS closed properly first), as after a server-side kill.
+                self.close().await?;
+                Err(SessionError::ClientClosed)
+            }
         }
     }
 
@@ -674,12 +702,14 @@ impl Session {
         let conn = self.conn(on);
         let (rows, warnings, insert_id) = (conn.last_rows, conn.last_warnings, conn.last_insert_id);
         let replica = on == Held::Replica;
+        // One clock read per statement.
+        let took = started.elapsed();
         if let Some(d) = digest {
             self.shared
                 .digests
-                .record(d, started.elapsed(), rows, replica, outcome.error);
+                .record(d, took, rows, replica, outcome.error);
         }
-        self.count(replica.then(|| self.server_of(on)), class, started);
+        self.count(replica.then(|| self.server_of(on)), class, took);
         if class == StatementClass::Read {
             let c = if replica {
                 &self.shared.counters.replica_reads
@@ -711,7 +741,12 @@ impl Session {
         let conn_id = self.conn(on).id;
         if insert_id != 0 || plan.reads.insert_id {
             // LAST_INSERT_ID() of this connection may be the session's now.
-            if self.st.lii_dirty && self.st.lii_conn == Some(conn_id) && insert_id == 0 {
+            let dirty_here = self.st.lii_dirty && self.st.lii_conn == Some(conn_id);
+            if !dirty_here {
+                self.st.lii_in_sync =
+                    !self.st.lii_dirty && self.conn(on).insert_id_seen == self.st.lii;
+            }
+            if dirty_here && insert_id == 0 {
                 // Keep the insert id an earlier statement on this connection reported.
             } else {
                 self.st.lii_ok = insert_id;
@@ -749,11 +784,21 @@ impl Session {
             self.st.pins &= !PinReason::NextTransaction.bit();
         }
         let mut a = plan.applied.clone();
-        if !matches!(plan.class, StatementClass::SessionSet | StatementClass::Use) {
-            // State changed by what Sluice does not parse (a procedure's `USE`, `SET`),
-            // as the server reported it.
-            if let Some(ok) = self.conn_mut(on).session_state.take() {
-                learn_session_state(&ok, self.capabilities, &mut a);
+        let tracked = self.conn_mut(on).session_state.take();
+        if let Some(ok) = &tracked {
+            if !matches!(plan.class, StatementClass::SessionSet | StatementClass::Use) {
+                // State changed by what Sluice does not parse (a procedure's `USE`, `SET`),
+                // as the server reported it.
+                learn_session_state(ok, self.capabilities, &mut a);
+            }
+            // MySQL: the GTID of what this statement committed (src/frontend/gtid.rs).
+            if on == Held::Primary && self.conn(on).is_mysql() {
+                if let Some(g) = super::gtid::own_gtid(ok, self.capabilities) {
+                    self.st.last_gtid = Some(g);
+                    if !self.st.in_transaction() {
+                        self.st.wrote = false;
+                    }
+                }
             }
         }
         if !a.sets.is_empty() || a.db.is_some() {
@@ -1102,11 +1147,16 @@ impl Session {
     /// Gives back or closes every held connection (COM_CHANGE_USER, the end).
     async fn drop_all_held(&mut self) {
         let clean = self.idle_state_clean();
-        for l in [self.primary.take(), self.replica.take()]
+        for mut l in [self.primary.take(), self.replica.take()]
             .into_iter()
             .flatten()
         {
             self.info.held.fetch_sub(1, Ordering::Relaxed);
+            if self.st.lii_dirty && self.st.lii_conn == Some(l.conn.id) {
+                // The session's statements may have changed its LAST_INSERT_ID(), unread:
+                // the next session that reads it there sets it first.
+                l.conn.insert_id_seen = crate::backend::INSERT_ID_UNKNOWN;
+            }
             if clean && !l.conn.has_unread() {
                 if let Some(slot) = self.routing.slot(l.server) {
                     slot.pool.release(l.conn);
@@ -1207,11 +1257,11 @@ impl Session {
         &self,
         server: Option<usize>,
         class: StatementClass,
-        started: std::time::Instant,
+        took: std::time::Duration,
     ) {
         let route = usize::from(server.is_some());
         self.shared.counters.queries[route][class.index()].fetch_add(1, Ordering::Relaxed);
-        self.shared.metrics.query_seconds[route].observe(started.elapsed().as_secs_f64());
+        self.shared.metrics.query_seconds[route].observe(took.as_secs_f64());
         let at = server.unwrap_or_else(|| self.primary.as_ref().map_or(usize::MAX, |p| p.server));
         self.info.last_server.store(at, Ordering::Relaxed);
         if let Some(slot) = self.routing.slot(at) {
@@ -1335,6 +1385,8 @@ fn wait_timeout_secs(assignment: &[u8]) -> Option<u64> {
 
 /// How long a client must have been quiet before a draining session closes it.
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
+/// The same before the client's first command after its login.
+const FIRST_COMMAND_QUIET: Duration = Duration::from_secs(2);
 
 async fn until(at: Option<tokio::time::Instant>) {
     match at {

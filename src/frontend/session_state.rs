@@ -72,6 +72,11 @@ pub struct SessionState {
     pub lii_dirty: bool,
     pub lii_conn: Option<u64>,
     pub lii_ok: u64,
+    /// While `lii_dirty`: `lii_conn`'s LAST_INSERT_ID() was the session's when the first of
+    /// those statements ran, so it is the session's now (the server applied to it exactly
+    /// what it would have on a direct connection) — a statement held there reads it as is,
+    /// and nothing runs before it that would reset `ROW_COUNT()`.
+    pub lii_in_sync: bool,
     pub stmts: HashMap<u32, Stmt>,
     pub next_stmt: u32,
     /// The statement whose cursor is open, and the one long data was sent for.

@@ -108,15 +108,37 @@ pub struct Pending {
 /// Digests one session knows to be in the store (so their text need not be built).
 #[derive(Default)]
 pub struct KnownDigests {
-    set: std::collections::HashSet<u64>,
+    set: std::collections::HashSet<u64, DigestBuild>,
     generation: u64,
 }
 
 /// Digests a session remembers before it starts over.
 const KNOWN_PER_SESSION: usize = 256;
 
+/// Hashes a digest (already a 64-bit hash of the normalized text) with one multiplication
+/// instead of SipHash: every statement looks its digest up twice (the session's known set and
+/// the store). The multiplication spreads the bits the store's sharding fixes (the top 4).
+#[derive(Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32);
+    }
+}
+
+type DigestBuild = std::hash::BuildHasherDefault<DigestHasher>;
+
 pub struct Digests {
-    shards: Vec<Mutex<HashMap<u64, DigestEntry>>>,
+    shards: Vec<Mutex<HashMap<u64, DigestEntry, DigestBuild>>>,
     /// Raised by every reset: a session's cache of digests known to exist is then stale.
     generation: std::sync::atomic::AtomicU64,
     entries: AtomicUsize,
@@ -127,7 +149,9 @@ pub struct Digests {
 impl Digests {
     pub fn new(enabled: bool, max_entries: usize) -> Self {
         Digests {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             generation: Default::default(),
             entries: AtomicUsize::new(0),
             enabled: AtomicBool::new(enabled),
@@ -141,7 +165,7 @@ impl Digests {
         self.max_entries.store(max_entries, Ordering::Relaxed);
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<HashMap<u64, DigestEntry>> {
+    fn shard(&self, hash: u64) -> &Mutex<HashMap<u64, DigestEntry, DigestBuild>> {
         &self.shards[(hash >> 60) as usize % SHARDS]
     }
 

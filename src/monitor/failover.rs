@@ -51,10 +51,7 @@ pub fn assess(m: &Monitor, dead: usize) -> Assessment {
         // periods is attached to a hung or black-holed primary.
         if rep.io_yes() && m.link_silent(i).is_none() {
             receiving.push(i);
-        } else if m.srv[i].io_ok || (!rep.io_yes() && cannot_connect(rep.last_io_errno)) {
-            // It had a working link that broke, or (a process that has just started, and
-            // never saw the link work) the replica itself reports that it cannot reach the
-            // primary.
+        } else if m.srv[i].io_ok {
             confirming.push(i);
         }
     }
@@ -65,12 +62,6 @@ pub fn assess(m: &Monitor, dead: usize) -> Assessment {
     } else {
         Assessment::Unconfirmed("no reachable replica had a working link to the primary".into())
     }
-}
-
-/// IO-thread errors that mean the replica cannot reach its source: can't connect (2003),
-/// lost or reset connection (2013, 2006), unknown host (2005).
-fn cannot_connect(errno: u32) -> bool {
-    matches!(errno, 2003 | 2005 | 2006 | 2013)
 }
 
 /// How a repointed server is doing right after `START SLAVE`.

@@ -818,12 +818,7 @@ impl Monitor {
 
     /// No primary this round: decide whether the known primary is dead and what to do.
     async fn on_no_primary(&mut self) {
-        // Not seen since start (a restart during an outage or in the middle of a failover):
-        // the server the replicas follow, if it is down, is the primary to assess.
-        let Some(k) = self
-            .known_primary
-            .or_else(|| self.primary_the_replicas_follow())
-        else {
+        let Some(k) = self.known_primary else {
             self.state = MonitorState::NoPrimary;
             return;
         };

@@ -1,6 +1,7 @@
 """One scenario, run with a Python driver against a port (Sluice or MariaDB directly); what it
 prints is compared between the two. Usage: scenario.py MODULE PORT DATABASE"""
 import sys
+import time
 
 mod, port, db = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if mod == "mysql.connector":
@@ -17,6 +18,12 @@ elif mod == "MySQLdb":
                       local_infile=1, **kw)
         c.autocommit(autocommit)
         return c
+elif mod == "pymysql":
+    import pymysql as m
+
+    def connect(**kw):
+        return m.connect(host="127.0.0.1", port=port, user="app", password="app-pw",
+                         charset="utf8mb4", local_infile=True, **kw)
 else:
     raise SystemExit(f"unknown driver {mod}")
 
@@ -83,6 +90,94 @@ c2 = connect(autocommit=True)
 cur2 = c2.cursor()
 cur2.execute(f"SELECT COUNT(*), SUM(id) FROM {db}.t")
 out("autocommit read", cur2.fetchone())
+# Several result sets from one multi-statement query.
+if mod == "mysql.connector":
+    mc = connect(autocommit=True, database=db)
+elif mod == "pymysql":
+    from pymysql.constants import CLIENT
+
+    mc = connect(autocommit=True, database=db, client_flag=CLIENT.MULTI_STATEMENTS)
+else:
+    from MySQLdb.constants import CLIENT
+
+    mc = connect(autocommit=True, db=db, client_flag=CLIENT.MULTI_STATEMENTS)
+mcur = mc.cursor()
+mcur.execute("SELECT 1 AS a; SELECT 'two' AS b, 2 AS c; SELECT COUNT(*) AS n FROM t")
+sets = []
+for _ in range(10):
+    sets.append((mcur.fetchall(), [d[0] for d in mcur.description]))
+    if not mcur.nextset():
+        break
+out("multi", sets)
+mcur.close()
+# COM_CHANGE_USER to another account, then a wrong password (which ends the connection).
+if mod == "pymysql":
+    out("PyMySQL has no COM_CHANGE_USER")
+elif mod == "mysql.connector":
+    mc.cmd_change_user(username="other", password="other-pw", database=db)
+else:
+    mc.change_user("other", "other-pw", db)
+if mod != "pymysql":
+    mcur = mc.cursor()
+    mcur.execute(f"SELECT CURRENT_USER(), DATABASE() = '{db}', @@time_zone")
+    out("changed user", mcur.fetchone())
+    mcur.close()
+    try:
+        if mod == "mysql.connector":
+            mc.cmd_change_user(username="other", password="wrong", database=db)
+        else:
+            mc.change_user("other", "wrong", db)
+        out("wrong password accepted")
+    except m.Error as e:
+        out("change user refused", e.args[0])
+# Character sets: the same stored text read by a client in each character set, with the text
+# and the binary protocol (mysql.connector), autocommit reads (a replica through Sluice). The
+# bytes as they arrive (no decoding) and the column metadata are printed.
+cur.execute(f"CREATE TABLE {db}.cs (id INT PRIMARY KEY, s VARCHAR(20) CHARACTER SET utf8mb4)")
+cur.execute(f"INSERT INTO {db}.cs VALUES (1, %s), (2, %s), (3, 'abc')",
+            ("\u041f\u0440\u0438\u0432\u0435\u0442", "caf\u00e9"))
+c.commit()
+# Through Sluice the reads below go to the replicas, which get the rows a moment later: wait
+# (bounded) until four reads in a row see them, as an application reading its own writes from
+# a new connection would have to.
+w = connect(autocommit=True)
+wc = w.cursor()
+seen = 0
+for _ in range(200):
+    wc.execute(f"SELECT COUNT(*) FROM {db}.cs")
+    seen = seen + 1 if wc.fetchone()[0] == 3 else 0
+    if seen == 4:
+        break
+    time.sleep(0.01)
+out("replicated", seen == 4)
+w.close()
+for cs in ["cp1251", "koi8r", "cp866", "latin1", "utf8mb4", "binary"]:
+    try:
+        if mod in ("mysql.connector", "pymysql"):
+            k = m.connect(host="127.0.0.1", port=port, user="app", password="app-pw", charset=cs,
+                          use_unicode=False, autocommit=True)
+        else:
+            k = m.connect(host="127.0.0.1", port=port, user="app", password="app-pw", charset=cs,
+                          use_unicode=False)
+            k.autocommit(True)
+        kc = k.cursor()
+        kc.execute(f"SELECT s, id, @@character_set_results, @@collation_connection FROM {db}.cs "
+                   "ORDER BY id")
+        rows = kc.fetchall()
+        out(cs, "text", [tuple(bytes(v).hex() if isinstance(v, (bytes, bytearray)) else v for v in r)
+                         for r in rows], kc.description)
+        if mod == "mysql.connector":
+            kp = k.cursor(prepared=True)
+            kp.execute(f"SELECT s, id FROM {db}.cs WHERE id > ? ORDER BY id", (0,))
+            prow = kp.fetchall()
+            out(cs, "prepared", [tuple(bytes(v).hex() if isinstance(v, (bytes, bytearray)) else v
+                                       for v in r) for r in prow], kp.description)
+            kp.close()
+        k.close()
+    except LookupError as e:
+        # The driver itself cannot use this character set (directly as well): it needs a
+        # Python codec of that name (mysql.connector has none for koi8r, MySQLdb for binary).
+        out(cs, "not usable by the driver:", e)
 # KILL with the id the driver got in the greeting: the victim's next statement fails.
 victim = connect(autocommit=True)
 vid = victim.connection_id if mod == "mysql.connector" else victim.thread_id()
