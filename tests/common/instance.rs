@@ -39,36 +39,54 @@ impl Instance {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Instance {
-        let (port, admin, metrics) = (node_free_port(), node_free_port(), node_free_port());
-        let text = topo.config_toml(&format!("127.0.0.1:{port}")).replace(
-            "[admin]\n",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
-        ) + extra
-            + &format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
+        // The ports are free when chosen, but another test's server or client may take one
+        // before this process binds it: a start that fails with "in use" is retried with new
+        // ports (bounded); any other failure shows the process's log.
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, text).unwrap();
-        let child = tokio::process::Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start sluice run");
-        let i = Instance {
-            child,
-            port,
-            admin,
-            config,
-        };
-        super::eventually(
-            "sluice run accepts clients",
-            Duration::from_secs(20),
-            || async move { Conn::new(opts(port, USER, PASSWORD)).await.is_ok() },
-        )
-        .await;
-        i
+        let log = dir.join(format!("{name}.log"));
+        for attempt in 1..=3 {
+            let (port, admin, metrics) = (node_free_port(), node_free_port(), node_free_port());
+            let text = topo.config_toml(&format!("127.0.0.1:{port}")).replace(
+                "[admin]\n",
+                &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+            ) + extra
+                + &format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
+            std::fs::write(&config, text).unwrap();
+            let child = tokio::process::Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(&config)
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start sluice run");
+            let mut i = Instance {
+                child,
+                port,
+                admin,
+                config: config.clone(),
+            };
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if Conn::new(opts(port, USER, PASSWORD)).await.is_ok() {
+                    return i;
+                }
+                if let Ok(Some(status)) = i.child.try_wait() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("in use") && attempt < 3 {
+                        break;
+                    }
+                    panic!("sluice run exited ({status}) before accepting clients:\n{text}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if i.child.try_wait().ok().flatten().is_none() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("sluice run did not accept clients within 30 s; its log:\n{text}");
+            }
+        }
+        panic!("sluice run found no free ports in 3 attempts");
     }
 
     /// A second `sluice run` with the same config file (a rolling restart), its log kept.
