@@ -373,17 +373,9 @@ fn sd_notify(state: &str) {
 /// arenas: after a storm of 60,000 logins the heap was back to 1.5 MiB (heaptrack: nothing
 /// leaked that grows with logins) but the resident size stayed 3 MiB above its baseline.
 /// A trim of a heap this size takes microseconds.
-async fn return_freed_memory(mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
+async fn return_freed_memory(shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = crate::state::Ticker::new(std::time::Duration::from_secs(10), shutdown);
+    while ticker.next().await {
         trim_heap();
     }
 }

@@ -405,17 +405,9 @@ pub async fn cut_deposed(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
 /// Keeps `[proxy] pool_min_idle` warm connections per server (logged in as the first
 /// `[[users]]` entry, with the common client capabilities), checking once a second until
 /// shutdown. Removed servers are skipped; a server that refuses is retried at the next round.
-pub async fn keep_pools_warm(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
+pub async fn keep_pools_warm(shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let mut ticker = Ticker::new(std::time::Duration::from_secs(1), shutdown);
+    while ticker.next().await {
         let routing = shared.routing();
         let min = routing.config.proxy.pool_min_idle as usize;
         let Some(user) = routing.config.users.first() else {
@@ -458,3 +450,66 @@ const WARM_CAPABILITIES: u64 = {
         | cap::CLIENT_DEPRECATE_EOF
         | cap::CLIENT_PLUGIN_AUTH
 };
+
+/// A periodic background job's clock: [`Ticker::next`] waits for the next tick (the first one
+/// at once; a late tick delays the following ones instead of bunching them) and answers
+/// `false` once shutdown has been signalled, so a job is `while ticker.next().await { … }`.
+pub struct Ticker {
+    tick: tokio::time::Interval,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Ticker {
+    pub fn new(period: std::time::Duration, shutdown: watch::Receiver<bool>) -> Ticker {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { tick, shutdown }
+    }
+
+    /// `true` at the next tick, `false` at shutdown (also when it was signalled before).
+    pub async fn next(&mut self) -> bool {
+        if *self.shutdown.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = self.tick.tick() => {}
+            r = self.shutdown.changed() => {
+                // The sender gone counts as shutdown, like a signalled one.
+                if r.is_err() {
+                    return false;
+                }
+            }
+        }
+        !*self.shutdown.borrow()
+    }
+}
+
+#[cfg(test)]
+mod ticker_tests {
+    use super::Ticker;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_until_shutdown_then_stops() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut t = Ticker::new(Duration::from_secs(10), rx);
+        let start = tokio::time::Instant::now();
+        assert!(t.next().await, "the first tick is at once");
+        assert!(t.next().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        tx.send(true).unwrap();
+        assert!(!t.next().await);
+        assert!(!t.next().await, "stays stopped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_while_waiting_ends_the_wait() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut t = Ticker::new(Duration::from_secs(3600), rx);
+        assert!(t.next().await);
+        let waiting = tokio::spawn(async move { t.next().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(true).unwrap();
+        assert!(!waiting.await.unwrap());
+    }
+}

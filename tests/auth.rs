@@ -374,24 +374,7 @@ async fn caching_sha2_full_authentication_without_tls_uses_the_servers_rsa_key()
     use sluice::config::Secret;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("rsa.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let key = common::certs::rsa_key(dir.path());
     let key_path = key.display().to_string();
     let server = sha2_only_server(|c| c.proxy.rsa_private_key = key_path).await;
     let addr = server.addr.to_string();

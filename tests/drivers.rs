@@ -104,24 +104,7 @@ fn assert_same_lines(direct: &str, other: &str, what: &str) {
 /// offered; they then send the password inside TLS).
 async fn sha2_sluice(h: &Harness) -> (sluice::server::Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("rsa.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let key = common::certs::rsa_key(dir.path());
     let pki = common::certs::make(dir.path(), "sha2");
     let mut config = (*h.config).clone();
     config.proxy.tls = Some(sluice::config::ProxyTlsConfig {

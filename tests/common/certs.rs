@@ -38,3 +38,28 @@ pub fn make(dir: &Path, name: &str) -> TestPki {
     std::fs::write(&pki.key, key.serialize_pem()).unwrap();
     pki
 }
+
+/// Writes a 2048-bit RSA private key (PKCS#8 PEM, made by `openssl genpkey`) to
+/// `dir/rsa.pem`: the key a caching_sha2_password server side uses for full authentication
+/// without TLS.
+pub fn rsa_key(dir: &Path) -> PathBuf {
+    let key = dir.join("rsa.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
+}
