@@ -313,3 +313,76 @@ async fn load_data_local_infile_raw() {
     assert_eq!(outcomes[1].1, 3000);
     h.shutdown().await;
 }
+
+/// A client that vanishes in the middle of a `LOAD DATA LOCAL` (its file half sent, no final
+/// empty packet): directly, the server abandons the statement and keeps none of the rows sent
+/// so far; through Sluice the same — Sluice must not end the transfer on the client's behalf —
+/// and the server connection, left mid-transfer, is not pooled: with one server connection
+/// allowed, the next session works.
+#[tokio::test]
+async fn a_client_gone_in_the_middle_of_load_data_local_commits_nothing() {
+    use std::time::Duration;
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    h.root_sql(0, "DROP DATABASE IF EXISTS lv").await;
+    h.root_sql(0, "CREATE DATABASE lv").await;
+    h.root_sql(0, "CREATE TABLE lv.t (a INT PRIMARY KEY, b VARCHAR(20))")
+        .await;
+    let mut kept = Vec::new();
+    for (i, port) in [h.topo.nodes[0].port, h.addr.port()]
+        .into_iter()
+        .enumerate()
+    {
+        let (mut c, _) = RawConn::login(port, USER, PASSWORD, cap::CLIENT_DEPRECATE_EOF).await;
+        c.write(
+            0,
+            &query("LOAD DATA LOCAL INFILE 'half.csv' INTO TABLE lv.t FIELDS TERMINATED BY ','"),
+        )
+        .await;
+        let req = c.read_packet().await;
+        assert_eq!(req.payload[0], 0xFB, "LOCAL INFILE request");
+        // Unique keys per run: rows of the direct run cannot stand for the proxied one's.
+        let base = i * 100_000;
+        let data: String = (base..base + 3000)
+            .map(|n| format!("{n},row {n}\n"))
+            .collect();
+        let mut seq = req.seq.wrapping_add(1);
+        for chunk in data.as_bytes().chunks(10_000) {
+            c.write(seq, chunk).await;
+            seq = seq.wrapping_add(1);
+        }
+        drop(c);
+        common::eventually(
+            "the abandoned LOAD DATA to end on the server",
+            Duration::from_secs(20),
+            || async {
+                h.root_sql(
+                    0,
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'LOAD DATA%'",
+                )
+                .await
+                .trim()
+                    == "0"
+            },
+        )
+        .await;
+        let n = h
+            .root_sql(
+                0,
+                &format!(
+                    "SELECT COUNT(*) FROM lv.t WHERE a >= {base} AND a < {}",
+                    base + 3000
+                ),
+            )
+            .await;
+        kept.push(n.trim().to_string());
+    }
+    assert_eq!(kept, ["0", "0"], "rows kept (direct, through Sluice)");
+    // The one server connection was not handed on mid-transfer: a new session works.
+    let mut c = h.proxy_conn().await;
+    let one: Option<u32> = mysql_async::prelude::Queryable::query_first(&mut c, "SELECT 1")
+        .await
+        .expect("a session after the abandoned transfer");
+    assert_eq!(one, Some(1));
+    drop(c);
+    h.shutdown().await;
+}
