@@ -360,7 +360,8 @@ async fn sqlx_scenario(port: u16, db: &str, ssl: sqlx::mysql::MySqlSslMode) -> V
     }
     // Character sets: the same stored text read by a client in each character set, text and
     // prepared (autocommit reads: a replica through Sluice); the bytes as they arrive and the
-    // column types. sqlx has no COM_CHANGE_USER and no LOAD DATA LOCAL INFILE (launchbadge/sqlx#1766).
+    // column types. sqlx has no COM_CHANGE_USER and no LOAD DATA LOCAL INFILE
+    // (launchbadge/sqlx#1766).
     c.execute(
         "CREATE TABLE cs (id INT PRIMARY KEY, s VARCHAR(20) CHARACTER SET utf8mb4); \
          INSERT INTO cs VALUES (1, '\u{41f}\u{440}\u{438}\u{432}\u{435}\u{442}'), \
