@@ -233,6 +233,7 @@ impl Running {
     /// `[proxy] shutdown_grace_ms`), then stops the monitor.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        self.shared.sessions.drain_all();
         let _ = self.listener.await;
         // A reload may have changed it.
         self.grace = Duration::from_millis(self.shared.config().proxy.shutdown_grace_ms);

@@ -24,7 +24,7 @@ use super::connection::{negotiate, LOGIN_ONLY};
 use super::{connect, BackendConn, BackendError, LoginParams, SessionVars};
 
 struct Idle {
-    conn: BackendConn,
+    conn: Box<BackendConn>,
     since: Instant,
 }
 
@@ -39,7 +39,7 @@ fn same_key(c: &BackendConn, p: &LoginParams<'_>) -> bool {
 
 struct Waiter {
     since: Instant,
-    tx: tokio::sync::oneshot::Sender<BackendConn>,
+    tx: tokio::sync::oneshot::Sender<Box<BackendConn>>,
 }
 
 #[derive(Default)]
@@ -53,12 +53,22 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// A connection handed out by [`ServerPool::acquire`].
 pub struct Acquired {
-    pub conn: BackendConn,
+    pub conn: Box<BackendConn>,
     /// The server's OK when the connection logged in (or re-authenticated) for this lease;
     /// `None` for a reused connection.
     pub login_ok: Option<Bytes>,
     /// How long the caller waited in the queue.
     pub waited: Duration,
+}
+
+impl Acquired {
+    fn at_once(conn: Box<BackendConn>, login_ok: Option<Bytes>) -> Self {
+        Acquired {
+            conn,
+            login_ok,
+            waited: Duration::ZERO,
+        }
+    }
 }
 
 /// The pool of one server.
@@ -249,23 +259,25 @@ impl ServerPool {
         limits: &PoolLimits,
         want: &SessionVars,
     ) -> Result<Acquired, PoolError> {
-        let started = Instant::now();
+        // No clock read and no waiting time unless the caller queues (only waits are
+        // observed in `sluice_pool_wait_seconds`).
         loop {
             if let Some(conn) = self.pop_idle(&p, want, false) {
-                return Ok(self.hand_out(conn, None, started));
+                return Ok(Acquired::at_once(conn, None));
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
                 let (conn, ok) = self.open(p, limits, permit).await?;
-                return Ok(self.hand_out(conn, Some(ok), started));
+                return Ok(Acquired::at_once(conn, Some(ok)));
             }
             // Every slot is taken; an idle connection of another user is better than waiting.
             let Some(conn) = self.pop_idle(&p, want, true) else {
                 break;
             };
             if let Some(r) = self.adapt(conn, &p, limits).await? {
-                return Ok(self.hand_out(r.0, Some(r.1), started));
+                return Ok(Acquired::at_once(r.0, Some(r.1)));
             }
         }
+        let started = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut l) = self.lists.lock() {
             l.waiters.push_back(Waiter { since: started, tx });
@@ -303,7 +315,12 @@ impl ServerPool {
         }
     }
 
-    fn hand_out(&self, conn: BackendConn, login_ok: Option<Bytes>, started: Instant) -> Acquired {
+    fn hand_out(
+        &self,
+        conn: Box<BackendConn>,
+        login_ok: Option<Bytes>,
+        started: Instant,
+    ) -> Acquired {
         Acquired {
             conn,
             login_ok,
@@ -315,10 +332,10 @@ impl ServerPool {
     /// re-authenticated as `p`'s user. `None` when it broke doing so (its slot is free again).
     async fn adapt(
         &self,
-        mut conn: BackendConn,
+        mut conn: Box<BackendConn>,
         p: &LoginParams<'_>,
         limits: &PoolLimits,
-    ) -> Result<Option<(BackendConn, Bytes)>, PoolError> {
+    ) -> Result<Option<(Box<BackendConn>, Bytes)>, PoolError> {
         if same_key(&conn, p) {
             // Sluice writes the session's OK itself for a reused connection.
             return Ok(Some((conn, Bytes::new())));
@@ -355,7 +372,7 @@ impl ServerPool {
         p: LoginParams<'_>,
         limits: &PoolLimits,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<(BackendConn, Bytes), PoolError> {
+    ) -> Result<(Box<BackendConn>, Bytes), PoolError> {
         let tls = self.tls.read().ok().and_then(|t| t.clone());
         let transport = super::connection::Transport {
             tls: tls.as_deref(),
@@ -371,7 +388,8 @@ impl ServerPool {
         .await?;
         conn.slot = Some(permit);
         self.live.register(&mut conn);
-        Ok((conn, ok))
+        // Boxed: a lease moves the connection in and out of the pool on every statement.
+        Ok((Box::new(conn), ok))
     }
 
     /// An idle connection for `p`: of its key (`other_key` false; one already in state
@@ -381,15 +399,20 @@ impl ServerPool {
         p: &LoginParams<'_>,
         want: &SessionVars,
         other_key: bool,
-    ) -> Option<BackendConn> {
+    ) -> Option<Box<BackendConn>> {
         let timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         let mut l = self.lists.lock().ok()?;
+        if l.idle.is_empty() {
+            return None;
+        }
+        // One clock read per lease.
+        let now = Instant::now();
         // The oldest are at the front: too old ones may have been closed by the server
         // (wait_timeout); dropping closes them.
         let stale = l
             .idle
             .iter()
-            .take_while(|i| i.since.elapsed() >= timeout)
+            .take_while(|i| now.saturating_duration_since(i.since) >= timeout)
             .count();
         if stale > 0 {
             l.idle.drain(..stale);
@@ -414,7 +437,7 @@ impl ServerPool {
         // A connection that sat idle a while may have been closed by the server (a restart,
         // KILL, wait_timeout): one non-blocking look before handing it out. One returned a
         // moment ago is not looked at (a syscall per statement otherwise).
-        if idle.since.elapsed() >= RECHECK_AFTER && idle.conn.looks_closed() {
+        if now.saturating_duration_since(idle.since) >= RECHECK_AFTER && idle.conn.looks_closed() {
             return self.pop_idle(p, want, other_key);
         }
         Some(idle.conn)
@@ -450,7 +473,7 @@ impl ServerPool {
 
     /// Gives back a connection in a known state: to the longest-waiting session, else to the
     /// idle list (beyond `max_idle` it is closed).
-    pub fn release(&self, conn: BackendConn) {
+    pub fn release(&self, conn: Box<BackendConn>) {
         if conn.slot.is_none() || self.is_retired() {
             return;
         }

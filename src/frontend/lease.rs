@@ -29,7 +29,7 @@ use crate::router::PinReason;
 /// A leased connection and the server it belongs to.
 pub struct Leased {
     pub server: usize,
-    pub conn: BackendConn,
+    pub conn: Box<BackendConn>,
 }
 
 /// Why a command cannot have the connection it needs.
@@ -91,7 +91,7 @@ impl Session {
     pub(super) async fn lease(
         &mut self,
         i: usize,
-    ) -> Result<(BackendConn, Option<bytes::Bytes>), Unavailable> {
+    ) -> Result<(Box<BackendConn>, Option<bytes::Bytes>), Unavailable> {
         if i >= self.routing.slots.len() {
             // A server added by a reload this session has not seen yet.
             self.refresh_snapshot();
@@ -182,12 +182,13 @@ impl Session {
                 old.conn.quit().await;
             }
         }
+        // The primary of the view this command started with, first: no watch receiver and
+        // no clock read on the way of a statement that gets its connection at once.
+        let mut target = self.view.writable_primary();
         let hold = self.routing.config.monitor.failover_hold_ms;
-        let mut rx = self.shared.cluster.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(hold);
+        let mut waiting: Option<(tokio::sync::watch::Receiver<_>, tokio::time::Instant)> = None;
         let mut last_error = None;
         loop {
-            let target = rx.borrow_and_update().writable_primary();
             if let Some(p) = target {
                 match self.lease(p).await {
                     Ok((conn, _)) => {
@@ -201,8 +202,25 @@ impl Session {
                     Err(e) => return Err(e),
                 }
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
+            let (rx, deadline) = match &mut waiting {
+                Some(w) => w,
+                None => {
+                    let mut rx = self.shared.cluster.clone();
+                    let now = rx.borrow_and_update().writable_primary();
+                    let w = waiting.insert((
+                        rx,
+                        tokio::time::Instant::now() + Duration::from_millis(hold),
+                    ));
+                    if now != target {
+                        // The view changed since the command started.
+                        target = now;
+                        continue;
+                    }
+                    w
+                }
+            };
+            match tokio::time::timeout_at(*deadline, rx.changed()).await {
+                Ok(Ok(())) => target = rx.borrow_and_update().writable_primary(),
                 Ok(Err(_)) => return Err(Unavailable::Reply(errors::no_primary())),
                 Err(_) => {
                     return Err(Unavailable::Reply(
@@ -213,7 +231,7 @@ impl Session {
         }
     }
 
-    pub(super) fn hold_primary(&mut self, server: usize, conn: BackendConn) {
+    pub(super) fn hold_primary(&mut self, server: usize, conn: Box<BackendConn>) {
         self.info.held.fetch_add(1, Ordering::Relaxed);
         self.info.primary.store(server, Ordering::Relaxed);
         self.primary = Some(Leased { server, conn });

@@ -41,6 +41,10 @@ pub struct SessionInfo {
     /// A `KILL` of a waiting session: it closes itself (over TLS with a close_notify, as a
     /// server does) instead of being aborted.
     pub killed: KillSignal,
+    /// The shutdown (drain) began: wakes the session if it waits for its client. Per
+    /// session, so that waiting for a command registers with no lock shared by all sessions
+    /// (a `watch::Receiver::changed` would, on every command).
+    pub drain: KillSignal,
     abort: Mutex<Option<AbortHandle>>,
 }
 
@@ -62,6 +66,7 @@ impl SessionInfo {
             running: AtomicU64::new(u64::MAX),
             waiting: AtomicBool::new(false),
             killed: KillSignal::default(),
+            drain: KillSignal::default(),
             abort: Mutex::new(None),
         }
     }
@@ -172,6 +177,14 @@ impl Registry {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes every session for the shutdown's drain (after the shutdown flag was set: a
+    /// session registered later sees the flag before it waits).
+    pub fn drain_all(&self) {
+        for s in self.list() {
+            s.drain.fire();
         }
     }
 

@@ -475,10 +475,11 @@ impl Session {
             self.hold_until = Some(tokio::time::Instant::now() + Duration::from_millis(ms));
         }
         let hold_until = self.hold_until;
-        let drain_at = (*shutdown.borrow() && !self.st.in_transaction())
-            .then(|| self.last_command + self.drain_quiet());
-        let primary = self.primary.as_mut().map(|l| &mut l.conn);
-        let replica = self.replica.as_mut().map(|l| &mut l.conn);
+        let draining = *shutdown.borrow();
+        let drain_at =
+            (draining && !self.st.in_transaction()).then(|| self.last_command + self.drain_quiet());
+        let primary = self.primary.as_mut().map(|l| &mut *l.conn);
+        let replica = self.replica.as_mut().map(|l| &mut *l.conn);
         let client = &mut self.client;
         // One timer for the session's life, moved only when it fires early (no timer-wheel
         // work per command).
@@ -523,7 +524,7 @@ impl Session {
                 self.publish_state();
                 Ok(None)
             }
-            _ = shutdown.changed() => Ok(None),
+            _ = self.info.drain.fired(), if !draining => Ok(None),
             _ = until(drain_at) => Ok(None),
             _ = self.info.killed.fired() => {
                 // KILL by its user or the admin port: the client sees its connection closed

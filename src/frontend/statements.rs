@@ -169,8 +169,8 @@ impl Session {
 
     fn held_conn(&mut self, on: Held) -> Option<&mut crate::backend::BackendConn> {
         match on {
-            Held::Primary => self.primary.as_mut().map(|l| &mut l.conn),
-            Held::Replica => self.replica.as_mut().map(|l| &mut l.conn),
+            Held::Primary => self.primary.as_mut().map(|l| &mut *l.conn),
+            Held::Replica => self.replica.as_mut().map(|l| &mut *l.conn),
         }
     }
 
