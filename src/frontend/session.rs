@@ -484,7 +484,16 @@ impl Session {
         // One timer for the session's life, moved only when it fires early (no timer-wheel
         // work per command).
         let idle_timer = self.idle_timer.as_mut();
+        // In this order: a KILL answered OK wins over a command that arrived meanwhile (as on
+        // the server, whose KILL shuts the victim's socket), and no random draw per wait.
         tokio::select! {
+            biased;
+            _ = self.info.killed.fired() => {
+                // KILL by its user or the admin port: the client sees its connection closed
+                // (TLS closed properly first), as after a server-side kill.
+                self.close().await?;
+                Err(SessionError::ClientClosed)
+            }
             r = client.next_packet() => match r {
                 Ok(ext) => {
                     self.hold_until = None;
@@ -526,12 +535,6 @@ impl Session {
             }
             _ = self.info.drain.fired(), if !draining => Ok(None),
             _ = until(drain_at) => Ok(None),
-            _ = self.info.killed.fired() => {
-                // KILL by its user or the admin port: the client sees its connection closed
-                // (TLS closed properly first), as after a server-side kill.
-                self.close().await?;
-                Err(SessionError::ClientClosed)
-            }
         }
     }
 
