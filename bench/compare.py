@@ -9,8 +9,8 @@ mode in front of the same primary, prepares sysbench tables, then runs oltp_poin
 oltp_read_only with --db-ps-mode=auto and disable at each thread count, against each target.
 Runs of one configuration are made back to back and repeated in rotating order; medians are
 reported. For HAProxy and Sluice it also reports the CPU time the proxy process used per query
-(utime+stime from /proc/PID/stat divided by the queries sysbench made), which is far steadier
-than throughput on a shared 2-core machine. Installs sysbench and haproxy (apt) if missing.
+(utime+stime from /proc/PID/stat divided by the queries sysbench made, and the two parts), which
+is far steadier than throughput on a shared 2-core machine. Installs sysbench and haproxy (apt) if missing.
 """
 import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -47,10 +47,15 @@ def wait_port(port, limit=60):
     raise SystemExit(f"port {port} did not open")
 
 
-def cpu_seconds(pid):
+def cpu_split(pid):
+    """The process's (user, system) CPU seconds so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
 
 
 def sysbench(test, port, threads, ps_mode, seconds, action="run"):
@@ -210,16 +215,21 @@ def main():
                     for r in range(args.repeats):
                         order = targets[r % 3:] + targets[:r % 3]
                         for name, port, pid in order:
-                            before = cpu_seconds(pid) if pid else None
+                            before = cpu_split(pid) if pid else None
                             counts = [statements(p) for _, p in servers] if name == "sluice" else None
                             q, qps, p95 = figures(sysbench(test, port, threads, mode, args.time))
                             if counts is not None:
                                 for (sname, p), c0 in zip(servers, counts):
                                     shares[sname] += statements(p) - c0
-                            cpu_us = (cpu_seconds(pid) - before) * 1e6 / q if pid else None
-                            res[name].append((qps, p95, cpu_us))
-                    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
-                               statistics.median(x[2] for x in v) if v[0][2] is not None else None)
+                            if pid:
+                                after = cpu_split(pid)
+                                user_us = (after[0] - before[0]) * 1e6 / q
+                                sys_us = (after[1] - before[1]) * 1e6 / q
+                                res[name].append((qps, p95, user_us + sys_us, user_us, sys_us))
+                            else:
+                                res[name].append((qps, p95, None, None, None))
+                    med = {n: tuple(statistics.median(x[i] for x in v) if v[0][i] is not None else None
+                                    for i in range(5))
                            for n, v in res.items()}
                     total = sum(shares.values()) or 1
                     share_text = ", ".join(f"{n} {100 * c / total:.0f}%" for n, c in shares.items())
@@ -228,13 +238,14 @@ def main():
                     print(f"{test:18} t={threads:<3} ps={mode:8} "
                           f"direct {med['direct'][0]:9.0f} qps | haproxy {h[0]:9.0f} qps p95 {h[1]:6.2f} ms "
                           f"{h[2]:5.1f} µs/q | sluice {s[0]:9.0f} qps p95 {s[1]:6.2f} ms {s[2]:5.1f} µs/q | "
-                          f"sluice/haproxy qps {s[0] / h[0]:.2f} cpu {s[2] / h[2]:.2f} | via sluice: {share_text}", flush=True)
-        lines = ["| test | threads | ps-mode | direct QPS | HAProxy QPS | Sluice QPS | HAProxy p95 ms | Sluice p95 ms | HAProxy CPU µs/q | Sluice CPU µs/q | QPS ratio S/H | CPU ratio S/H | statements via Sluice |",
+                          f"sluice/haproxy qps {s[0] / h[0]:.2f} cpu {s[2] / h[2]:.2f} | user+sys µs/q haproxy "
+                          f"{h[3]:.1f}+{h[4]:.1f} sluice {s[3]:.1f}+{s[4]:.1f} | via sluice: {share_text}", flush=True)
+        lines = ["| test | threads | ps-mode | direct QPS | HAProxy QPS | Sluice QPS | HAProxy p95 ms | Sluice p95 ms | HAProxy CPU µs/q (user+sys) | Sluice CPU µs/q (user+sys) | QPS ratio S/H | CPU ratio S/H | statements via Sluice |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for test, threads, mode, med, share_text in rows:
             d, h, s = med["direct"], med["haproxy"], med["sluice"]
             lines.append(f"| {test} | {threads} | {mode} | {d[0]:.0f} | {h[0]:.0f} | {s[0]:.0f} | {h[1]:.2f} | {s[1]:.2f} | "
-                         f"{h[2]:.1f} | {s[2]:.1f} | {s[0] / h[0]:.2f} | {s[2] / h[2]:.2f} | {share_text} |")
+                         f"{h[2]:.1f} ({h[3]:.1f}+{h[4]:.1f}) | {s[2]:.1f} ({s[3]:.1f}+{s[4]:.1f}) | {s[0] / h[0]:.2f} | {s[2] / h[2]:.2f} | {share_text} |")
         table = "\n".join(lines)
         print("\n" + table)
         if args.out:

@@ -488,6 +488,13 @@ async fn metrics_match_the_traffic_and_the_topology() {
         "the pinned session holds its connection"
     );
     assert!(sample(&m, "sluice_multiplexing_ratio{}").unwrap() > 0.0);
+    // One client and free pool slots: no statement waited in a pool's queue, and only waits
+    // are observed (every lease was, once).
+    assert_eq!(
+        sample(&m, "sluice_pool_wait_seconds_count{}"),
+        Some(0.0),
+        "{m}"
+    );
     assert_eq!(sample(&m, "sluice_errors_total{code=1045}"), Some(1.0));
     assert_eq!(sample(&m, "sluice_client_connections{}"), Some(1.0));
     assert!(sample(&m, "sluice_client_connections_total{}").unwrap() >= 2.0);
