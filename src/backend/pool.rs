@@ -69,6 +69,15 @@ impl Acquired {
             waited: Duration::ZERO,
         }
     }
+
+    /// Handed out after waiting in the queue since `started`.
+    fn after_wait(conn: Box<BackendConn>, login_ok: Option<Bytes>, started: Instant) -> Self {
+        Acquired {
+            conn,
+            login_ok,
+            waited: started.elapsed(),
+        }
+    }
 }
 
 /// The pool of one server.
@@ -296,7 +305,7 @@ impl ServerPool {
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match got {
             Ok(Some(Ok(conn))) => match self.adapt(conn, &p, limits).await? {
-                Some((conn, ok)) => Ok(self.hand_out(conn, Some(ok), started)),
+                Some((conn, ok)) => Ok(Acquired::after_wait(conn, Some(ok), started)),
                 None => Err(PoolError::Exhausted {
                     server: self.name.clone(),
                     max: self.max(),
@@ -305,26 +314,13 @@ impl ServerPool {
             },
             Ok(Some(Err(permit))) => {
                 let (conn, ok) = self.open(p, limits, permit).await?;
-                Ok(self.hand_out(conn, Some(ok), started))
+                Ok(Acquired::after_wait(conn, Some(ok), started))
             }
             _ => Err(PoolError::Exhausted {
                 server: self.name.clone(),
                 max: self.max(),
                 waited_ms: limits.wait.as_millis() as u64,
             }),
-        }
-    }
-
-    fn hand_out(
-        &self,
-        conn: Box<BackendConn>,
-        login_ok: Option<Bytes>,
-        started: Instant,
-    ) -> Acquired {
-        Acquired {
-            conn,
-            login_ok,
-            waited: started.elapsed(),
         }
     }
 

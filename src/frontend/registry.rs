@@ -40,11 +40,11 @@ pub struct SessionInfo {
     pub waiting: AtomicBool,
     /// A `KILL` of a waiting session: it closes itself (over TLS with a close_notify, as a
     /// server does) instead of being aborted.
-    pub killed: KillSignal,
+    pub killed: Signal,
     /// The shutdown (drain) began: wakes the session if it waits for its client. Per
     /// session, so that waiting for a command registers with no lock shared by all sessions
     /// (a `watch::Receiver::changed` would, on every command).
-    pub drain: KillSignal,
+    pub drain: Signal,
     abort: Mutex<Option<AbortHandle>>,
 }
 
@@ -65,8 +65,8 @@ impl SessionInfo {
             tls: std::sync::OnceLock::new(),
             running: AtomicU64::new(u64::MAX),
             waiting: AtomicBool::new(false),
-            killed: KillSignal::default(),
-            drain: KillSignal::default(),
+            killed: Signal::default(),
+            drain: Signal::default(),
             abort: Mutex::new(None),
         }
     }
@@ -83,15 +83,16 @@ impl SessionInfo {
     }
 }
 
-/// A one-shot signal a session waits on between commands. Lock-free and allocation-free to
-/// wait on (a flag and a waker slot): the wait is set up on every command's turn.
+/// A one-shot signal a session waits on between commands (a KILL, the shutdown drain).
+/// Lock-free and allocation-free to wait on (a flag and a waker slot): the wait is set up on
+/// every command's turn.
 #[derive(Default)]
-pub struct KillSignal {
+pub struct Signal {
     set: AtomicBool,
     waker: futures::task::AtomicWaker,
 }
 
-impl KillSignal {
+impl Signal {
     pub fn fire(&self) {
         self.set.store(true, Ordering::Release);
         self.waker.wake();
@@ -213,13 +214,13 @@ impl Drop for SessionGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::KillSignal;
+    use super::Signal;
     use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test]
     async fn a_kill_signal_wakes_its_waiter_and_stays_fired() {
-        let k = Arc::new(KillSignal::default());
+        let k = Arc::new(Signal::default());
         // Not fired: the wait does not end.
         assert!(tokio::time::timeout(Duration::from_millis(20), k.fired())
             .await
