@@ -877,9 +877,12 @@ async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
             .map(|l| l.trim().to_string())
             .unwrap_or_default()
     };
-    // With `manage_heartbeat_period` (the sandbox's config), Sluice sets it back.
+    // With `manage_heartbeat_period` (the sandbox's config), Sluice sets it back — with
+    // STOP SLAVE / CHANGE MASTER / START SLAVE, so the new period shows before replication
+    // runs again: wait for both (reading them apart failed in CI between the last two).
+    let primary_port = h.topo.nodes[0].port;
     eventually(
-        "db3's heartbeat period set to 250 ms",
+        "db3's heartbeat period set to 250 ms and replication running again",
         Duration::from_secs(10),
         || {
             let topo = &h.topo;
@@ -888,13 +891,11 @@ async fn manage_heartbeat_period_gives_replicas_a_short_heartbeat() {
                     .sql_vertical(2, "SHOW ALL SLAVES STATUS")
                     .await
                     .unwrap_or_default();
-                period(st) == "Slave_heartbeat_period: 0.250"
+                follows(&st, primary_port) && period(st) == "Slave_heartbeat_period: 0.250"
             }
         },
     )
     .await;
-    let st = h.topo.sql_vertical(2, "SHOW SLAVE STATUS").await.unwrap();
-    assert!(follows(&st, h.topo.nodes[0].port), "{st}");
     h.shutdown().await;
 }
 
