@@ -11,10 +11,12 @@
 pub mod accounts;
 pub mod admin;
 pub mod backend;
+pub mod clock;
 pub mod cluster;
 pub mod compress;
 pub mod config;
 pub mod errors;
+pub mod fasthash;
 pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -25,7 +25,8 @@ use super::{connect, BackendConn, BackendError, LoginParams, SessionVars};
 
 struct Idle {
     conn: Box<BackendConn>,
-    since: Instant,
+    /// When it came back, in `clock::coarse_monotonic_ms` (no precise clock read per lease).
+    since_ms: u64,
 }
 
 /// Whether connection `c` serves a login with `p` without re-authenticating (no allocation:
@@ -401,14 +402,15 @@ impl ServerPool {
         if l.idle.is_empty() {
             return None;
         }
-        // One clock read per lease.
-        let now = Instant::now();
+        // One coarse clock read per lease.
+        let now_ms = crate::clock::coarse_monotonic_ms();
+        let timeout_ms = timeout.as_millis() as u64;
         // The oldest are at the front: too old ones may have been closed by the server
         // (wait_timeout); dropping closes them.
         let stale = l
             .idle
             .iter()
-            .take_while(|i| now.saturating_duration_since(i.since) >= timeout)
+            .take_while(|i| now_ms.saturating_sub(i.since_ms) >= timeout_ms)
             .count();
         if stale > 0 {
             l.idle.drain(..stale);
@@ -433,7 +435,9 @@ impl ServerPool {
         // A connection that sat idle a while may have been closed by the server (a restart,
         // KILL, wait_timeout): one non-blocking look before handing it out. One returned a
         // moment ago is not looked at (a syscall per statement otherwise).
-        if now.saturating_duration_since(idle.since) >= RECHECK_AFTER && idle.conn.looks_closed() {
+        if now_ms.saturating_sub(idle.since_ms) >= RECHECK_AFTER.as_millis() as u64
+            && idle.conn.looks_closed()
+        {
             return self.pop_idle(p, want, other_key);
         }
         Some(idle.conn)
@@ -486,7 +490,7 @@ impl ServerPool {
         if l.idle.len() < self.max_idle.load(Ordering::Relaxed) {
             l.idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since_ms: crate::clock::coarse_monotonic_ms(),
             });
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct StmtCache {
-    map: HashMap<Arc<[u8]>, (u32, u64)>,
+    map: HashMap<Arc<[u8]>, (u32, u64), crate::fasthash::FastBuild>,
     clock: u64,
 }
 

@@ -79,6 +79,12 @@ pub(super) struct Session {
     idle: bool,
     /// Query digests this session saw stored (`SHOW QUERY DIGEST`).
     pub(super) known_digests: crate::metrics::digest::KnownDigests,
+    /// A prepared execution rebuilt with its parameter types, kept between executions.
+    pub(super) exec_buf: Vec<u8>,
+    /// `info.pinned_by` holds a statement (cleared when the pins end).
+    pinned_by_shown: bool,
+    /// When the last relayed statement's answer ended (`account`'s clock read).
+    answered: Option<Instant>,
     /// `[proxy] client_idle_timeout_ms`: when the last command arrived, and a timer that
     /// fires at the earliest moment the session could be idle too long.
     last_command: tokio::time::Instant,
@@ -216,6 +222,9 @@ pub async fn run(
         hold_until: None,
         idle: true,
         known_digests: Default::default(),
+        exec_buf: Vec::new(),
+        pinned_by_shown: false,
+        answered: None,
         last_command: tokio::time::Instant::now(),
         drain_started: None,
         commanded: false,
@@ -392,8 +401,12 @@ impl Session {
             }
             self.settle().await;
             self.publish_state();
-            // Idle time (client_idle_timeout_ms, the shutdown drain) counts from the answer.
-            self.last_command = tokio::time::Instant::now();
+            // Idle time (client_idle_timeout_ms, the shutdown drain) counts from the answer:
+            // the clock read that timed a relayed statement, else a new one.
+            self.last_command = match self.answered.take() {
+                Some(at) => tokio::time::Instant::from_std(at),
+                None => tokio::time::Instant::now(),
+            };
         }
     }
 
@@ -498,7 +511,6 @@ impl Session {
                 Ok(ext) => {
                     self.hold_until = None;
                     self.commanded = true;
-                    self.last_command = tokio::time::Instant::now();
                     Ok(Some(ext))
                 }
                 Err(SessionError::TooLarge(n)) => {
@@ -696,7 +708,7 @@ impl Session {
     /// Counts a relayed statement (digest, per-route and per-server counters, latency, where
     /// reads ran) and returns what its final OK/EOF said: rows, warnings, insert id.
     pub(super) fn account(
-        &self,
+        &mut self,
         on: Held,
         class: StatementClass,
         digest: Option<crate::metrics::digest::Pending>,
@@ -706,8 +718,10 @@ impl Session {
         let conn = self.conn(on);
         let (rows, warnings, insert_id) = (conn.last_rows, conn.last_warnings, conn.last_insert_id);
         let replica = on == Held::Replica;
-        // One clock read per statement.
-        let took = started.elapsed();
+        // One clock read per statement (it also marks the answer for the idle timer).
+        let now = Instant::now();
+        self.answered = Some(now);
+        let took = now.saturating_duration_since(started);
         if let Some(d) = digest {
             self.shared
                 .digests
@@ -833,6 +847,7 @@ impl Session {
                 *by = Some((Instant::now(), text.clone()));
             }
         }
+        self.pinned_by_shown = true;
         self.shared.pin_log.record(p, &self.user.name, &text);
     }
 
@@ -842,10 +857,12 @@ impl Session {
             .in_transaction
             .store(self.st.in_transaction(), Ordering::Relaxed);
         self.info.pins.store(self.st.pins, Ordering::Relaxed);
-        if self.st.pins == 0 {
+        // The lock only when a pin was shown (not once per statement).
+        if self.st.pins == 0 && self.pinned_by_shown {
             if let Ok(mut by) = self.info.pinned_by.lock() {
                 *by = None;
             }
+            self.pinned_by_shown = false;
         }
         if self.published_db != self.st.vars.db || self.published_user != self.user.name {
             self.published_db.clone_from(&self.st.vars.db);

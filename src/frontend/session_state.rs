@@ -22,7 +22,7 @@ pub struct Stmt {
     pub params: u16,
     /// Parameter types from the last execution that bound them (2 bytes per parameter):
     /// sent with every execution, since the server statement may be shared.
-    pub types: Option<Vec<u8>>,
+    pub types: Option<Arc<[u8]>>,
 }
 
 /// Why a connection is kept after a statement although nothing else needs it: the next
@@ -77,7 +77,7 @@ pub struct SessionState {
     /// what it would have on a direct connection) — a statement held there reads it as is,
     /// and nothing runs before it that would reset `ROW_COUNT()`.
     pub lii_in_sync: bool,
-    pub stmts: HashMap<u32, Stmt>,
+    pub stmts: HashMap<u32, Stmt, crate::fasthash::FastBuild>,
     pub next_stmt: u32,
     /// The statement whose cursor is open, and the one long data was sent for.
     pub cursor: Option<u32>,

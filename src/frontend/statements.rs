@@ -42,6 +42,9 @@ fn no_open_cursor(id: u32) -> ErrPacket {
     )
 }
 
+/// Where parameter types go in a rebuilt execution: `(at, len, marker, types)`.
+type TypesAt<'a> = (usize, usize, &'a [u8], Arc<[u8]>);
+
 impl Session {
     /// Handles a COM_STMT_* command whose whole packet is at the front of the client buffer.
     pub(super) async fn statement_command(
@@ -214,7 +217,11 @@ impl Session {
             Err(_) => (false, false),
         };
         if let Ok(StmtExecute { types: Some(t), .. }) = &parsed {
-            st.types = Some(t.to_vec());
+            // Drivers that send the types with every execution send the same ones: no
+            // allocation then.
+            if st.types.as_deref() != Some(*t) {
+                st.types = Some(Arc::from(*t));
+            }
         }
         let (sql, class, digest_hash, params, cached) =
             (st.sql.clone(), st.class, st.digest, st.params, st.cached);
@@ -244,7 +251,7 @@ impl Session {
             types.map(|t| (bound_at, 1, &[1u8][..], t)),
         );
         let started = std::time::Instant::now();
-        let Some(r) = self
+        let r = self
             .forward(
                 on,
                 wire_len,
@@ -253,8 +260,9 @@ impl Session {
                 seq,
                 false,
             )
-            .await?
-        else {
+            .await;
+        self.reuse(rebuilt);
+        let Some(r) = r? else {
             return Ok(());
         };
         let (rows, warnings, insert_id) = self.account(on, class, digest, started, r.outcome);
@@ -328,9 +336,11 @@ impl Session {
             return self.client.send_err(seq, &e).await;
         }
         let types = if typed {
-            let t = payload[7..7 + n_types].to_vec();
+            let t = &payload[7..7 + n_types];
             if let Some(st) = self.st.stmts.get_mut(&id) {
-                st.types = Some(t);
+                if st.types.as_deref() != Some(t) {
+                    st.types = Some(Arc::from(t));
+                }
             }
             None
         } else {
@@ -354,7 +364,7 @@ impl Session {
         let rebuilt =
             self.with_server_id(wire_len, server_id, types.map(|t| (5, 2, &marker[..], t)));
         let started = std::time::Instant::now();
-        let Some(r) = self
+        let r = self
             .forward(
                 on,
                 wire_len,
@@ -363,8 +373,9 @@ impl Session {
                 seq,
                 false,
             )
-            .await?
-        else {
+            .await;
+        self.reuse(rebuilt);
+        let Some(r) = r? else {
             return Ok(());
         };
         let counts = self.account(
@@ -386,7 +397,7 @@ impl Session {
         &mut self,
         wire_len: usize,
         server_id: u32,
-        types: Option<(usize, usize, &[u8], Vec<u8>)>,
+        types: Option<TypesAt<'_>>,
     ) -> Option<Vec<u8>> {
         let Some((at, len, marker, t)) = types else {
             self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5]
@@ -394,13 +405,23 @@ impl Session {
             return None;
         };
         let payload = &self.client.rbuf[HEADER_LEN..wire_len];
-        let mut p = Vec::with_capacity(payload.len() + marker.len() + t.len());
+        // The session's buffer (given back by `reuse`): no allocation per execution.
+        let mut p = std::mem::take(&mut self.exec_buf);
+        p.clear();
+        p.reserve(payload.len() + marker.len() + t.len());
         p.extend_from_slice(&payload[..at]);
         p.extend_from_slice(marker);
         p.extend_from_slice(&t);
         p.extend_from_slice(payload.get(at + len..).unwrap_or_default());
         p[1..5].copy_from_slice(&server_id.to_le_bytes());
         Some(p)
+    }
+
+    /// Keeps a rebuilt execution's buffer for the next one (unless a huge one made it big).
+    fn reuse(&mut self, rebuilt: Option<Vec<u8>>) {
+        if let Some(b) = rebuilt.filter(|b| b.capacity() <= 64 * 1024) {
+            self.exec_buf = b;
+        }
     }
 
     /// The server's id for `sql` on the held connection `on`, preparing it there if needed.

@@ -115,27 +115,8 @@ pub struct KnownDigests {
 /// Digests a session remembers before it starts over.
 const KNOWN_PER_SESSION: usize = 256;
 
-/// Hashes a digest (already a 64-bit hash of the normalized text) with one multiplication
-/// instead of SipHash: every statement looks its digest up twice (the session's known set and
-/// the store). The multiplication spreads the bits the store's sharding fixes (the top 4).
-#[derive(Default, Clone, Copy)]
-pub struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32);
-    }
-}
-
-type DigestBuild = std::hash::BuildHasherDefault<DigestHasher>;
+/// Digests are already 64-bit hashes: one multiplication spreads them (src/fasthash.rs).
+type DigestBuild = crate::fasthash::FastBuild;
 
 pub struct Digests {
     shards: Vec<Mutex<HashMap<u64, DigestEntry, DigestBuild>>>,
@@ -235,7 +216,7 @@ impl Digests {
     /// Adds one execution of a statement begun with [`Digests::begin`].
     pub fn record(&self, p: Pending, took: Duration, rows: u64, replica: bool, error: bool) {
         use std::collections::hash_map::Entry;
-        let now_ms = coarse_now_ms();
+        let now_ms = crate::clock::coarse_realtime_ms();
         let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
         let add = |e: &mut DigestEntry| {
             e.count += 1;
@@ -312,30 +293,9 @@ impl Digests {
     }
 }
 
-/// Milliseconds since the Unix epoch from the kernel's coarse clock (a few milliseconds of
-/// resolution, and no timestamp-counter read): `last_seen_ms` is written on every statement.
-fn coarse_now_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; clock_gettime writes only into it.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    if r != 0 {
-        return crate::monitor::now_ms();
-    }
-    (ts.tv_sec as u64).saturating_mul(1000) + ts.tv_nsec as u64 / 1_000_000
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_coarse_clock_tells_the_time() {
-        let (coarse, fine) = (coarse_now_ms(), crate::monitor::now_ms());
-        assert!(coarse.abs_diff(fine) < 1000, "coarse {coarse} fine {fine}");
-    }
 
     #[test]
     fn buckets_are_contiguous_and_bound_their_values() {
