@@ -20,6 +20,7 @@ pub mod fasthash;
 pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lanes;
 pub mod metrics;
 pub mod monitor;
 pub mod reload;

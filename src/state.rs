@@ -59,8 +59,8 @@ pub struct ServerSlot {
     pub pool: ServerPool,
     /// Statements in flight (for least-outstanding replica choice).
     pub outstanding: AtomicU32,
-    /// Commands answered.
-    pub queries: AtomicU64,
+    /// Commands answered (counted per thread: src/lanes.rs).
+    pub queries: crate::lanes::LaneCounter,
 }
 
 impl ServerSlot {
@@ -68,7 +68,7 @@ impl ServerSlot {
         ServerSlot {
             pool: ServerPool::new(&server.name, &server.address, limits),
             outstanding: AtomicU32::new(0),
-            queries: AtomicU64::new(0),
+            queries: Default::default(),
         }
     }
 }
@@ -97,15 +97,15 @@ pub struct Counters {
     /// Sessions pinned to the primary, by reason (indexed like `PinReason::ALL`).
     pub pins: [AtomicU64; crate::router::PinReason::COUNT],
     /// Reads sent to a replica / kept on the primary.
-    pub replica_reads: AtomicU64,
-    pub primary_reads: AtomicU64,
+    pub replica_reads: crate::lanes::LaneCounter,
+    pub primary_reads: crate::lanes::LaneCounter,
     /// Reads sent to the primary because no replica had applied the session's last write
     /// within `[routing] read_your_writes_timeout_ms`.
     pub ryw_fallbacks: AtomicU64,
     /// Client connections accepted (and counted against the limit).
     pub connections_total: AtomicU64,
     /// Commands answered, by route (0 primary, 1 replica) and statement class.
-    pub queries: [[AtomicU64; crate::router::StatementClass::COUNT]; 2],
+    pub queries: [[crate::lanes::LaneCounter; crate::router::StatementClass::COUNT]; 2],
     /// Sessions closed by `KILL SESSION`.
     pub sessions_killed: AtomicU64,
 }

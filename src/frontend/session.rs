@@ -1282,7 +1282,7 @@ impl Session {
     ) {
         let route = usize::from(server.is_some());
         self.shared.counters.queries[route][class.index()].fetch_add(1, Ordering::Relaxed);
-        self.shared.metrics.query_seconds[route].observe(took.as_secs_f64());
+        self.shared.metrics.query_seconds.observe(route, took);
         let at = server.unwrap_or_else(|| self.primary.as_ref().map_or(usize::MAX, |p| p.server));
         self.info.last_server.store(at, Ordering::Relaxed);
         if let Some(slot) = self.routing.slot(at) {

@@ -2,20 +2,24 @@
 //!
 //! A statement's digest is a hash of its normalized form ([`crate::router::lexer::digest`]),
 //! computed by walking the lexer's tokens without building any text. The text is built only the
-//! first time a digest is seen. Entries live in 16 shards, each behind a std mutex held for a
-//! hash-map lookup and a few additions — never across an await. Latencies go into a
-//! log-linear histogram (4 buckets per power of two, so a percentile is exact to within 25 %).
+//! first time a digest is seen, and kept once, in a table of texts. The totals live in one
+//! table per thread (src/lanes.rs: each worker thread adds to its own, so a statement that
+//! every core runs does not bounce its entry's cache lines between the cores), each behind a
+//! std mutex held for a hash-map lookup and a few additions — never across an await; a
+//! snapshot merges the tables. Latencies go into a
+//! //! log-linear histogram (4 buckets per power of two, so a percentile is exact to within 25 %).
 //! The table is bounded by `[admin] query_digest_max_entries`; past it, new statements are
 //! counted in one `(other)` entry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::lanes::{Padded, LANES};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::router::lexer;
 
-const SHARDS: usize = 16;
 const BUCKETS: usize = 128;
 /// The key of the entry that counts statements past the table's bound.
 const OTHER: u64 = 0;
@@ -50,6 +54,22 @@ impl DigestEntry {
             first_seen_ms: now_ms,
             last_seen_ms: now_ms,
             hist: Box::new([0; BUCKETS]),
+        }
+    }
+
+    /// Adds another thread's totals for the same digest.
+    fn merge(&mut self, o: &DigestEntry) {
+        self.count += o.count;
+        self.errors += o.errors;
+        self.total_us = self.total_us.saturating_add(o.total_us);
+        self.max_us = self.max_us.max(o.max_us);
+        self.rows = self.rows.saturating_add(o.rows);
+        self.on_primary += o.on_primary;
+        self.on_replica += o.on_replica;
+        self.first_seen_ms = self.first_seen_ms.min(o.first_seen_ms);
+        self.last_seen_ms = self.last_seen_ms.max(o.last_seen_ms);
+        for (a, b) in self.hist.iter_mut().zip(o.hist.iter()) {
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -118,11 +138,17 @@ const KNOWN_PER_SESSION: usize = 256;
 /// Digests are already 64-bit hashes: one multiplication spreads them (src/fasthash.rs).
 type DigestBuild = crate::fasthash::FastBuild;
 
+/// One thread's totals, by digest (texts are in `Digests::texts`).
+type Lane = Mutex<HashMap<u64, DigestEntry, DigestBuild>>;
+
 pub struct Digests {
-    shards: Vec<Mutex<HashMap<u64, DigestEntry, DigestBuild>>>,
+    lanes: Box<[Padded<Lane>]>,
+    /// The text of every digest in the store: one per distinct statement shape, bounded by
+    /// `max_entries`. Taken when a thread meets a digest for the first time, never per
+    /// statement.
+    texts: Mutex<HashMap<u64, Box<str>, DigestBuild>>,
     /// Raised by every reset: a session's cache of digests known to exist is then stale.
     generation: std::sync::atomic::AtomicU64,
-    entries: AtomicUsize,
     enabled: AtomicBool,
     max_entries: AtomicUsize,
 }
@@ -130,11 +156,9 @@ pub struct Digests {
 impl Digests {
     pub fn new(enabled: bool, max_entries: usize) -> Self {
         Digests {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
-                .collect(),
+            lanes: (0..LANES).map(|_| Padded(Mutex::default())).collect(),
+            texts: Mutex::default(),
             generation: Default::default(),
-            entries: AtomicUsize::new(0),
             enabled: AtomicBool::new(enabled),
             max_entries: AtomicUsize::new(max_entries),
         }
@@ -144,10 +168,6 @@ impl Digests {
     pub fn configure(&self, enabled: bool, max_entries: usize) {
         self.enabled.store(enabled, Ordering::Relaxed);
         self.max_entries.store(max_entries, Ordering::Relaxed);
-    }
-
-    fn shard(&self, hash: u64) -> &Mutex<HashMap<u64, DigestEntry, DigestBuild>> {
-        &self.shards[(hash >> 60) as usize % SHARDS]
     }
 
     /// Digests `sql` before it runs (the text is built only for a digest not seen yet).
@@ -205,7 +225,7 @@ impl Digests {
             }
         }
         let known = self
-            .shard(hash)
+            .texts
             .lock()
             .map(|m| m.contains_key(&hash))
             .unwrap_or(true);
@@ -215,7 +235,6 @@ impl Digests {
 
     /// Adds one execution of a statement begun with [`Digests::begin`].
     pub fn record(&self, p: Pending, took: Duration, rows: u64, replica: bool, error: bool) {
-        use std::collections::hash_map::Entry;
         let now_ms = crate::clock::coarse_realtime_ms();
         let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
         let add = |e: &mut DigestEntry| {
@@ -233,43 +252,77 @@ impl Digests {
             let b = &mut e.hist[bucket(us)];
             *b = b.saturating_add(1);
         };
-        let full = self.entries.load(Ordering::Relaxed) >= self.max_entries.load(Ordering::Relaxed);
-        let Ok(mut map) = self.shard(p.hash).lock() else {
-            return;
-        };
-        let to_other = match map.entry(p.hash) {
-            Entry::Occupied(o) => {
-                add(o.into_mut());
-                false
+        let lane = &self.lanes[crate::lanes::lane()].0;
+        {
+            let Ok(mut map) = lane.lock() else {
+                return;
+            };
+            if let Some(e) = map.get_mut(&p.hash) {
+                add(e);
+                return;
             }
-            Entry::Vacant(v) => match (full, p.text) {
-                (false, Some(text)) => {
-                    self.entries.fetch_add(1, Ordering::Relaxed);
-                    add(v.insert(DigestEntry::new(text, now_ms)));
-                    false
+        }
+        // The first time on this thread: is the digest stored (its text kept), or new?
+        let key = {
+            let Ok(mut texts) = self.texts.lock() else {
+                return;
+            };
+            if texts.contains_key(&p.hash) {
+                p.hash
+            } else {
+                match p.text {
+                    Some(text) if texts.len() < self.max_entries.load(Ordering::Relaxed) => {
+                        texts.insert(p.hash, text);
+                        p.hash
+                    }
+                    // Full, or reset between begin and record: counted under `(other)`.
+                    _ => OTHER,
                 }
-                // Full, or reset between begin and record: counted under `(other)`.
-                _ => true,
-            },
-        };
-        drop(map);
-        if to_other {
-            if let Ok(mut map) = self.shard(OTHER).lock() {
-                add(map.entry(OTHER).or_insert_with(|| {
-                    DigestEntry::new("(other: digest table full)".into(), now_ms)
-                }));
             }
+        };
+        if let Ok(mut map) = lane.lock() {
+            add(map
+                .entry(key)
+                .or_insert_with(|| DigestEntry::new(Box::default(), now_ms)));
         }
     }
 
     /// A copy of every entry with its digest, busiest (by total time) first.
     pub fn snapshot(&self) -> Vec<(u64, DigestEntry)> {
-        let mut all = Vec::new();
-        for s in &self.shards {
-            if let Ok(m) = s.lock() {
-                all.extend(m.iter().map(|(k, v)| (*k, v.clone())));
+        let mut merged: HashMap<u64, DigestEntry, DigestBuild> = HashMap::default();
+        let Ok(texts) = self.texts.lock() else {
+            return Vec::new();
+        };
+        for lane in &self.lanes[..crate::lanes::used()] {
+            let Ok(m) = lane.0.lock() else {
+                continue;
+            };
+            for (&k, e) in m.iter() {
+                // An entry whose text a reset removed meanwhile: with the rest.
+                let k = if k == OTHER || texts.contains_key(&k) {
+                    k
+                } else {
+                    OTHER
+                };
+                match merged.entry(k) {
+                    std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(e),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(e.clone());
+                    }
+                }
             }
         }
+        let mut all: Vec<(u64, DigestEntry)> = merged
+            .into_iter()
+            .map(|(k, mut e)| {
+                e.text = match texts.get(&k) {
+                    Some(t) => t.clone(),
+                    None => "(other: digest table full)".into(),
+                };
+                (k, e)
+            })
+            .collect();
+        drop(texts);
         all.sort_by(|a, b| b.1.total_us.cmp(&a.1.total_us).then(a.0.cmp(&b.0)));
         all
     }
@@ -277,14 +330,18 @@ impl Digests {
     /// Forgets every entry; returns how many there were.
     pub fn reset(&self) -> usize {
         self.generation.fetch_add(1, Ordering::Relaxed);
-        let mut n = 0;
-        for s in &self.shards {
-            if let Ok(mut m) = s.lock() {
-                n += m.len();
+        let Ok(mut texts) = self.texts.lock() else {
+            return 0;
+        };
+        let mut other = false;
+        for lane in self.lanes.iter() {
+            if let Ok(mut m) = lane.0.lock() {
+                other |= m.contains_key(&OTHER);
                 m.clear();
             }
         }
-        self.entries.store(0, Ordering::Relaxed);
+        let n = texts.len() + usize::from(other);
+        texts.clear();
         n
     }
 
@@ -334,6 +391,49 @@ mod tests {
         assert!((590..=750).contains(&p50), "p50 {p50}");
         assert_eq!(snap[1].1.errors, 1);
         assert_eq!(d.reset(), 2);
+        assert!(d.snapshot().is_empty());
+    }
+
+    #[test]
+    fn threads_add_to_one_entry_per_shape() {
+        let d = std::sync::Arc::new(Digests::new(true, 100));
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let mut known = KnownDigests::default();
+                    for i in 0..500u64 {
+                        let sql = format!("SELECT c FROM t WHERE id = {i}");
+                        let p = d.begin_known(sql.as_bytes(), &mut known).unwrap();
+                        d.record(
+                            p,
+                            Duration::from_micros(10 + t * 100 + i),
+                            2,
+                            t % 2 == 0,
+                            i == 7,
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let snap = d.snapshot();
+        assert_eq!(snap.len(), 1, "one shape, one entry");
+        let e = &snap[0].1;
+        assert_eq!(&*e.text, "SELECT C FROM T WHERE ID = ?");
+        assert_eq!((e.count, e.rows, e.errors), (3000, 6000, 6));
+        assert_eq!((e.on_primary, e.on_replica), (1500, 1500));
+        assert_eq!(e.max_us, 10 + 500 + 499);
+        let total: u64 = (0..6u64)
+            .flat_map(|t| (0..500u64).map(move |i| 10 + t * 100 + i))
+            .sum();
+        assert_eq!(e.total_us, total);
+        // The merged histogram holds every execution: the median is in the middle thread's range.
+        let p50 = e.quantile_us(0.5);
+        assert!((250..=760).contains(&p50), "p50 {p50}");
+        assert_eq!(d.reset(), 1);
         assert!(d.snapshot().is_empty());
     }
 

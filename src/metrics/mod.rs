@@ -12,7 +12,7 @@ pub mod names;
 pub mod pins;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -50,10 +50,89 @@ impl ErrorCounts {
 }
 
 /// The registry and the metric handles.
+/// The statement latency histograms, one per route: every statement observes one, so they are
+/// written per thread (src/lanes.rs) and added up at a scrape ([`QueryCollector`]).
+pub struct QueryHistograms {
+    desc: prometheus::core::Desc,
+    routes: [crate::lanes::LaneHistogram; 2],
+}
+
+impl QueryHistograms {
+    fn new(bounds: [f64; crate::lanes::HIST_BOUNDS]) -> Self {
+        QueryHistograms {
+            desc: prometheus::core::Desc::new(
+                names::QUERY_DURATION_SECONDS.to_string(),
+                "Time from forwarding a command to the end of its response, by route".to_string(),
+                vec!["route".to_string()],
+                Default::default(),
+            )
+            .expect("valid metric"),
+            routes: [
+                crate::lanes::LaneHistogram::new(bounds),
+                crate::lanes::LaneHistogram::new(bounds),
+            ],
+        }
+    }
+
+    /// One statement's latency; `route` 0 = primary, 1 = replica.
+    #[inline]
+    pub fn observe(&self, route: usize, took: std::time::Duration) {
+        self.routes[route.min(1)].observe(took);
+    }
+}
+
+/// Exposes [`QueryHistograms`] in the registry.
+struct QueryCollector(Arc<QueryHistograms>);
+
+impl prometheus::core::Collector for QueryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto;
+        let metrics = ["primary", "replica"]
+            .iter()
+            .zip(&self.0.routes)
+            .map(|(route, h)| {
+                let snap = h.snapshot();
+                let mut hist = proto::Histogram::default();
+                hist.set_sample_count(snap.count);
+                hist.set_sample_sum(snap.sum_seconds);
+                hist.set_bucket(
+                    snap.cumulative
+                        .iter()
+                        .map(|&(bound, n)| {
+                            let mut b = proto::Bucket::default();
+                            b.set_upper_bound(bound);
+                            b.set_cumulative_count(n);
+                            b
+                        })
+                        .collect(),
+                );
+                let mut label = proto::LabelPair::default();
+                label.set_name("route".to_string());
+                label.set_value(route.to_string());
+                let mut m = proto::Metric::default();
+                m.set_label(vec![label]);
+                m.set_histogram(hist);
+                m
+            })
+            .collect();
+        let mut family = proto::MetricFamily::default();
+        family.set_name(self.0.desc.fq_name.clone());
+        family.set_help(self.0.desc.help.clone());
+        family.set_field_type(proto::MetricType::HISTOGRAM);
+        family.set_metric(metrics);
+        vec![family]
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Latency of commands, by route (0 = primary, 1 = replica).
-    pub query_seconds: [Histogram; 2],
+    /// `sluice_query_duration_seconds{route}` (0 primary, 1 replica), written per thread.
+    pub query_seconds: Arc<QueryHistograms>,
     /// Time sessions waited in a pool's queue for a server connection.
     pub pool_wait_seconds: Histogram,
     sessions_pinned: IntGaugeVec,
@@ -139,24 +218,13 @@ impl Metrics {
     pub fn new() -> Metrics {
         use names::*;
         let r = Registry::new();
-        let buckets = vec![
+        let buckets = [
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5, 5.0, 10.0,
         ];
-        let q = HistogramVec::new(
-            HistogramOpts::new(
-                QUERY_DURATION_SECONDS,
-                "Time from forwarding a command to the end of its response, by route",
-            )
-            .buckets(buckets),
-            &["route"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(q.clone())).expect("unique metric");
-        let query_seconds = [
-            q.with_label_values(&["primary"]),
-            q.with_label_values(&["replica"]),
-        ];
+        let query_seconds = Arc::new(QueryHistograms::new(buckets));
+        r.register(Box::new(QueryCollector(query_seconds.clone())))
+            .expect("unique metric");
         let lag = GaugeVec::new(
             Opts::new(
                 REPLICA_LAG_SECONDS,
