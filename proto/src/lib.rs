@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod handshake_response;
 pub mod lenenc;
 pub mod ok;
+pub mod query_attrs;
 pub mod scramble;
 pub mod ssl_request;
 pub mod stmt;

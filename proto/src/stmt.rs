@@ -70,25 +70,32 @@ impl<'a> StmtExecute<'a> {
             if null {
                 continue;
             }
-            match t[0] {
-                0x06 => {}
-                0x01 => drop(r.bytes(1, "TINY value")?),
-                0x02 | 0x0D => drop(r.bytes(2, "SHORT value")?),
-                0x03 | 0x09 | 0x04 => drop(r.bytes(4, "LONG value")?),
-                0x08 | 0x05 => drop(r.bytes(8, "LONGLONG value")?),
-                0x07 | 0x0A | 0x0B | 0x0C => {
-                    let n = r.u8("temporal length")?;
-                    r.bytes(usize::from(n), "temporal value")?;
-                }
-                0x00 | 0x0F | 0x10 | 0xF5..=0xFF => drop(r.lenenc_bytes("string value")?),
-                _ => return Err(ProtoError::Invalid("unknown parameter type")),
-            }
+            skip_value(&mut r, t[0])?;
         }
         if !r.is_empty() {
             return Err(ProtoError::Invalid("bytes after the last parameter value"));
         }
         Ok(())
     }
+}
+
+/// Skips one binary-protocol value of type `t` (a parameter of an execution, or a query
+/// attribute).
+pub(crate) fn skip_value(r: &mut Reader<'_>, t: u8) -> Result<(), ProtoError> {
+    match t {
+        0x06 => {}
+        0x01 => drop(r.bytes(1, "TINY value")?),
+        0x02 | 0x0D => drop(r.bytes(2, "SHORT value")?),
+        0x03 | 0x09 | 0x04 => drop(r.bytes(4, "LONG value")?),
+        0x08 | 0x05 => drop(r.bytes(8, "LONGLONG value")?),
+        0x07 | 0x0A | 0x0B | 0x0C => {
+            let n = r.u8("temporal length")?;
+            r.bytes(usize::from(n), "temporal value")?;
+        }
+        0x00 | 0x0F | 0x10 | 0xF5..=0xFF => drop(r.lenenc_bytes("string value")?),
+        _ => return Err(ProtoError::Invalid("unknown parameter type")),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
