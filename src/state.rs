@@ -108,6 +108,8 @@ pub struct Counters {
     pub queries: [[crate::lanes::LaneCounter; crate::router::StatementClass::COUNT]; 2],
     /// Sessions closed by `KILL SESSION`.
     pub sessions_killed: AtomicU64,
+    /// Client commands that carried MySQL query attributes.
+    pub query_attributes: AtomicU64,
 }
 
 /// What sessions read, as one snapshot: the configuration (its `servers` include removed ones,
@@ -142,6 +144,7 @@ impl RoutingState {
             auth: handshake::AuthOptions {
                 check_address: true,
                 compression: config.proxy.compression,
+                query_attributes: config.proxy.query_attributes,
                 require_tls: config.proxy.tls.as_ref().is_some_and(|t| t.require),
                 tls,
                 greeting_plugin: handshake::AuthPlugin::from_name(

@@ -580,7 +580,15 @@ impl BackendConn {
         kind: sluice_proto::tracker::ResponseKind,
     ) -> Result<Result<(Vec<u8>, Option<Vec<Option<Vec<u8>>>>), ErrPacket>, BackendError> {
         use sluice_proto::tracker::{Progress, ResponseTracker};
-        self.write_packet(0, payload).await?;
+        if self.query_attributes() && payload.first() == Some(&sluice_proto::command::COM_QUERY) {
+            // Negotiated query attributes: Sluice's own statements carry none.
+            let mut p = Vec::with_capacity(payload.len() + 2);
+            p.push(sluice_proto::command::COM_QUERY);
+            sluice_proto::query_attrs::join_query(&Default::default(), &payload[1..], &mut p);
+            self.write_packet(0, &p).await?;
+        } else {
+            self.write_packet(0, payload).await?;
+        }
         let mut t = ResponseTracker::new(kind, self.deprecate_eof());
         let mut first = None;
         let mut index = 0usize;
@@ -761,6 +769,12 @@ impl BackendConn {
     }
 
     /// Writes bytes as they are (a client's command, already framed).
+    /// Whether MySQL query attributes were negotiated: every `COM_QUERY` and
+    /// `COM_STMT_EXECUTE` then has their layout (`sluice_proto::query_attrs`).
+    pub fn query_attributes(&self) -> bool {
+        self.capabilities & cap::CLIENT_QUERY_ATTRIBUTES != 0
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         self.stream.write_all(bytes).await?;
         // Frames the bytes when compressed (nothing to do on a plain socket).

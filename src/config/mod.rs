@@ -309,6 +309,11 @@ pub struct ProxyConfig {
     /// path derived from `listen` in `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR` or the
     /// temporary folder; `"off"` = none.
     pub takeover_socket: String,
+    /// MySQL query attributes (`CLIENT_QUERY_ATTRIBUTES`): `relay` (default) offers them when
+    /// the primary does, and relays them to the servers that negotiated them; `accept` offers
+    /// them whatever the servers (relayed where negotiated, dropped for servers without them,
+    /// as MariaDB); `off` never offers them.
+    pub query_attributes: QueryAttributes,
     /// Offer clients the compressed protocol (`CLIENT_COMPRESS`, zlib). Sluice inflates and
     /// deflates it itself (it must read the commands), which costs CPU: `false` stops offering
     /// it (clients that ask then talk uncompressed).
@@ -359,6 +364,7 @@ impl Default for ProxyConfig {
             max_prepared_statements_per_session: 1024,
             takeover_socket: String::new(),
             compression: true,
+            query_attributes: QueryAttributes::Relay,
             rsa_private_key: String::new(),
             tls: None,
         }
@@ -371,6 +377,16 @@ impl Default for ProxyConfig {
 pub enum Multiplexing {
     Transaction,
     Session,
+}
+
+/// `[proxy] query_attributes`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryAttributes {
+    #[default]
+    Relay,
+    Accept,
+    Off,
 }
 
 /// `[[servers]]`: one database server. Its role is discovered, not configured.

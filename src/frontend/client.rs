@@ -163,6 +163,61 @@ impl ClientConn {
         new_len
     }
 
+    /// The payload of the command at the front of the buffer (`wire_len` bytes): borrowed
+    /// when it is one frame, its frames joined otherwise.
+    pub fn command_payload(&self, wire_len: usize) -> std::borrow::Cow<'_, [u8]> {
+        let b = &self.rbuf[..wire_len.min(self.rbuf.len())];
+        if b.len() < 2 * framing::HEADER_LEN + framing::MAX_FRAME_PAYLOAD {
+            return std::borrow::Cow::Borrowed(b.get(framing::HEADER_LEN..).unwrap_or_default());
+        }
+        let mut out = Vec::with_capacity(b.len());
+        let mut rest = b;
+        while let Some(h) = framing::FrameHeader::peek(rest) {
+            let end = (framing::HEADER_LEN + h.len).min(rest.len());
+            out.extend_from_slice(&rest[framing::HEADER_LEN..end]);
+            rest = &rest[end..];
+            if h.len < framing::MAX_FRAME_PAYLOAD {
+                break;
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// Replaces the command at the front of the buffer (`wire_len` bytes) with `payload`,
+    /// framed from the same sequence id; returns the new command's length in the buffer.
+    pub fn replace_command(&mut self, wire_len: usize, payload: &[u8]) -> usize {
+        if wire_len > self.rbuf.len() {
+            return wire_len;
+        }
+        let seq = self.rbuf.get(3).copied().unwrap_or(0);
+        let rest = self.rbuf.split_off(wire_len);
+        self.rbuf.clear();
+        framing::write_packet(&mut self.rbuf, seq, payload);
+        let new_len = self.rbuf.len();
+        self.rbuf.unsplit(rest);
+        new_len
+    }
+
+    /// Removes `n` bytes after the command byte of the one-frame command at the front of the
+    /// buffer, in place (the header and command byte move forward; nothing is copied after
+    /// them); returns the new command's length.
+    pub fn strip_after_command(&mut self, wire_len: usize, n: usize) -> usize {
+        let h = framing::HEADER_LEN;
+        if n == 0 || wire_len > self.rbuf.len() || wire_len < h + 1 + n {
+            return wire_len;
+        }
+        let (cmd, seq) = (self.rbuf[h], self.rbuf[3]);
+        let header = framing::FrameHeader {
+            len: wire_len - h - n,
+            seq,
+        }
+        .encode();
+        self.rbuf[n..n + h].copy_from_slice(&header);
+        self.rbuf[n + h] = cmd;
+        self.rbuf.advance(n);
+        wire_len - n
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.rbuf.advance(n);
     }

@@ -220,6 +220,8 @@ pub struct AuthOptions {
     pub greeting_plugin: AuthPlugin,
     /// Offer `CLIENT_COMPRESS` (the caller then compresses after the login's OK).
     pub compression: bool,
+    /// `[proxy] query_attributes`: when `CLIENT_QUERY_ATTRIBUTES` is offered.
+    pub query_attributes: crate::config::QueryAttributes,
     /// `[proxy] rsa_private_key`: caching_sha2_password's full authentication on plaintext
     /// links by the RSA exchange.
     pub rsa: Option<std::sync::Arc<crate::rsa_auth::ServerKey>>,
@@ -275,6 +277,16 @@ pub async fn authenticate(
     }
     if opts.tls.is_some() {
         offered |= cap::CLIENT_SSL;
+    }
+    // MySQL query attributes: Sluice takes them off each command and puts them back for the
+    // server connections that negotiated them (src/frontend/session.rs, `attributes`).
+    let primary_attrs = hello.is_some_and(|h| h.capabilities & cap::CLIENT_QUERY_ATTRIBUTES != 0);
+    match opts.query_attributes {
+        crate::config::QueryAttributes::Relay if primary_attrs => {
+            offered |= cap::CLIENT_QUERY_ATTRIBUTES
+        }
+        crate::config::QueryAttributes::Accept => offered |= cap::CLIENT_QUERY_ATTRIBUTES,
+        _ => {}
     }
     // Terminated by Sluice, whatever the servers offer.
     if opts.compression {

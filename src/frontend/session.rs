@@ -81,6 +81,11 @@ pub(super) struct Session {
     pub(super) known_digests: crate::metrics::digest::KnownDigests,
     /// A prepared execution rebuilt with its parameter types, kept between executions.
     pub(super) exec_buf: Vec<u8>,
+    /// The current command's MySQL query attributes (taken off it on arrival, put back for
+    /// a server connection that negotiated them), and for an execution its statement's
+    /// parameter count.
+    pub(super) attrs: sluice_proto::query_attrs::Attributes,
+    pub(super) attrs_params: u16,
     /// `info.pinned_by` holds a statement (cleared when the pins end).
     pinned_by_shown: bool,
     /// When the last relayed statement's answer ended (`account`'s clock read).
@@ -223,6 +228,8 @@ pub async fn run(
         idle: true,
         known_digests: Default::default(),
         exec_buf: Vec::new(),
+        attrs: Default::default(),
+        attrs_params: 0,
         pinned_by_shown: false,
         answered: None,
         last_command: tokio::time::Instant::now(),
@@ -347,6 +354,9 @@ impl Session {
             };
             self.idle = false;
             self.info.waiting.store(false, Ordering::Relaxed);
+            if self.capabilities & cap::CLIENT_QUERY_ATTRIBUTES != 0 && !self.attrs.is_empty() {
+                self.attrs = Default::default();
+            }
             self.info.busy.store(true, Ordering::Relaxed);
             if self.shared.routing_gen.load(Ordering::Acquire) != self.routing.generation {
                 self.refresh_snapshot();
@@ -557,6 +567,21 @@ impl Session {
         mut wire_len: usize,
         seq: u8,
     ) -> Result<(), SessionError> {
+        if code == command::COM_QUERY && self.capabilities & cap::CLIENT_QUERY_ATTRIBUTES != 0 {
+            // Everything below reads the statement as without query attributes.
+            match self.take_query_attributes(wire_len) {
+                Some(n) => wire_len = n,
+                None => {
+                    self.client.consume(wire_len);
+                    let e = ErrPacket::new(
+                        1835,
+                        b"08S01",
+                        "Malformed communication packet (query attributes)",
+                    );
+                    return self.client.send_err(seq, &e).await;
+                }
+            }
+        }
         // Connection ids are Sluice's session ids (src/frontend/kill.rs).
         if code == command::COM_PROCESS_KILL {
             let k = super::kill::parse_process_kill(&self.client.rbuf[HEADER_LEN..wire_len]);
@@ -687,6 +712,65 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Takes the query attributes off the `COM_QUERY` at the front of the client buffer
+    /// (`wire_len` bytes) into `self.attrs`; returns the classic command's length. `None`:
+    /// malformed attributes.
+    fn take_query_attributes(&mut self, wire_len: usize) -> Option<usize> {
+        let payload = self.client.command_payload(wire_len);
+        let (attrs, at) = sluice_proto::query_attrs::split_query(payload.get(1..)?).ok()?;
+        let n = match payload {
+            std::borrow::Cow::Borrowed(_) => self.client.strip_after_command(wire_len, at),
+            std::borrow::Cow::Owned(p) => {
+                let mut classic = Vec::with_capacity(p.len() - at);
+                classic.push(command::COM_QUERY);
+                classic.extend_from_slice(&p[1 + at..]);
+                self.client.replace_command(wire_len, &classic)
+            }
+        };
+        if !attrs.is_empty() {
+            self.shared
+                .counters
+                .query_attributes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(attributes = attrs.len(), "a query with attributes");
+        }
+        self.attrs = attrs;
+        self.attrs_params = 0;
+        Some(n)
+    }
+
+    /// For a server connection that negotiated query attributes: the command to send (the
+    /// classic `payload`, or the client's at the front of its buffer) with the current
+    /// command's attributes put back. `Ok(None)`: the classic command goes as it is.
+    fn with_attributes(
+        &self,
+        wire_len: usize,
+        payload: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, sluice_proto::error::ProtoError> {
+        use sluice_proto::query_attrs::{join_execute, join_query};
+        let classic = match payload {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => self.client.command_payload(wire_len),
+        };
+        let mut out = Vec::with_capacity(classic.len() + 16);
+        match classic.first() {
+            Some(&command::COM_QUERY) => {
+                out.push(command::COM_QUERY);
+                join_query(&self.attrs, &classic[1..], &mut out);
+            }
+            Some(&command::COM_STMT_EXECUTE) => {
+                out.push(command::COM_STMT_EXECUTE);
+                out.extend_from_slice(&join_execute(
+                    &classic[1..],
+                    self.attrs_params,
+                    &self.attrs,
+                )?);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(out))
     }
 
     /// An OK that Sluice answers itself, with the session's status flags.
@@ -1055,6 +1139,30 @@ impl Session {
         local_files: bool,
     ) -> Result<Option<Relayed>, SessionError> {
         let server = self.server_of(on);
+        // Query attributes go back on for a connection that negotiated them.
+        let attrs_conn = match on {
+            Held::Primary => self.primary.as_ref(),
+            Held::Replica => self.replica.as_ref(),
+        }
+        .is_some_and(|l| l.conn.query_attributes());
+        let joined = if attrs_conn {
+            match self.with_attributes(wire_len, rebuilt) {
+                Ok(j) => j,
+                Err(e) => {
+                    self.client.consume(wire_len);
+                    let e = ErrPacket::new(
+                        1210,
+                        b"HY000",
+                        format!("Incorrect arguments to mysqld_stmt_execute ({e})"),
+                    );
+                    self.client.send_err(seq, &e).await?;
+                    return Ok(None);
+                }
+            }
+        } else {
+            None
+        };
+        let rebuilt = joined.as_deref().or(rebuilt);
         // The in-flight count is kept while the statement runs (borrowed snapshot: no Arc
         // clone per statement).
         let outstanding = match on {

@@ -177,7 +177,49 @@ impl Session {
         }
     }
 
-    async fn execute(&mut self, id: u32, wire_len: usize, seq: u8) -> Result<(), SessionError> {
+    async fn execute(&mut self, id: u32, mut wire_len: usize, seq: u8) -> Result<(), SessionError> {
+        if self.capabilities & sluice_proto::flags::cap::CLIENT_QUERY_ATTRIBUTES != 0 {
+            // The query attributes come off here and go back on in `forward` for a server
+            // connection that negotiated them; everything between sees a classic execution.
+            let params = self.st.stmts.get(&id).map_or(0, |s| s.params);
+            let split = sluice_proto::query_attrs::split_execute(
+                self.client
+                    .command_payload(wire_len)
+                    .get(1..)
+                    .unwrap_or_default(),
+                params,
+            );
+            match split {
+                Ok((classic, attrs)) => {
+                    let mut p = Vec::with_capacity(classic.len() + 1);
+                    p.push(COM_STMT_EXECUTE);
+                    p.extend_from_slice(&classic);
+                    wire_len = self.client.replace_command(wire_len, &p);
+                    if !attrs.is_empty() {
+                        self.shared
+                            .counters
+                            .query_attributes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::trace!(
+                            attributes = attrs.len(),
+                            params,
+                            "an execution with attributes"
+                        );
+                    }
+                    self.attrs = attrs;
+                    self.attrs_params = params;
+                }
+                Err(e) => {
+                    self.client.consume(wire_len);
+                    let e = ErrPacket::new(
+                        1210,
+                        b"HY000",
+                        format!("Incorrect arguments to mysqld_stmt_execute ({e})"),
+                    );
+                    return self.client.send_err(seq, &e).await;
+                }
+            }
+        }
         let Some(st) = self.st.stmts.get_mut(&id) else {
             self.client.consume(wire_len);
             return self

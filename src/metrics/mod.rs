@@ -144,6 +144,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     idle_timeouts: IntCounter,
     killed: IntCounter,
+    query_attributes: IntCounter,
     queries: IntCounterVec,
     reads: IntCounterVec,
     fallbacks: IntCounterVec,
@@ -293,6 +294,11 @@ impl Metrics {
                 "Sessions closed after client_idle_timeout_ms without a command",
             ),
             killed: counter(&r, SESSIONS_KILLED_TOTAL, "Sessions ended by KILL SESSION"),
+            query_attributes: counter(
+                &r,
+                QUERY_ATTRIBUTES_TOTAL,
+                "Client commands that carried MySQL query attributes",
+            ),
             queries: counter_vec(
                 &r,
                 QUERIES_TOTAL,
@@ -519,6 +525,10 @@ impl Metrics {
         }
         sync(&self.idle_timeouts, c.idle_timeouts.load(Ordering::Relaxed));
         sync(&self.killed, c.sessions_killed.load(Ordering::Relaxed));
+        sync(
+            &self.query_attributes,
+            c.query_attributes.load(Ordering::Relaxed),
+        );
         for (r, route) in ["primary", "replica"].iter().enumerate() {
             for class in StatementClass::ALL {
                 let v = c.queries[r][class.index()].load(Ordering::Relaxed);

@@ -7,6 +7,7 @@ pub const CLIENT_CONNECTIONS_TOTAL: &str = "sluice_client_connections_total";
 pub const CLIENT_CONNECTIONS_REJECTED_TOTAL: &str = "sluice_client_connections_rejected_total";
 pub const CLIENT_IDLE_TIMEOUTS_TOTAL: &str = "sluice_client_idle_timeouts_total";
 pub const SESSIONS_KILLED_TOTAL: &str = "sluice_sessions_killed_total";
+pub const QUERY_ATTRIBUTES_TOTAL: &str = "sluice_query_attributes_commands_total";
 pub const QUERIES_TOTAL: &str = "sluice_queries_total";
 pub const QUERY_DURATION_SECONDS: &str = "sluice_query_duration_seconds";
 pub const READS_ROUTED_TOTAL: &str = "sluice_reads_routed_total";
