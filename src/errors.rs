@@ -14,6 +14,10 @@ pub const ER_HANDSHAKE_ERROR: u16 = 1043;
 pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
 /// A packet with an unexpected sequence id.
 pub const ER_NET_PACKETS_OUT_OF_ORDER: u16 = 1156;
+/// A command packet whose layout is broken.
+pub const ER_MALFORMED_PACKET: u16 = 1835;
+/// Parameters of an execution that do not fit its statement.
+pub const ER_WRONG_ARGUMENTS: u16 = 1210;
 /// A command byte Sluice does not forward (replication protocol, unknown).
 pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
 /// The server went away in the middle of a command (the client library's CR_SERVER_LOST code).
@@ -137,6 +141,27 @@ pub fn out_of_order() -> ErrPacket {
         ER_NET_PACKETS_OUT_OF_ORDER,
         b"08S01",
         "Got packets out of order",
+    )
+}
+
+/// A command whose layout is broken (MySQL's ER_MALFORMED_PACKET); `what` says which part,
+/// empty for none.
+pub fn malformed_packet(what: &str) -> ErrPacket {
+    let message = if what.is_empty() {
+        "Malformed communication packet".to_string()
+    } else {
+        format!("Malformed communication packet ({what})")
+    };
+    ErrPacket::new(ER_MALFORMED_PACKET, b"08S01", message)
+}
+
+/// An execution whose parameters do not fit the statement (MySQL's ER_WRONG_ARGUMENTS):
+/// `command` is `mysqld_stmt_execute` or `mysqld_stmt_bulk_execute`.
+pub fn incorrect_arguments(command: &str, detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        ER_WRONG_ARGUMENTS,
+        b"HY000",
+        format!("Incorrect arguments to {command} ({detail})"),
     )
 }
 

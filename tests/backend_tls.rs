@@ -34,15 +34,7 @@ fn backend_tls(ca: &Path, verify_name: bool, name: Option<&str>) -> BackendTlsCo
 }
 
 fn params() -> LoginParams<'static> {
-    LoginParams {
-        user: b"app",
-        secret: sluice::config::Secret::Password(b"app-pw"),
-        database: None,
-        capabilities: u64::from(u32::MAX),
-        charset: 45,
-        max_packet: 1 << 24,
-        connect_attrs: None,
-    }
+    common::app_login()
 }
 
 async fn try_connect(address: &str, cfg: BackendTlsConfig) -> Result<bool, BackendError> {

@@ -113,20 +113,11 @@ async fn query_attributes_are_taken_off_and_relayed_like_a_server_takes_them() {
     // Bad input from a client that negotiated attributes: a query whose attribute block lies
     // about its count, and an execution whose parameter count is below the statement's. Each
     // gets its error and the session goes on.
-    use sluice::backend::{connect, LoginParams, Transport};
-    let params = LoginParams {
-        user: b"app",
-        secret: sluice::config::Secret::Password(b"app-pw"),
-        database: None,
-        capabilities: u64::from(u32::MAX),
-        charset: 45,
-        max_packet: 1 << 24,
-        connect_attrs: None,
-    };
+    use sluice::backend::{connect, Transport};
     let (mut raw, _) = connect(
         "inner",
         &h.addr.to_string(),
-        params,
+        common::app_login(),
         std::time::Duration::from_secs(5),
         Transport::default(),
     )

@@ -147,20 +147,13 @@ impl ClientConn {
     /// carrying `sql`; returns the new packet's length. Left as it is (same length returned)
     /// when the new text would not fit one packet.
     pub fn replace_query(&mut self, wire_len: usize, sql: &[u8]) -> usize {
-        let payload_len = 1 + sql.len();
-        if payload_len >= 0xFF_FFFF || wire_len > self.rbuf.len() {
+        if 1 + sql.len() >= framing::MAX_FRAME_PAYLOAD {
             return wire_len;
         }
-        let rest = self.rbuf.split_off(wire_len);
-        let seq = self.rbuf.get(3).copied().unwrap_or(0);
-        self.rbuf.clear();
-        let len = (payload_len as u32).to_le_bytes();
-        self.rbuf
-            .extend_from_slice(&[len[0], len[1], len[2], seq, 0x03]);
-        self.rbuf.extend_from_slice(sql);
-        let new_len = self.rbuf.len();
-        self.rbuf.unsplit(rest);
-        new_len
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(0x03);
+        payload.extend_from_slice(sql);
+        self.replace_command(wire_len, &payload)
     }
 
     /// The payload of the command at the front of the buffer (`wire_len` bytes): borrowed

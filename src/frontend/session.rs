@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::auth_switch::AuthSwitchRequest;
 use sluice_proto::command::{self, ChangeUser};
-use sluice_proto::err::ErrPacket;
 use sluice_proto::flags::cap;
 use sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
 use sluice_proto::framing::{PacketExtent, HEADER_LEN};
@@ -81,9 +80,9 @@ pub(super) struct Session {
     pub(super) known_digests: crate::metrics::digest::KnownDigests,
     /// A prepared execution rebuilt with its parameter types, kept between executions.
     pub(super) exec_buf: Vec<u8>,
-    /// The current command's MySQL query attributes (taken off it on arrival, put back for
-    /// a server connection that negotiated them), and for an execution its statement's
-    /// parameter count.
+    /// The current command's MySQL query attributes (taken off every COM_QUERY and
+    /// COM_STMT_EXECUTE on arrival, put back for a server connection that negotiated them),
+    /// and for an execution its statement's parameter count.
     pub(super) attrs: sluice_proto::query_attrs::Attributes,
     pub(super) attrs_params: u16,
     /// `info.pinned_by` holds a statement (cleared when the pins end).
@@ -354,9 +353,6 @@ impl Session {
             };
             self.idle = false;
             self.info.waiting.store(false, Ordering::Relaxed);
-            if self.capabilities & cap::CLIENT_QUERY_ATTRIBUTES != 0 && !self.attrs.is_empty() {
-                self.attrs = Default::default();
-            }
             self.info.busy.store(true, Ordering::Relaxed);
             if self.shared.routing_gen.load(Ordering::Acquire) != self.routing.generation {
                 self.refresh_snapshot();
@@ -377,8 +373,7 @@ impl Session {
                 .get(HEADER_LEN)
                 .filter(|_| ext.wire_len > HEADER_LEN)
             else {
-                let e = ErrPacket::new(1835, b"08S01", "Malformed communication packet");
-                let _ = self.client.send_err(1, &e).await;
+                let _ = self.client.send_err(1, &errors::malformed_packet("")).await;
                 return Err(SessionError::Malformed("empty command packet".into()));
             };
             match code {
@@ -573,11 +568,7 @@ impl Session {
                 Some(n) => wire_len = n,
                 None => {
                     self.client.consume(wire_len);
-                    let e = ErrPacket::new(
-                        1835,
-                        b"08S01",
-                        "Malformed communication packet (query attributes)",
-                    );
+                    let e = errors::malformed_packet("query attributes");
                     return self.client.send_err(seq, &e).await;
                 }
             }
@@ -1150,11 +1141,7 @@ impl Session {
                 Ok(j) => j,
                 Err(e) => {
                     self.client.consume(wire_len);
-                    let e = ErrPacket::new(
-                        1210,
-                        b"HY000",
-                        format!("Incorrect arguments to mysqld_stmt_execute ({e})"),
-                    );
+                    let e = errors::incorrect_arguments("mysqld_stmt_execute", &e.to_string());
                     self.client.send_err(seq, &e).await?;
                     return Ok(None);
                 }

@@ -24,6 +24,7 @@ use super::session::{statement_text, Held, Session};
 use super::session_state::Stmt;
 use super::SessionError;
 use crate::backend::StmtBudget;
+use crate::errors;
 use crate::router::{PinReason, Route};
 
 fn unknown_statement(id: u32, what: &str) -> ErrPacket {
@@ -211,11 +212,7 @@ impl Session {
                 }
                 Err(e) => {
                     self.client.consume(wire_len);
-                    let e = ErrPacket::new(
-                        1210,
-                        b"HY000",
-                        format!("Incorrect arguments to mysqld_stmt_execute ({e})"),
-                    );
+                    let e = errors::incorrect_arguments("mysqld_stmt_execute", &e.to_string());
                     return self.client.send_err(seq, &e).await;
                 }
             }
@@ -247,11 +244,7 @@ impl Session {
         };
         if !well_formed {
             self.client.consume(wire_len);
-            let e = ErrPacket::new(
-                1210,
-                b"HY000",
-                "Incorrect arguments to mysqld_stmt_execute (malformed parameters)",
-            );
+            let e = errors::incorrect_arguments("mysqld_stmt_execute", "malformed parameters");
             return self.client.send_err(seq, &e).await;
         }
         let (binds_types, cursor) = match &parsed {
@@ -370,10 +363,9 @@ impl Session {
         let typed = flags & SEND_TYPES != 0 && payload.len() >= 7 + n_types;
         if st.params == 0 || payload.len() < 7 || !typed && st.types.is_none() {
             self.client.consume(wire_len);
-            let e = ErrPacket::new(
-                1210,
-                b"HY000",
-                "Incorrect arguments to mysqld_stmt_bulk_execute (Sluice needs the parameter types in every bulk execution)",
+            let e = errors::incorrect_arguments(
+                "mysqld_stmt_bulk_execute",
+                "Sluice needs the parameter types in every bulk execution",
             );
             return self.client.send_err(seq, &e).await;
         }

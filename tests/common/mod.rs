@@ -292,3 +292,18 @@ pub async fn app_connections(h: &Harness, node: usize) -> usize {
     .parse()
     .unwrap()
 }
+
+/// A login as the harness's `app` user for Sluice's own backend client (`sluice::backend::
+/// connect`), asking for every capability of the 4-byte field: a raw client for tests at the
+/// protocol level.
+pub fn app_login() -> sluice::backend::LoginParams<'static> {
+    sluice::backend::LoginParams {
+        user: b"app",
+        secret: sluice::config::Secret::Password(b"app-pw"),
+        database: None,
+        capabilities: u64::from(u32::MAX),
+        charset: 45,
+        max_packet: 1 << 24,
+        connect_attrs: None,
+    }
+}
