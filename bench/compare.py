@@ -2,7 +2,7 @@
 """Sysbench comparison in one run: direct to the primary, through HAProxy (TCP mode) and
 through Sluice, on the same local topology.
 
-    python3 bench/compare.py [--time 10] [--repeats 3] [--threads 8,32] [--out FILE]
+    python3 bench/compare.py [--time 10] [--repeats 3] [--threads 8,32] [--proxy-threads N] [--out FILE]
 
 Starts `sluice sandbox` (a MariaDB primary, and Sluice in the same process), HAProxy in TCP
 mode in front of the same primary, prepares sysbench tables, then runs oltp_point_select and
@@ -111,13 +111,14 @@ def start_sandbox(binary, work, port, replicas, extra=()):
     return sb, primary, servers
 
 
-def start_haproxy(work, port, primary):
-    """HAProxy in TCP mode on `port`, forwarding to the primary."""
+def start_haproxy(work, port, primary, threads=0):
+    """HAProxy in TCP mode on `port`, forwarding to the primary (`threads` > 0: nbthread)."""
     cfg = os.path.join(work, "haproxy.cfg")
+    nbthread = f"    nbthread {threads}\n" if threads else ""
     with open(cfg, "w") as f:
         f.write(f"""global
     maxconn 4096
-defaults
+{nbthread}defaults
     mode tcp
     timeout connect 5s
     timeout client 1h
@@ -177,6 +178,9 @@ def main():
     ap.add_argument("--tests", default="oltp_point_select,oltp_read_only")
     ap.add_argument("--modes", default="auto,disable")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--proxy-threads", type=int, default=0,
+                    help="threads of both proxies (HAProxy nbthread, Sluice [proxy] worker_threads); "
+                         "0: each one's default, one per CPU")
     ap.add_argument("--replicas", type=int, default=0,
                     help="replicas behind Sluice (reads are split); HAProxy always goes to the primary")
     args = ap.parse_args()
@@ -189,9 +193,10 @@ def main():
     sluice_port, haproxy_port = free_port(), free_port()
     procs = []
     try:
-        sb, primary, servers = start_sandbox(binary, work, sluice_port, args.replicas)
+        extra = ["--worker-threads", str(args.proxy_threads)] if args.proxy_threads else []
+        sb, primary, servers = start_sandbox(binary, work, sluice_port, args.replicas, extra)
         procs.append(sb)
-        hp = start_haproxy(work, haproxy_port, primary)
+        hp = start_haproxy(work, haproxy_port, primary, args.proxy_threads)
         procs.append(hp)
         wait_port(haproxy_port)
         wait_port(sluice_port)

@@ -58,6 +58,9 @@ enum Cmd {
         /// `[proxy] multiplexing` (`transaction` or `session`).
         #[arg(long)]
         multiplexing: Option<String>,
+        /// `[proxy] worker_threads` for the sandbox's Sluice (0 = one per CPU).
+        #[arg(long, default_value_t = 0)]
+        worker_threads: u32,
     },
     /// Planned switchover: pause writes (in every Sluice instance), make the primary
     /// read-only, let NAME catch up, promote it, and make the others (the old primary
@@ -130,6 +133,17 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The runtime that runs everything: `threads` worker threads (0 = one per CPU this process
+/// may use, as tokio's default).
+fn runtime(threads: u32) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if threads > 0 {
+        b.worker_threads(threads as usize);
+    }
+    b.build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` logs the way its config says; the other commands as SLUICE_LOG_FORMAT says.
@@ -140,7 +154,13 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     init_logging(log_format);
-    let rt = match tokio::runtime::Runtime::new() {
+    // `[proxy] worker_threads`: the runtime's threads, fixed at start.
+    let threads = match &cli.cmd {
+        Cmd::Run { config } => Config::load(config).map_or(0, |c| c.proxy.worker_threads),
+        Cmd::Sandbox { worker_threads, .. } => *worker_threads,
+        _ => 0,
+    };
+    let rt = match runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
@@ -184,12 +204,14 @@ fn main() -> ExitCode {
             max_backend_connections,
             max_client_connections,
             multiplexing,
+            worker_threads,
         } => {
             let tls = tls_cert.zip(tls_key);
             let limits = SandboxProxy {
                 max_backend_connections,
                 max_client_connections,
                 multiplexing,
+                worker_threads,
             };
             rt.block_on(sandbox(listen, replicas, dir, server_cnf, tls, limits))
         }
@@ -291,6 +313,7 @@ struct SandboxProxy {
     max_backend_connections: Option<u32>,
     max_client_connections: Option<u32>,
     multiplexing: Option<String>,
+    worker_threads: u32,
 }
 
 async fn sandbox(
@@ -322,6 +345,7 @@ async fn sandbox(
     if let Some(n) = limits.max_client_connections {
         config.proxy.max_client_connections = n;
     }
+    config.proxy.worker_threads = limits.worker_threads;
     match limits.multiplexing.as_deref() {
         None => {}
         Some("transaction") => {

@@ -365,3 +365,68 @@ fn operator_commands_refuse_an_unreadable_backend_ca() {
         );
     }
 }
+
+/// `[proxy] worker_threads` sets the threads that run sessions (shown by
+/// `sluice_worker_threads`); 0 means one per CPU, as tokio's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sets_the_runtime_threads() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (configured, expected) in [(Some(3), 3), (Some(1), 1), (None, cpus)] {
+        let port = sluice::sandbox::node_free_port();
+        let metrics = sluice::sandbox::node_free_port();
+        let threads = configured.map_or(String::new(), |n| format!("worker_threads = {n}\n"));
+        // No server needs to answer for the process to run and export its metrics.
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{threads}[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n\
+             [[users]]\nname = \"app\"\npassword = \"app\"\n"
+        );
+        let cfg = write_config(&text);
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(cfg.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut shown = None;
+        for _ in 0..100 {
+            if let Ok(body) = http_get(metrics, "/metrics").await {
+                shown = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("sluice_worker_threads "))
+                    .map(|v| v.trim().parse::<usize>().unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(shown, Some(expected), "worker_threads = {configured:?}");
+        child.kill().await.unwrap();
+    }
+    // Out of range: refused at start, naming the key.
+    let cfg = write_config(
+        "[proxy]\nworker_threads = 5000\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(cfg.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("proxy.worker_threads"), "{err}");
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1:`port`; the body.
+async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_string()))
+}

@@ -264,6 +264,9 @@ pub struct ProxyConfig {
     /// Connections the kernel queues before Sluice accepts them (capped by
     /// `net.core.somaxconn`).
     pub listen_backlog: u32,
+    /// Threads that run client sessions, each its own event loop (src/workers.rs); 0
+    /// (default) = one per CPU this process may use. Read at start only.
+    pub worker_threads: u32,
     /// Largest packet (command or response row) accepted, in bytes. Larger client packets get
     /// error 1153 and the connection is closed.
     pub max_packet_bytes: u64,
@@ -346,6 +349,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             listen: "127.0.0.1:6033".into(),
             listen_backlog: 4096,
+            worker_threads: 0,
             max_packet_bytes: 64 << 20,
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
@@ -848,6 +852,15 @@ impl Config {
                     self.proxy.pool_max_idle,
                     self.proxy.max_backend_connections,
                     self.proxy.pool_min_idle
+                ),
+            ));
+        }
+        if self.proxy.worker_threads > 1024 {
+            return Err(bad(
+                "proxy.worker_threads".into(),
+                format!(
+                    "expected 0 (one per CPU) to 1024, found {}",
+                    self.proxy.worker_threads
                 ),
             ));
         }

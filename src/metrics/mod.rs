@@ -264,6 +264,15 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(ratio.clone())).expect("unique metric");
+        // The runtime's threads (`[proxy] worker_threads`), fixed for the process's life.
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            gauge(
+                &r,
+                WORKER_THREADS,
+                "Threads that run client sessions ([proxy] worker_threads)",
+            )
+            .set(h.metrics().num_workers() as i64);
+        }
         Metrics {
             query_seconds,
             pool_wait_seconds: pool_wait,
