@@ -186,11 +186,26 @@ async fn admin_port_shows_true_values_and_takes_commands() {
     // KILL SESSION ends a client's session.
     let mut victim = h.proxy_conn().await;
     let _: Option<u64> = victim.query_first("SELECT 1").await.unwrap();
-    let sessions = table(&mut a, "SHOW SESSIONS").await;
-    let newest = sessions
-        .iter()
-        .map(|s| val(s, "id").unwrap().parse::<u32>().unwrap())
-        .max()
+    let newest_row = |sessions: Vec<HashMap<String, Option<String>>>| {
+        sessions
+            .into_iter()
+            .max_by_key(|s| val(s, "id").unwrap().parse::<u32>().unwrap())
+            .unwrap()
+    };
+    let login_db = val(&newest_row(table(&mut a, "SHOW SESSIONS").await), "db").map(String::from);
+    // The session's database as it changes (published when it changes, not per statement).
+    victim.query_drop("USE information_schema").await.unwrap();
+    let row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+    assert_eq!(val(&row, "db"), Some("information_schema"), "{row:?}");
+    let _: Option<u64> = victim.query_first("SELECT 2").await.unwrap();
+    if let Some(db) = &login_db {
+        victim.query_drop(format!("USE `{db}`")).await.unwrap();
+        let row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+        assert_eq!(val(&row, "db"), Some(db.as_str()), "{row:?}");
+    }
+    let newest = val(&newest_row(table(&mut a, "SHOW SESSIONS").await), "id")
+        .unwrap()
+        .parse::<u32>()
         .unwrap();
     a.query_drop(format!("KILL SESSION {newest}"))
         .await

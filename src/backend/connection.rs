@@ -708,7 +708,10 @@ impl BackendConn {
                         }
                         let id = u32::from_le_bytes([first[1], first[2], first[3], first[4]]);
                         let params = u16::from_le_bytes([first[7], first[8]]);
-                        self.stmts.insert(sql.clone(), id);
+                        // A copy of its own: the cache is read by the sessions of every
+                        // core, and the session's text has its reference count written on
+                        // each execution (one cache line would bounce between cores).
+                        self.stmts.insert(std::sync::Arc::from(&sql[..]), id);
                         return Ok(Ok((id, params, packets)));
                     }
                     Progress::LocalInfile => {

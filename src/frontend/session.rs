@@ -97,10 +97,12 @@ pub(super) struct Session {
     /// The client has sent a command since its login (a session that has not is given
     /// longer before a drain closes it: its client is most likely about to use it).
     commanded: bool,
+    /// The process is shutting down (the shutdown channel said so; it never goes back).
+    shutting_down: bool,
     idle_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// The user and database last shown to the admin port (published only when they change).
-    published_user: String,
-    published_db: Option<Vec<u8>>,
+    /// The user and database are shown to the admin port only when they change:
+    /// `st.names_changed` when the user and database were last published (`None`: never).
+    published_names: Option<u32>,
 }
 
 /// What server connections are opened with (from the client's handshake).
@@ -234,11 +236,11 @@ pub async fn run(
         last_command: tokio::time::Instant::now(),
         drain_started: None,
         commanded: false,
+        shutting_down: false,
         idle_timer: Box::pin(tokio::time::sleep(Duration::from_millis(
             snapshot_idle_ms.max(1),
         ))),
-        published_user: String::new(),
-        published_db: None,
+        published_names: None,
         shared,
     };
     s.publish_state();
@@ -345,7 +347,7 @@ impl Session {
             self.idle = true;
             self.info.busy.store(false, Ordering::Relaxed);
             self.info.waiting.store(true, Ordering::Relaxed);
-            if *shutdown.borrow() && self.may_close_for_shutdown() {
+            if self.shutting_down(&mut shutdown) && self.may_close_for_shutdown() {
                 return self.close().await;
             }
             let Some(ext) = self.next_command(&mut shutdown).await? else {
@@ -413,6 +415,15 @@ impl Session {
                 None => tokio::time::Instant::now(),
             };
         }
+    }
+
+    /// Whether the process is shutting down. Read per statement: an atomic load of the
+    /// channel's version, not its lock (shared by every session, on every core).
+    fn shutting_down(&mut self, rx: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+        if !self.shutting_down && !matches!(rx.has_changed(), Ok(false)) {
+            self.shutting_down = *rx.borrow_and_update();
+        }
+        self.shutting_down
     }
 
     /// How long the client may stay silent: the session's own `SET wait_timeout` (seconds, as
@@ -493,7 +504,7 @@ impl Session {
             self.hold_until = Some(tokio::time::Instant::now() + Duration::from_millis(ms));
         }
         let hold_until = self.hold_until;
-        let draining = *shutdown.borrow();
+        let draining = self.shutting_down(shutdown);
         let drain_at =
             (draining && !self.st.in_transaction()).then(|| self.last_command + self.drain_quiet());
         let primary = self.primary.as_mut().map(|l| &mut *l.conn);
@@ -939,9 +950,9 @@ impl Session {
             }
             self.pinned_by_shown = false;
         }
-        if self.published_db != self.st.vars.db || self.published_user != self.user.name {
-            self.published_db.clone_from(&self.st.vars.db);
-            self.published_user.clone_from(&self.user.name);
+        // A change of user resets the state, which counts as a change of names.
+        if self.published_names != Some(self.st.names_changed) {
+            self.published_names = Some(self.st.names_changed);
             self.info
                 .set_names(&self.user.name, self.st.vars.db.as_deref());
         }

@@ -82,6 +82,9 @@ pub struct SessionState {
     /// The statement whose cursor is open, and the one long data was sent for.
     pub cursor: Option<u32>,
     pub long_data: Option<u32>,
+    /// Changes of the default database (and resets): the session publishes its names for
+    /// `SHOW SESSIONS` when this moved, instead of comparing them after every statement.
+    pub names_changed: u32,
 }
 
 impl SessionState {
@@ -156,6 +159,7 @@ impl SessionState {
         }
         if let Some(db) = a.db {
             self.vars.db = Some(db);
+            self.names_changed = self.names_changed.wrapping_add(1);
         }
         started
     }
@@ -166,6 +170,7 @@ impl SessionState {
         drop(stmts);
         *self = SessionState {
             next_stmt: self.next_stmt,
+            names_changed: self.names_changed.wrapping_add(1),
             ..SessionState::new(db)
         };
     }
