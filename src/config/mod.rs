@@ -264,8 +264,8 @@ pub struct ProxyConfig {
     /// Connections the kernel queues before Sluice accepts them (capped by
     /// `net.core.somaxconn`).
     pub listen_backlog: u32,
-    /// Threads that run client sessions, each its own event loop (src/workers.rs); 0
-    /// (default) = one per CPU this process may use. Read at start only.
+    /// Threads of the runtime that runs the sessions (and the monitor, admin and metrics);
+    /// 0 (default) = one per CPU this process may use. Read at start only.
     pub worker_threads: u32,
     /// Largest packet (command or response row) accepted, in bytes. Larger client packets get
     /// error 1153 and the connection is closed.
