@@ -372,37 +372,49 @@ fn operator_commands_refuse_an_unreadable_backend_ca() {
 async fn worker_threads_sets_the_runtime_threads() {
     let cpus = std::thread::available_parallelism().unwrap().get();
     for (configured, expected) in [(Some(3), 3), (Some(1), 1), (None, cpus)] {
-        let port = sluice::sandbox::node_free_port();
-        let metrics = sluice::sandbox::node_free_port();
         let threads = configured.map_or(String::new(), |n| format!("worker_threads = {n}\n"));
-        // No server needs to answer for the process to run and export its metrics.
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{threads}[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
-             [[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n\
-             [[users]]\nname = \"app\"\npassword = \"app\"\n"
-        );
-        let cfg = write_config(&text);
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(cfg.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
         let mut shown = None;
-        for _ in 0..100 {
-            if let Ok(body) = http_get(metrics, "/metrics").await {
-                shown = body
-                    .lines()
-                    .find_map(|l| l.strip_prefix("sluice_worker_threads "))
-                    .map(|v| v.trim().parse::<usize>().unwrap());
-                break;
+        // Ports are free when chosen but another test may take one first: a start that
+        // exits is retried on new ports (bounded). The server's name tells this process's
+        // metrics from another's.
+        'attempts: for _ in 0..3 {
+            let port = sluice::sandbox::node_free_port();
+            let metrics = sluice::sandbox::node_free_port();
+            let name = format!("probe{port}");
+            // No server needs to answer for the process to run and export its metrics.
+            let text = format!(
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{threads}[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+                 [[servers]]\nname = \"{name}\"\naddress = \"127.0.0.1:1\"\n\
+                 [[users]]\nname = \"app\"\npassword = \"app\"\n"
+            );
+            let cfg = write_config(&text);
+            let mut child = tokio::process::Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(cfg.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            for _ in 0..100 {
+                if let Ok(body) = http_get(metrics, "/metrics").await {
+                    if body.contains(&format!("server=\"{name}\"")) {
+                        shown = body
+                            .lines()
+                            .find_map(|l| l.strip_prefix("sluice_worker_threads "))
+                            .map(|v| v.trim().parse::<usize>().unwrap());
+                        child.kill().await.unwrap();
+                        break 'attempts;
+                    }
+                }
+                if child.try_wait().unwrap().is_some() {
+                    continue 'attempts;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            child.kill().await.unwrap();
         }
         assert_eq!(shown, Some(expected), "worker_threads = {configured:?}");
-        child.kill().await.unwrap();
     }
     // Out of range: refused at start, naming the key.
     let cfg = write_config(
