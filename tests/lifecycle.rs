@@ -397,7 +397,9 @@ async fn worker_threads_sets_the_runtime_threads() {
                 .spawn()
                 .unwrap();
             for _ in 0..100 {
-                if let Ok(body) = http_get(metrics, "/metrics").await {
+                if let Ok(body) =
+                    common::http_get(([127, 0, 0, 1], metrics).into(), "/metrics").await
+                {
                     if body.contains(&format!("server=\"{name}\"")) {
                         shown = body
                             .lines()
@@ -428,17 +430,4 @@ async fn worker_threads_sets_the_runtime_threads() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("proxy.worker_threads"), "{err}");
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1:`port`; the body.
-async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map_or(out.clone(), |(_, b)| b.to_string()))
 }

@@ -58,14 +58,7 @@ async fn passwords_never_appear_in_logs_config_or_metrics() {
     let _ = a.query_drop("RELOAD").await;
     let _ = a.query_drop(format!("SET PASSWORD = '{wrong}'")).await;
     let metrics_addr = h.proxy.as_ref().unwrap().metrics_addr.unwrap();
-    let mut s = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut metrics = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut metrics)
-        .await
-        .unwrap();
+    let metrics = common::http_get(metrics_addr, "/metrics").await.unwrap();
     drop(c);
     drop(a);
     h.shutdown().await;
@@ -76,7 +69,6 @@ async fn passwords_never_appear_in_logs_config_or_metrics() {
         "the failed logins were logged"
     );
     let config = format!("{config:?}");
-    let metrics = String::from_utf8_lossy(&metrics).into_owned();
     assert!(metrics.contains("sluice_"), "metrics scraped");
     for secret in [
         common::PASSWORD,

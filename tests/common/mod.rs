@@ -307,3 +307,15 @@ pub fn app_login() -> sluice::backend::LoginParams<'static> {
         connect_attrs: None,
     }
 }
+
+/// A plain HTTP/1.0 GET of `path` on `addr` (the metrics port); the whole response, headers
+/// included, as text.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
