@@ -104,7 +104,12 @@ impl Session {
         }
     }
 
-    fn plan_classified(&self, sql: &[u8], mut c: router::Classified<'_>, text: bool) -> Plan {
+    pub(super) fn plan_classified(
+        &self,
+        sql: &[u8],
+        mut c: router::Classified<'_>,
+        text: bool,
+    ) -> Plan {
         let (reject, strict_rule) = self.apply_rules(sql, &mut c);
         if c.hints.invalid > 0 {
             self.shared

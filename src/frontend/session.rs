@@ -601,7 +601,15 @@ impl Session {
             }
         }
         let payload = &self.client.rbuf[HEADER_LEN..wire_len];
-        let mut plan = self.plan(payload);
+        // With the query digest on, a text query is lexed once for its class, its digest and
+        // the `LOAD … LOCAL` test; otherwise the classifier's byte-scan fast path serves plain
+        // selects and the digest is not needed.
+        let seen = (code == command::COM_QUERY && self.shared.digests.is_enabled())
+            .then(|| crate::router::classify_query_seen(&payload[1..]));
+        let (mut plan, seen) = match seen {
+            Some((c, seen)) => (self.plan_classified(&payload[1..], c, true), Some(seen)),
+            None => (self.plan(payload), None),
+        };
         if code == command::COM_SET_OPTION {
             plan.applied.pin = Some(PinReason::SetOption);
         }
@@ -613,14 +621,17 @@ impl Session {
         // `LOAD DATA LOCAL` (and only if the client enabled it).
         let local_files = code == command::COM_QUERY
             && self.capabilities & cap::CLIENT_LOCAL_FILES != 0
-            && crate::router::lexer::mentions_load_local(&payload[1..]);
-        let digest = match code {
-            command::COM_QUERY => self
-                .shared
-                .digests
-                .begin_known(&payload[1..], &mut self.known_digests),
-            _ => None,
-        };
+            && seen.map_or_else(
+                || crate::router::lexer::mentions_load_local(&payload[1..]),
+                |s| s.load_local(),
+            );
+        let digest = seen.and_then(|s| {
+            self.shared.digests.begin_hashed_known(
+                s.digest(),
+                &payload[1..],
+                &mut self.known_digests,
+            )
+        });
         let pin_text = plan
             .applied
             .pin

@@ -4,7 +4,7 @@
 //! [`super::slow_path`] (sqlparser) decides; when both are unsure, the statement is treated as
 //! a write (primary).
 
-use super::lexer::{eq_kw, Lexer, Token, WORD};
+use super::lexer::{eq_kw, Lexer, Seen, Token, WORD};
 
 /// What a statement is, for routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -222,6 +222,25 @@ pub fn classify(sql: &[u8]) -> Classified<'_> {
     }
     c.hints = parse_hints(&lx.hints);
     c
+}
+
+/// Classifies one query as [`classify`] does, and in the same pass over its tokens learns its
+/// digest and whether it loads a local file ([`Seen`]): one lexical pass where the session
+/// needs all three (a text query with the query digest on) instead of three.
+pub fn classify_seen(sql: &[u8]) -> (Classified<'_>, Seen) {
+    let mut lx = Lexer::new(sql);
+    lx.seen = Some(Seen::default());
+    let mut c = classify_tokens(&mut lx);
+    // What the classifier saw, before the rest is read for the digest (a hint or an odd
+    // quote after the point where the class was decided does not count, as in `classify`).
+    let (unsure, hints) = (lx.unsure, lx.hints);
+    while lx.next_token().is_some() {}
+    if unsure {
+        c.class = StatementClass::Other;
+        c.unsure = false;
+    }
+    c.hints = parse_hints(&hints);
+    (c, lx.seen.unwrap_or_default())
 }
 
 fn classify_tokens<'a>(lx: &mut Lexer<'a>) -> Classified<'a> {
@@ -921,6 +940,54 @@ mod tests {
         ] {
             assert!(fast_select(sql.as_bytes()).is_none(), "{sql}");
         }
+    }
+
+    /// The one-pass classification (class, digest, `LOAD … LOCAL`) says what the three
+    /// separate passes say, on every statement of the table and on the cases where they could
+    /// part: hints and odd quotes after the class is decided, comments, executable comments,
+    /// `LOAD … LOCAL` forms, several statements.
+    #[test]
+    fn one_pass_agrees_with_the_three_passes() {
+        use crate::router::lexer::{digest, mentions_load_local};
+        let table = include_str!("testdata/statements.tsv");
+        let mut sqls: Vec<String> = table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split_once('\t').unwrap().1.replace("\\n", "\n"))
+            .collect();
+        for extra in [
+            "SELECT c FROM sbtest1 WHERE id=4711",
+            "select  c from T where ID = 'x' /* sluice: route=primary */",
+            "SELECT 1 /* sluice: max_lag=50 */ ; SELECT 2",
+            "SELECT 1; /* sluice: route=replica */",
+            "SELECT 'unterminated",
+            "SELECT 1; SELECT 'unterminated",
+            "/*!40101 SELECT */ a FROM t",
+            "/*!80000 SELECT */ 1",
+            "SELECT `a`.`b`, @x, @@session.sql_mode, f(1, 2.5e-3) FROM t -- c\n",
+            "LOAD DATA LOCAL INFILE 'f' INTO TABLE t",
+            "LOAD DATA LOW_PRIORITY CONCURRENT LOCAL INFILE 'f' INTO TABLE t",
+            "load xml local infile 'f' into table t",
+            "SELECT 1; LOAD DATA LOCAL INFILE 'f' INTO TABLE t",
+            "LOAD DATA INFILE 'local' INTO TABLE t",
+            "SELECT 'LOAD DATA LOCAL INFILE'",
+            "",
+            "   ",
+            "(SELECT 1) UNION (SELECT 2)",
+        ] {
+            sqls.push(extra.to_string());
+        }
+        for sql in &sqls {
+            let b = sql.as_bytes();
+            let (c, seen) = crate::router::classify_query_seen(b);
+            assert_eq!(c, classify_query(b), "{sql}");
+            assert_eq!(seen.digest(), digest(b), "{sql}");
+            assert_eq!(seen.load_local(), mentions_load_local(b), "{sql}");
+        }
+        assert!(mentions_load_local(
+            b"LOAD DATA LOW_PRIORITY CONCURRENT LOCAL INFILE 'f' INTO TABLE t"
+        ));
+        assert!(!mentions_load_local(b"SELECT 'LOAD DATA LOCAL INFILE'"));
     }
 
     #[test]

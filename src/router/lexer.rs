@@ -62,6 +62,9 @@ pub struct Lexer<'a> {
     pub unsure: bool,
     /// Hint comments seen so far (the text after `sluice:`), at most a few.
     pub hints: [Option<&'a [u8]>; 4],
+    /// When set, every token returned is also fed to it (one pass for the class, the digest
+    /// and the `LOAD … LOCAL` test).
+    pub seen: Option<Seen>,
 }
 
 impl<'a> Lexer<'a> {
@@ -72,6 +75,7 @@ impl<'a> Lexer<'a> {
             in_exec_comment: 0,
             unsure: false,
             hints: [None; 4],
+            seen: None,
         }
     }
 
@@ -168,6 +172,15 @@ impl<'a> Lexer<'a> {
     /// The next token, or `None` at the end.
     #[inline]
     pub fn next_token(&mut self) -> Option<Token<'a>> {
+        let t = self.next_raw();
+        if let (Some(t), Some(seen)) = (t, self.seen.as_mut()) {
+            seen.token(t);
+        }
+        t
+    }
+
+    #[inline]
+    fn next_raw(&mut self) -> Option<Token<'a>> {
         self.skip_trivia();
         let c = self.peek_at(0);
         if self.pos >= self.sql.len() {
@@ -289,6 +302,16 @@ pub trait NormSink {
     fn put(&mut self, bytes: &[u8]);
     /// The last byte written, `None` while nothing was.
     fn last(&self) -> Option<u8>;
+    /// Writes `bytes` with ASCII letters upper-cased.
+    fn put_upper(&mut self, bytes: &[u8]) {
+        let mut buf = [0u8; 64];
+        for chunk in bytes.chunks(buf.len()) {
+            let n = chunk.len();
+            buf[..n].copy_from_slice(chunk);
+            buf[..n].make_ascii_uppercase();
+            self.put(&buf[..n]);
+        }
+    }
 }
 
 impl NormSink for Vec<u8> {
@@ -317,54 +340,115 @@ impl Default for NormHash {
     }
 }
 
+impl NormHash {
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.hash ^= u64::from(b);
+        self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
 impl NormSink for NormHash {
+    #[inline]
     fn put(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.hash ^= u64::from(b);
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+            self.byte(b);
         }
         if let Some(&b) = bytes.last() {
             self.last = Some(b);
         }
     }
+    #[inline]
     fn last(&self) -> Option<u8> {
         self.last
+    }
+    #[inline]
+    fn put_upper(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.byte(b.to_ascii_uppercase());
+        }
+        if let Some(&b) = bytes.last() {
+            self.last = Some(b.to_ascii_uppercase());
+        }
+    }
+}
+
+/// What one pass over a statement's tokens learns besides its class (see
+/// [`crate::router::classify::classify_seen`]): its digest, as [`digest`] computes it, and
+/// whether it is a `LOAD DATA|XML … LOCAL`, as [`mentions_load_local`] says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    norm: NormHash,
+    /// [`load_step`]'s state.
+    load: u8,
+    load_local: bool,
+}
+
+impl Seen {
+    #[inline]
+    fn token(&mut self, t: Token<'_>) {
+        emit(&mut self.norm, t);
+        self.load = load_step(self.load, t);
+        self.load_local |= self.load == LOAD_LOCAL;
+    }
+
+    /// The statement's digest ([`digest`]).
+    pub fn digest(&self) -> u64 {
+        self.norm.hash
+    }
+
+    /// Whether it contains a `LOAD DATA|XML … LOCAL` ([`mentions_load_local`]).
+    pub fn load_local(&self) -> bool {
+        self.load_local
+    }
+}
+
+/// [`load_step`]'s state once `LOAD DATA|XML … LOCAL` was read.
+const LOAD_LOCAL: u8 = 5;
+
+/// One token of the `LOAD DATA|XML [modifiers] LOCAL` test. States: 0 nothing, 1 after
+/// `LOAD`, 2..=4 after `LOAD DATA|XML` and up to 2 modifiers, [`LOAD_LOCAL`] found.
+#[inline]
+fn load_step(state: u8, t: Token<'_>) -> u8 {
+    match (state, t) {
+        (_, Token::Word(w)) if eq_kw(w, b"LOAD") => 1,
+        (1, Token::Word(w)) if eq_kw(w, b"DATA") || eq_kw(w, b"XML") => 2,
+        (2..=4, Token::Word(w)) if eq_kw(w, b"LOCAL") => LOAD_LOCAL,
+        (2..=3, Token::Word(_)) => state + 1,
+        _ => 0,
+    }
+}
+
+/// Writes one token's normalized form (see [`normalize`]).
+#[inline]
+fn emit(out: &mut impl NormSink, t: Token<'_>) {
+    let glue = matches!(t, Token::Punct(b',' | b')' | b';' | b'.'))
+        || matches!(out.last(), Some(b'(' | b'.'));
+    if out.last().is_some() && !glue {
+        out.put(b" ");
+    }
+    match t {
+        Token::Word(w) => out.put_upper(w),
+        Token::Quoted(q) => {
+            out.put(b"`");
+            out.put(q);
+            out.put(b"`");
+        }
+        Token::UserVar => out.put(b"@?"),
+        Token::SysVar(v) => {
+            out.put(b"@@");
+            out.put_upper(v);
+        }
+        Token::Str | Token::Number => out.put(b"?"),
+        Token::Punct(p) => out.put(&[p]),
     }
 }
 
 /// Writes the normalized form of `sql` to `out` (see [`normalize`]).
 pub fn walk_normalized(sql: &[u8], out: &mut impl NormSink) {
     let mut lx = Lexer::new(sql);
-    let mut upper = [0u8; 64];
-    while let Some(t) = lx.next_token() {
-        let glue = matches!(t, Token::Punct(b',' | b')' | b';' | b'.'))
-            || matches!(out.last(), Some(b'(' | b'.'));
-        if out.last().is_some() && !glue {
-            out.put(b" ");
-        }
-        let put_upper = |out: &mut dyn FnMut(&[u8]), w: &[u8], buf: &mut [u8; 64]| {
-            for chunk in w.chunks(buf.len()) {
-                let n = chunk.len();
-                buf[..n].copy_from_slice(chunk);
-                buf[..n].make_ascii_uppercase();
-                out(&buf[..n]);
-            }
-        };
-        match t {
-            Token::Word(w) => put_upper(&mut |b| out.put(b), w, &mut upper),
-            Token::Quoted(q) => {
-                out.put(b"`");
-                out.put(q);
-                out.put(b"`");
-            }
-            Token::UserVar => out.put(b"@?"),
-            Token::SysVar(v) => {
-                out.put(b"@@");
-                put_upper(&mut |b| out.put(b), v, &mut upper);
-            }
-            Token::Str | Token::Number => out.put(b"?"),
-            Token::Punct(p) => out.put(&[p]),
-        }
+    while let Some(t) = lx.next_raw() {
+        emit(out, t);
     }
 }
 
@@ -399,15 +483,12 @@ pub fn mentions_load_local(sql: &[u8]) -> bool {
         return false;
     }
     let mut lx = Lexer::new(sql);
-    let mut state = 0u8; // 1: after LOAD, 2..=4: after LOAD DATA|XML (and up to 2 modifiers)
-    while let Some(t) = lx.next_token() {
-        state = match (state, t) {
-            (_, Token::Word(w)) if eq_kw(w, b"LOAD") => 1,
-            (1, Token::Word(w)) if eq_kw(w, b"DATA") || eq_kw(w, b"XML") => 2,
-            (2..=4, Token::Word(w)) if eq_kw(w, b"LOCAL") => return true,
-            (2..=3, Token::Word(_)) => state + 1,
-            _ => 0,
-        };
+    let mut state = 0;
+    while let Some(t) = lx.next_raw() {
+        state = load_step(state, t);
+        if state == LOAD_LOCAL {
+            return true;
+        }
     }
     false
 }

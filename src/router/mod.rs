@@ -14,7 +14,17 @@ pub use route::{route, PrimaryReason, Route, SessionView};
 /// Classifies a query: the lexical pass, then the parser when the lexical pass is unsure;
 /// when both are unsure, [`StatementClass::Other`] (which routes to the primary).
 pub fn classify_query(sql: &[u8]) -> Classified<'_> {
-    let mut c = classify::classify(sql);
+    with_slow_path(sql, classify::classify(sql))
+}
+
+/// [`classify_query`], with the digest and the `LOAD … LOCAL` test made in the same lexical
+/// pass ([`classify::classify_seen`]).
+pub fn classify_query_seen(sql: &[u8]) -> (Classified<'_>, lexer::Seen) {
+    let (c, seen) = classify::classify_seen(sql);
+    (with_slow_path(sql, c), seen)
+}
+
+fn with_slow_path<'a>(sql: &'a [u8], mut c: Classified<'a>) -> Classified<'a> {
     if c.unsure {
         c.class = match slow_path::classify(sql) {
             // A statement the lexer found odd but the parser reads as a plain read is still
