@@ -628,3 +628,30 @@ async fn session_mode_keeps_one_primary_connection_per_session() {
     );
     h.shutdown().await;
 }
+
+/// A session's next lease takes back the connection it gave back last when that one is idle
+/// and in the session's state (not the one another session gave back after it): its buffers
+/// are still in the cache of the core the session runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_takes_back_its_own_connection_when_it_is_idle() {
+    let h = Harness::start(1).await;
+    replicas_ready(&h).await;
+    let mut a = h.proxy_conn().await;
+    let mut b = h.proxy_conn().await;
+    a.query_drop("BEGIN").await.unwrap();
+    let x: Option<u64> = a.query_first("SELECT @@pseudo_thread_id").await.unwrap();
+    // a holds x: b gets another connection, and gives it back.
+    let y = in_txn(&mut b).await;
+    assert_ne!(x, Some(y));
+    // x is given back after y: the last one returned, which a plain LIFO pool hands out next.
+    a.query_drop("COMMIT").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(in_txn(&mut b).await, y, "b runs on its own connection");
+        assert_eq!(
+            Some(in_txn(&mut a).await),
+            x,
+            "a runs on its own connection"
+        );
+    }
+    h.shutdown().await;
+}

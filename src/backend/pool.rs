@@ -24,6 +24,9 @@ use super::connection::{negotiate, LOGIN_ONLY};
 use super::{connect, BackendConn, BackendError, LoginParams, SessionVars};
 
 struct Idle {
+    /// The connection's id, kept beside it: a lease looks for one by id without touching the
+    /// connections themselves.
+    id: u64,
     conn: Box<BackendConn>,
     /// When it came back, in `clock::coarse_monotonic_ms` (no precise clock read per lease).
     since_ms: u64,
@@ -260,19 +263,21 @@ impl ServerPool {
         )
     }
 
-    /// A connection for a session logging in with `p`: an idle one of the same key (one
-    /// already in state `want` first), a new one while slots are free, an idle one
+    /// A connection for a session logging in with `p`: an idle one of the same key (`prefer`,
+    /// the id of the connection the session had last, if it is idle and in state `want`; else
+    /// one already in state `want`; else any), a new one while slots are free, an idle one
     /// of another key re-authenticated, or the next one returned while waiting in line.
     pub async fn acquire(
         &self,
         p: LoginParams<'_>,
         limits: &PoolLimits,
         want: &SessionVars,
+        prefer: u64,
     ) -> Result<Acquired, PoolError> {
         // No clock read and no waiting time unless the caller queues (only waits are
         // observed in `sluice_pool_wait_seconds`).
         loop {
-            if let Some(conn) = self.pop_idle(&p, want, false) {
+            if let Some(conn) = self.pop_idle(&p, want, false, prefer) {
                 return Ok(Acquired::at_once(conn, None));
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -280,7 +285,7 @@ impl ServerPool {
                 return Ok(Acquired::at_once(conn, Some(ok)));
             }
             // Every slot is taken; an idle connection of another user is better than waiting.
-            let Some(conn) = self.pop_idle(&p, want, true) else {
+            let Some(conn) = self.pop_idle(&p, want, true, 0) else {
                 break;
             };
             if let Some(r) = self.adapt(conn, &p, limits).await? {
@@ -396,6 +401,7 @@ impl ServerPool {
         p: &LoginParams<'_>,
         want: &SessionVars,
         other_key: bool,
+        prefer: u64,
     ) -> Option<Box<BackendConn>> {
         let timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         let mut l = self.lists.lock().ok()?;
@@ -415,8 +421,16 @@ impl ServerPool {
         if stale > 0 {
             l.idle.drain(..stale);
         }
-        let mut pick = None;
+        // The connection the caller had last, if it is idle and fits: its memory is likely
+        // still in this core's cache (and in no other's).
+        let mut pick = (prefer != 0 && !other_key)
+            .then(|| l.idle.iter().rposition(|i| i.id == prefer))
+            .flatten()
+            .filter(|&n| same_key(&l.idle[n].conn, p) && l.idle[n].conn.state == *want);
         for (n, i) in l.idle.iter().enumerate().rev() {
+            if pick.is_some() {
+                break;
+            }
             if other_key {
                 pick = Some(n);
                 break;
@@ -438,7 +452,7 @@ impl ServerPool {
         if now_ms.saturating_sub(idle.since_ms) >= RECHECK_AFTER.as_millis() as u64
             && idle.conn.looks_closed()
         {
-            return self.pop_idle(p, want, other_key);
+            return self.pop_idle(p, want, other_key, 0);
         }
         Some(idle.conn)
     }
@@ -489,6 +503,7 @@ impl ServerPool {
         }
         if l.idle.len() < self.max_idle.load(Ordering::Relaxed) {
             l.idle.push(Idle {
+                id: conn.id,
                 conn,
                 since_ms: crate::clock::coarse_monotonic_ms(),
             });

@@ -101,9 +101,19 @@ impl Session {
         let Some(slot) = routing.slot(i) else {
             return Err(Unavailable::Reply(errors::no_primary()));
         };
+        let prefer = self
+            .last_conns
+            .iter()
+            .find(|(server, _)| *server == i)
+            .map_or(0, |&(_, id)| id);
         let got = slot
             .pool
-            .acquire(self.login_params(), &routing.pool_limits, &self.st.vars)
+            .acquire(
+                self.login_params(),
+                &routing.pool_limits,
+                &self.st.vars,
+                prefer,
+            )
             .await;
         let acquired = match got {
             Ok(a) => a,
@@ -341,6 +351,7 @@ impl Session {
             return;
         }
         if let Some(slot) = self.routing.slot(l.server) {
+            self.last_conns[usize::from(!primary)] = (l.server, l.conn.id);
             slot.pool.release(l.conn);
         }
     }

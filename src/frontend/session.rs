@@ -78,6 +78,9 @@ pub(super) struct Session {
     idle: bool,
     /// Query digests this session saw stored (`SHOW QUERY DIGEST`).
     pub(super) known_digests: crate::metrics::digest::KnownDigests,
+    /// The server and id of the primary ([0]) and replica ([1]) connection this session gave
+    /// back last: its next lease on that server takes the same one if it is idle.
+    pub(super) last_conns: [(usize, u64); 2],
     /// A prepared execution rebuilt with its parameter types, kept between executions.
     pub(super) exec_buf: Vec<u8>,
     /// The current command's MySQL query attributes (taken off every COM_QUERY and
@@ -228,6 +231,7 @@ pub async fn run(
         hold_until: None,
         idle: true,
         known_digests: Default::default(),
+        last_conns: [(usize::MAX, 0); 2],
         exec_buf: Vec::new(),
         attrs: Default::default(),
         attrs_params: 0,
