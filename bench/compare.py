@@ -2,7 +2,7 @@
 """Sysbench comparison in one run: direct to the primary, through HAProxy (TCP mode) and
 through Sluice, on the same local topology.
 
-    python3 bench/compare.py [--time 10] [--repeats 3] [--threads 8,32] [--proxy-threads N] [--out FILE]
+    python3 bench/compare.py [--time 10] [--repeats 3] [--threads 8,32] [--proxy-threads N] [--floor] [--out FILE]
 
 Starts `sluice sandbox` (a MariaDB primary, and Sluice in the same process), HAProxy in TCP
 mode in front of the same primary, prepares sysbench tables, then runs oltp_point_select and
@@ -10,7 +10,12 @@ oltp_read_only with --db-ps-mode=auto and disable at each thread count, against 
 Runs of one configuration are made back to back and repeated in rotating order; medians are
 reported. For HAProxy and Sluice it also reports the CPU time the proxy process used per query
 (utime+stime from /proc/PID/stat divided by the queries sysbench made, and the two parts), which
-is far steadier than throughput on a shared 2-core machine. Installs sysbench and haproxy (apt) if missing.
+is far steadier than throughput on a shared 2-core machine, and the share of the run the machine's
+CPUs were idle. Installs sysbench and haproxy (apt) if missing.
+
+--floor adds a fourth target: bench/floor, a tokio proxy that only copies bytes both ways
+(copy_bidirectional, one server connection per client, the same runtime and thread count as
+Sluice): what any proxy on tokio costs here before it parses, pools or counts anything.
 """
 import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -52,6 +57,14 @@ def cpu_split(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def machine_split():
+    """The machine's (busy, idle) CPU seconds so far, from /proc/stat (iowait counts as idle)."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:]]
+    idle = t[3] + t[4]
+    return (sum(t[:8]) - idle) / TICK, idle / TICK
 
 
 def cpu_seconds(pid):
@@ -181,6 +194,8 @@ def main():
     ap.add_argument("--proxy-threads", type=int, default=0,
                     help="threads of both proxies (HAProxy nbthread, Sluice [proxy] worker_threads); "
                          "0: each one's default, one per CPU")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run bench/floor, a tokio proxy that only copies bytes (built here)")
     ap.add_argument("--replicas", type=int, default=0,
                     help="replicas behind Sluice (reads are split); HAProxy always goes to the primary")
     args = ap.parse_args()
@@ -188,6 +203,9 @@ def main():
     ensure("haproxy", "haproxy")
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "sluice")
+    if args.floor:
+        subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path",
+                        os.path.join(ROOT, "bench", "floor", "Cargo.toml")], check=True)
 
     work = tempfile.mkdtemp(prefix="sluice-bench-")
     sluice_port, haproxy_port = free_port(), free_port()
@@ -200,6 +218,15 @@ def main():
         procs.append(hp)
         wait_port(haproxy_port)
         wait_port(sluice_port)
+        floor = None
+        if args.floor:
+            floor_port = free_port()
+            floor = subprocess.Popen([os.path.join(ROOT, "bench", "floor", "target", "release",
+                                                   "sluice-bench-floor"),
+                                      f"127.0.0.1:{floor_port}", f"127.0.0.1:{primary}",
+                                      str(args.proxy_threads)])
+            procs.append(floor)
+            wait_port(floor_port)
         subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{primary}", f"-u{USER}",
                         f"-p{PASSWORD}", "-e", "CREATE DATABASE sbtest"], check=True)
         sysbench("oltp_read_only", primary, 4, "disable", 10, action="prepare")
@@ -211,6 +238,8 @@ def main():
 
         targets = [("direct", primary, None), ("haproxy", haproxy_port, hp.pid),
                    ("sluice", sluice_port, sb.pid)]
+        if floor:
+            targets.append(("floor", floor_port, floor.pid))
         rows = []
         for test in args.tests.split(","):
             for threads in [int(t) for t in args.threads.split(",")]:
@@ -218,11 +247,16 @@ def main():
                     res = {name: [] for name, _, _ in targets}
                     shares = {name: 0 for name, _ in servers}
                     for r in range(args.repeats):
-                        order = targets[r % 3:] + targets[:r % 3]
+                        k = r % len(targets)
+                        order = targets[k:] + targets[:k]
                         for name, port, pid in order:
                             before = cpu_split(pid) if pid else None
+                            m_before = machine_split()
                             counts = [statements(p) for _, p in servers] if name == "sluice" else None
                             q, qps, p95 = figures(sysbench(test, port, threads, mode, args.time))
+                            m_after = machine_split()
+                            busy, idle = (m_after[0] - m_before[0]), (m_after[1] - m_before[1])
+                            idle_pct = 100 * idle / (busy + idle) if busy + idle else 0.0
                             if counts is not None:
                                 for (sname, p), c0 in zip(servers, counts):
                                     shares[sname] += statements(p) - c0
@@ -230,11 +264,11 @@ def main():
                                 after = cpu_split(pid)
                                 user_us = (after[0] - before[0]) * 1e6 / q
                                 sys_us = (after[1] - before[1]) * 1e6 / q
-                                res[name].append((qps, p95, user_us + sys_us, user_us, sys_us))
+                                res[name].append((qps, p95, user_us + sys_us, user_us, sys_us, idle_pct))
                             else:
-                                res[name].append((qps, p95, None, None, None))
+                                res[name].append((qps, p95, None, None, None, idle_pct))
                     med = {n: tuple(statistics.median(x[i] for x in v) if v[0][i] is not None else None
-                                    for i in range(5))
+                                    for i in range(6))
                            for n, v in res.items()}
                     total = sum(shares.values()) or 1
                     share_text = ", ".join(f"{n} {100 * c / total:.0f}%" for n, c in shares.items())
@@ -244,13 +278,25 @@ def main():
                           f"direct {med['direct'][0]:9.0f} qps | haproxy {h[0]:9.0f} qps p95 {h[1]:6.2f} ms "
                           f"{h[2]:5.1f} µs/q | sluice {s[0]:9.0f} qps p95 {s[1]:6.2f} ms {s[2]:5.1f} µs/q | "
                           f"sluice/haproxy qps {s[0] / h[0]:.2f} cpu {s[2] / h[2]:.2f} | user+sys µs/q haproxy "
-                          f"{h[3]:.1f}+{h[4]:.1f} sluice {s[3]:.1f}+{s[4]:.1f} | via sluice: {share_text}", flush=True)
-        lines = ["| test | threads | ps-mode | direct QPS | HAProxy QPS | Sluice QPS | HAProxy p95 ms | Sluice p95 ms | HAProxy CPU µs/q (user+sys) | Sluice CPU µs/q (user+sys) | QPS ratio S/H | CPU ratio S/H | statements via Sluice |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                          f"{h[3]:.1f}+{h[4]:.1f} sluice {s[3]:.1f}+{s[4]:.1f} | idle % direct {med['direct'][5]:.1f} "
+                          f"haproxy {h[5]:.1f} sluice {s[5]:.1f} | via sluice: {share_text}", flush=True)
+                    if floor:
+                        f_ = med["floor"]
+                        print(f"{'':18} floor {f_[0]:9.0f} qps {f_[2]:5.1f} µs/q ({f_[3]:.1f}+{f_[4]:.1f}) idle {f_[5]:.1f} % | "
+                              f"floor/haproxy qps {f_[0] / h[0]:.2f} cpu {f_[2] / h[2]:.2f}", flush=True)
+        floor_head = " floor QPS | floor CPU µs/q (user+sys) | QPS ratio F/H | CPU ratio F/H |" if floor else ""
+        lines = ["| test | threads | ps-mode | direct QPS | HAProxy QPS | Sluice QPS | HAProxy p95 ms | Sluice p95 ms | HAProxy CPU µs/q (user+sys) | Sluice CPU µs/q (user+sys) | QPS ratio S/H | CPU ratio S/H | idle % H / S |" + floor_head + " statements via Sluice |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if floor else "") + "---|"]
         for test, threads, mode, med, share_text in rows:
             d, h, s = med["direct"], med["haproxy"], med["sluice"]
+            floor_cells = ""
+            if floor:
+                f_ = med["floor"]
+                floor_cells = (f" {f_[0]:.0f} | {f_[2]:.1f} ({f_[3]:.1f}+{f_[4]:.1f}) | {f_[0] / h[0]:.2f} | "
+                               f"{f_[2] / h[2]:.2f} |")
             lines.append(f"| {test} | {threads} | {mode} | {d[0]:.0f} | {h[0]:.0f} | {s[0]:.0f} | {h[1]:.2f} | {s[1]:.2f} | "
-                         f"{h[2]:.1f} ({h[3]:.1f}+{h[4]:.1f}) | {s[2]:.1f} ({s[3]:.1f}+{s[4]:.1f}) | {s[0] / h[0]:.2f} | {s[2] / h[2]:.2f} | {share_text} |")
+                         f"{h[2]:.1f} ({h[3]:.1f}+{h[4]:.1f}) | {s[2]:.1f} ({s[3]:.1f}+{s[4]:.1f}) | {s[0] / h[0]:.2f} | {s[2] / h[2]:.2f} | "
+                         f"{h[5]:.1f} / {s[5]:.1f} |{floor_cells} {share_text} |")
         table = "\n".join(lines)
         print("\n" + table)
         if args.out:

@@ -125,6 +125,21 @@ fn check_config_masks_passwords_and_names_bad_keys() {
     assert!(stderr.contains("SLUICE_"), "{stderr}");
 }
 
+/// `sluice run --config cfg` (killed when dropped), logging at `log` (the default when
+/// `None`), stderr to `stderr`.
+fn run_sluice(cfg: &std::path::Path, log: Option<&str>, stderr: Stdio) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true);
+    if let Some(level) = log {
+        cmd.env("SLUICE_LOG", level);
+    }
+    cmd.spawn().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
     let h = Harness::start(2).await;
@@ -132,15 +147,7 @@ async fn run_discovers_the_primary_and_stops_gracefully_on_sigterm() {
     let port = sluice::sandbox::node_free_port();
     let text = toml_for(&h.topo, &[2, 1, 0], &format!("127.0.0.1:{port}"));
     let cfg = write_config(&text);
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(cfg.path())
-        .env("SLUICE_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = run_sluice(cfg.path(), Some("debug"), Stdio::piped());
     let opts = h.opts(port, USER, PASSWORD);
     let mut conn = None;
     for _ in 0..100 {
@@ -270,14 +277,7 @@ async fn json_logs_and_the_health_command() {
     let out = health(&[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/readyz"));
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(cfg.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = run_sluice(cfg.path(), None, Stdio::piped());
     let opts = h.opts(port, USER, PASSWORD);
     common::eventually("ready", Duration::from_secs(20), || async {
         health(&[]).status.success()
@@ -388,14 +388,7 @@ async fn worker_threads_sets_the_runtime_threads() {
                  [[users]]\nname = \"app\"\npassword = \"app\"\n"
             );
             let cfg = write_config(&text);
-            let mut child = tokio::process::Command::new(BIN)
-                .args(["run", "--config"])
-                .arg(cfg.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
+            let mut child = run_sluice(cfg.path(), None, Stdio::null());
             for _ in 0..100 {
                 if let Ok(body) =
                     common::http_get(([127, 0, 0, 1], metrics).into(), "/metrics").await

@@ -29,6 +29,12 @@ pub(super) enum Kill {
 
 /// `None` when `sql` is not a `KILL`; `Some(Err(what))` for a form Sluice refuses.
 pub(super) fn parse(sql: &[u8]) -> Option<Result<Kill, &'static str>> {
+    // Every statement pays this test: no lexer unless the statement starts with a `K` or
+    // with a comment (which may hide one: `/*!KILL 5*/`, `/* x */ KILL 5`).
+    let first = sql.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !matches!(first, b'k' | b'K' | b'/' | b'-' | b'#') {
+        return None;
+    }
     let mut lx = Lexer::new(sql);
     match lx.next_token() {
         Some(Token::Word(w)) if eq_kw(w, b"KILL") => {}
@@ -268,6 +274,14 @@ mod tests {
         assert!(matches!(parse(b"KILL 3; SELECT 1"), Some(Err(_))));
         assert_eq!(parse(b"SELECT 'KILL 3'"), None);
         assert_eq!(parse(b"killer"), None);
+        // Whatever the lexer skips before the first word still leads to the KILL.
+        assert_eq!(parse(b"  \n\tKILL 4"), Some(Ok(Kill::Connection(4))));
+        assert_eq!(parse(b"/* pool */ KILL 5"), Some(Ok(Kill::Connection(5))));
+        assert_eq!(parse(b"-- x\nKILL QUERY 6"), Some(Ok(Kill::Query(6))));
+        assert_eq!(parse(b"# x\nkill 7"), Some(Ok(Kill::Connection(7))));
+        assert_eq!(parse(b"/*!KILL 8*/"), Some(Ok(Kill::Connection(8))));
+        assert_eq!(parse(b"/* KILL 9 */ SELECT 1"), None);
+        assert_eq!(parse(b""), None);
         assert_eq!(
             parse_process_kill(&[0x0c, 5, 0, 0, 0]),
             Some(Kill::Connection(5))
