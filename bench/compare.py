@@ -251,8 +251,10 @@ def main():
                         order = targets[k:] + targets[:k]
                         for name, port, pid in order:
                             before = cpu_split(pid) if pid else None
-                            m_before = machine_split()
                             counts = [statements(p) for _, p in servers] if name == "sluice" else None
+                            # After the statement counts (a client process each): the idle
+                            # share covers the sysbench run alone, for every target alike.
+                            m_before = machine_split()
                             q, qps, p95 = figures(sysbench(test, port, threads, mode, args.time))
                             m_after = machine_split()
                             busy, idle = (m_after[0] - m_before[0]), (m_after[1] - m_before[1])
