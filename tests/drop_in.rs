@@ -161,6 +161,110 @@ async fn connection_ids_and_kill_behave_as_on_a_direct_connection() {
     h.shutdown().await;
 }
 
+/// `KILL` reached by the prepared-statement protocol (`KILL n` and `KILL ?`, connection and
+/// query), and by `EXECUTE IMMEDIATE '…'`: through Sluice each names a Sluice session id
+/// exactly as the text `KILL` does, and ends (or leaves alone) the same connections as it does
+/// directly. Run with several sessions open, so that a KILL that reached the server as is would
+/// end a server thread that is not the victim's. `PREPARE s FROM 'KILL n'` is refused through
+/// Sluice (1235: it would not see the `EXECUTE s`), and kills nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_through_prepared_statements_behaves_as_on_a_direct_connection() {
+    let h = Harness::start(1).await;
+    let mut seen = Vec::new();
+    let mut text_prepare = Vec::new();
+    for (what, opts) in [("direct", h.direct_opts()), ("sluice", h.proxy_opts())] {
+        let mut out = Vec::new();
+        let mut killer = Conn::new(opts.clone()).await.unwrap();
+        // Bystanders: sessions that each hold a server connection, none of which may be hit.
+        let mut bystanders = Vec::new();
+        for _ in 0..4 {
+            let mut b = Conn::new(opts.clone()).await.unwrap();
+            b.query_drop("SELECT 1").await.unwrap();
+            bystanders.push(b);
+        }
+        let forms: [(&str, bool); 5] = [
+            ("prepared KILL n", false),
+            ("prepared KILL ?", true),
+            ("prepared KILL CONNECTION ?", true),
+            ("prepared KILL QUERY ? (idle victim)", true),
+            ("EXECUTE IMMEDIATE 'KILL n'", false),
+        ];
+        for (form, bound) in forms {
+            let mut victim = Conn::new(opts.clone()).await.unwrap();
+            let id = victim.id();
+            let _: Option<i64> = victim.query_first("SELECT 1").await.unwrap();
+            let stmt = match form {
+                "prepared KILL n" => format!("KILL {id}"),
+                "prepared KILL ?" => "KILL ?".to_string(),
+                "prepared KILL CONNECTION ?" => "KILL CONNECTION ?".to_string(),
+                "prepared KILL QUERY ? (idle victim)" => "KILL QUERY ?".to_string(),
+                _ => String::new(),
+            };
+            let r = match form {
+                "EXECUTE IMMEDIATE 'KILL n'" => killer
+                    .query_drop(format!("EXECUTE IMMEDIATE 'KILL {id}'"))
+                    .await
+                    .map_err(|e| kind(&e)),
+                _ if bound => killer
+                    .exec_drop(stmt.as_str(), (id,))
+                    .await
+                    .map_err(|e| kind(&e)),
+                _ => killer
+                    .exec_drop(stmt.as_str(), ())
+                    .await
+                    .map_err(|e| kind(&e)),
+            };
+            let victim_after = victim
+                .query_first::<i64, _>("SELECT 7")
+                .await
+                .map(|_| "answers")
+                .unwrap_or("gone");
+            out.push(format!("{form}: {r:?}, victim {victim_after}"));
+        }
+        // A text-protocol PREPARE of a KILL, then its EXECUTE.
+        let mut victim = Conn::new(opts.clone()).await.unwrap();
+        let id = victim.id();
+        let prepared = killer
+            .query_drop(format!("PREPARE s FROM 'KILL {id}'"))
+            .await
+            .map_err(|e| kind(&e));
+        let executed = killer.query_drop("EXECUTE s").await.map_err(|e| kind(&e));
+        let victim_after = victim.query_first::<i64, _>("SELECT 7").await.is_ok();
+        text_prepare.push((prepared, executed, victim_after));
+        // An unknown id, prepared.
+        let r = killer
+            .exec_drop("KILL ?", (4_000_000_000u64,))
+            .await
+            .map_err(|e| kind(&e));
+        out.push(format!("prepared KILL of an unknown id: {r:?}"));
+        let mut alive = Vec::new();
+        for b in &mut bystanders {
+            alive.push(b.query_first::<i64, _>("SELECT 1").await.is_ok());
+        }
+        out.push(format!("bystanders alive {alive:?}"));
+        let one: Option<i64> = killer.query_first("SELECT 1").await.unwrap();
+        out.push(format!("killer goes on {}", one == Some(1)));
+        eprintln!("{what}:\n{}", out.join("\n"));
+        seen.push(out);
+    }
+    assert_eq!(seen[1], seen[0], "through Sluice vs direct");
+    assert_eq!(
+        text_prepare[0],
+        (Ok(()), Ok(()), false),
+        "direct: PREPARE s FROM 'KILL n'; EXECUTE s"
+    );
+    assert_eq!(
+        text_prepare[1],
+        (
+            Err("server error 1235".to_string()),
+            Err("server error 1243".to_string()),
+            true
+        ),
+        "through Sluice: the PREPARE is refused, so EXECUTE s finds no statement"
+    );
+    h.shutdown().await;
+}
+
 /// MariaDB's extended column metadata (`MARIADB_CLIENT_EXTENDED_METADATA`): a client that asks
 /// for it gets the same column definitions through Sluice as directly — a JSON column carries
 /// its `json` format name, which drivers use to type the value — in text results and in a

@@ -1,12 +1,13 @@
 //! `KILL SESSION id`: ends a client session at once (its backend connections are closed,
-//! never returned to a pool).
+//! never returned to a pool), and answers once the session's client connection is closed.
 
 use std::sync::atomic::Ordering;
 
 use super::{AdminCtx, Reply};
 
-pub(super) fn run(ctx: &AdminCtx, id: u32) -> Reply {
-    if ctx.shared.sessions.kill(id) {
+pub(super) async fn run(ctx: &AdminCtx, id: u32) -> Reply {
+    if let Some(victim) = ctx.shared.sessions.kill(id) {
+        crate::frontend::registry::Registry::closed(&victim).await;
         ctx.shared
             .counters
             .sessions_killed

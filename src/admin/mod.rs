@@ -122,7 +122,7 @@ impl AdminCtx {
             }
             AdminCommand::Switchover { to } => operate::run(self, Command::Switchover { to }).await,
             AdminCommand::FailoverAcknowledge => operate::run(self, Command::Acknowledge).await,
-            AdminCommand::KillSession { id } => kill_session::run(self, id),
+            AdminCommand::KillSession { id } => kill_session::run(self, id).await,
             AdminCommand::Reload => {
                 match crate::reload::reload(&self.shared, &self.monitor).await {
                     Ok(msg) => Reply::Ok(msg),

@@ -13,6 +13,9 @@
 //!   an unknown id gets 1094.
 //! - `KILL QUERY ID`, `KILL USER` name server-wide things that multiplexing shares among
 //!   sessions: refused with 1235.
+//! - The same for a prepared `KILL` (`KILL ?` binds the id at each execution; the executions
+//!   are answered here, never sent to a server) and for `EXECUTE IMMEDIATE 'KILL n'`;
+//!   `PREPARE s FROM 'KILL n'` is refused (the `EXECUTE s` would reach the server as is).
 
 use std::sync::atomic::Ordering;
 
@@ -27,19 +30,98 @@ pub(super) enum Kill {
     Query(u64),
 }
 
-/// `None` when `sql` is not a `KILL`; `Some(Err(what))` for a form Sluice refuses.
+/// `None` when `sql` is not a `KILL`; `Some(Err(what))` for a form Sluice refuses. Besides
+/// `KILL …` itself: `EXECUTE IMMEDIATE '<a KILL>'` is that KILL, and `PREPARE s FROM '<a
+/// KILL>'` is refused (Sluice would not see the `EXECUTE s` that runs it).
 pub(super) fn parse(sql: &[u8]) -> Option<Result<Kill, &'static str>> {
-    // Every statement pays this test: no lexer unless the statement starts with a `K` or
-    // with a comment (which may hide one: `/*!KILL 5*/`, `/* x */ KILL 5`).
+    // Every statement pays this test: no lexer unless the statement starts with a `K` (or
+    // `E`/`P`: EXECUTE IMMEDIATE, PREPARE) or with a comment (which may hide one:
+    // `/*!KILL 5*/`, `/* x */ KILL 5`).
+    let first = sql.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !matches!(
+        first,
+        b'k' | b'K' | b'e' | b'E' | b'p' | b'P' | b'/' | b'-' | b'#'
+    ) {
+        return None;
+    }
+    let mut lx = Lexer::new(sql);
+    match lx.next_token() {
+        Some(Token::Word(w)) if eq_kw(w, b"KILL") => {
+            let k = parse_rest(sql, lx)?;
+            Some(k.and_then(|k| k.literal().ok_or("KILL with anything but a number")))
+        }
+        Some(Token::Word(w)) if eq_kw(w, b"EXECUTE") => {
+            match lx.next_token() {
+                Some(Token::Word(w)) if eq_kw(w, b"IMMEDIATE") => {}
+                _ => return None,
+            }
+            let (text, rest) = string_literal(sql, &mut lx)?;
+            let k = match parse_prepared(&text)? {
+                Ok(k) => k,
+                Err(e) => return Some(Err(e)),
+            };
+            // `EXECUTE IMMEDIATE 'KILL ?' USING 5`: the id is an expression.
+            match (k.literal(), rest) {
+                (Some(k), true) => Some(Ok(k)),
+                _ => Some(Err("KILL with a parameter in EXECUTE IMMEDIATE")),
+            }
+        }
+        Some(Token::Word(w)) if eq_kw(w, b"PREPARE") => {
+            // PREPARE name FROM '<text>'
+            match lx.next_token() {
+                Some(Token::Word(_) | Token::Quoted(_)) => {}
+                _ => return None,
+            }
+            match lx.next_token() {
+                Some(Token::Word(w)) if eq_kw(w, b"FROM") => {}
+                _ => return None,
+            }
+            let (text, _) = string_literal(sql, &mut lx)?;
+            // Any KILL form, even one refused anyway.
+            parse_prepared(&text).map(|_| Err("KILL in a text-protocol PREPARE"))
+        }
+        _ => None,
+    }
+}
+
+/// A `KILL` prepared by the binary protocol (`COM_STMT_PREPARE`): as the text form, and the id
+/// may be a parameter (`KILL ?`).
+pub(super) fn parse_prepared(sql: &[u8]) -> Option<Result<PreparedKill, &'static str>> {
     let first = sql.iter().find(|b| !b.is_ascii_whitespace())?;
     if !matches!(first, b'k' | b'K' | b'/' | b'-' | b'#') {
         return None;
     }
     let mut lx = Lexer::new(sql);
     match lx.next_token() {
-        Some(Token::Word(w)) if eq_kw(w, b"KILL") => {}
-        _ => return None,
+        Some(Token::Word(w)) if eq_kw(w, b"KILL") => parse_rest(sql, lx),
+        _ => None,
     }
+}
+
+/// A `KILL` whose id is a literal or (prepared) the statement's one parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedKill {
+    pub query: bool,
+    /// `None`: the parameter.
+    pub id: Option<u64>,
+}
+
+impl PreparedKill {
+    fn literal(self) -> Option<Kill> {
+        self.id.map(|id| self.with(id))
+    }
+
+    pub(super) fn with(self, id: u64) -> Kill {
+        if self.query {
+            Kill::Query(id)
+        } else {
+            Kill::Connection(id)
+        }
+    }
+}
+
+/// What follows the word `KILL`.
+fn parse_rest(sql: &[u8], mut lx: Lexer<'_>) -> Option<Result<PreparedKill, &'static str>> {
     let mut query = false;
     let mut before = sql.len() - lx.rest().len();
     let mut t = lx.next_token();
@@ -63,15 +145,20 @@ pub(super) fn parse(sql: &[u8]) -> Option<Result<Kill, &'static str>> {
         Some(Token::Word(w)) if eq_kw(w, b"USER") => return Some(Err("KILL USER")),
         _ => {}
     }
-    if t != Some(Token::Number) {
+    let id = match t {
+        Some(Token::Punct(b'?')) => None,
+        Some(Token::Number) => {
+            let after = sql.len() - lx.rest().len();
+            Some(
+                std::str::from_utf8(crate::router::lexer::trim(&sql[before..after]))
+                    .ok()?
+                    .parse()
+                    .ok()?,
+            )
+        }
         // An expression (`KILL CONNECTION_ID()`…): left to the server, which refuses it.
-        return Some(Err("KILL with anything but a number"));
-    }
-    let after = sql.len() - lx.rest().len();
-    let id: u64 = std::str::from_utf8(crate::router::lexer::trim(&sql[before..after]))
-        .ok()?
-        .parse()
-        .ok()?;
+        _ => return Some(Err("KILL with anything but a number")),
+    };
     loop {
         match lx.next_token() {
             None => break,
@@ -79,11 +166,98 @@ pub(super) fn parse(sql: &[u8]) -> Option<Result<Kill, &'static str>> {
             Some(_) => return Some(Err("KILL followed by more")),
         }
     }
-    Some(Ok(if query {
-        Kill::Query(id)
-    } else {
-        Kill::Connection(id)
-    }))
+    Some(Ok(PreparedKill { query, id }))
+}
+
+/// The text of the string literal that comes next (quotes taken off, escapes resolved), and
+/// whether nothing but `;` follows it. `None`: not a plain literal.
+fn string_literal(sql: &[u8], lx: &mut Lexer<'_>) -> Option<(Vec<u8>, bool)> {
+    let rest = lx.rest();
+    let skipped = rest.len() - rest.trim_ascii_start().len();
+    let before = sql.len() - rest.len() + skipped;
+    if lx.next_token() != Some(Token::Str) {
+        return None;
+    }
+    let after = sql.len() - lx.rest().len();
+    let raw = crate::router::lexer::trim(&sql[before..after]);
+    let (&q, body) = raw.split_first()?;
+    if !matches!(q, b'\'' | b'"') || body.last() != Some(&q) {
+        return None;
+    }
+    let body = &body[..body.len() - 1];
+    let mut text = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\\' if i + 1 < body.len() => {
+                text.push(body[i + 1]);
+                i += 2;
+            }
+            c if c == q && body.get(i + 1) == Some(&q) => {
+                text.push(q);
+                i += 2;
+            }
+            c => {
+                text.push(c);
+                i += 1;
+            }
+        }
+    }
+    let mut ends = true;
+    while let Some(t) = lx.next_token() {
+        if t != Token::Punct(b';') {
+            ends = false;
+            break;
+        }
+    }
+    Some((text, ends))
+}
+
+/// The id an execution of a prepared `KILL ?` binds: its one parameter, an integer (or a
+/// string or decimal holding one), as the server converts it.
+pub(super) fn bound_id(
+    e: &sluice_proto::stmt::StmtExecute<'_>,
+    types: &[u8],
+) -> Result<u64, &'static str> {
+    if e.null_bitmap.first().is_some_and(|b| b & 1 != 0) {
+        return Err("KILL of a NULL id");
+    }
+    let (&t, unsigned) = match types {
+        [t, flags] => (t, flags & 0x80 != 0),
+        _ => return Err("KILL with more than one parameter"),
+    };
+    let v = e.values;
+    let int = |n: usize| -> Option<i128> {
+        let b = v.get(..n)?;
+        let mut x = [0u8; 16];
+        x[..n].copy_from_slice(b);
+        let u = u128::from_le_bytes(x);
+        Some(if unsigned {
+            u as i128
+        } else {
+            // Sign-extend an n-byte value.
+            let shift = 128 - 8 * n as u32;
+            ((u << shift) as i128) >> shift
+        })
+    };
+    let n: Option<i128> = match t {
+        0x01 => int(1),
+        0x02 | 0x0D => int(2),
+        0x03 | 0x09 => int(4),
+        0x08 => int(8),
+        0x00 | 0x0F | 0xF6 | 0xFD | 0xFE | 0xFC | 0xFB | 0xFA | 0xF9 => {
+            let mut r = sluice_proto::lenenc::Reader::new(v);
+            r.lenenc_bytes("KILL id")
+                .ok()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.trim().parse::<i128>().ok())
+        }
+        _ => None,
+    };
+    match n {
+        Some(n) => u64::try_from(n).map_err(|_| "KILL of a negative id"),
+        None => Err("KILL with an id that is not an integer"),
+    }
 }
 
 /// `COM_PROCESS_KILL`: a 4-byte connection id.
@@ -126,8 +300,9 @@ pub(super) fn unpack(v: u64) -> Option<(usize, u32)> {
 
 /// What `KILL n` does to the session registry; the caller answers the client.
 pub(super) enum Verdict {
-    /// Session n was ended.
-    Killed,
+    /// Session n is being ended: answer once its client connection is closed
+    /// (`Registry::closed`).
+    Killed(std::sync::Arc<super::registry::SessionInfo>),
     /// The caller killed itself: answer 1927 and close.
     Myself,
     /// Interrupt thread `thread` on server `server`.
@@ -151,18 +326,17 @@ pub(super) fn decide(shared: &crate::state::Shared, me: u32, user: &str, kill: K
     }
     match kill {
         Kill::Connection(_) if target.id == me => Verdict::Myself,
-        Kill::Connection(_) => {
-            if shared.sessions.kill(target.id) {
+        Kill::Connection(_) => match shared.sessions.kill(target.id) {
+            Some(victim) => {
                 shared
                     .counters
                     .sessions_killed
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(session = target.id, "session killed by KILL from its user");
-                Verdict::Killed
-            } else {
-                Verdict::Refused(unknown_thread(id))
+                Verdict::Killed(victim)
             }
-        }
+            None => Verdict::Refused(unknown_thread(id)),
+        },
         Kill::Query(_) => {
             if !target.busy.load(Ordering::Relaxed) {
                 return Verdict::Idle;
@@ -282,6 +456,42 @@ mod tests {
         assert_eq!(parse(b"/*!KILL 8*/"), Some(Ok(Kill::Connection(8))));
         assert_eq!(parse(b"/* KILL 9 */ SELECT 1"), None);
         assert_eq!(parse(b""), None);
+        // `?` is for prepared statements only.
+        assert_eq!(
+            parse(b"KILL ?"),
+            Some(Err("KILL with anything but a number"))
+        );
+        // A KILL run from a string.
+        assert_eq!(
+            parse(b"EXECUTE IMMEDIATE 'KILL 5'"),
+            Some(Ok(Kill::Connection(5)))
+        );
+        assert_eq!(
+            parse(b"execute immediate \"kill query 6\";"),
+            Some(Ok(Kill::Query(6)))
+        );
+        assert_eq!(
+            parse(b"EXECUTE IMMEDIATE 'KILL ?' USING 5"),
+            Some(Err("KILL with a parameter in EXECUTE IMMEDIATE"))
+        );
+        assert_eq!(
+            parse(b"EXECUTE IMMEDIATE 'KILL USER x'"),
+            Some(Err("KILL USER"))
+        );
+        assert_eq!(parse(b"EXECUTE IMMEDIATE 'SELECT 1'"), None);
+        assert_eq!(parse(b"EXECUTE IMMEDIATE @s"), None);
+        assert_eq!(parse(b"EXECUTE s"), None);
+        assert_eq!(
+            parse(b"PREPARE s FROM 'KILL 5'"),
+            Some(Err("KILL in a text-protocol PREPARE"))
+        );
+        assert_eq!(
+            parse(b"PREPARE `s` FROM 'KILL CONNECTION ?'"),
+            Some(Err("KILL in a text-protocol PREPARE"))
+        );
+        assert_eq!(parse(b"PREPARE s FROM 'SELECT ''KILL 5'''"), None);
+        assert_eq!(parse(b"PREPARE s FROM @q"), None);
+        assert_eq!(parse(b"PERFORM"), None);
         assert_eq!(
             parse_process_kill(&[0x0c, 5, 0, 0, 0]),
             Some(Kill::Connection(5))
@@ -289,6 +499,46 @@ mod tests {
         assert_eq!(parse_process_kill(&[0x0c, 5]), None);
         assert_eq!(unpack(pack(3, 77)), Some((3, 77)));
         assert_eq!(unpack(u64::MAX), None);
+    }
+
+    #[test]
+    fn prepared_kill_forms_and_bound_ids() {
+        use sluice_proto::stmt::StmtExecute;
+        let k = |query, id| Some(Ok(PreparedKill { query, id }));
+        assert_eq!(parse_prepared(b"KILL ?"), k(false, None));
+        assert_eq!(parse_prepared(b"KILL QUERY ?"), k(true, None));
+        assert_eq!(parse_prepared(b"kill hard connection 9"), k(false, Some(9)));
+        assert_eq!(parse_prepared(b"KILL USER ?"), Some(Err("KILL USER")));
+        assert_eq!(parse_prepared(b"SELECT ?"), None);
+        assert_eq!(parse_prepared(b"EXECUTE IMMEDIATE 'KILL 5'"), None);
+        // One parameter: id 1, no cursor, 1 iteration, NULL bitmap, types bound, the value.
+        let exec = |null: u8, t: [u8; 2], v: &[u8]| {
+            let mut b = vec![1, 0, 0, 0, 0, 1, 0, 0, 0, null, 1, t[0], t[1]];
+            b.extend_from_slice(v);
+            b
+        };
+        let id = |b: &[u8]| {
+            let e = StmtExecute::parse(b, 1).unwrap();
+            bound_id(&e, e.types.unwrap())
+        };
+        assert_eq!(id(&exec(0, [0x08, 0x80], &7u64.to_le_bytes())), Ok(7));
+        assert_eq!(id(&exec(0, [0x03, 0], &12u32.to_le_bytes())), Ok(12));
+        assert_eq!(
+            id(&exec(0, [0x01, 0], &[0xFF])),
+            Err("KILL of a negative id")
+        );
+        assert_eq!(id(&exec(0, [0x01, 0x80], &[0xFF])), Ok(255));
+        assert_eq!(id(&exec(0, [0x02, 0], &300u16.to_le_bytes())), Ok(300));
+        assert_eq!(id(&exec(0, [0xFD, 0], b"\x0242")), Ok(42));
+        assert_eq!(
+            id(&exec(0, [0xFD, 0], b"\x02ab")),
+            Err("KILL with an id that is not an integer")
+        );
+        assert_eq!(id(&exec(1, [0x08, 0], b"")), Err("KILL of a NULL id"));
+        assert_eq!(
+            id(&exec(0, [0x05, 0], &1f64.to_le_bytes())),
+            Err("KILL with an id that is not an integer")
+        );
     }
 
     #[test]

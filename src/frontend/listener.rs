@@ -102,7 +102,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
         // aborted (KILL SESSION).
         let guard = super::registry::SessionGuard {
             shared: shared.clone(),
-            id,
+            info: info.clone(),
         };
         let shared = shared.clone();
         let done = done.clone();

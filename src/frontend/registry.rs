@@ -45,6 +45,9 @@ pub struct SessionInfo {
     /// session, so that waiting for a command registers with no lock shared by all sessions
     /// (a `watch::Receiver::changed` would, on every command).
     pub drain: Signal,
+    /// The session's client connection is closed (or the session ended): what a `KILL` waits
+    /// for before it answers, so that its victim never answers again afterwards.
+    pub closed: Signal,
     abort: Mutex<Option<AbortHandle>>,
 }
 
@@ -67,6 +70,7 @@ impl SessionInfo {
             waiting: AtomicBool::new(false),
             killed: Signal::default(),
             drain: Signal::default(),
+            closed: Signal::default(),
             abort: Mutex::new(None),
         }
     }
@@ -115,6 +119,9 @@ impl Signal {
     }
 }
 
+/// How long a `KILL` waits for its victim's connection to close before it answers anyway.
+pub const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// All open sessions by id.
 #[derive(Default)]
 pub struct Registry {
@@ -157,13 +164,13 @@ impl Registry {
         v
     }
 
-    /// Ends a session at once: a session waiting for its client closes itself (TLS closed
-    /// properly, held connections back to their pools); a busy one is aborted and its
-    /// connections are closed (never returned to a pool). Returns whether it existed.
-    pub fn kill(&self, id: u32) -> bool {
-        let Some(info) = self.get(id) else {
-            return false;
-        };
+    /// Ends a session: a session waiting for its client closes itself (TLS closed properly,
+    /// held connections back to their pools); a busy one is aborted and its connections are
+    /// closed (never returned to a pool). Both happen on the session's own task, maybe on
+    /// another thread and later: the caller waits for [`Registry::closed`] before it reports
+    /// the session ended. `None`: no such session (or already being killed).
+    pub fn kill(&self, id: u32) -> Option<Arc<SessionInfo>> {
+        let info = self.get(id)?;
         let h = info.abort.lock().ok().and_then(|mut a| a.take());
         match h {
             Some(h) => {
@@ -175,10 +182,27 @@ impl Registry {
                     h.abort();
                 }
                 self.remove(id);
-                true
+                Some(info)
             }
-            None => false,
+            None => None,
         }
+    }
+
+    /// Waits (at most `KILL_WAIT`) until a killed session's client connection is closed. An
+    /// aborted task stops at its next await, which may come after it relayed a statement
+    /// that had already arrived: without this wait, a client could see its `KILL` answered
+    /// and then its victim answer one more statement.
+    pub async fn closed(info: &SessionInfo) -> bool {
+        let done = tokio::time::timeout(KILL_WAIT, info.closed.fired())
+            .await
+            .is_ok();
+        if !done {
+            tracing::warn!(
+                session = info.id,
+                "a killed session had not closed its client connection after {KILL_WAIT:?}"
+            );
+        }
+        done
     }
 
     /// Wakes every session for the shutdown's drain (after the shutdown flag was set: a
@@ -202,12 +226,14 @@ impl Registry {
 /// when its task is aborted).
 pub struct SessionGuard {
     pub shared: Arc<super::Shared>,
-    pub id: u32,
+    pub info: Arc<SessionInfo>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.shared.sessions.remove(self.id);
+        // Dropped with the session's task (ended or aborted): its client socket is gone.
+        self.info.closed.fire();
+        self.shared.sessions.remove(self.info.id);
         self.shared.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

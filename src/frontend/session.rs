@@ -523,8 +523,11 @@ impl Session {
             biased;
             _ = self.info.killed.fired() => {
                 // KILL by its user or the admin port: the client sees its connection closed
-                // (TLS closed properly first), as after a server-side kill.
-                self.close().await?;
+                // (TLS closed properly first), as after a server-side kill. The KILL answers
+                // once the connection is closed.
+                let r = self.close().await;
+                self.info.closed.fire();
+                r?;
                 Err(SessionError::ClientClosed)
             }
             r = client.next_packet() => match r {
@@ -672,7 +675,7 @@ impl Session {
     }
 
     /// `KILL` / `COM_PROCESS_KILL` with a Sluice session id.
-    async fn kill(
+    pub(super) async fn kill(
         &mut self,
         k: Result<super::kill::Kill, &'static str>,
         wire_len: usize,
@@ -685,7 +688,11 @@ impl Session {
             Err(what) => return self.client.send_err(seq, &unsupported(what)).await,
         };
         match decide(&self.shared, self.info.id, &self.user.name, k) {
-            Verdict::Killed | Verdict::Idle => self.send_local_ok(seq).await,
+            Verdict::Killed(victim) => {
+                super::registry::Registry::closed(&victim).await;
+                self.send_local_ok(seq).await
+            }
+            Verdict::Idle => self.send_local_ok(seq).await,
             Verdict::Refused(e) => self.client.send_err(seq, &e).await,
             Verdict::Myself => {
                 let _ = self

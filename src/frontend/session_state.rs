@@ -23,6 +23,9 @@ pub struct Stmt {
     /// Parameter types from the last execution that bound them (2 bytes per parameter):
     /// sent with every execution, since the server statement may be shared.
     pub types: Option<Arc<[u8]>>,
+    /// A prepared `KILL`: its executions are answered by Sluice, with Sluice session ids
+    /// (src/frontend/kill.rs), never sent to a server.
+    pub kill: Option<super::kill::PreparedKill>,
 }
 
 /// Why a connection is kept after a statement although nothing else needs it: the next

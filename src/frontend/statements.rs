@@ -95,6 +95,19 @@ impl Session {
             self.client.consume(wire_len);
             return self.client.send_err(seq, &err).await;
         }
+        // A prepared KILL names a Sluice session id, as the text one does: its executions are
+        // answered here. Prepared on the server all the same, for the server's own answer.
+        let kill = match super::kill::parse_prepared(&sql) {
+            Some(Err(what)) => {
+                self.client.consume(wire_len);
+                return self
+                    .client
+                    .send_err(seq, &super::kill::unsupported(what))
+                    .await;
+            }
+            Some(Ok(k)) => Some(k),
+            None => None,
+        };
         let max = self
             .routing
             .config
@@ -156,6 +169,7 @@ impl Session {
                 sql,
                 params,
                 types: None,
+                kill,
             },
         );
         Ok(())
@@ -258,6 +272,17 @@ impl Session {
                 st.types = Some(Arc::from(*t));
             }
         }
+        if let Some(pk) = st.kill {
+            let k = match (pk.id, &parsed) {
+                (Some(id), _) => Ok(pk.with(id)),
+                (None, Ok(e)) => match e.types.or(st.types.as_deref()) {
+                    Some(t) => super::kill::bound_id(e, t).map(|id| pk.with(id)),
+                    None => Err("KILL ? without a parameter type"),
+                },
+                (None, Err(_)) => Err("a malformed execution"),
+            };
+            return self.kill(k, wire_len, seq).await;
+        }
         let (sql, class, digest_hash, params, cached) =
             (st.sql.clone(), st.class, st.digest, st.params, st.cached);
         let types = (!binds_types && params > 0)
@@ -355,6 +380,11 @@ impl Session {
                 .send_err(seq, &unknown_statement(id, "mysqld_stmt_bulk_execute"))
                 .await;
         };
+        if st.kill.is_some() {
+            self.client.consume(wire_len);
+            let e = super::kill::unsupported("KILL by COM_STMT_BULK_EXECUTE");
+            return self.client.send_err(seq, &e).await;
+        }
         let payload = &self.client.rbuf[HEADER_LEN..wire_len];
         let flags = payload
             .get(5..7)
