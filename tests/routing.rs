@@ -395,6 +395,25 @@ async fn read_your_writes_with_lagging_replicas() {
             "iteration {i}: the session's own write is visible"
         );
     }
+    // The same with explicit transactions: the write's GTID is read when the COMMIT gives the
+    // connection back.
+    for i in 0..50 {
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop(format!("INSERT INTO ryw.t (v) VALUES ({})", 5000 + i))
+            .await
+            .unwrap();
+        let id = c.last_insert_id().unwrap();
+        c.query_drop("COMMIT").await.unwrap();
+        let v: Option<i64> = c
+            .query_first(format!("SELECT v FROM ryw.t WHERE id = {id}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Some(5000 + i),
+            "transaction {i}: the session's own committed write is visible"
+        );
+    }
     // Once the replicas have applied the session's writes, its reads go to them again.
     let mut seen = BTreeSet::new();
     for _ in 0..40 {
@@ -805,10 +824,54 @@ async fn routing_table_rows_are_observed_by_the_servers() {
 async fn app_statements(h: &Harness) -> Vec<u64> {
     let mut out = Vec::new();
     for node in 0..3 {
-        let v = h
-            .root_sql(node, "SELECT IFNULL(SUM(SELECT_COMMANDS + UPDATE_COMMANDS + OTHER_COMMANDS), 0) FROM information_schema.USER_STATISTICS WHERE USER = 'app'")
-            .await;
-        out.push(v.trim().parse().unwrap_or(0));
+        out.push(app_statements_on(h, node).await);
     }
     out
+}
+
+/// Statements user `app` has run on one server.
+async fn app_statements_on(h: &Harness, node: usize) -> u64 {
+    h.root_sql(node, "SELECT IFNULL(SUM(SELECT_COMMANDS + UPDATE_COMMANDS + OTHER_COMMANDS), 0) FROM information_schema.USER_STATISTICS WHERE USER = 'app'")
+        .await
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Read-your-writes costs nothing for a transaction that only reads: through Sluice the
+/// primary runs exactly the statements it runs for a direct client (no read of the session's
+/// GTID when a read-only transaction's connection goes back to the pool). A transaction that
+/// wrote still has its GTID read: `read_your_writes_with_lagging_replicas`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_transaction_costs_the_primary_no_extra_statement() {
+    let h = Harness::start(1).await;
+    h.root_sql(0, "CREATE DATABASE ro; CREATE TABLE ro.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT); INSERT INTO ro.t (v) VALUES (1); GRANT ALL ON ro.* TO 'app'@'%'").await;
+    h.root_sql(0, "SET GLOBAL userstat = 1").await;
+    h.topo
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut counts = Vec::new();
+    for (what, opts) in [("direct", h.direct_opts()), ("sluice", h.proxy_opts())] {
+        let mut c = Conn::new(opts).await.unwrap();
+        // Warm up: the login and the session's first statement.
+        c.query_drop("SELECT 1").await.unwrap();
+        let before = app_statements_on(&h, 0).await;
+        for _ in 0..20 {
+            c.query_drop("BEGIN").await.unwrap();
+            let v: Option<i64> = c
+                .query_first("SELECT v FROM ro.t WHERE id = 1")
+                .await
+                .unwrap();
+            assert_eq!(v, Some(1));
+            c.query_drop("COMMIT").await.unwrap();
+        }
+        let after = app_statements_on(&h, 0).await;
+        counts.push((what, after - before));
+    }
+    assert_eq!(
+        counts[1].1, counts[0].1,
+        "statements on the primary for 20 read-only transactions: {counts:?}"
+    );
+    h.shutdown().await;
 }

@@ -280,6 +280,11 @@ impl Session {
                     | StatementClass::Begin
                     | StatementClass::BeginReadOnly
                     | StatementClass::Rollback
+                    // A COMMIT writes what its transaction wrote, and each of those
+                    // statements already counted: a read-only transaction's COMMIT must not
+                    // make the session read the server's GTID when it gives the connection
+                    // back (a round trip per transaction for nothing).
+                    | StatementClass::Commit
             ),
             COM_PING | COM_STATISTICS | COM_INIT_DB | COM_FIELD_LIST | COM_STMT_PREPARE
             | COM_STMT_CLOSE | COM_STMT_RESET | COM_SET_OPTION | COM_STMT_FETCH => false,

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Paired runs of one sysbench test against several targets, for experiments on the hot path.
+
+    python3 bench/pair.py [--reps 6] [--time 8] [--test oltp_point_select] [--mode disable]
+                          [--threads 32] [--targets haproxy,floor,floor-percore,sluice,direct]
+
+Starts `sluice sandbox --replicas 0` (a MariaDB primary; its Sluice is the `sluice` target;
+`SLUICE_BIN` chooses the binary, default target/release/sluice), HAProxy in TCP mode and the
+floor proxy of bench/floor (`floor`: tokio's multi-thread runtime; `floor-percore`: one
+single-threaded runtime per thread, each client and its server connection on one thread), each
+with 2 threads. Runs the test against each target in rotating order, `--reps` times, and prints
+per run and as medians: QPS, the proxy's user and system CPU time per query, the share of the
+run the machine's CPUs were idle, and the machine's busy CPU time per query. Fewer figures than
+compare.py, more runs per minute: for comparing variants, not for the headline table.
+"""
+
+import argparse, os, statistics, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare as C  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--time", type=int, default=8)
+    ap.add_argument("--test", default="oltp_point_select")
+    ap.add_argument("--mode", default="disable")
+    ap.add_argument("--threads", type=int, default=32)
+    ap.add_argument("--targets", default="haproxy,floor,floor-percore,sluice")
+    a = ap.parse_args()
+    want = a.targets.split(",")
+    for w in want:
+        if w not in ("haproxy", "floor", "floor-percore", "sluice", "direct"):
+            raise SystemExit(f"unknown target {w}")
+    C.ensure("sysbench", "sysbench")
+    C.ensure("haproxy", "haproxy")
+    floor = os.path.join(C.ROOT, "bench", "floor", "target", "release", "sluice-bench-floor")
+    if any(w.startswith("floor") for w in want):
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                        os.path.join(C.ROOT, "bench", "floor", "Cargo.toml")], check=True)
+    binary = os.environ.get("SLUICE_BIN", os.path.join(C.ROOT, "target", "release", "sluice"))
+    work = tempfile.mkdtemp(prefix="sluice-pair-")
+    sb_port = C.free_port()
+    sb, primary, _ = C.start_sandbox(binary, work, sb_port, 0)
+    procs = [sb]
+    try:
+        subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{primary}", f"-u{C.USER}",
+                        f"-p{C.PASSWORD}", "-e", "CREATE DATABASE sbtest"], check=True)
+        C.sysbench("oltp_read_only", primary, 4, "disable", 10, action="prepare")
+        targets = []
+        for w in want:
+            if w == "haproxy":
+                port = C.free_port()
+                h = C.start_haproxy(work, port, primary, 2)
+                procs.append(h)
+                C.wait_port(port)
+                targets.append((w, port, h.pid))
+            elif w.startswith("floor"):
+                port = C.free_port()
+                f = subprocess.Popen([floor, f"127.0.0.1:{port}", f"127.0.0.1:{primary}", "2"]
+                                     + (["percore"] if w == "floor-percore" else []))
+                procs.append(f)
+                C.wait_port(port)
+                targets.append((w, port, f.pid))
+            elif w == "sluice":
+                targets.append((w, sb_port, sb.pid))
+            else:
+                targets.append((w, primary, None))
+        res = {t[0]: [] for t in targets}
+        for r in range(a.reps):
+            k = r % len(targets)
+            for name, port, pid in targets[k:] + targets[:k]:
+                before = C.cpu_split(pid) if pid else (0, 0)
+                m0 = C.machine_split()
+                out = C.sysbench(a.test, port, a.threads, a.mode, a.time)
+                m1 = C.machine_split()
+                after = C.cpu_split(pid) if pid else (0, 0)
+                q, qps, _ = C.figures(out)
+                user = (after[0] - before[0]) * 1e6 / q
+                sys_ = (after[1] - before[1]) * 1e6 / q
+                busy, idle = m1[0] - m0[0], m1[1] - m0[1]
+                row = (qps, user, sys_, 100 * idle / (busy + idle), busy * 1e6 / q)
+                res[name].append(row)
+                print(f"{r} {name:14} qps {qps:8.0f} user {user:5.2f} sys {sys_:5.2f} "
+                      f"idle {row[3]:4.1f} % machine {row[4]:5.1f} µs/q", flush=True)
+        print(f"medians of {a.reps} ({a.test}, {a.threads} threads, ps-mode {a.mode}):")
+        for name, _, _ in targets:
+            m = [statistics.median(x[i] for x in res[name]) for i in range(5)]
+            print(f"{name:14} qps {m[0]:8.0f} user {m[1]:5.2f} sys {m[2]:5.2f} cpu {m[1] + m[2]:5.2f} "
+                  f"idle {m[3]:4.1f} % machine {m[4]:5.1f} µs/q")
+    finally:
+        C.stop(procs, work)
+
+
+if __name__ == "__main__":
+    main()
