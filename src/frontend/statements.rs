@@ -497,10 +497,17 @@ impl Session {
         wire_len: usize,
         seq: u8,
     ) -> Result<Option<u32>, SessionError> {
-        let routing = self.routing.clone();
-        let budget = Session::budget_of(&routing, self.server_of(on));
-        let answer = match self.held_conn(on) {
-            Some(conn) => conn.prepared(sql, &budget).await,
+        // Disjoint borrows of the routing snapshot and the held connection: no clone of the
+        // snapshot's Arc (shared by every session: a contended atomic twice per execution).
+        let held = match on {
+            Held::Primary => self.primary.as_mut(),
+            Held::Replica => self.replica.as_mut(),
+        };
+        let answer = match held {
+            Some(l) => {
+                let budget = Session::budget_of(&self.routing, l.server);
+                l.conn.prepared(sql, &budget).await
+            }
             None => Err(crate::backend::BackendError::Closed),
         };
         match answer {
