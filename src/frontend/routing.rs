@@ -210,13 +210,8 @@ impl Session {
                 .get(i)
                 .map_or(u32::MAX, |s| s.outstanding.load(Ordering::Relaxed))
         };
-        // The shared turn counter only matters when a replica is chosen.
-        let turn = match c.class {
-            StatementClass::Read | StatementClass::BeginReadOnly => {
-                self.shared.turn.fetch_add(1, Ordering::Relaxed)
-            }
-            _ => 0,
-        };
+        // The shared turn counter (written by every core) only when replicas tie.
+        let turn = || self.shared.turn.fetch_add(1, Ordering::Relaxed);
         router::route(c, &view, topology, self.routing.max_lag_ms, load, turn)
     }
 

@@ -40,15 +40,17 @@ pub struct SessionView {
 }
 
 /// Decides where a query runs. `load(i)` is the number of statements outstanding on server
-/// `i`; among replicas within the lag budget the least loaded wins, and `turn` picks among
-/// equally loaded ones (pass a rotating counter to spread idle-time reads evenly).
+/// `i`; among replicas within the lag budget the least loaded wins, and `turn()` picks among
+/// equally loaded ones (pass a rotating counter to spread idle-time reads evenly). `turn` is
+/// called only when there is such a choice: a shared counter is not written by every read in
+/// a transaction, or on a server without replicas.
 pub fn route(
     c: &Classified<'_>,
     session: &SessionView,
     topology: &ClusterView,
     default_max_lag_ms: u64,
     load: impl Fn(usize) -> u32,
-    turn: usize,
+    turn: impl FnOnce() -> usize,
 ) -> (Route, Option<PrimaryReason>) {
     use StatementClass::*;
     match c.class {
@@ -110,10 +112,14 @@ pub fn route(
             .filter(|(_, &s)| s == min)
             .map(|(i, _)| i)
     };
+    let mut candidates = ties();
+    if let (Some(only), None) = (candidates.next(), candidates.next()) {
+        return (Route::Replica(only), None);
+    }
     let total: u64 = ties()
         .map(|i| u64::from(topology.servers[i].weight.max(1)))
         .sum();
-    let mut point = turn as u64 % total.max(1);
+    let mut point = turn() as u64 % total.max(1);
     for i in ties() {
         let w = u64::from(topology.servers[i].weight.max(1));
         if point < w {
@@ -176,7 +182,7 @@ mod tests {
             t,
             1000,
             |i| load.get(i).copied().unwrap_or(0),
-            0,
+            || 0,
         )
         .0
     }
@@ -187,7 +193,17 @@ mod tests {
         assert_eq!(r("SELECT 1", &IDLE, &t, &[0, 0, 0]), Route::Replica(1));
         assert_eq!(r("SELECT 1", &IDLE, &t, &[0, 5, 1]), Route::Replica(2));
         // Equal load: the turn rotates among them.
-        let pick = |turn| route(&classify_query(b"SELECT 1"), &IDLE, &t, 1000, |_| 0, turn).0;
+        let pick = |turn| {
+            route(
+                &classify_query(b"SELECT 1"),
+                &IDLE,
+                &t,
+                1000,
+                |_| 0,
+                || turn,
+            )
+            .0
+        };
         assert_eq!(
             (pick(0), pick(1), pick(2)),
             (Route::Replica(1), Route::Replica(2), Route::Replica(1))
@@ -195,7 +211,7 @@ mod tests {
         // Lagging or stopped replicas are skipped.
         let t = topo(&[Some(5000), None]);
         assert_eq!(
-            route(&classify_query(b"SELECT 1"), &IDLE, &t, 1000, |_| 0, 0),
+            route(&classify_query(b"SELECT 1"), &IDLE, &t, 1000, |_| 0, || 0),
             (Route::Primary, Some(PrimaryReason::NoReplicaWithinBudget))
         );
         let t = topo(&[Some(5000), Some(200)]);
@@ -253,7 +269,7 @@ mod tests {
                 t,
                 1000,
                 |i| load[i],
-                turn,
+                || turn,
             )
             .0
         };
@@ -288,7 +304,7 @@ mod tests {
                     calls.set(calls.get() + 1);
                     calls.get() % 3
                 },
-                turn,
+                || turn,
             );
             assert!(matches!(r, Route::Replica(1 | 2)), "{r:?}");
         }
