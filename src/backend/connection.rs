@@ -657,6 +657,25 @@ impl BackendConn {
             .map(|r| r.map(|(id, _, _)| id))
     }
 
+    /// [`Self::prepared`] for a session that keeps a [`Memo`] per statement: found through
+    /// the memo when it still holds (no hashing of the text), the memo renewed otherwise.
+    pub async fn prepared_memo(
+        &mut self,
+        sql: &std::sync::Arc<[u8]>,
+        memo: &mut Option<super::stmt_cache::Memo>,
+        budget: &StmtBudget<'_>,
+    ) -> Result<Result<u32, ErrPacket>, BackendError> {
+        if let Some(id) = self.stmts.get_memo(self.id, sql, memo) {
+            return Ok(Ok(id));
+        }
+        let r = self.prepare_for_client(sql, budget).await?;
+        if r.is_ok() {
+            // Memo of the new statement (a lookup, once per preparation).
+            self.stmts.get_memo(self.id, sql, memo);
+        }
+        Ok(r.map(|(id, _, _)| id))
+    }
+
     /// Prepares `sql` for a client's COM_STMT_PREPARE and returns the server's whole answer
     /// (prepare-OK, parameter and column definitions) to relay, with the server's id and the
     /// parameter count. When the server's `max_prepared_stmt_count` is reached, the least

@@ -2,53 +2,130 @@
 //! connection: keyed by SQL text, bounded, least recently used evicted first (the caller
 //! closes the evicted statement on the server), so that many sessions × many statements
 //! cannot exhaust a server's `max_prepared_stmt_count`.
+//!
+//! A session remembers where it found each of its statements ([`Memo`]: connection, slot and
+//! the cache's epoch). The epoch changes whenever a statement leaves the cache, so a memo of
+//! an unchanged epoch still names the same statement: the session's next execution on that
+//! connection finds it without hashing and comparing the SQL text.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+#[derive(Debug)]
+struct Entry {
+    sql: Arc<[u8]>,
+    id: u32,
+    used: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct StmtCache {
-    map: HashMap<Arc<[u8]>, (u32, u64), crate::fasthash::FastBuild>,
+    index: HashMap<Arc<[u8]>, usize, crate::fasthash::FastBuild>,
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
     clock: u64,
+    epoch: u64,
+}
+
+/// Where a session last found one of its statements on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memo {
+    pub conn: u64,
+    epoch: u64,
+    slot: usize,
 }
 
 impl StmtCache {
     /// The server's id for `sql`, marking it used.
     pub fn get(&mut self, sql: &[u8]) -> Option<u32> {
+        self.get_slot(sql).map(|(id, _)| id)
+    }
+
+    fn get_slot(&mut self, sql: &[u8]) -> Option<(u32, usize)> {
+        let slot = *self.index.get(sql)?;
+        self.touch(slot).map(|id| (id, slot))
+    }
+
+    fn touch(&mut self, slot: usize) -> Option<u32> {
         self.clock += 1;
         let now = self.clock;
-        self.map.get_mut(sql).map(|e| {
-            e.1 = now;
-            e.0
-        })
+        let e = self.slots.get_mut(slot)?.as_mut()?;
+        e.used = now;
+        Some(e.id)
+    }
+
+    /// The server's id for `sql` through the memo of connection `conn` (no lookup when the
+    /// memo still holds), or by lookup (the memo is then renewed). Marks it used.
+    pub fn get_memo(&mut self, conn: u64, sql: &[u8], memo: &mut Option<Memo>) -> Option<u32> {
+        if let Some(m) = *memo {
+            if m.conn == conn && m.epoch == self.epoch {
+                return self.touch(m.slot);
+            }
+        }
+        let (id, slot) = self.get_slot(sql)?;
+        *memo = Some(Memo {
+            conn,
+            epoch: self.epoch,
+            slot,
+        });
+        Some(id)
     }
 
     pub fn insert(&mut self, sql: Arc<[u8]>, id: u32) {
+        self.remove(&sql);
         self.clock += 1;
-        self.map.insert(sql, (id, self.clock));
+        let e = Entry {
+            sql: sql.clone(),
+            id,
+            used: self.clock,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s] = Some(e);
+                s
+            }
+            None => {
+                self.slots.push(Some(e));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(sql, slot);
     }
 
     pub fn remove(&mut self, sql: &[u8]) -> Option<u32> {
-        self.map.remove(sql).map(|e| e.0)
+        let slot = self.index.remove(sql)?;
+        self.epoch += 1;
+        let e = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        Some(e.id)
     }
 
     /// Removes the least recently used statement and returns its server id.
     pub fn pop_lru(&mut self) -> Option<u32> {
-        let key = self.map.iter().min_by_key(|(_, e)| e.1)?.0.clone();
-        self.map.remove(&key).map(|e| e.0)
+        let sql = self
+            .slots
+            .iter()
+            .flatten()
+            .min_by_key(|e| e.used)?
+            .sql
+            .clone();
+        self.remove(&sql)
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.index.is_empty()
     }
 
     /// The server forgot every statement (COM_CHANGE_USER, COM_RESET_CONNECTION).
     pub fn clear_forgotten(&mut self) {
-        self.map.clear();
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.epoch += 1;
     }
 }
 
@@ -71,5 +148,44 @@ mod tests {
         assert_eq!(c.remove(&a), Some(1));
         assert!(c.is_empty());
         assert_eq!(c.pop_lru(), None);
+    }
+
+    #[test]
+    fn a_memo_holds_until_a_statement_leaves_the_cache() {
+        let mut c = StmtCache::default();
+        let key = |s: &[u8]| -> Arc<[u8]> { Arc::from(s) };
+        let (a, b, d) = (key(b"a"), key(b"b"), key(b"d"));
+        c.insert(a.clone(), 1);
+        c.insert(b.clone(), 2);
+        let (mut ma, mut mb) = (None, None);
+        assert_eq!(c.get_memo(7, &a, &mut ma), Some(1));
+        assert_eq!(c.get_memo(7, &b, &mut mb), Some(2));
+        assert!(ma.is_some() && mb.is_some());
+        // Through the memo (the text is not even looked at), and it counts as a use: `b`,
+        // used through its memo after `a`, is not the least recently used.
+        assert_eq!(c.get_memo(7, b"ignored", &mut ma), Some(1));
+        assert_eq!(c.get_memo(7, b"ignored", &mut mb), Some(2));
+        // A memo made on another connection is not trusted: the text is looked up.
+        let mut other = mb;
+        assert_eq!(c.get_memo(8, b"zzz", &mut other), None);
+        assert_eq!(c.get_memo(8, &b, &mut other), Some(2));
+        assert_eq!(other.map(|m| m.conn), Some(8));
+        // `a` leaves (least recently used); its slot is reused by `d`: the old memos of both
+        // statements are stale, and the lookups find the right ids.
+        assert_eq!(c.pop_lru(), Some(1));
+        c.insert(d.clone(), 3);
+        assert_eq!(c.get_memo(7, &a, &mut ma), None);
+        assert_eq!(c.get_memo(7, &b, &mut mb), Some(2));
+        let mut md = None;
+        assert_eq!(c.get_memo(7, &d, &mut md), Some(3));
+        // A reset forgets everything: no memo survives it.
+        c.clear_forgotten();
+        assert_eq!(c.get_memo(7, &d, &mut md), None);
+        c.insert(b.clone(), 9);
+        assert_eq!(c.get_memo(7, &b, &mut mb), Some(9));
+        // Inserting the same text again replaces it (a new epoch: memos are renewed).
+        c.insert(b.clone(), 10);
+        assert_eq!(c.get_memo(7, &b, &mut mb), Some(10));
+        assert_eq!(c.len(), 1);
     }
 }

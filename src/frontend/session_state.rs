@@ -26,6 +26,8 @@ pub struct Stmt {
     /// A prepared `KILL`: its executions are answered by Sluice, with Sluice session ids
     /// (src/frontend/kill.rs), never sent to a server.
     pub kill: Option<super::kill::PreparedKill>,
+    /// Where the statement was last found on a server connection's cache.
+    pub memo: Option<crate::backend::stmt_cache::Memo>,
 }
 
 /// Why a connection is kept after a statement although nothing else needs it: the next

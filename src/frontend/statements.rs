@@ -170,6 +170,7 @@ impl Session {
                 params,
                 types: None,
                 kill,
+                memo: None,
             },
         );
         Ok(())
@@ -283,8 +284,14 @@ impl Session {
             };
             return self.kill(k, wire_len, seq).await;
         }
-        let (sql, class, digest_hash, params, cached) =
-            (st.sql.clone(), st.class, st.digest, st.params, st.cached);
+        let (sql, class, digest_hash, params, cached, memo) = (
+            st.sql.clone(),
+            st.class,
+            st.digest,
+            st.params,
+            st.cached,
+            st.memo,
+        );
         let types = (!binds_types && params > 0)
             .then(|| st.types.clone())
             .flatten();
@@ -301,9 +308,18 @@ impl Session {
         let Some(on) = self.target(&mut plan, wire_len, seq).await? else {
             return Ok(());
         };
-        let Some(server_id) = self.ensure_prepared(on, &sql, wire_len, seq).await? else {
+        let mut renewed = memo;
+        let Some(server_id) = self
+            .ensure_prepared(on, &sql, &mut renewed, wire_len, seq)
+            .await?
+        else {
             return Ok(());
         };
+        if renewed != memo {
+            if let Some(st) = self.st.stmts.get_mut(&id) {
+                st.memo = renewed;
+            }
+        }
         // Always with types: the server statement may have been bound by another session.
         let rebuilt = self.with_server_id(
             wire_len,
@@ -421,7 +437,10 @@ impl Session {
         let Some(on) = self.target(&mut plan, wire_len, seq).await? else {
             return Ok(());
         };
-        let Some(server_id) = self.ensure_prepared(on, &sql, wire_len, seq).await? else {
+        let Some(server_id) = self
+            .ensure_prepared(on, &sql, &mut None, wire_len, seq)
+            .await?
+        else {
             return Ok(());
         };
         let marker = (flags | SEND_TYPES).to_le_bytes();
@@ -494,6 +513,7 @@ impl Session {
         &mut self,
         on: Held,
         sql: &Arc<[u8]>,
+        memo: &mut Option<crate::backend::stmt_cache::Memo>,
         wire_len: usize,
         seq: u8,
     ) -> Result<Option<u32>, SessionError> {
@@ -506,7 +526,7 @@ impl Session {
         let answer = match held {
             Some(l) => {
                 let budget = Session::budget_of(&self.routing, l.server);
-                l.conn.prepared(sql, &budget).await
+                l.conn.prepared_memo(sql, memo, &budget).await
             }
             None => Err(crate::backend::BackendError::Closed),
         };
@@ -590,7 +610,10 @@ impl Session {
         let Some(on) = self.target(&mut plan, wire_len, seq).await? else {
             return Ok(());
         };
-        let Some(server_id) = self.ensure_prepared(on, &sql, wire_len, seq).await? else {
+        let Some(server_id) = self
+            .ensure_prepared(on, &sql, &mut None, wire_len, seq)
+            .await?
+        else {
             return Ok(());
         };
         self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
