@@ -10,11 +10,12 @@ floor proxy of bench/floor (`floor`: tokio's multi-thread runtime; `floor-percor
 single-threaded runtime per thread, each client and its server connection on one thread), each
 with 2 threads. Runs the test against each target in rotating order, `--reps` times, and prints
 per run and as medians: QPS, the proxy's user and system CPU time per query, the share of the
-run the machine's CPUs were idle, and the machine's busy CPU time per query. Fewer figures than
+run the machine's CPUs were idle, the machine's busy CPU time per query, and of it the MariaDB
+server's and the load generator's (sysbench) CPU time per query. Fewer figures than
 compare.py, more runs per minute: for comparing variants, not for the headline table.
 """
 
-import argparse, os, statistics, subprocess, sys, tempfile
+import argparse, os, resource, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare as C  # noqa: E402
@@ -67,30 +68,52 @@ def main():
                 targets.append((w, sb_port, sb.pid))
             else:
                 targets.append((w, primary, None))
+        server = server_pid(primary)
         res = {t[0]: [] for t in targets}
         for r in range(a.reps):
             k = r % len(targets)
             for name, port, pid in targets[k:] + targets[:k]:
                 before = C.cpu_split(pid) if pid else (0, 0)
                 m0 = C.machine_split()
+                s0 = C.cpu_seconds(server)
+                g0 = children_cpu()
                 out = C.sysbench(a.test, port, a.threads, a.mode, a.time)
+                g1 = children_cpu()
+                s1 = C.cpu_seconds(server)
                 m1 = C.machine_split()
                 after = C.cpu_split(pid) if pid else (0, 0)
                 q, qps, _ = C.figures(out)
                 user = (after[0] - before[0]) * 1e6 / q
                 sys_ = (after[1] - before[1]) * 1e6 / q
                 busy, idle = m1[0] - m0[0], m1[1] - m0[1]
-                row = (qps, user, sys_, 100 * idle / (busy + idle), busy * 1e6 / q)
+                row = (qps, user, sys_, 100 * idle / (busy + idle), busy * 1e6 / q,
+                       (s1 - s0) * 1e6 / q, (g1 - g0) * 1e6 / q)
                 res[name].append(row)
                 print(f"{r} {name:14} qps {qps:8.0f} user {user:5.2f} sys {sys_:5.2f} "
-                      f"idle {row[3]:4.1f} % machine {row[4]:5.1f} µs/q", flush=True)
+                      f"idle {row[3]:4.1f} % machine {row[4]:5.1f} server {row[5]:5.1f} "
+                      f"sysbench {row[6]:5.1f} µs/q", flush=True)
         print(f"medians of {a.reps} ({a.test}, {a.threads} threads, ps-mode {a.mode}):")
         for name, _, _ in targets:
-            m = [statistics.median(x[i] for x in res[name]) for i in range(5)]
+            m = [statistics.median(x[i] for x in res[name]) for i in range(7)]
             print(f"{name:14} qps {m[0]:8.0f} user {m[1]:5.2f} sys {m[2]:5.2f} cpu {m[1] + m[2]:5.2f} "
-                  f"idle {m[3]:4.1f} % machine {m[4]:5.1f} µs/q")
+                  f"idle {m[3]:4.1f} % machine {m[4]:5.1f} server {m[5]:5.1f} "
+                  f"sysbench {m[6]:5.1f} µs/q")
     finally:
         C.stop(procs, work)
+
+
+def server_pid(port):
+    """The pid of the MariaDB server listening on `port` (the sandbox's primary)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    for part in out.split("pid=")[1:]:
+        return int(part.split(",", 1)[0])
+    raise SystemExit(f"no process listens on port {port}")
+
+
+def children_cpu():
+    """CPU seconds of the finished child processes (the sysbench runs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 if __name__ == "__main__":
