@@ -15,7 +15,7 @@ server's and the load generator's (sysbench) CPU time per query. Fewer figures t
 compare.py, more runs per minute: for comparing variants, not for the headline table.
 """
 
-import argparse, os, resource, statistics, subprocess, sys, tempfile
+import argparse, os, re, resource, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare as C  # noqa: E402
@@ -105,9 +105,10 @@ def main():
 def server_pid(port):
     """The pid of the MariaDB server listening on `port` (the sandbox's primary)."""
     out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
-    for part in out.split("pid=")[1:]:
-        return int(part.split(",", 1)[0])
-    raise SystemExit(f"no process listens on port {port}")
+    m = re.search(r"pid=(\d+)", out)
+    if not m:
+        raise SystemExit(f"no process listens on port {port}")
+    return int(m.group(1))
 
 
 def children_cpu():
