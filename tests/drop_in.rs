@@ -182,12 +182,13 @@ async fn kill_through_prepared_statements_behaves_as_on_a_direct_connection() {
             b.query_drop("SELECT 1").await.unwrap();
             bystanders.push(b);
         }
-        let forms: [(&str, bool); 5] = [
+        let forms: [(&str, bool); 6] = [
             ("prepared KILL n", false),
             ("prepared KILL ?", true),
             ("prepared KILL CONNECTION ?", true),
             ("prepared KILL QUERY ? (idle victim)", true),
             ("EXECUTE IMMEDIATE 'KILL n'", false),
+            ("EXECUTE IMMEDIATE /* c */ 'KILL n'", false),
         ];
         for (form, bound) in forms {
             let mut victim = Conn::new(opts.clone()).await.unwrap();
@@ -203,6 +204,10 @@ async fn kill_through_prepared_statements_behaves_as_on_a_direct_connection() {
             let r = match form {
                 "EXECUTE IMMEDIATE 'KILL n'" => killer
                     .query_drop(format!("EXECUTE IMMEDIATE 'KILL {id}'"))
+                    .await
+                    .map_err(|e| kind(&e)),
+                "EXECUTE IMMEDIATE /* c */ 'KILL n'" => killer
+                    .query_drop(format!("EXECUTE IMMEDIATE /* c */ 'KILL {id}'"))
                     .await
                     .map_err(|e| kind(&e)),
                 _ if bound => killer

@@ -172,9 +172,9 @@ fn parse_rest(sql: &[u8], mut lx: Lexer<'_>) -> Option<Result<PreparedKill, &'st
 /// The text of the string literal that comes next (quotes taken off, escapes resolved), and
 /// whether nothing but `;` follows it. `None`: not a plain literal.
 fn string_literal(sql: &[u8], lx: &mut Lexer<'_>) -> Option<(Vec<u8>, bool)> {
-    let rest = lx.rest();
-    let skipped = rest.len() - rest.trim_ascii_start().len();
-    let before = sql.len() - rest.len() + skipped;
+    // The literal starts after any comment: `EXECUTE IMMEDIATE /* c */ 'KILL 5'`.
+    lx.skip_to_token();
+    let before = sql.len() - lx.rest().len();
     if lx.next_token() != Some(Token::Str) {
         return None;
     }
@@ -477,6 +477,19 @@ mod tests {
         assert_eq!(
             parse(b"EXECUTE IMMEDIATE 'KILL USER x'"),
             Some(Err("KILL USER"))
+        );
+        // A comment between IMMEDIATE and the text (or around it) hides nothing.
+        assert_eq!(
+            parse(b"EXECUTE IMMEDIATE /* c */ 'KILL 5'"),
+            Some(Ok(Kill::Connection(5)))
+        );
+        assert_eq!(
+            parse(b"EXECUTE /* a */ IMMEDIATE -- b\n 'KILL QUERY 6' /* d */"),
+            Some(Ok(Kill::Query(6)))
+        );
+        assert_eq!(
+            parse(b"PREPARE s FROM /* c */ 'KILL 5'"),
+            Some(Err("KILL in a text-protocol PREPARE"))
         );
         assert_eq!(parse(b"EXECUTE IMMEDIATE 'SELECT 1'"), None);
         assert_eq!(parse(b"EXECUTE IMMEDIATE @s"), None);

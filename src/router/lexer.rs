@@ -84,6 +84,12 @@ impl<'a> Lexer<'a> {
         self.sql.get(self.pos + off).copied().unwrap_or(0)
     }
 
+    /// Moves to the start of the next token (past whitespace and comments), so that
+    /// [`Lexer::rest`] begins with it.
+    pub fn skip_to_token(&mut self) {
+        self.skip_trivia();
+    }
+
     /// Skips whitespace and comments.
     #[inline(always)]
     fn skip_trivia(&mut self) {
