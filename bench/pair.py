@@ -8,7 +8,8 @@ Starts `sluice sandbox --replicas 0` (a MariaDB primary; its Sluice is the `slui
 `SLUICE_BIN` chooses the binary, default target/release/sluice), HAProxy in TCP mode and the
 floor proxy of bench/floor (`floor`: tokio's multi-thread runtime; `floor-percore`: one
 single-threaded runtime per thread, each client and its server connection on one thread), each
-with 2 threads. Runs the test against each target in rotating order, `--reps` times, and prints
+with 2 threads (`--proxy-threads`), and `sluice2`: `sluice run` of the binary `SLUICE_BIN2` in front of the same
+primary (to compare two builds in one run). Runs the test against each target in rotating order, `--reps` times, and prints
 per run and as medians: QPS, the proxy's user and system CPU time per query, the share of the
 run the machine's CPUs were idle, the machine's busy CPU time per query, and of it the MariaDB
 server's and the load generator's (sysbench) CPU time per query. Fewer figures than
@@ -29,10 +30,12 @@ def main():
     ap.add_argument("--mode", default="disable")
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--targets", default="haproxy,floor,floor-percore,sluice")
+    ap.add_argument("--proxy-threads", type=int, default=2,
+                    help="threads of every proxy (HAProxy nbthread, the floor's, Sluice's)")
     a = ap.parse_args()
     want = a.targets.split(",")
     for w in want:
-        if w not in ("haproxy", "floor", "floor-percore", "sluice", "direct"):
+        if w not in ("haproxy", "floor", "floor-percore", "sluice", "sluice2", "direct"):
             raise SystemExit(f"unknown target {w}")
     C.ensure("sysbench", "sysbench")
     C.ensure("haproxy", "haproxy")
@@ -43,7 +46,8 @@ def main():
     binary = os.environ.get("SLUICE_BIN", os.path.join(C.ROOT, "target", "release", "sluice"))
     work = tempfile.mkdtemp(prefix="sluice-pair-")
     sb_port = C.free_port()
-    sb, primary, _ = C.start_sandbox(binary, work, sb_port, 0)
+    n = a.proxy_threads
+    sb, primary, _ = C.start_sandbox(binary, work, sb_port, 0, ["--worker-threads", str(n)])
     procs = [sb]
     try:
         subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{primary}", f"-u{C.USER}",
@@ -53,19 +57,25 @@ def main():
         for w in want:
             if w == "haproxy":
                 port = C.free_port()
-                h = C.start_haproxy(work, port, primary, 2)
+                h = C.start_haproxy(work, port, primary, n)
                 procs.append(h)
                 C.wait_port(port)
                 targets.append((w, port, h.pid))
             elif w.startswith("floor"):
                 port = C.free_port()
-                f = subprocess.Popen([floor, f"127.0.0.1:{port}", f"127.0.0.1:{primary}", "2"]
+                f = subprocess.Popen([floor, f"127.0.0.1:{port}", f"127.0.0.1:{primary}", str(n)]
                                      + (["percore"] if w == "floor-percore" else []))
                 procs.append(f)
                 C.wait_port(port)
                 targets.append((w, port, f.pid))
             elif w == "sluice":
                 targets.append((w, sb_port, sb.pid))
+            elif w == "sluice2":
+                port = C.free_port()
+                s2 = start_second_sluice(work, port, primary, n)
+                procs.append(s2)
+                C.wait_port(port)
+                targets.append((w, port, s2.pid))
             else:
                 targets.append((w, primary, None))
         server = server_pid(primary)
@@ -100,6 +110,38 @@ def main():
                   f"sysbench {m[6]:5.1f} µs/q")
     finally:
         C.stop(procs, work)
+
+
+def start_second_sluice(work, port, primary, threads):
+    """`sluice run` of the binary `SLUICE_BIN2` in front of the same primary (A/B of two builds;
+    `SLUICE2_PROXY`: more `[proxy]` settings for it, e.g. 'worker_threads = 1')."""
+    binary = os.environ.get("SLUICE_BIN2")
+    if not binary:
+        raise SystemExit("target sluice2 needs SLUICE_BIN2 (the second Sluice binary)")
+    cfg = os.path.join(work, "sluice2.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""[proxy]
+listen = "127.0.0.1:{port}"
+worker_threads = {threads}
+{os.environ.get("SLUICE2_PROXY", "")}
+[[servers]]
+name = "db1"
+address = "127.0.0.1:{primary}"
+[[users]]
+name = "{C.USER}"
+password = "{C.PASSWORD}"
+[admin]
+listen = "127.0.0.1:{C.free_port()}"
+user = "admin"
+password = "admin-pw"
+[metrics]
+listen = ""
+[monitor]
+user = "sluice_monitor"
+password = "sluice-monitor-pw"
+""")
+    return subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="warn"))
 
 
 def server_pid(port):

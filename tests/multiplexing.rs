@@ -655,3 +655,94 @@ async fn a_session_takes_back_its_own_connection_when_it_is_idle() {
     }
     h.shutdown().await;
 }
+
+/// Two sessions share one server connection (and so one server statement) and bind different
+/// parameter types: an execution without types (what libmariadb sends after the first) must
+/// run with the types its own session bound last, whichever session bound the server
+/// statement last. Sluice sends the types only when the server statement has others bound;
+/// every answer equals the direct one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_binding_different_types_to_one_server_statement() {
+    use common::raw::RawConn;
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    const LONGLONG: u8 = 8;
+    const STRING: u8 = 254;
+    // COM_STMT_EXECUTE of one parameter, with its type or without (new-params-bound 0).
+    let exec = |stmt: &[u8], typed: bool, ty: u8, value: &[u8]| {
+        let mut p = vec![0x17];
+        p.extend_from_slice(stmt);
+        p.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
+        if typed {
+            p.extend_from_slice(&[1, ty, 0]);
+        } else {
+            p.push(0);
+        }
+        p.extend_from_slice(value);
+        p
+    };
+    let long = |n: i64| n.to_le_bytes().to_vec();
+    let string = |s: &str| {
+        let mut v = vec![s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    };
+    // (session, typed, value): A binds LONGLONG, B binds STRING, then both go on untyped.
+    let steps: Vec<(usize, bool, u8, Vec<u8>)> = vec![
+        (0, true, LONGLONG, long(7)),
+        (1, true, STRING, string("x")),
+        (0, false, LONGLONG, long(70)),
+        (0, false, LONGLONG, long(71)),
+        (1, false, STRING, string("y")),
+        (1, false, STRING, string("z")),
+        (0, false, LONGLONG, long(72)),
+        (0, true, LONGLONG, long(73)),
+        (1, false, STRING, string("w")),
+        (0, false, LONGLONG, long(74)),
+    ];
+    let mut answers = Vec::new();
+    for port in [h.topo.nodes[0].port, h.addr.port()] {
+        let mut sessions = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let (mut raw, ok) = RawConn::login(port, common::USER, common::PASSWORD, 0).await;
+            assert_eq!(ok[0], 0x00, "login");
+            let prep = raw.command(b"\x16SELECT CONCAT('v=', ?)").await;
+            assert_eq!(prep[0].1[0], 0, "prepare: {prep:?}");
+            ids.push(prep[0].1[1..5].to_vec());
+            sessions.push(raw);
+        }
+        let mut got = Vec::new();
+        for (s, typed, ty, value) in &steps {
+            let answer = sessions[*s]
+                .command(&exec(&ids[*s], *typed, *ty, value))
+                .await;
+            got.push(answer);
+        }
+        answers.push(got);
+    }
+    let (direct, through) = (&answers[0], &answers[1]);
+    for (i, (d, t)) in direct.iter().zip(through).enumerate() {
+        assert_eq!(
+            t, d,
+            "step {i} ({:?}): through Sluice vs direct",
+            steps[i].0
+        );
+    }
+    // The values themselves: the last packet before the end is the row; its text ends the row.
+    let rows: Vec<String> = through
+        .iter()
+        .map(|a| {
+            let row = &a[a.len() - 2].1;
+            String::from_utf8_lossy(&row[3..]).into_owned()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        ["v=7", "v=x", "v=70", "v=71", "v=y", "v=z", "v=72", "v=73", "v=w", "v=74"]
+    );
+    // One server connection served both sessions (the types did change under them).
+    let mut admin = admin(&h).await;
+    let pools: Vec<mysql_async::Row> = admin.query("SHOW POOLS").await.unwrap();
+    assert!(!pools.is_empty());
+    h.shutdown().await;
+}

@@ -7,6 +7,12 @@
 //! the cache's epoch). The epoch changes whenever a statement leaves the cache, so a memo of
 //! an unchanged epoch still names the same statement: the session's next execution on that
 //! connection finds it without hashing and comparing the SQL text.
+//!
+//! Each statement also remembers the parameter types last bound to it on the server (an
+//! execution that carries types binds them, and the server keeps them for the executions
+//! that carry none). An execution whose types are already bound goes to the server as the
+//! client sent it: the server does not set its parameters up again, and Sluice does not
+//! rebuild the packet to add the types.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +22,8 @@ struct Entry {
     sql: Arc<[u8]>,
     id: u32,
     used: u64,
+    /// The parameter types bound on the server (`None`: unknown, send them).
+    bound: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +79,30 @@ impl StmtCache {
         Some(id)
     }
 
+    /// The entry a memo of this connection names, if the memo still holds.
+    fn entry(&mut self, conn: u64, memo: Option<Memo>) -> Option<&mut Entry> {
+        let m = memo.filter(|m| m.conn == conn && m.epoch == self.epoch)?;
+        self.slots.get_mut(m.slot)?.as_mut()
+    }
+
+    /// Whether the statement the memo names has exactly `types` bound on the server.
+    pub fn types_bound(&mut self, conn: u64, memo: Option<Memo>, types: &[u8]) -> bool {
+        self.entry(conn, memo)
+            .and_then(|e| e.bound.as_deref())
+            .is_some_and(|b| b == types)
+    }
+
+    /// Records the types the server now has bound for the statement the memo names (`None`:
+    /// unknown, e.g. after an error or a reset; the next execution sends them again).
+    pub fn set_bound(&mut self, conn: u64, memo: Option<Memo>, types: Option<&Arc<[u8]>>) {
+        if let Some(e) = self.entry(conn, memo) {
+            match types {
+                Some(t) if e.bound.as_deref() == Some(&t[..]) => {}
+                _ => e.bound = types.cloned(),
+            }
+        }
+    }
+
     pub fn insert(&mut self, sql: Arc<[u8]>, id: u32) {
         self.remove(&sql);
         self.clock += 1;
@@ -78,6 +110,7 @@ impl StmtCache {
             sql: sql.clone(),
             id,
             used: self.clock,
+            bound: None,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -187,5 +220,42 @@ mod tests {
         c.insert(b.clone(), 10);
         assert_eq!(c.get_memo(7, &b, &mut mb), Some(10));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn bound_types_are_known_per_statement_until_it_leaves() {
+        let mut c = StmtCache::default();
+        let key = |s: &[u8]| -> Arc<[u8]> { Arc::from(s) };
+        let (a, b) = (key(b"a"), key(b"b"));
+        let (long, int) = (key(&[8, 0]), key(&[3, 0]));
+        c.insert(a.clone(), 1);
+        c.insert(b.clone(), 2);
+        let (mut ma, mut mb) = (None, None);
+        c.get_memo(7, &a, &mut ma);
+        c.get_memo(7, &b, &mut mb);
+        // Nothing bound yet: the first execution sends its types.
+        assert!(!c.types_bound(7, ma, &long));
+        c.set_bound(7, ma, Some(&long));
+        assert!(c.types_bound(7, ma, &long));
+        // Other types, another statement, another connection's memo: not bound.
+        assert!(!c.types_bound(7, ma, &int));
+        assert!(!c.types_bound(7, mb, &long));
+        assert!(!c.types_bound(8, ma, &long));
+        // Forgotten after an error or a reset.
+        c.set_bound(7, ma, None);
+        assert!(!c.types_bound(7, ma, &long));
+        c.set_bound(7, ma, Some(&int));
+        assert!(c.types_bound(7, ma, &int));
+        // A statement prepared again starts with nothing bound (its old memo is stale too).
+        c.insert(a.clone(), 3);
+        assert!(!c.types_bound(7, ma, &int));
+        let mut ma2 = None;
+        assert_eq!(c.get_memo(7, &a, &mut ma2), Some(3));
+        assert!(!c.types_bound(7, ma2, &int));
+        // The same after a reset of the connection.
+        c.set_bound(7, ma2, Some(&int));
+        assert!(c.types_bound(7, ma2, &int));
+        c.clear_forgotten();
+        assert!(!c.types_bound(7, ma2, &int));
     }
 }

@@ -1142,6 +1142,14 @@ impl Session {
         }
     }
 
+    /// The held connection `on`, if the session still holds it (not after a lost connection).
+    pub(super) fn held_mut(&mut self, on: Held) -> Option<&mut BackendConn> {
+        match on {
+            Held::Primary => self.primary.as_mut().map(|l| &mut *l.conn),
+            Held::Replica => self.replica.as_mut().map(|l| &mut *l.conn),
+        }
+    }
+
     pub(super) fn server_of(&self, on: Held) -> usize {
         match on {
             Held::Primary => self.primary.as_ref().map_or(usize::MAX, |l| l.server),

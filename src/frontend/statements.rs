@@ -292,9 +292,9 @@ impl Session {
             st.cached,
             st.memo,
         );
-        let types = (!binds_types && params > 0)
-            .then(|| st.types.clone())
-            .flatten();
+        // The types the server has bound once this execution ran: the client's own, or the
+        // ones it sent last (added below unless the server statement has them bound).
+        let types = (params > 0).then(|| st.types.clone()).flatten();
         let digest =
             self.shared
                 .digests
@@ -320,11 +320,22 @@ impl Session {
                 st.memo = renewed;
             }
         }
-        // Always with types: the server statement may have been bound by another session.
+        // Without types, the server uses the ones bound last on its statement, which may
+        // have been another session's: they are added unless they are these.
+        let add_types = !binds_types
+            && types.as_ref().is_some_and(|t| {
+                long_data
+                    || !self
+                        .held_mut(on)
+                        .is_some_and(|c| c.stmts.types_bound(c.id, renewed, t))
+            });
         let rebuilt = self.with_server_id(
             wire_len,
             server_id,
-            types.map(|t| (bound_at, 1, &[1u8][..], t)),
+            types
+                .clone()
+                .filter(|_| add_types)
+                .map(|t| (bound_at, 1, &[1u8][..], t)),
         );
         let started = std::time::Instant::now();
         let r = self
@@ -338,6 +349,12 @@ impl Session {
             )
             .await;
         self.reuse(rebuilt);
+        let ok = matches!(&r, Ok(Some(r)) if !r.outcome.error);
+        if let Some(c) = self.held_mut(on) {
+            // After an error the server may or may not have bound them: unknown.
+            let bound = types.as_ref().filter(|_| ok);
+            c.stmts.set_bound(c.id, renewed, bound);
+        }
         let Some(r) = r? else {
             return Ok(());
         };
@@ -437,12 +454,17 @@ impl Session {
         let Some(on) = self.target(&mut plan, wire_len, seq).await? else {
             return Ok(());
         };
+        let mut memo = None;
         let Some(server_id) = self
-            .ensure_prepared(on, &sql, &mut None, wire_len, seq)
+            .ensure_prepared(on, &sql, &mut memo, wire_len, seq)
             .await?
         else {
             return Ok(());
         };
+        // What a bulk execution leaves bound is not tracked: the next execution sends types.
+        if let Some(c) = self.held_mut(on) {
+            c.stmts.set_bound(c.id, memo, None);
+        }
         let marker = (flags | SEND_TYPES).to_le_bytes();
         let rebuilt =
             self.with_server_id(wire_len, server_id, types.map(|t| (5, 2, &marker[..], t)));
@@ -610,12 +632,17 @@ impl Session {
         let Some(on) = self.target(&mut plan, wire_len, seq).await? else {
             return Ok(());
         };
+        let mut memo = None;
         let Some(server_id) = self
-            .ensure_prepared(on, &sql, &mut None, wire_len, seq)
+            .ensure_prepared(on, &sql, &mut memo, wire_len, seq)
             .await?
         else {
             return Ok(());
         };
+        // A reset statement's bound types are not relied on: the next execution sends them.
+        if let Some(c) = self.held_mut(on) {
+            c.stmts.set_bound(c.id, memo, None);
+        }
         self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
         if let Some(r) = self
             .forward(on, wire_len, None, ResponseKind::Simple, seq, false)
