@@ -103,6 +103,13 @@ impl StmtCache {
         }
     }
 
+    /// The server's id through the memo of connection `conn` alone (`None`: the memo does
+    /// not hold; look the text up). Marks it used.
+    pub fn get_by_memo(&mut self, conn: u64, memo: Option<Memo>) -> Option<u32> {
+        let m = memo.filter(|m| m.conn == conn && m.epoch == self.epoch)?;
+        self.touch(m.slot)
+    }
+
     pub fn insert(&mut self, sql: Arc<[u8]>, id: u32) {
         self.remove(&sql);
         self.clock += 1;
@@ -198,6 +205,9 @@ mod tests {
         // used through its memo after `a`, is not the least recently used.
         assert_eq!(c.get_memo(7, b"ignored", &mut ma), Some(1));
         assert_eq!(c.get_memo(7, b"ignored", &mut mb), Some(2));
+        assert_eq!(c.get_by_memo(7, ma), Some(1));
+        assert_eq!(c.get_by_memo(8, ma), None);
+        assert_eq!(c.get_by_memo(7, None), None);
         // A memo made on another connection is not trusted: the text is looked up.
         let mut other = mb;
         assert_eq!(c.get_memo(8, b"zzz", &mut other), None);
@@ -207,6 +217,7 @@ mod tests {
         // statements are stale, and the lookups find the right ids.
         assert_eq!(c.pop_lru(), Some(1));
         c.insert(d.clone(), 3);
+        assert_eq!(c.get_by_memo(7, ma), None);
         assert_eq!(c.get_memo(7, &a, &mut ma), None);
         assert_eq!(c.get_memo(7, &b, &mut mb), Some(2));
         let mut md = None;

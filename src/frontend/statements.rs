@@ -284,22 +284,19 @@ impl Session {
             };
             return self.kill(k, wire_len, seq).await;
         }
-        let (sql, class, digest_hash, params, cached, memo) = (
-            st.sql.clone(),
-            st.class,
-            st.digest,
-            st.params,
-            st.cached,
-            st.memo,
-        );
+        let (class, digest_hash, params, cached, memo) =
+            (st.class, st.digest, st.params, st.cached, st.memo);
         // The types the server has bound once this execution ran: the client's own, or the
         // ones it sent last (added below unless the server statement has them bound).
         let types = (params > 0).then(|| st.types.clone()).flatten();
+        // The text is borrowed, not cloned: an execution whose server statement is found
+        // through the memo never reads it (no reference count written per execution).
+        let st = &self.st.stmts[&id];
         let digest =
             self.shared
                 .digests
-                .begin_hashed_known(digest_hash, &sql, &mut self.known_digests);
-        let mut plan = self.plan_prepared(&sql, cached);
+                .begin_hashed_known(digest_hash, &st.sql, &mut self.known_digests);
+        let mut plan = self.plan_prepared(&st.sql, cached);
         if long_data || cursor {
             // Long data lives on the primary connection that took it; a cursor stays on the
             // connection that opened it, which the session then keeps.
@@ -309,11 +306,26 @@ impl Session {
             return Ok(());
         };
         let mut renewed = memo;
-        let Some(server_id) = self
-            .ensure_prepared(on, &sql, &mut renewed, wire_len, seq)
-            .await?
-        else {
-            return Ok(());
+        let by_memo = self
+            .held_mut(on)
+            .and_then(|c| c.stmts.get_by_memo(c.id, memo));
+        let server_id = match by_memo {
+            Some(server_id) => server_id,
+            None => {
+                // (The session's statements change only between its commands.)
+                let Some(sql) = self.st.stmts.get(&id).map(|st| st.sql.clone()) else {
+                    self.client.consume(wire_len);
+                    let e = unknown_statement(id, "mysqld_stmt_execute");
+                    return self.client.send_err(seq, &e).await;
+                };
+                let Some(server_id) = self
+                    .ensure_prepared(on, &sql, &mut renewed, wire_len, seq)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                server_id
+            }
         };
         if renewed != memo {
             if let Some(st) = self.st.stmts.get_mut(&id) {
@@ -380,7 +392,9 @@ impl Session {
         }
         let pin_text = plan.applied.pin.map(|_| {
             let mut p = vec![COM_STMT_PREPARE];
-            p.extend_from_slice(&sql);
+            if let Some(st) = self.st.stmts.get(&id) {
+                p.extend_from_slice(&st.sql);
+            }
             statement_text(&p)
         });
         self.after(
