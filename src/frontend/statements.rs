@@ -333,13 +333,14 @@ impl Session {
             }
         }
         // Without types, the server uses the ones bound last on its statement, which may
-        // have been another session's: they are added unless they are these.
+        // have been another session's: they are added unless they are these. (Always on a
+        // connection with query attributes: an execution that carries them binds types.)
         let add_types = !binds_types
             && types.as_ref().is_some_and(|t| {
                 long_data
-                    || !self
-                        .held_mut(on)
-                        .is_some_and(|c| c.stmts.types_bound(c.id, renewed, t))
+                    || !self.held_mut(on).is_some_and(|c| {
+                        !c.query_attributes() && c.stmts.types_bound(c.id, renewed, t)
+                    })
             });
         let rebuilt = self.with_server_id(
             wire_len,
