@@ -740,9 +740,5 @@ async fn sessions_binding_different_types_to_one_server_statement() {
         rows,
         ["v=7", "v=x", "v=70", "v=71", "v=y", "v=z", "v=72", "v=73", "v=w", "v=74"]
     );
-    // One server connection served both sessions (the types did change under them).
-    let mut admin = admin(&h).await;
-    let pools: Vec<mysql_async::Row> = admin.query("SHOW POOLS").await.unwrap();
-    assert!(!pools.is_empty());
     h.shutdown().await;
 }

@@ -65,10 +65,8 @@ impl StmtCache {
     /// The server's id for `sql` through the memo of connection `conn` (no lookup when the
     /// memo still holds), or by lookup (the memo is then renewed). Marks it used.
     pub fn get_memo(&mut self, conn: u64, sql: &[u8], memo: &mut Option<Memo>) -> Option<u32> {
-        if let Some(m) = *memo {
-            if m.conn == conn && m.epoch == self.epoch {
-                return self.touch(m.slot);
-            }
+        if let Some(id) = self.get_by_memo(conn, *memo) {
+            return Some(id);
         }
         let (id, slot) = self.get_slot(sql)?;
         *memo = Some(Memo {
@@ -79,9 +77,14 @@ impl StmtCache {
         Some(id)
     }
 
+    /// The memo, if it was made on connection `conn` and still holds (same epoch).
+    fn holding(&self, conn: u64, memo: Option<Memo>) -> Option<Memo> {
+        memo.filter(|m| m.conn == conn && m.epoch == self.epoch)
+    }
+
     /// The entry a memo of this connection names, if the memo still holds.
     fn entry(&mut self, conn: u64, memo: Option<Memo>) -> Option<&mut Entry> {
-        let m = memo.filter(|m| m.conn == conn && m.epoch == self.epoch)?;
+        let m = self.holding(conn, memo)?;
         self.slots.get_mut(m.slot)?.as_mut()
     }
 
@@ -106,7 +109,7 @@ impl StmtCache {
     /// The server's id through the memo of connection `conn` alone (`None`: the memo does
     /// not hold; look the text up). Marks it used.
     pub fn get_by_memo(&mut self, conn: u64, memo: Option<Memo>) -> Option<u32> {
-        let m = memo.filter(|m| m.conn == conn && m.epoch == self.epoch)?;
+        let m = self.holding(conn, memo)?;
         self.touch(m.slot)
     }
 
