@@ -17,6 +17,14 @@ fn query(sql: &str) -> Vec<u8> {
     encode_simple(COM_QUERY, sql.as_bytes())
 }
 
+/// An execution with one parameter of type `ty` (new types bound) and value `value`.
+fn execute_one(stmt: u32, ty: u8, value: &[u8]) -> Vec<u8> {
+    let mut p = encode_stmt_execute(stmt, 0);
+    p.extend_from_slice(&[0x00, 0x01, ty, 0x00]);
+    p.extend_from_slice(value);
+    p
+}
+
 fn long_data(stmt: u32, data: &[u8]) -> Vec<u8> {
     let mut p = vec![COM_STMT_SEND_LONG_DATA];
     p.extend_from_slice(&stmt.to_le_bytes());
@@ -106,6 +114,11 @@ async fn script(port: u16, caps: u64) -> Responses {
             }),
         ),
         ("execute", Box::new(move |id| encode_stmt_execute(id, 0))),
+        // Unchanged definitions: a client with cached metadata gets none this time.
+        (
+            "execute again",
+            Box::new(move |id| encode_stmt_execute(id, 0)),
+        ),
         (
             "execute cursor",
             Box::new(move |id| encode_stmt_execute(id, CURSOR_TYPE_READ_ONLY)),
@@ -165,6 +178,40 @@ async fn script(port: u16, caps: u64) -> Responses {
             Box::new(move |_| query("CREATE PROCEDURE pr() BEGIN SELECT 1; SELECT 2; END")),
         ),
         ("call run", Box::new(move |_| query("CALL pr()"))),
+        // Definitions that change with the parameter types, and back.
+        (
+            "prepare typed",
+            Box::new(move |_| encode_simple(COM_STMT_PREPARE, b"SELECT ? + 1 AS x, 'k' AS y")),
+        ),
+        (
+            "execute int",
+            Box::new(move |id| execute_one(id, 0x08, &5i64.to_le_bytes())),
+        ),
+        (
+            "execute int again",
+            Box::new(move |id| execute_one(id, 0x08, &6i64.to_le_bytes())),
+        ),
+        (
+            "execute string",
+            Box::new(move |id| execute_one(id, 0xFE, b"\x017")),
+        ),
+        (
+            "execute int after string",
+            Box::new(move |id| execute_one(id, 0x08, &8i64.to_le_bytes())),
+        ),
+        // Several result sets per execution (the client's copy is that of the last one).
+        (
+            "prepare call",
+            Box::new(move |_| encode_simple(COM_STMT_PREPARE, b"CALL pr()")),
+        ),
+        (
+            "execute call",
+            Box::new(move |id| encode_stmt_execute(id, 0)),
+        ),
+        (
+            "execute call again",
+            Box::new(move |id| encode_stmt_execute(id, 0)),
+        ),
         (
             "reset connection",
             Box::new(move |_| vec![COM_RESET_CONNECTION]),
@@ -242,6 +289,40 @@ async fn identical_bytes_classic_eof() {
 #[tokio::test]
 async fn identical_bytes_deprecate_eof_and_session_track() {
     compare(cap::CLIENT_DEPRECATE_EOF | cap::CLIENT_SESSION_TRACK).await;
+}
+
+/// `MARIADB_CLIENT_CACHE_METADATA` (libmariadb asks for it): Sluice negotiates it with the
+/// client only, adds the "metadata follows" byte and leaves out an execution's definitions
+/// the client already holds — byte for byte what the server does on a direct connection.
+async fn compare_cached_metadata(caps: u64) {
+    let caps = caps | cap::MARIADB_CLIENT_CACHE_METADATA;
+    compare(caps).await;
+    // The comparison covered definitions left out (the same as the prepare answer's, or as
+    // the last execution's) and sent again (changed with the parameter types).
+    let h = Harness::start(0).await;
+    let direct = script(h.topo.nodes[0].port, caps).await;
+    let flag = |name: &str| {
+        let r = &direct.iter().find(|(n, _)| n == name).unwrap().1;
+        (r[0].1.clone(), r.len())
+    };
+    assert_eq!(flag("execute").0, vec![2, 0]);
+    assert_eq!(flag("execute again").0, vec![2, 0]);
+    assert_eq!(flag("execute int").0, vec![2, 1]);
+    assert_eq!(flag("execute int again").0, vec![2, 0]);
+    assert_eq!(flag("execute string").0, vec![2, 1]);
+    assert_eq!(flag("execute int after string").0, vec![2, 1]);
+    assert!(flag("execute int").1 == flag("execute int again").1 + 2);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn identical_bytes_cached_metadata() {
+    compare_cached_metadata(cap::CLIENT_DEPRECATE_EOF | cap::CLIENT_SESSION_TRACK).await;
+}
+
+#[tokio::test]
+async fn identical_bytes_cached_metadata_classic_eof() {
+    compare_cached_metadata(0).await;
 }
 
 #[tokio::test]

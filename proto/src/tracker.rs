@@ -108,6 +108,9 @@ enum State {
 pub struct ResponseTracker {
     kind: ResponseKind,
     deprecate_eof: bool,
+    /// `MARIADB_CLIENT_CACHE_METADATA` was negotiated: a column count is followed by a
+    /// "metadata follows" byte, and when it is 0 no column definitions come.
+    cache_metadata: bool,
     state: State,
     last_status: Option<u16>,
     rows: u64,
@@ -136,12 +139,34 @@ impl ResponseTracker {
         ResponseTracker {
             kind,
             deprecate_eof,
+            cache_metadata: false,
             state,
             last_status: None,
             rows: 0,
             warnings: 0,
             insert_id: 0,
         }
+    }
+
+    /// A tracker for a connection that negotiated `MARIADB_CLIENT_CACHE_METADATA` (Sluice's
+    /// server connections never do; a client's may, and tests follow such responses).
+    pub fn with_cache_metadata(mut self, on: bool) -> Self {
+        self.cache_metadata = on;
+        self
+    }
+
+    /// Whether the next packet fed begins a result: an OK, an ERR, a LOCAL INFILE request
+    /// or a column count (of a query's or an execution's response).
+    #[inline]
+    pub fn at_result_start(&self) -> bool {
+        self.state == State::First
+            && matches!(self.kind, ResponseKind::Query | ResponseKind::Execute)
+    }
+
+    /// Whether the packet just fed was a column count: column definitions come next.
+    #[inline]
+    pub fn in_column_definitions(&self) -> bool {
+        matches!(self.state, State::Columns(_))
     }
 
     /// Rows of the response so far: rows of its result sets plus the affected rows its OK
@@ -326,7 +351,8 @@ impl ResponseTracker {
                     Ok(Progress::LocalInfile)
                 }
                 _ => {
-                    let n = Reader::new(prefix).lenenc_int("column count")?;
+                    let mut r = Reader::new(prefix);
+                    let n = r.lenenc_int("column count")?;
                     if n == 0 {
                         return Err(TrackerError::Unexpected("zero column count"));
                     }
@@ -334,6 +360,14 @@ impl ResponseTracker {
                         return Err(TrackerError::Unexpected("column count out of range"));
                     }
                     self.state = State::Columns(n);
+                    if self.cache_metadata && r.u8("metadata follows")? == 0 {
+                        // The client kept the definitions of an earlier execution.
+                        self.state = if self.deprecate_eof {
+                            State::Rows
+                        } else {
+                            State::ColumnsEof
+                        };
+                    }
                     Ok(Progress::More)
                 }
             },
@@ -615,5 +649,40 @@ mod tests {
         let mut t = ResponseTracker::new(ResponseKind::Query, false);
         assert!(t.feed(0, b"").is_err());
         let _ = SERVER_STATUS_IN_TRANS;
+    }
+
+    #[test]
+    fn cached_metadata_flag() {
+        let feed = |deprecate: bool, packets: &[&[u8]]| {
+            let mut t =
+                ResponseTracker::new(ResponseKind::Execute, deprecate).with_cache_metadata(true);
+            let mut columns_after_count = None;
+            let out: Vec<Progress> = packets
+                .iter()
+                .enumerate()
+                .map(|(n, p)| {
+                    let start = t.at_result_start();
+                    let r = t.feed(p.len(), p).unwrap();
+                    if n == 0 {
+                        columns_after_count = Some(start && t.in_column_definitions());
+                    }
+                    r
+                })
+                .collect();
+            (out, columns_after_count.unwrap())
+        };
+        // Metadata follows: the definitions are read as without the capability.
+        let (p, cols) = feed(true, &[b"\x01\x01", COLDEF, b"\x01a", OKEOF_AC]);
+        assert!(cols);
+        assert_eq!(p[3], done(2));
+        // Metadata skipped: rows come right after the count (after the EOF, classic).
+        let (p, cols) = feed(true, &[b"\x01\x00", b"\x01a", OKEOF_AC]);
+        assert!(!cols);
+        assert_eq!(p[2], done(2));
+        let (p, _) = feed(false, &[b"\x01\x00", EOF_AC, b"\x01a", EOF_AC]);
+        assert_eq!(p[3], done(2));
+        // Without the flag byte the count packet is malformed for such a connection.
+        let mut t = ResponseTracker::new(ResponseKind::Query, true).with_cache_metadata(true);
+        assert!(t.feed(1, b"\x01").is_err());
     }
 }

@@ -38,7 +38,8 @@ const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
 /// Capabilities never passed on to a backend: TLS and compression are per hop, and of
 /// MariaDB's extended capabilities only extended metadata (it changes every result's
 /// metadata: sessions are partitioned by it), progress reports (partitioned likewise) and
-/// bulk operations are negotiated (see `frontend::handshake::OFFERED_EXT`).
+/// bulk operations are negotiated (see `frontend::handshake::OFFERED_EXT`; metadata caching
+/// is Sluice's own, between it and the client).
 const NEVER: u64 = cap::CLIENT_SSL
     | cap::CLIENT_COMPRESS
     | cap::CLIENT_ZSTD_COMPRESSION

@@ -47,12 +47,16 @@ pub const SUPPORTED: u64 = cap::CLIENT_LONG_PASSWORD
 /// negotiated on every server connection the session uses and relayed as is; bulk
 /// operations (`COM_STMT_BULK_EXECUTE`, routed as a write); progress reports (ERR-shaped
 /// packets with code 0xFFFF in the middle of a long statement's response, relayed as they
-/// come: the response tracker does not take them for the end). Not offered:
-/// `MARIADB_CLIENT_CACHE_METADATA` (a statement is prepared again on each connection a
-/// session uses, so the server's "metadata unchanged" would describe another preparation).
+/// come: the response tracker does not take them for the end); metadata caching
+/// (`MARIADB_CLIENT_CACHE_METADATA`), which Sluice provides itself and never asks of a
+/// server (a statement is prepared again on each connection a session uses, so a server's
+/// "metadata unchanged" would describe another preparation): the relay adds the "metadata
+/// follows" byte to every column count and leaves out an execution's column definitions
+/// when they are the ones the client received last for that statement (`relay::Metadata`).
 pub const OFFERED_EXT: u64 = cap::MARIADB_CLIENT_EXTENDED_METADATA
     | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS
-    | cap::MARIADB_CLIENT_PROGRESS;
+    | cap::MARIADB_CLIENT_PROGRESS
+    | cap::MARIADB_CLIENT_CACHE_METADATA;
 
 /// Used before the primary's own handshake is known.
 const DEFAULT_VERSION: &[u8] = b"5.5.5-10.11.0-Sluice";

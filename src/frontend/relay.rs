@@ -6,7 +6,7 @@
 //! read buffer, whatever the size of the result; a slow client slows the backend reads
 //! (back-pressure) instead of growing a buffer.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use sluice_proto::framing::{FrameHeader, HEADER_LEN};
 use sluice_proto::tracker::{Outcome, Progress, ResponseKind, ResponseTracker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,6 +31,29 @@ pub struct RelayOptions {
     pub local_files: bool,
 }
 
+/// What the client expects of result metadata. Sluice's server connections never negotiate
+/// `MARIADB_CLIENT_CACHE_METADATA`; a client that did gets every column count with its
+/// "metadata follows" byte added, and an execution's column definitions left out when the
+/// client already holds them (as the server does on a direct connection).
+pub enum Metadata<'a> {
+    /// Not negotiated: result sets are relayed as they come.
+    Plain,
+    /// Negotiated; every result set's definitions are sent (flag 1): text results, and
+    /// executions that keep no record.
+    Sent,
+    /// Negotiated, for an execution of one client statement: its first result's definitions
+    /// are left out (flag 0) when they are byte for byte the ones this statement delivered
+    /// last (`last`); else they are sent and kept in `last`. A response with more than one
+    /// result, or without one, forgets them (the client's copy may have changed).
+    Cached(&'a mut Option<Box<[u8]>>),
+}
+
+impl Metadata<'_> {
+    fn negotiated(&self) -> bool {
+        !matches!(self, Metadata::Plain)
+    }
+}
+
 /// How a relayed response ended, and what its final OK/EOF said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relayed {
@@ -51,6 +74,7 @@ pub async fn relay_response(
     kind: ResponseKind,
     seq: u8,
     client_local_files: bool,
+    meta: Metadata<'_>,
 ) -> Result<Outcome, SessionError> {
     let opts = RelayOptions {
         deprecate_eof: backend.deprecate_eof(),
@@ -68,6 +92,7 @@ pub async fn relay_response(
         kind,
         seq,
         opts,
+        meta,
     )
     .await;
     let r = r?;
@@ -94,6 +119,7 @@ pub async fn relay<C, B>(
     kind: ResponseKind,
     mut seq: u8,
     opts: RelayOptions,
+    mut meta: Metadata<'_>,
 ) -> Result<Relayed, SessionError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -116,9 +142,15 @@ where
     let mut outcome = None;
     let mut infile = false;
     let mut forwarded = false;
+    // With cached metadata: packets left out so far (the client's sequence ids are the
+    // server's less this), results begun, and where the bytes to forward begin (a byte
+    // kept free in front of the first read lets a flag be added without moving the rest).
+    let mut dropped = 0u8;
+    let mut results = 0u32;
+    let mut from = 0usize;
     loop {
         // Walk the buffered frames; `pos` is how far they may be forwarded.
-        let mut pos = 0usize;
+        let mut pos = from;
         loop {
             let buf = &rbuf[..];
             if body_left > 0 {
@@ -151,11 +183,16 @@ where
                 )));
             }
             seq = seq.wrapping_add(1);
+            if dropped != 0 {
+                rbuf[pos + 3] = h.seq.wrapping_sub(dropped);
+            }
+            let buf = &rbuf[..];
             if !cont {
                 let prefix = &buf[pos + HEADER_LEN..pos + HEADER_LEN + want];
                 if track && prefix.first() == Some(&0x00) && want == h.len {
                     note_session_state(&mut session_state, prefix);
                 }
+                let result_start = meta.negotiated() && tracker.at_result_start();
                 match tracker.feed(h.len, prefix) {
                     Ok(Progress::More) => {}
                     Ok(Progress::Done(o)) => outcome = Some(o),
@@ -169,16 +206,46 @@ where
                     Ok(Progress::LocalInfile) => infile = true,
                     Err(e) => return Err(SessionError::BackendProtocol(e.to_string())),
                 }
+                if result_start {
+                    results += 1;
+                    let columns = tracker.in_column_definitions();
+                    if let Metadata::Cached(last) = &mut meta {
+                        if results > 1 || !columns {
+                            // Several results, or an OK: what the client keeps may differ.
+                            **last = None;
+                        }
+                    }
+                    if columns {
+                        let r = flag_column_count(
+                            rbuf,
+                            &mut tracker,
+                            &mut meta,
+                            Count {
+                                at: pos,
+                                len: h.len,
+                                from,
+                                first: results == 1,
+                            },
+                            seq,
+                        )?;
+                        from = r.from;
+                        pos = r.next;
+                        seq = seq.wrapping_add(r.left_out);
+                        dropped = dropped.wrapping_add(r.left_out);
+                        continue;
+                    }
+                }
             }
             cont = h.continues();
             pos += HEADER_LEN;
             body_left = h.len;
         }
-        if pos > 0 {
+        if pos > from {
             forwarded = true;
-            write_client(client, &rbuf[..pos]).await?;
-            rbuf.advance(pos);
+            write_client(client, &rbuf[from..pos]).await?;
         }
+        rbuf.advance(pos);
+        from = 0;
         if body_left == 0 {
             if let Some(o) = outcome {
                 return Ok(Relayed {
@@ -202,20 +269,148 @@ where
         let partial = forwarded || !rbuf.is_empty();
         // Whole packets only reached the client (bytes of an unfinished header stay here).
         let between_packets = forwarded && body_left == 0 && !cont;
+        let client_seq = seq.wrapping_sub(dropped);
         let lost = |detail: String| {
             if between_packets {
-                SessionError::BackendCut { detail, seq }
+                SessionError::BackendCut {
+                    detail,
+                    seq: client_seq,
+                }
             } else if partial {
                 SessionError::BackendLost(detail)
             } else {
                 SessionError::BackendGone(detail)
             }
         };
+        if rbuf.is_empty() && meta.negotiated() {
+            // The free byte in front (see `flag_column_count`).
+            rbuf.put_u8(0);
+            from = 1;
+        }
         match backend.read_buf(rbuf).await {
             Ok(0) => return Err(lost("server closed the connection".into())),
             Ok(_) => {}
             Err(e) => return Err(lost(e.to_string())),
         }
+    }
+}
+
+/// A column count packet found in the read buffer.
+struct Count {
+    /// Where its header is.
+    at: usize,
+    /// Its payload length (a length-encoded integer: 1 to 9 bytes).
+    len: usize,
+    /// Where the bytes still to be forwarded begin (`at` or before).
+    from: usize,
+    /// The response's first result.
+    first: bool,
+}
+
+/// Where the walk goes on after a column count was given its flag.
+struct Flagged {
+    /// The new start of the bytes to forward.
+    from: usize,
+    /// Where the next packet begins.
+    next: usize,
+    /// Column definition packets left out.
+    left_out: u8,
+}
+
+/// Gives the column count at `c.at` its "metadata follows" byte for a client with cached
+/// metadata. For the first result of an execution whose definitions (all in the buffer) are
+/// byte for byte the ones the client holds, the definitions are left out and the flag is 0;
+/// otherwise it is 1 and, for an execution, the definitions are recorded. `seq` is the
+/// server's sequence id of the packet after the count.
+fn flag_column_count(
+    rbuf: &mut BytesMut,
+    tracker: &mut ResponseTracker,
+    meta: &mut Metadata<'_>,
+    c: Count,
+    seq: u8,
+) -> Result<Flagged, SessionError> {
+    if c.len > 9 {
+        return Err(SessionError::BackendProtocol(
+            "column count packet longer than a length-encoded integer".into(),
+        ));
+    }
+    let defs = c.at + HEADER_LEN + c.len;
+    if let (Metadata::Cached(last), true) = (&mut *meta, c.first) {
+        let columns = sluice_proto::lenenc::Reader::new(&rbuf[c.at + HEADER_LEN..defs])
+            .lenenc_int("column count")
+            .unwrap_or(0);
+        // The definitions' extent, if every one is whole in the buffer.
+        let mut end = defs;
+        let mut s = seq;
+        let mut whole = 0u64;
+        while whole < columns {
+            let Some(h) = FrameHeader::peek(&rbuf[end..]) else {
+                break;
+            };
+            if h.continues() || rbuf.len() - end - HEADER_LEN < h.len {
+                break;
+            }
+            if h.seq != s {
+                return Err(SessionError::BackendProtocol(format!(
+                    "packet sequence id {} where {} was expected",
+                    h.seq, s
+                )));
+            }
+            s = s.wrapping_add(1);
+            end += HEADER_LEN + h.len;
+            whole += 1;
+        }
+        if whole < columns {
+            // Not all here yet: sent, and not recorded.
+            **last = None;
+        } else if c.from == c.at && last.as_deref() == Some(&rbuf[defs..end]) {
+            // The client holds these: the tracker passes them, and the count moves to just
+            // before what follows them, with the flag 0.
+            let mut at = defs;
+            while at < end {
+                let h = FrameHeader::peek(&rbuf[at..]).expect("walked above");
+                tracker
+                    .feed(h.len, &rbuf[at + HEADER_LEN..at + HEADER_LEN + h.len])
+                    .map_err(|e| SessionError::BackendProtocol(e.to_string()))?;
+                at += HEADER_LEN + h.len;
+            }
+            let mut head = [0u8; HEADER_LEN + 10];
+            head[..HEADER_LEN + c.len].copy_from_slice(&rbuf[c.at..defs]);
+            head[..3].copy_from_slice(&((c.len + 1) as u32).to_le_bytes()[..3]);
+            let start = end - (HEADER_LEN + c.len + 1);
+            rbuf[start..end].copy_from_slice(&head[..HEADER_LEN + c.len + 1]);
+            return Ok(Flagged {
+                from: start,
+                next: end,
+                left_out: columns as u8,
+            });
+        } else {
+            **last = Some(rbuf[defs..end].into());
+        }
+    }
+    // The flag 1 goes after the count: into the free byte in front if there is one (the
+    // count moves back by one), else the rest of the buffer moves up by one.
+    let len = ((c.len + 1) as u32).to_le_bytes();
+    if c.from == c.at && c.at > 0 {
+        rbuf.copy_within(c.at..defs, c.at - 1);
+        rbuf[defs - 1] = 1;
+        rbuf[c.at - 1..c.at + 2].copy_from_slice(&len[..3]);
+        Ok(Flagged {
+            from: c.at - 1,
+            next: defs,
+            left_out: 0,
+        })
+    } else {
+        let n = rbuf.len();
+        rbuf.put_u8(0);
+        rbuf.copy_within(defs..n, defs + 1);
+        rbuf[defs] = 1;
+        rbuf[c.at..c.at + 3].copy_from_slice(&len[..3]);
+        Ok(Flagged {
+            from: c.from,
+            next: defs + 1,
+            left_out: 0,
+        })
     }
 }
 
@@ -343,6 +538,17 @@ mod tests {
         kind: ResponseKind,
         opts: RelayOptions,
     ) -> (Vec<u8>, Result<Relayed, SessionError>) {
+        run_meta(server_bytes, chunk, kind, opts, Metadata::Plain).await
+    }
+
+    /// [`run`] for a client with cached metadata (`meta`).
+    async fn run_meta(
+        server_bytes: Vec<u8>,
+        chunk: usize,
+        kind: ResponseKind,
+        opts: RelayOptions,
+        meta: Metadata<'_>,
+    ) -> (Vec<u8>, Result<Relayed, SessionError>) {
         let (mut proxy_client, mut app) = duplex(1 << 20);
         let (mut proxy_backend, mut server) = duplex(1 << 20);
         let writer = tokio::spawn(async move {
@@ -365,6 +571,7 @@ mod tests {
             kind,
             1,
             opts,
+            meta,
         )
         .await;
         drop(proxy_client);
@@ -458,5 +665,187 @@ mod tests {
         .await;
         assert!(got.is_empty(), "the file request never reaches the client");
         assert!(matches!(r, Err(SessionError::BackendProtocol(_))), "{r:?}");
+    }
+
+    const COLDEF_A: &[u8] =
+        b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x01\x00\x00\x00\x00";
+    const COLDEF_B: &[u8] =
+        b"\x03def\x00\x00\x00\x01b\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x01\x00\x00\x00\x00";
+    const EOF_MORE: &[u8] = b"\xfe\x00\x00\x0a\x00";
+    const EOF_END: &[u8] = b"\xfe\x00\x00\x02\x00";
+    const CHUNKS: [usize; 6] = [1, 3, 7, 30, 64, 1 << 16];
+
+    #[tokio::test]
+    async fn cached_metadata_text_results_get_the_flag_one() {
+        // Two result sets (MORE_RESULTS on the first's EOF): each count gets its byte 1.
+        let response = frames(
+            &[
+                b"\x01",
+                COLDEF_A,
+                EOF_END,
+                b"\x011",
+                EOF_MORE,
+                b"\x02",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x011\x012",
+                EOF_END,
+            ],
+            1,
+        );
+        let want = frames(
+            &[
+                b"\x01\x01",
+                COLDEF_A,
+                EOF_END,
+                b"\x011",
+                EOF_MORE,
+                b"\x02\x01",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x011\x012",
+                EOF_END,
+            ],
+            1,
+        );
+        for chunk in CHUNKS {
+            let (got, r) = run_meta(
+                response.clone(),
+                chunk,
+                ResponseKind::Query,
+                OPTS,
+                Metadata::Sent,
+            )
+            .await;
+            assert_eq!(got, want, "chunk {chunk}");
+            assert_eq!(r.unwrap().rows, 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_metadata_an_execution_leaves_out_what_the_client_holds() {
+        let response = frames(
+            &[
+                b"\x02",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x00\x00\x01",
+                EOF_END,
+            ],
+            1,
+        );
+        let full = frames(
+            &[
+                b"\x02\x01",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x00\x00\x01",
+                EOF_END,
+            ],
+            1,
+        );
+        // Sequence ids of what follows the count go down by the two left out.
+        let short = frames(&[b"\x02\x00", EOF_END, b"\x00\x00\x01", EOF_END], 1);
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        for chunk in CHUNKS {
+            // Nothing known: sent, and recorded when it all came in one read.
+            let mut last = None;
+            let (got, r) = run_meta(
+                response.clone(),
+                chunk,
+                ResponseKind::Execute,
+                OPTS,
+                Metadata::Cached(&mut last),
+            )
+            .await;
+            r.unwrap();
+            assert_eq!(got, full, "chunk {chunk}");
+            if chunk == 1 << 16 {
+                assert_eq!(last.as_deref(), Some(&defs[..]));
+            }
+            // Known: left out whenever all of it is in the buffer at the count.
+            let mut last = Some(defs.clone().into_boxed_slice());
+            let (got, r) = run_meta(
+                response.clone(),
+                chunk,
+                ResponseKind::Execute,
+                OPTS,
+                Metadata::Cached(&mut last),
+            )
+            .await;
+            assert_eq!(r.unwrap().rows, 1);
+            if chunk == 1 << 16 {
+                assert_eq!(got, short);
+            } else {
+                assert!(got == short || got == full, "chunk {chunk}: {got:?}");
+            }
+            if got == full {
+                assert!(last.is_none(), "sent but not recorded: forgotten");
+            }
+            // Other definitions known: sent, and the new ones recorded.
+            let mut last = Some(frames(&[COLDEF_B, COLDEF_A], 2).into_boxed_slice());
+            let (got, _) = run_meta(
+                response.clone(),
+                chunk,
+                ResponseKind::Execute,
+                OPTS,
+                Metadata::Cached(&mut last),
+            )
+            .await;
+            assert_eq!(got, full, "chunk {chunk}");
+            assert!(last.is_none() || last.as_deref() == Some(&defs[..]));
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_metadata_a_cut_after_left_out_definitions_names_the_clients_sequence() {
+        let response = frames(&[b"\x02", COLDEF_A, COLDEF_B, EOF_END, b"\x00\x00\x01"], 1);
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        let mut last = Some(defs.into_boxed_slice());
+        let (got, r) = run_meta(
+            response.clone(),
+            1 << 16,
+            ResponseKind::Execute,
+            OPTS,
+            Metadata::Cached(&mut last),
+        )
+        .await;
+        assert_eq!(got, frames(&[b"\x02\x00", EOF_END, b"\x00\x00\x01"], 1));
+        // The server's next would be 6; the client's is 4.
+        assert!(
+            matches!(r, Err(SessionError::BackendCut { seq: 4, .. })),
+            "{r:?}"
+        );
+        // More than one result: the record is dropped (the client keeps the last one's).
+        let two = frames(
+            &[
+                b"\x02",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x00\x00\x01",
+                EOF_MORE,
+                b"\x01",
+                COLDEF_A,
+                EOF_END,
+                EOF_END,
+            ],
+            1,
+        );
+        let mut last = Some(frames(&[COLDEF_A, COLDEF_B], 2).into_boxed_slice());
+        let (_, r) = run_meta(
+            two,
+            1 << 16,
+            ResponseKind::Execute,
+            OPTS,
+            Metadata::Cached(&mut last),
+        )
+        .await;
+        r.unwrap();
+        assert!(last.is_none());
     }
 }

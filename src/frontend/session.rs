@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use super::client::ClientConn;
 use super::handshake::{self, AuthPlugin, Authenticated};
 use super::lease::{wait_for_primary, Leased, Outstanding, Unavailable};
-use super::relay::relay_response;
+use super::relay::{relay_response, Metadata};
 use super::session_state::{Hold, SessionState};
 use super::{SessionError, Shared};
 use crate::backend::BackendConn;
@@ -649,7 +649,7 @@ impl Session {
         let kind = ResponseKind::for_command(code);
         let started = Instant::now();
         let Some(r) = self
-            .forward(on, wire_len, None, kind, seq, local_files)
+            .forward(on, wire_len, None, kind, seq, local_files, None)
             .await?
         else {
             return Ok(());
@@ -1169,6 +1169,7 @@ impl Session {
         kind: ResponseKind,
         seq: u8,
         local_files: bool,
+        stmt: Option<u32>,
     ) -> Result<Option<Relayed>, SessionError> {
         let server = self.server_of(on);
         // Query attributes go back on for a connection that negotiated them.
@@ -1231,7 +1232,17 @@ impl Session {
                     },
                 }))
             }
-            Ok(()) => relay_response(&mut self.client, conn, kind, seq, local_files).await,
+            Ok(()) => {
+                let meta = if self.capabilities & cap::MARIADB_CLIENT_CACHE_METADATA == 0 {
+                    Metadata::Plain
+                } else {
+                    match stmt.and_then(|id| self.st.stmts.get_mut(&id)) {
+                        Some(st) => Metadata::Cached(&mut st.meta),
+                        None => Metadata::Sent,
+                    }
+                };
+                relay_response(&mut self.client, conn, kind, seq, local_files, meta).await
+            }
         };
         drop(outstanding);
         match result {

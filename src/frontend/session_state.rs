@@ -28,6 +28,10 @@ pub struct Stmt {
     pub kill: Option<super::kill::PreparedKill>,
     /// Where the statement was last found on a server connection's cache.
     pub memo: Option<crate::backend::stmt_cache::Memo>,
+    /// For a client with `MARIADB_CLIENT_CACHE_METADATA`: the column definitions (packets
+    /// as sent) of the statement's last execution, which the client keeps; an execution
+    /// whose definitions are the same leaves them out (see `relay::Metadata`).
+    pub meta: Option<Box<[u8]>>,
 }
 
 /// Why a connection is kept after a statement although nothing else needs it: the next

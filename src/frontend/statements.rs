@@ -160,6 +160,7 @@ impl Session {
             s = s.wrapping_add(1);
         }
         self.client.write_all(&out).await?;
+        let meta = self.prepared_metadata(&packets);
         self.st.stmts.insert(
             sluice_id,
             Stmt {
@@ -171,9 +172,35 @@ impl Session {
                 types: None,
                 kill,
                 memo: None,
+                meta,
             },
         );
         Ok(())
+    }
+
+    /// For a client with cached metadata: the column definitions of a prepare answer
+    /// (`packets`: the OK, parameters, columns, and EOFs without `CLIENT_DEPRECATE_EOF`), as
+    /// an execution's answer frames them (sequence ids from 2). The client keeps them, and
+    /// the server leaves them out of an execution whose definitions are the same.
+    fn prepared_metadata(&self, packets: &[bytes::Bytes]) -> Option<Box<[u8]>> {
+        if self.capabilities & sluice_proto::flags::cap::MARIADB_CLIENT_CACHE_METADATA == 0 {
+            return None;
+        }
+        let ok = packets.first()?;
+        let columns = usize::from(u16::from_le_bytes([*ok.get(5)?, *ok.get(6)?]));
+        let params = usize::from(u16::from_le_bytes([*ok.get(7)?, *ok.get(8)?]));
+        let eof = usize::from(
+            params > 0 && self.capabilities & sluice_proto::flags::cap::CLIENT_DEPRECATE_EOF == 0,
+        );
+        let defs = packets.get(1 + params + eof..1 + params + eof + columns)?;
+        if columns == 0 {
+            return None;
+        }
+        let mut out = bytes::BytesMut::new();
+        for (i, p) in defs.iter().enumerate() {
+            sluice_proto::framing::write_packet(&mut out, 2u8.wrapping_add(i as u8), p);
+        }
+        Some(out[..].into())
     }
 
     /// The prepared-statement budget of connections to `server`.
@@ -359,6 +386,7 @@ impl Session {
                 ResponseKind::Execute,
                 seq,
                 false,
+                Some(id),
             )
             .await;
         self.reuse(rebuilt);
@@ -458,7 +486,14 @@ impl Session {
         } else {
             st.types.clone()
         };
-        let st = &self.st.stmts[&id];
+        let Some(st) = self.st.stmts.get_mut(&id) else {
+            self.client.consume(wire_len);
+            let e = unknown_statement(id, "mysqld_stmt_bulk_execute");
+            return self.client.send_err(seq, &e).await;
+        };
+        // A bulk execution's result sets (RETURNING) come with their definitions, which the
+        // client then keeps: the record of the last ones no longer says what it holds.
+        st.meta = None;
         let (sql, digest_hash, cached) = (st.sql.clone(), st.digest, st.cached);
         let digest =
             self.shared
@@ -492,6 +527,7 @@ impl Session {
                 ResponseKind::Execute,
                 seq,
                 false,
+                None,
             )
             .await;
         self.reuse(rebuilt);
@@ -613,7 +649,15 @@ impl Session {
         };
         self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
         if self
-            .forward(Held::Primary, wire_len, None, ResponseKind::None, 0, false)
+            .forward(
+                Held::Primary,
+                wire_len,
+                None,
+                ResponseKind::None,
+                0,
+                false,
+                None,
+            )
             .await?
             .is_some()
             && self.st.long_data.is_none()
@@ -660,7 +704,7 @@ impl Session {
         }
         self.client.rbuf[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&server_id.to_le_bytes());
         if let Some(r) = self
-            .forward(on, wire_len, None, ResponseKind::Simple, seq, false)
+            .forward(on, wire_len, None, ResponseKind::Simple, seq, false, None)
             .await?
         {
             if let Some(s) = r.outcome.status {
@@ -698,6 +742,7 @@ impl Session {
                 ResponseKind::Fetch,
                 seq,
                 false,
+                None,
             )
             .await?
         {

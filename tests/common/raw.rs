@@ -150,7 +150,8 @@ impl RawConn {
     pub async fn command(&mut self, payload: &[u8]) -> Vec<(u8, Vec<u8>)> {
         self.write(0, payload).await;
         let kind = ResponseKind::for_command(payload[0]);
-        let mut t = ResponseTracker::new(kind, self.caps & cap::CLIENT_DEPRECATE_EOF != 0);
+        let mut t = ResponseTracker::new(kind, self.caps & cap::CLIENT_DEPRECATE_EOF != 0)
+            .with_cache_metadata(self.caps & cap::MARIADB_CLIENT_CACHE_METADATA != 0);
         let mut out = Vec::new();
         if kind == ResponseKind::None {
             return out;
