@@ -72,12 +72,14 @@ const KINDS: [ResponseKind; 8] = [
 
 /// The response tracker fed packet sequences: it may reject, never panic, and never accept a
 /// packet after the end. Input: a selector byte (kind, EOF mode), then packets as a length
-/// byte and that many bytes (255 = "a 16 MiB packet" whose first bytes follow).
+/// byte and that many bytes (255 = "a 16 MiB packet" whose first bytes follow). Selector bits:
+/// kind (0-2), `CLIENT_DEPRECATE_EOF` (3), cached metadata (4).
 pub fn tracker(data: &[u8]) {
     let Some((&sel, mut rest)) = data.split_first() else {
         return;
     };
-    let mut t = ResponseTracker::new(KINDS[usize::from(sel & 7)], sel & 8 != 0);
+    let mut t = ResponseTracker::new(KINDS[usize::from(sel & 7)], sel & 8 != 0)
+        .with_cache_metadata(sel & 16 != 0);
     while let Some((&n, tail)) = rest.split_first() {
         let take = usize::from(n).min(tail.len()).min(254);
         let (p, tail) = tail.split_at(take);

@@ -848,4 +848,72 @@ mod tests {
         r.unwrap();
         assert!(last.is_none());
     }
+
+    #[tokio::test]
+    async fn cached_metadata_hostile_responses_never_panic() {
+        let base = frames(
+            &[
+                b"\x02",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x00\x00\x01",
+                EOF_MORE,
+                b"\x01",
+                COLDEF_A,
+                EOF_END,
+                EOF_END,
+            ],
+            1,
+        );
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..1500 {
+            let mut r = base.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % r.len();
+                match next() % 3 {
+                    0 => r[at] = next() as u8,
+                    1 => r.truncate(at.max(1)),
+                    _ => r.insert(at, next() as u8),
+                }
+            }
+            let chunk = 1 + (next() as usize) % 80;
+            let mut last = (case % 2 == 0).then(|| defs.clone().into_boxed_slice());
+            let meta = if case % 3 == 0 {
+                Metadata::Sent
+            } else {
+                Metadata::Cached(&mut last)
+            };
+            // Any outcome but a panic; the relay ends (the server side closes).
+            let _ = run_meta(r, chunk, ResponseKind::Execute, OPTS, meta).await;
+        }
+        // A column count with bytes after the integer, before definitions the client holds.
+        let long = frames(
+            &[
+                b"\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                EOF_END,
+            ],
+            1,
+        );
+        let mut last = Some(defs.into_boxed_slice());
+        let (_, r) = run_meta(
+            long,
+            1 << 16,
+            ResponseKind::Execute,
+            OPTS,
+            Metadata::Cached(&mut last),
+        )
+        .await;
+        assert!(matches!(r, Err(SessionError::BackendProtocol(_))), "{r:?}");
+    }
 }
