@@ -295,6 +295,10 @@ where
     }
 }
 
+/// Column definitions longer than this (hundreds of columns) are not kept per statement for a
+/// client with cached metadata: they are sent with every execution.
+pub const MAX_KEPT_METADATA: usize = 16 << 10;
+
 /// A column count packet found in the read buffer.
 struct Count {
     /// Where its header is.
@@ -384,8 +388,11 @@ fn flag_column_count(
                 next: end,
                 left_out: columns as u8,
             });
-        } else {
+        } else if end - defs <= MAX_KEPT_METADATA {
             **last = Some(rbuf[defs..end].into());
+        } else {
+            // Not kept (memory per statement stays bounded): sent with every execution.
+            **last = None;
         }
     }
     // The flag 1 goes after the count: into the free byte in front if there is one (the
@@ -915,5 +922,28 @@ mod tests {
         )
         .await;
         assert!(matches!(r, Err(SessionError::BackendProtocol(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn cached_metadata_long_definitions_are_not_kept() {
+        // 300 columns of 63-byte definitions: over MAX_KEPT_METADATA, sent, not kept.
+        let mut def = COLDEF_A.to_vec();
+        def.extend_from_slice(&[b'x'; 40]);
+        let mut packets: Vec<&[u8]> = vec![b"\xfd\x2c\x01\x00"];
+        packets.extend(std::iter::repeat_n(&def[..], 300));
+        packets.extend([EOF_END, EOF_END]);
+        let response = frames(&packets, 1);
+        let mut last = None;
+        let (got, r) = run_meta(
+            response.clone(),
+            1 << 20,
+            ResponseKind::Execute,
+            OPTS,
+            Metadata::Cached(&mut last),
+        )
+        .await;
+        r.unwrap();
+        assert_eq!(got.len(), response.len() + 1);
+        assert!(last.is_none());
     }
 }

@@ -200,7 +200,7 @@ impl Session {
         for (i, p) in defs.iter().enumerate() {
             sluice_proto::framing::write_packet(&mut out, 2u8.wrapping_add(i as u8), p);
         }
-        Some(out[..].into())
+        (out.len() <= super::relay::MAX_KEPT_METADATA).then(|| out[..].into())
     }
 
     /// The prepared-statement budget of connections to `server`.
