@@ -682,6 +682,26 @@ mod tests {
     const EOF_END: &[u8] = b"\xfe\x00\x00\x02\x00";
     const CHUNKS: [usize; 6] = [1, 3, 7, 30, 64, 1 << 16];
 
+    /// An execution's answer with two result sets (two columns and one row, then one column
+    /// and no row).
+    fn two_results() -> Vec<u8> {
+        frames(
+            &[
+                b"\x02",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x00\x00\x01",
+                EOF_MORE,
+                b"\x01",
+                COLDEF_A,
+                EOF_END,
+                EOF_END,
+            ],
+            1,
+        )
+    }
+
     #[tokio::test]
     async fn cached_metadata_text_results_get_the_flag_one() {
         // Two result sets (MORE_RESULTS on the first's EOF): each count gets its byte 1.
@@ -828,21 +848,7 @@ mod tests {
             "{r:?}"
         );
         // More than one result: the record is dropped (the client keeps the last one's).
-        let two = frames(
-            &[
-                b"\x02",
-                COLDEF_A,
-                COLDEF_B,
-                EOF_END,
-                b"\x00\x00\x01",
-                EOF_MORE,
-                b"\x01",
-                COLDEF_A,
-                EOF_END,
-                EOF_END,
-            ],
-            1,
-        );
+        let two = two_results();
         let mut last = Some(frames(&[COLDEF_A, COLDEF_B], 2).into_boxed_slice());
         let (_, r) = run_meta(
             two,
@@ -858,21 +864,7 @@ mod tests {
 
     #[tokio::test]
     async fn cached_metadata_hostile_responses_never_panic() {
-        let base = frames(
-            &[
-                b"\x02",
-                COLDEF_A,
-                COLDEF_B,
-                EOF_END,
-                b"\x00\x00\x01",
-                EOF_MORE,
-                b"\x01",
-                COLDEF_A,
-                EOF_END,
-                EOF_END,
-            ],
-            1,
-        );
+        let base = two_results();
         let defs = frames(&[COLDEF_A, COLDEF_B], 2);
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use sluice_proto::command::*;
 use sluice_proto::err::ErrPacket;
+use sluice_proto::flags::cap;
 use sluice_proto::flags::status::{SERVER_STATUS_CURSOR_EXISTS, SERVER_STATUS_LAST_ROW_SENT};
 use sluice_proto::framing::HEADER_LEN;
 use sluice_proto::stmt::StmtExecute;
@@ -183,15 +184,13 @@ impl Session {
     /// an execution's answer frames them (sequence ids from 2). The client keeps them, and
     /// the server leaves them out of an execution whose definitions are the same.
     fn prepared_metadata(&self, packets: &[bytes::Bytes]) -> Option<Box<[u8]>> {
-        if self.capabilities & sluice_proto::flags::cap::MARIADB_CLIENT_CACHE_METADATA == 0 {
+        if self.capabilities & cap::MARIADB_CLIENT_CACHE_METADATA == 0 {
             return None;
         }
         let ok = packets.first()?;
         let columns = usize::from(u16::from_le_bytes([*ok.get(5)?, *ok.get(6)?]));
         let params = usize::from(u16::from_le_bytes([*ok.get(7)?, *ok.get(8)?]));
-        let eof = usize::from(
-            params > 0 && self.capabilities & sluice_proto::flags::cap::CLIENT_DEPRECATE_EOF == 0,
-        );
+        let eof = usize::from(params > 0 && self.capabilities & cap::CLIENT_DEPRECATE_EOF == 0);
         let defs = packets.get(1 + params + eof..1 + params + eof + columns)?;
         if columns == 0 {
             return None;
