@@ -21,6 +21,7 @@ pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lanes;
+pub mod loops;
 pub mod metrics;
 pub mod monitor;
 pub mod reload;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sluice::config::{Config, LogFormat};
+use sluice::config::{Config, LogFormat, Scheduler};
 use sluice::monitor::Monitor;
 use sluice::sandbox::{Topology, TopologySpec};
 use sluice::server;
@@ -61,6 +61,9 @@ enum Cmd {
         /// `[proxy] worker_threads` for the sandbox's Sluice (0 = one per CPU).
         #[arg(long, default_value_t = 0)]
         worker_threads: u32,
+        /// `[proxy] scheduler` (`per-thread` or `work-stealing`).
+        #[arg(long)]
+        scheduler: Option<String>,
     },
     /// Planned switchover: pause writes (in every Sluice instance), make the primary
     /// read-only, let NAME catch up, promote it, and make the others (the old primary
@@ -133,12 +136,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The runtime that runs everything: `threads` worker threads (0 = one per CPU this process
-/// may use, as tokio's default).
-fn runtime(threads: u32) -> std::io::Result<tokio::runtime::Runtime> {
+/// The main runtime. With `[proxy] scheduler = "work-stealing"` it runs everything, with
+/// `threads` worker threads (0 = one per CPU this process may use, as tokio's default); with
+/// `per-thread` the sessions run on their own loops (`sluice::loops`) and this one only
+/// accepts, monitors and serves the admin and metrics ports: one thread.
+fn runtime(threads: u32, scheduler: Scheduler) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
-    if threads > 0 {
+    if scheduler == Scheduler::PerThread {
+        b.worker_threads(1);
+    } else if threads > 0 {
         b.worker_threads(threads as usize);
     }
     b.build()
@@ -155,12 +162,25 @@ fn main() -> ExitCode {
     };
     init_logging(log_format);
     // `[proxy] worker_threads`: the runtime's threads, fixed at start.
-    let threads = match &cli.cmd {
-        Cmd::Run { config } => Config::load(config).map_or(0, |c| c.proxy.worker_threads),
-        Cmd::Sandbox { worker_threads, .. } => *worker_threads,
-        _ => 0,
+    let (threads, scheduler) = match &cli.cmd {
+        Cmd::Run { config } => Config::load(config).map_or((0, Scheduler::PerThread), |c| {
+            (c.proxy.worker_threads, c.proxy.scheduler)
+        }),
+        Cmd::Sandbox {
+            worker_threads,
+            scheduler,
+            ..
+        } => (
+            *worker_threads,
+            if scheduler.as_deref() == Some("work-stealing") {
+                Scheduler::WorkStealing
+            } else {
+                Scheduler::PerThread
+            },
+        ),
+        _ => (0, Scheduler::WorkStealing),
     };
-    let rt = match runtime(threads) {
+    let rt = match runtime(threads, scheduler) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
@@ -205,6 +225,7 @@ fn main() -> ExitCode {
             max_client_connections,
             multiplexing,
             worker_threads,
+            scheduler,
         } => {
             let tls = tls_cert.zip(tls_key);
             let limits = SandboxProxy {
@@ -212,6 +233,7 @@ fn main() -> ExitCode {
                 max_client_connections,
                 multiplexing,
                 worker_threads,
+                scheduler,
             };
             rt.block_on(sandbox(listen, replicas, dir, server_cnf, tls, limits))
         }
@@ -314,6 +336,7 @@ struct SandboxProxy {
     max_client_connections: Option<u32>,
     multiplexing: Option<String>,
     worker_threads: u32,
+    scheduler: Option<String>,
 }
 
 async fn sandbox(
@@ -355,6 +378,17 @@ async fn sandbox(
         Some(other) => {
             eprintln!(
                 "sluice sandbox: --multiplexing must be transaction or session, not {other:?}"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    match limits.scheduler.as_deref() {
+        None => {}
+        Some("per-thread") => config.proxy.scheduler = Scheduler::PerThread,
+        Some("work-stealing") => config.proxy.scheduler = Scheduler::WorkStealing,
+        Some(other) => {
+            eprintln!(
+                "sluice sandbox: --scheduler must be per-thread or work-stealing, not {other:?}"
             );
             return ExitCode::FAILURE;
         }

@@ -103,6 +103,9 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
     if new.proxy.worker_threads != old.proxy.worker_threads {
         restart.push("[proxy] worker_threads");
     }
+    if new.proxy.scheduler != old.proxy.scheduler {
+        restart.push("[proxy] scheduler");
+    }
     if new.admin.listen != old.admin.listen
         || new.admin.allow_remote_plaintext != old.admin.allow_remote_plaintext
         || new.admin.password.is_some() != old.admin.password.is_some()
@@ -115,6 +118,7 @@ async fn apply(shared: &Shared, monitor: &MonitorHandle) -> Result<String, Strin
     // Keep what cannot change in place as it is, so that the snapshot tells the truth.
     new.proxy.listen = old.proxy.listen.clone();
     new.proxy.worker_threads = old.proxy.worker_threads;
+    new.proxy.scheduler = old.proxy.scheduler;
     new.admin.listen = old.admin.listen.clone();
     new.admin.allow_remote_plaintext = old.admin.allow_remote_plaintext;
     if new.admin.password.is_some() != old.admin.password.is_some() {

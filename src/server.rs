@@ -35,6 +35,9 @@ pub struct Running {
     grace: Duration,
     /// Duplicates of the client, admin and metrics listeners, for a takeover.
     handover: [Option<std::os::fd::OwnedFd>; 3],
+    /// The sessions' event loops (`[proxy] scheduler = "per-thread"`); they stop when this
+    /// is dropped, after the sessions finished.
+    loops: Option<Arc<crate::loops::SessionLoops>>,
 }
 
 /// Binds `[proxy] listen` (and the admin and metrics ports) and starts serving.
@@ -166,9 +169,19 @@ async fn start_on(
         ));
         tracing::info!(listen = ?metrics_addr, "metrics endpoint is listening");
     }
+    let loops = match config.proxy.scheduler {
+        crate::config::Scheduler::PerThread => Some(Arc::new(crate::loops::SessionLoops::start(
+            crate::loops::count(config.proxy.worker_threads),
+        )?)),
+        crate::config::Scheduler::WorkStealing => None,
+    };
+    if let Some(l) = &loops {
+        shared.metrics.worker_threads.set(l.len() as i64);
+    }
     tokio::spawn(crate::state::keep_pools_warm(
         shared.clone(),
         shared.shutdown.clone(),
+        loops.clone(),
     ));
     tokio::spawn(crate::state::refresh_accounts(
         shared.clone(),
@@ -179,7 +192,12 @@ async fn start_on(
         shared.shutdown.clone(),
     ));
     tokio::spawn(return_freed_memory(shared.shutdown.clone()));
-    let listener = tokio::spawn(frontend::serve(listener, shared.clone(), done_tx));
+    let listener = tokio::spawn(frontend::serve(
+        listener,
+        shared.clone(),
+        done_tx,
+        loops.clone(),
+    ));
     tracing::info!(listen = %local_addr, "sluice is listening");
     Ok(Running {
         local_addr,
@@ -194,6 +212,7 @@ async fn start_on(
         sessions_done: done_rx,
         grace: Duration::from_millis(config.proxy.shutdown_grace_ms),
         handover,
+        loops,
     })
 }
 
@@ -245,6 +264,8 @@ impl Running {
             );
         }
         let _ = self.monitor_task.await;
+        // Sessions still running after the grace period end with their loops.
+        drop(self.loops.take());
         tracing::info!("sluice stopped");
     }
 }

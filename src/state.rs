@@ -408,32 +408,59 @@ pub async fn cut_deposed(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool
 /// Keeps `[proxy] pool_min_idle` warm connections per server (logged in as the first
 /// `[[users]]` entry, with the common client capabilities), checking once a second until
 /// shutdown. Removed servers are skipped; a server that refuses is retried at the next round.
-pub async fn keep_pools_warm(shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub async fn keep_pools_warm(
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    loops: Option<Arc<crate::loops::SessionLoops>>,
+) {
     let mut ticker = Ticker::new(std::time::Duration::from_secs(1), shutdown);
     while ticker.next().await {
-        let routing = shared.routing();
-        let min = routing.config.proxy.pool_min_idle as usize;
-        let Some(user) = routing.config.users.first() else {
-            continue;
-        };
-        if min == 0 {
-            continue;
-        }
-        for (slot, server) in routing.slots.iter().zip(&routing.config.servers) {
-            if server.removed {
-                continue;
+        match &loops {
+            None => warm_once(&shared, 1).await,
+            // Opened on each session loop (a connection belongs to the loop that opened it).
+            Some(l) => {
+                let n = l.len();
+                let tasks: Vec<_> = l
+                    .handles()
+                    .iter()
+                    .map(|h| {
+                        let shared = shared.clone();
+                        h.spawn(async move { warm_once(&shared, n).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
             }
-            let p = crate::backend::LoginParams {
-                user: user.name.as_bytes(),
-                secret: user.secret(),
-                database: None,
-                capabilities: WARM_CAPABILITIES,
-                charset: 45,
-                max_packet: 1 << 24,
-                connect_attrs: None,
-            };
-            slot.pool.fill_idle(p, &routing.pool_limits, min).await;
         }
+    }
+}
+
+/// Tops up every pool's idle connections of this thread's session loop to `pool_min_idle`
+/// spread over `loops` loops (rounded up).
+async fn warm_once(shared: &Shared, loops: usize) {
+    let routing = shared.routing();
+    let min = (routing.config.proxy.pool_min_idle as usize).div_ceil(loops.max(1));
+    let Some(user) = routing.config.users.first() else {
+        return;
+    };
+    if min == 0 {
+        return;
+    }
+    for (slot, server) in routing.slots.iter().zip(&routing.config.servers) {
+        if server.removed {
+            continue;
+        }
+        let p = crate::backend::LoginParams {
+            user: user.name.as_bytes(),
+            secret: user.secret(),
+            database: None,
+            capabilities: WARM_CAPABILITIES,
+            charset: 45,
+            max_packet: 1 << 24,
+            connect_attrs: None,
+        };
+        slot.pool.fill_idle(p, &routing.pool_limits, min).await;
     }
 }
 

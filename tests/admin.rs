@@ -194,13 +194,28 @@ async fn admin_port_shows_true_values_and_takes_commands() {
     };
     let login_db = val(&newest_row(table(&mut a, "SHOW SESSIONS").await), "db").map(String::from);
     // The session's database as it changes (published when it changes, not per statement).
+    // Published just after the answer is sent: another thread may look first (bounded wait).
     victim.query_drop("USE information_schema").await.unwrap();
-    let row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+    let mut row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+    for _ in 0..100 {
+        if val(&row, "db") == Some("information_schema") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+    }
     assert_eq!(val(&row, "db"), Some("information_schema"), "{row:?}");
     let _: Option<u64> = victim.query_first("SELECT 2").await.unwrap();
     if let Some(db) = &login_db {
         victim.query_drop(format!("USE `{db}`")).await.unwrap();
-        let row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+        let mut row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+        for _ in 0..100 {
+            if val(&row, "db") == Some(db.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            row = newest_row(table(&mut a, "SHOW SESSIONS").await);
+        }
         assert_eq!(val(&row, "db"), Some(db.as_str()), "{row:?}");
     }
     let newest = val(&newest_row(table(&mut a, "SHOW SESSIONS").await), "id")
@@ -357,7 +372,19 @@ async fn query_digest_counts_statements_by_shape() {
     assert_eq!(all.len(), 20);
     assert!(app.query_drop("SELECT * FROM dg.nosuch").await.is_err());
 
-    let rows = table(&mut a, "SHOW QUERY DIGEST").await;
+    // A statement is recorded just after its answer is sent: another thread may look first
+    // (bounded wait for the last one).
+    let mut rows = table(&mut a, "SHOW QUERY DIGEST").await;
+    for _ in 0..100 {
+        if rows
+            .iter()
+            .any(|r| val(r, "digest_text") == Some("SELECT * FROM DG.NOSUCH"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rows = table(&mut a, "SHOW QUERY DIGEST").await;
+    }
     let find = |text: &str| {
         rows.iter()
             .find(|r| val(r, "digest_text") == Some(text))

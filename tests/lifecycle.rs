@@ -366,14 +366,41 @@ fn operator_commands_refuse_an_unreadable_backend_ca() {
     }
 }
 
+/// The process's threads whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with(prefix))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// `[proxy] worker_threads` sets the threads that run sessions (shown by
-/// `sluice_worker_threads`); 0 means one per CPU, as tokio's default.
+/// `sluice_worker_threads`); 0 means one per CPU, as tokio's default. With the default
+/// `scheduler = "per-thread"` they are session loops (threads `sluice-loop-N`); with
+/// `"work-stealing"` they are the workers of one tokio runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_sets_the_runtime_threads() {
     let cpus = std::thread::available_parallelism().unwrap().get();
-    for (configured, expected) in [(Some(3), 3), (Some(1), 1), (None, cpus)] {
-        let threads = configured.map_or(String::new(), |n| format!("worker_threads = {n}\n"));
+    for (configured, scheduler, expected) in [
+        (Some(3), None, 3),
+        (Some(1), None, 1),
+        (None, None, cpus),
+        (Some(3), Some("work-stealing"), 3),
+        (Some(2), Some("per-thread"), 2),
+    ] {
+        let mut threads = configured.map_or(String::new(), |n| format!("worker_threads = {n}\n"));
+        if let Some(s) = scheduler {
+            threads.push_str(&format!("scheduler = \"{s}\"\n"));
+        }
         let mut shown = None;
+        let mut loops = None;
+        let mut workers = None;
         // Ports are free when chosen but another test may take one first: a start that
         // exits is retried on new ports (bounded). The server's name tells this process's
         // metrics from another's.
@@ -398,6 +425,9 @@ async fn worker_threads_sets_the_runtime_threads() {
                             .lines()
                             .find_map(|l| l.strip_prefix("sluice_worker_threads "))
                             .map(|v| v.trim().parse::<usize>().unwrap());
+                        let pid = child.id().unwrap();
+                        loops = Some(threads_named(pid, "sluice-loop-"));
+                        workers = Some(threads_named(pid, "tokio-rt-worker"));
                         child.kill().await.unwrap();
                         break 'attempts;
                     }
@@ -409,8 +439,30 @@ async fn worker_threads_sets_the_runtime_threads() {
             }
             child.kill().await.unwrap();
         }
-        assert_eq!(shown, Some(expected), "worker_threads = {configured:?}");
+        assert_eq!(
+            shown,
+            Some(expected),
+            "worker_threads = {configured:?}, scheduler {scheduler:?}"
+        );
+        if scheduler == Some("work-stealing") {
+            assert_eq!(loops, Some(0));
+            assert!(workers >= Some(expected), "{workers:?} runtime workers");
+        } else {
+            assert_eq!(loops, Some(expected), "session loops");
+        }
     }
+    // A scheduler that does not exist: refused, naming the key.
+    let cfg = write_config(
+        "[proxy]\nscheduler = \"fastest\"\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(cfg.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scheduler"), "{err}");
     // Out of range: refused at start, naming the key.
     let cfg = write_config(
         "[proxy]\nworker_threads = 5000\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n",

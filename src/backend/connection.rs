@@ -103,6 +103,9 @@ pub struct BackendConn {
     pub insert_id_seen: u64,
     /// A number unique among the connections of this process.
     pub id: u64,
+    /// The session loop whose poller the socket is registered with (`loops::home()` where it
+    /// was opened): the pool hands it preferably to sessions of that loop.
+    pub home: u16,
     /// The character set (collation id) the connection logged in with.
     pub charset: u8,
     /// The session state this connection has (see `state.rs`).
@@ -250,6 +253,7 @@ async fn connect_inner(
         last_insert_id: 0,
         insert_id_seen: 0,
         id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        home: crate::loops::home(),
         charset: p.charset,
         state: super::state::SessionVars {
             db: p.database.map(<[u8]>::to_vec),

@@ -23,10 +23,23 @@ use tokio::sync::Semaphore;
 use super::connection::{negotiate, LOGIN_ONLY};
 use super::{connect, BackendConn, BackendError, LoginParams, SessionVars};
 
+/// Which idle connections `pop_idle` may hand out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Of the caller's key, opened on the caller's session loop.
+    Home,
+    /// Of the caller's key, on any loop.
+    AnyLoop,
+    /// Of any key (to be re-authenticated).
+    OtherKey,
+}
+
 struct Idle {
     /// The connection's id, kept beside it: a lease looks for one by id without touching the
     /// connections themselves.
     id: u64,
+    /// Its `home` loop, likewise.
+    home: u16,
     conn: Box<BackendConn>,
     /// When it came back, in `clock::coarse_monotonic_ms` (no precise clock read per lease).
     since_ms: u64,
@@ -277,15 +290,20 @@ impl ServerPool {
         // No clock read and no waiting time unless the caller queues (only waits are
         // observed in `sluice_pool_wait_seconds`).
         loop {
-            if let Some(conn) = self.pop_idle(&p, want, false, prefer) {
+            if let Some(conn) = self.pop_idle(&p, want, Scope::Home, prefer) {
                 return Ok(Acquired::at_once(conn, None));
             }
+            // A new connection while slots are free, rather than one of another session loop
+            // (whose every packet would wake this loop from that one's thread).
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
                 let (conn, ok) = self.open(p, limits, permit).await?;
                 return Ok(Acquired::at_once(conn, Some(ok)));
             }
+            if let Some(conn) = self.pop_idle(&p, want, Scope::AnyLoop, 0) {
+                return Ok(Acquired::at_once(conn, None));
+            }
             // Every slot is taken; an idle connection of another user is better than waiting.
-            let Some(conn) = self.pop_idle(&p, want, true, 0) else {
+            let Some(conn) = self.pop_idle(&p, want, Scope::OtherKey, 0) else {
                 break;
             };
             if let Some(r) = self.adapt(conn, &p, limits).await? {
@@ -394,15 +412,16 @@ impl ServerPool {
         Ok((Box::new(conn), ok))
     }
 
-    /// An idle connection for `p`: of its key (`other_key` false; one already in state
-    /// `want` preferred), or of any key (`other_key` true). The most recently returned first.
+    /// An idle connection for `p` (see `Scope`); of its key, one already in state `want` is
+    /// preferred. The most recently returned first.
     fn pop_idle(
         &self,
         p: &LoginParams<'_>,
         want: &SessionVars,
-        other_key: bool,
+        scope: Scope,
         prefer: u64,
     ) -> Option<Box<BackendConn>> {
+        let other_key = scope == Scope::OtherKey;
         let timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         let mut l = self.lists.lock().ok()?;
         if l.idle.is_empty() {
@@ -421,26 +440,37 @@ impl ServerPool {
         if stale > 0 {
             l.idle.drain(..stale);
         }
-        // The connection the caller had last, if it is idle and fits: its memory is likely
-        // still in this core's cache (and in no other's).
+        // The connection the caller had last, if it is idle, fits and lives on the caller's
+        // loop: its memory is likely still in this core's cache (and in no other's).
+        let home = crate::loops::home();
         let mut pick = (prefer != 0 && !other_key)
             .then(|| l.idle.iter().rposition(|i| i.id == prefer))
             .flatten()
-            .filter(|&n| same_key(&l.idle[n].conn, p) && l.idle[n].conn.state == *want);
-        for (n, i) in l.idle.iter().enumerate().rev() {
-            if pick.is_some() {
-                break;
-            }
-            if other_key {
-                pick = Some(n);
-                break;
-            }
-            if same_key(&i.conn, p) {
-                if i.conn.state == *want {
-                    pick = Some(n);
-                    break;
+            .filter(|&n| {
+                let i = &l.idle[n];
+                i.home == home && same_key(&i.conn, p) && i.conn.state == *want
+            });
+        if pick.is_none() && other_key {
+            pick = l.idle.len().checked_sub(1);
+        }
+        if pick.is_none() && !other_key {
+            // Of the same key (and the caller's loop, for `Scope::Home`): in state `want`
+            // first (no statement to sync it), then on the caller's loop; the most recently
+            // returned among equals.
+            let mut best = 0u8;
+            for (n, i) in l.idle.iter().enumerate().rev() {
+                let here = i.home == home;
+                if (scope == Scope::Home && !here) || !same_key(&i.conn, p) {
+                    continue;
                 }
-                pick.get_or_insert(n);
+                let score = 1 + 2 * u8::from(i.conn.state == *want) + u8::from(here);
+                if score > best {
+                    best = score;
+                    pick = Some(n);
+                    if score == 4 {
+                        break;
+                    }
+                }
             }
         }
         // `remove`, not `swap_remove`: the list stays ordered by return time.
@@ -452,19 +482,42 @@ impl ServerPool {
         if now_ms.saturating_sub(idle.since_ms) >= RECHECK_AFTER.as_millis() as u64
             && idle.conn.looks_closed()
         {
-            return self.pop_idle(p, want, other_key, 0);
+            return self.pop_idle(p, want, scope, 0);
         }
         Some(idle.conn)
     }
 
-    /// Opens connections for `p` until `min` of its key are idle (`[proxy] pool_min_idle`),
+    /// Closes the idle connections the server has closed (a connection of this server just
+    /// broke: when the server died or restarted, every idle one is dead too, and must not be
+    /// handed to the next statement). Returns how many were closed.
+    pub fn drop_closed_idle(&self) -> usize {
+        let closed: Vec<Idle> = match self.lists.lock() {
+            Ok(mut l) => {
+                let (dead, alive) = std::mem::take(&mut l.idle)
+                    .into_iter()
+                    .partition(|i| i.conn.looks_closed());
+                l.idle = alive;
+                dead
+            }
+            Err(_) => return 0,
+        };
+        // Closed outside the lock.
+        closed.len()
+    }
+
+    /// Opens connections for `p` until `min` of its key (on this thread's session loop) are idle (`[proxy] pool_min_idle`),
     /// as far as free slots allow; nobody waits for them. Returns how many were opened.
     pub async fn fill_idle(&self, p: LoginParams<'_>, limits: &PoolLimits, min: usize) -> usize {
         if self.is_retired() || min == 0 {
             return 0;
         }
+        // Of this session loop (a session takes another loop's only when its own has none).
+        let home = crate::loops::home();
         let have = self.lists.lock().map_or(0, |l| {
-            l.idle.iter().filter(|i| same_key(&i.conn, &p)).count()
+            l.idle
+                .iter()
+                .filter(|i| i.home == home && same_key(&i.conn, &p))
+                .count()
         });
         let mut opened = 0;
         for _ in have..min {
@@ -504,6 +557,7 @@ impl ServerPool {
         if l.idle.len() < self.max_idle.load(Ordering::Relaxed) {
             l.idle.push(Idle {
                 id: conn.id,
+                home: conn.home,
                 conn,
                 since_ms: crate::clock::coarse_monotonic_ms(),
             });

@@ -264,9 +264,13 @@ pub struct ProxyConfig {
     /// Connections the kernel queues before Sluice accepts them (capped by
     /// `net.core.somaxconn`).
     pub listen_backlog: u32,
-    /// Threads of the runtime that runs the sessions (and the monitor, admin and metrics);
-    /// 0 (default) = one per CPU this process may use. Read at start only.
+    /// Threads that run the client sessions; 0 (default) = one per CPU this process may use.
+    /// Read at start only.
     pub worker_threads: u32,
+    /// `per-thread` (default): each of those threads runs its own event loop, and a session
+    /// stays on one; `work-stealing`: one multi-thread runtime runs everything. Read at start
+    /// only.
+    pub scheduler: Scheduler,
     /// Largest packet (command or response row) accepted, in bytes. Larger client packets get
     /// error 1153 and the connection is closed.
     pub max_packet_bytes: u64,
@@ -350,6 +354,7 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6033".into(),
             listen_backlog: 4096,
             worker_threads: 0,
+            scheduler: Scheduler::PerThread,
             max_packet_bytes: 64 << 20,
             handshake_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
@@ -373,6 +378,14 @@ impl Default for ProxyConfig {
             tls: None,
         }
     }
+}
+
+/// `[proxy] scheduler`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    PerThread,
+    WorkStealing,
 }
 
 /// `[proxy] multiplexing`.

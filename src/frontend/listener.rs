@@ -34,7 +34,12 @@ fn shared_abort(shared: &Shared, id: u32, h: tokio::task::AbortHandle) {
 
 /// Accepts clients until shutdown. Each session holds a clone of `done`; the caller knows all
 /// sessions ended when every clone is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sender<()>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    done: mpsc::Sender<()>,
+    loops: Option<Arc<crate::loops::SessionLoops>>,
+) {
     let mut shutdown = shared.shutdown.clone();
     let shared_for_abort = shared.clone();
     loop {
@@ -107,7 +112,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
         let shared = shared.clone();
         let done = done.clone();
         let span = tracing::info_span!("session", id, client = %peer, user = tracing::field::Empty);
-        let task = tokio::spawn(
+        let session = move |stream: tokio::net::TcpStream| {
             async move {
                 let _guard = guard;
                 let mut client = ClientConn::new(stream, peer, max_packet);
@@ -119,9 +124,38 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, done: mpsc::Sende
                 }
                 drop(done);
             }
-            .instrument(span),
-        );
+            .instrument(span)
+        };
+        let (registered_tx, registered_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = match &loops {
+            // The socket moves to the session's loop: registered with that loop's poller,
+            // so its readiness events wake the session on its own thread.
+            Some(loops) => match stream.into_std() {
+                Ok(std) => loops.next().spawn(async move {
+                    // The task may start at once, on another thread: it waits until its abort
+                    // handle is registered, or a KILL of a session that just logged in would
+                    // find nothing to abort.
+                    if registered_rx.await.is_err() {
+                        return;
+                    }
+                    match tokio::net::TcpStream::from_std(std) {
+                        Ok(stream) => session(stream).await,
+                        Err(e) => tracing::warn!(client = %peer, error = %e, "cannot register the client socket"),
+                    }
+                }),
+                Err(e) => {
+                    tracing::warn!(client = %peer, error = %e, "cannot hand the client socket to a session loop");
+                    continue;
+                }
+            },
+            None => tokio::spawn(async move {
+                if registered_rx.await.is_ok() {
+                    session(stream).await
+                }
+            }),
+        };
         shared_abort(&shared_for_abort, id, task.abort_handle());
+        let _ = registered_tx.send(());
     }
     tracing::info!("listener closed");
 }

@@ -1297,8 +1297,15 @@ impl Session {
             Held::Primary => self.primary.take(),
             Held::Replica => self.replica.take(),
         };
-        if dropped.is_some() {
+        if let Some(l) = &dropped {
             self.info.held.fetch_sub(1, Ordering::Relaxed);
+            // If the server died, its idle connections are dead too: not for the next lease.
+            if let Some(slot) = self.routing.slot(l.server) {
+                let n = slot.pool.drop_closed_idle();
+                if n > 0 {
+                    tracing::debug!(server = %slot.pool.name, closed = n, "closed idle connections the server had closed");
+                }
+            }
         }
         match on {
             Held::Primary => self.lost_primary("the connection broke".into()),

@@ -136,6 +136,8 @@ pub struct Metrics {
     /// Time sessions waited in a pool's queue for a server connection.
     pub pool_wait_seconds: Histogram,
     sessions_pinned: IntGaugeVec,
+    /// `sluice_worker_threads`: the threads that run sessions (set at start).
+    pub worker_threads: IntGauge,
     multiplexing_ratio: prometheus::Gauge,
     sessions_holding: IntGauge,
     pub errors: std::sync::Arc<ErrorCounts>,
@@ -264,14 +266,15 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(ratio.clone())).expect("unique metric");
-        // The runtime's threads (`[proxy] worker_threads`), fixed for the process's life.
+        // The threads that run sessions (`[proxy] worker_threads`), fixed for the process's
+        // life: the runtime's workers here; the server sets it to its session loops.
+        let worker_threads = gauge(
+            &r,
+            WORKER_THREADS,
+            "Threads that run client sessions ([proxy] worker_threads)",
+        );
         if let Ok(h) = tokio::runtime::Handle::try_current() {
-            gauge(
-                &r,
-                WORKER_THREADS,
-                "Threads that run client sessions ([proxy] worker_threads)",
-            )
-            .set(h.metrics().num_workers() as i64);
+            worker_threads.set(h.metrics().num_workers() as i64);
         }
         Metrics {
             query_seconds,
@@ -282,6 +285,7 @@ impl Metrics {
                 "Sessions pinned to a server connection now, by reason",
                 &["reason"],
             ),
+            worker_threads,
             multiplexing_ratio: ratio,
             sessions_holding: gauge(
                 &r,
