@@ -56,6 +56,8 @@ fn same_key(c: &BackendConn, p: &LoginParams<'_>) -> bool {
 
 struct Waiter {
     since: Instant,
+    /// The waiting session's loop (`loops::home()`).
+    home: u16,
     tx: tokio::sync::oneshot::Sender<Box<BackendConn>>,
 }
 
@@ -64,6 +66,12 @@ struct Lists {
     idle: Vec<Idle>,
     waiters: std::collections::VecDeque<Waiter>,
 }
+
+/// How far down the line of waiting sessions `release` looks for one on the connection's
+/// session loop.
+const LOCAL_WAITER_WINDOW: usize = 8;
+/// The first in line is passed over for a closer one only while it has waited less than this.
+const LOCAL_WAITER_SKIP: Duration = Duration::from_millis(20);
 
 /// Idle connections older than this are checked for a close by the server before reuse.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
@@ -313,7 +321,11 @@ impl ServerPool {
         let started = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut l) = self.lists.lock() {
-            l.waiters.push_back(Waiter { since: started, tx });
+            l.waiters.push_back(Waiter {
+                since: started,
+                home: crate::loops::home(),
+                tx,
+            });
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let got = tokio::time::timeout(limits.wait, async {
@@ -548,6 +560,29 @@ impl ServerPool {
             return;
         };
         let mut conn = conn;
+        // Among the first few in line, one on the connection's loop goes first (its packets
+        // then wake no other thread), unless the first in line has waited a while already;
+        // beyond that window, strictly first come first served.
+        let skip = l
+            .waiters
+            .front()
+            .is_some_and(|w| w.home != conn.home && w.since.elapsed() < LOCAL_WAITER_SKIP);
+        if let Some(n) = skip
+            .then(|| {
+                l.waiters
+                    .iter()
+                    .take(LOCAL_WAITER_WINDOW)
+                    .position(|w| w.home == conn.home)
+            })
+            .flatten()
+        {
+            if let Some(w) = l.waiters.remove(n) {
+                match w.tx.send(conn) {
+                    Ok(()) => return,
+                    Err(back) => conn = back,
+                }
+            }
+        }
         while let Some(w) = l.waiters.pop_front() {
             match w.tx.send(conn) {
                 Ok(()) => return,
