@@ -304,8 +304,15 @@ impl ServerPool {
             // A new connection while slots are free, rather than one of another session loop
             // (whose every packet would wake this loop from that one's thread).
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                let (conn, ok) = self.open(p, limits, permit).await?;
-                return Ok(Acquired::at_once(conn, Some(ok)));
+                return match self.open(p, limits, permit).await {
+                    Ok((conn, ok)) => Ok(Acquired::at_once(conn, Some(ok))),
+                    // The server refuses more (its max_connections): an idle one of another
+                    // loop still serves.
+                    Err(e) => match self.pop_idle(&p, want, Scope::AnyLoop, 0) {
+                        Some(conn) => Ok(Acquired::at_once(conn, None)),
+                        None => Err(e),
+                    },
+                };
             }
             if let Some(conn) = self.pop_idle(&p, want, Scope::AnyLoop, 0) {
                 return Ok(Acquired::at_once(conn, None));
