@@ -451,28 +451,21 @@ async fn worker_threads_sets_the_runtime_threads() {
             assert_eq!(loops, Some(expected), "session loops");
         }
     }
-    // A scheduler that does not exist: refused, naming the key.
-    let cfg = write_config(
-        "[proxy]\nscheduler = \"fastest\"\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n",
-    );
-    let out = std::process::Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(cfg.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("scheduler"), "{err}");
-    // Out of range: refused at start, naming the key.
-    let cfg = write_config(
-        "[proxy]\nworker_threads = 5000\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n",
-    );
-    let out = std::process::Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(cfg.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("proxy.worker_threads"), "{err}");
+    // A scheduler that does not exist, or threads out of range: refused, naming the key.
+    for (setting, key) in [
+        ("scheduler = \"fastest\"", "scheduler"),
+        ("worker_threads = 5000", "proxy.worker_threads"),
+    ] {
+        let cfg = write_config(&format!(
+            "[proxy]\n{setting}\n[[servers]]\nname = \"db1\"\naddress = \"127.0.0.1:1\"\n"
+        ));
+        let out = std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(cfg.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{setting}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{err}");
+    }
 }
