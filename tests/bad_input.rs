@@ -20,6 +20,12 @@ fn server_error(e: mysql_async::Error) -> (u16, String, String) {
     }
 }
 
+/// The server's id of the connection the session's statement runs on.
+async fn thread_id(c: &mut mysql_async::Conn) -> u64 {
+    let id: Option<u64> = c.query_first("SELECT @@pseudo_thread_id").await.unwrap();
+    id.unwrap()
+}
+
 async fn still_serving(h: &Harness) {
     let mut c = h.proxy_conn().await;
     let v: Option<i64> = c.query_first("SELECT 40 + 2").await.unwrap();
@@ -231,6 +237,46 @@ async fn backend_killed_mid_query_gives_2013_and_the_session_moves_to_a_new_conn
     assert!(matches!(e.0, 9001 | 9002), "{e:?}");
     assert!(e.2.starts_with("Sluice: "), "{e:?}");
     assert!(start.elapsed() < Duration::from_secs(10));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_closed_just_after_another_broke_is_not_handed_out() {
+    // One session loop and no warm connections: the pool holds exactly the connections below.
+    let h = Harness::start_with(0, |c| {
+        c.proxy.worker_threads = 1;
+        c.proxy.pool_min_idle = 0;
+    })
+    .await;
+    let mut a = h.proxy_conn().await;
+    let mut b = h.proxy_conn().await;
+    // `a` holds connection X in a transaction; `b` reads on another, Y, which goes back idle.
+    a.query_drop("BEGIN").await.unwrap();
+    let x = thread_id(&mut a).await;
+    let y = thread_id(&mut b).await;
+    assert_ne!(x, y);
+    // X breaks under `a`: the pool learns that a connection of this server broke.
+    h.root_sql(0, &format!("KILL CONNECTION {x}")).await;
+    let e = server_error(a.query_drop("SELECT 1").await.unwrap_err());
+    assert!(matches!(e.0, 2013 | 9020), "{e:?}");
+    // Then the server closes Y too, a moment after it was returned (as when a server dies
+    // and its connections close one after another).
+    h.root_sql(0, &format!("KILL CONNECTION {y}")).await;
+    common::eventually("Y gone from the server", Duration::from_secs(5), || async {
+        h.root_sql(
+            0,
+            &format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {y}"),
+        )
+        .await
+        .trim()
+            == "0"
+    })
+    .await;
+    // `b`'s next statement is not given the dead Y (it was returned less than the recheck
+    // age ago, but before the break): it runs on a live connection.
+    let y2 = thread_id(&mut b).await;
+    assert_ne!(y2, y);
+    still_serving(&h).await;
     h.shutdown().await;
 }
 

@@ -769,19 +769,40 @@ impl BackendConn {
         let _ = self.stream.shutdown().await;
     }
 
-    /// Whether the server closed the connection (or sent something) while it sat idle; a
-    /// cheap non-blocking look at the socket.
+    /// Whether the server closed the connection (or sent something) while it sat idle: one
+    /// non-blocking `recv(MSG_PEEK)` on the socket. It asks the kernel, not the runtime's
+    /// cached readiness, which is only refreshed when the loop that owns the socket polls
+    /// (a connection of another loop, or a close that arrived after this loop's last poll).
     pub fn looks_closed(&self) -> bool {
-        use futures::FutureExt;
+        use std::os::fd::AsRawFd;
+        let (fd, tls) = match self.stream.get_ref() {
+            MaybeTls::Plain(t) => (t.as_raw_fd(), false),
+            MaybeTls::Tls(t) => (t.get_ref().0.as_raw_fd(), true),
+            MaybeTls::Switching => return true,
+        };
         let mut b = [0u8; 1];
-        match self.stream.get_ref() {
-            MaybeTls::Plain(t) => t.peek(&mut b).now_or_never().is_some(),
-            // TLS records (a session ticket) may legitimately arrive; only EOF counts.
-            MaybeTls::Tls(t) => matches!(
-                t.get_ref().0.peek(&mut b).now_or_never(),
-                Some(Ok(0) | Err(_))
-            ),
-            MaybeTls::Switching => true,
+        // SAFETY: `fd` is an open socket owned by `self.stream` for the whole call, and the
+        // buffer is valid for the one byte asked for.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => true, // EOF: the server closed it
+            // Bytes while idle: an error the server sent before closing (KILL, timeout). A
+            // TLS record (a session ticket) may legitimately arrive: only EOF counts there.
+            n if n > 0 => !tls,
+            _ => {
+                let e = std::io::Error::last_os_error().kind();
+                !matches!(
+                    e,
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                )
+            }
         }
     }
 

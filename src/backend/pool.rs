@@ -65,6 +65,11 @@ struct Waiter {
 struct Lists {
     idle: Vec<Idle>,
     waiters: std::collections::VecDeque<Waiter>,
+    /// When a connection of this server last broke (coarse monotonic ms; 0: never). An idle
+    /// connection returned before then is looked at before reuse, however recently returned:
+    /// the server may have died or restarted, and its close may reach the socket a moment
+    /// after the break was seen.
+    broke_at_ms: u64,
 }
 
 /// How far down the line of waiting sessions `release` looks for one on the connection's
@@ -494,11 +499,13 @@ impl ServerPool {
         }
         // `remove`, not `swap_remove`: the list stays ordered by return time.
         let idle = pick.map(|n| l.idle.remove(n))?;
+        let after_break = idle.since_ms <= l.broke_at_ms;
         drop(l);
         // A connection that sat idle a while may have been closed by the server (a restart,
         // KILL, wait_timeout): one non-blocking look before handing it out. One returned a
-        // moment ago is not looked at (a syscall per statement otherwise).
-        if now_ms.saturating_sub(idle.since_ms) >= RECHECK_AFTER.as_millis() as u64
+        // moment ago is not looked at (a syscall per statement otherwise), unless another
+        // connection of this server broke since it was returned.
+        if (after_break || now_ms.saturating_sub(idle.since_ms) >= RECHECK_AFTER.as_millis() as u64)
             && idle.conn.looks_closed()
         {
             return self.pop_idle(p, want, scope, 0);
@@ -512,6 +519,7 @@ impl ServerPool {
     pub fn drop_closed_idle(&self) -> usize {
         let closed: Vec<Idle> = match self.lists.lock() {
             Ok(mut l) => {
+                l.broke_at_ms = crate::clock::coarse_monotonic_ms();
                 let (dead, alive) = std::mem::take(&mut l.idle)
                     .into_iter()
                     .partition(|i| i.conn.looks_closed());

@@ -360,15 +360,19 @@ impl Session {
     /// needs the primary reports the lost transaction or pinned state.
     pub(super) fn held_broke(&mut self, primary: bool, why: String) {
         tracing::info!(reason = %why, "lost a held server connection");
-        if primary {
-            self.primary = None;
-            self.lost_primary(why);
+        let broken = if primary {
+            self.primary.take()
         } else {
-            self.replica = None;
-            if self.txn_on_replica {
-                self.txn_on_replica = false;
-                self.st.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
-            }
+            self.replica.take()
+        };
+        if let Some(l) = broken {
+            self.server_broke(l.server);
+        }
+        if primary {
+            self.lost_primary(why);
+        } else if self.txn_on_replica {
+            self.txn_on_replica = false;
+            self.st.status &= !sluice_proto::flags::status::SERVER_STATUS_IN_TRANS;
         }
         self.info.held.fetch_sub(1, Ordering::Relaxed);
         self.st.hold = None;

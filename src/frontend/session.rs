@@ -1291,6 +1291,18 @@ impl Session {
         Ok(None)
     }
 
+    /// A connection of server `i` broke. If the server died, its idle connections are dead
+    /// too: the pool closes those already closed, and looks again at each one returned before
+    /// now when it is next leased.
+    pub(super) fn server_broke(&self, i: usize) {
+        if let Some(slot) = self.routing.slot(i) {
+            let n = slot.pool.drop_closed_idle();
+            if n > 0 {
+                tracing::debug!(server = %slot.pool.name, closed = n, "closed idle connections the server had closed");
+            }
+        }
+    }
+
     /// Closes a held connection that broke (its pool slot frees when it is dropped).
     pub(super) fn drop_held(&mut self, on: Held) {
         let dropped = match on {
@@ -1299,13 +1311,7 @@ impl Session {
         };
         if let Some(l) = &dropped {
             self.info.held.fetch_sub(1, Ordering::Relaxed);
-            // If the server died, its idle connections are dead too: not for the next lease.
-            if let Some(slot) = self.routing.slot(l.server) {
-                let n = slot.pool.drop_closed_idle();
-                if n > 0 {
-                    tracing::debug!(server = %slot.pool.name, closed = n, "closed idle connections the server had closed");
-                }
-            }
+            self.server_broke(l.server);
         }
         match on {
             Held::Primary => self.lost_primary("the connection broke".into()),
