@@ -13,14 +13,17 @@ Phases (each on its own `sluice sandbox`, a primary and one replica, default mul
 - idle:    IDLE client sessions log in, run one query and stay idle. Reports Sluice's RSS with
            them open minus its RSS before (per session), and the server connections.
 - threads: sysbench oltp_point_select through Sluice with max_backend_connections = 32 at 32
-           and at 1000 threads (and directly, with the servers' max_connections raised).
+           and at 1000 threads (and directly, with the servers' max_connections raised), with
+           the CPU time per query of sysbench, of Sluice and of the rest of the machine.
 
 Installs sysbench (apt) if missing; builds the release binary and the loadgen example.
 """
 import argparse, contextlib, os, re, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ensure, free_port, wait_port, cpu_seconds, start_sandbox, figures  # noqa: E402
+from compare import (ensure, free_port, wait_port, cpu_seconds, start_sandbox, figures,  # noqa: E402
+                     machine_split)
+import resource  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER, PASSWORD = "app", "app"
@@ -157,11 +160,24 @@ def phase_threads(binary, args, report):
         rows = []
         for threads in (32, 1000):
             for name, p in (("direct", primary), ("sluice", port)):
+                # Where the CPU goes per query: sysbench (a child: its rusage once it has
+                # exited), Sluice's own process, and the rest of the machine (the servers, the
+                # kernel's softirq work, everything else).
+                bench0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                sluice0, busy0 = cpu_seconds(sb.pid), machine_split()[0]
                 out = sysbench(p, threads, args.time)
+                bench1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                sluice_s = cpu_seconds(sb.pid) - sluice0
+                busy = machine_split()[0] - busy0
+                bench_s = (bench1.ru_utime + bench1.ru_stime) - (bench0.ru_utime + bench0.ru_stime)
                 q, qps, p95 = figures(out)
                 errors = int(re.search(r"ignored errors:\s+(\d+)", out).group(1))
                 rows.append((name, threads, qps, errors))
-                line = f"threads: {name:6} {threads:5} threads: {qps:8.0f} qps, errors {errors}"
+                per = 1e6 / max(q, 1)
+                line = (f"threads: {name:6} {threads:5} threads: {qps:8.0f} qps, errors {errors}; "
+                        f"CPU per query: sysbench {bench_s * per:.1f} µs, Sluice "
+                        f"{sluice_s * per:.1f} µs, the rest {(busy - bench_s - sluice_s) * per:.1f} µs, "
+                        f"machine {busy * per:.1f} µs")
                 print(line, flush=True)
                 report.append(line)
         s32 = next(r[2] for r in rows if r[0] == "sluice" and r[1] == 32)

@@ -56,15 +56,15 @@ fn same_key(c: &BackendConn, p: &LoginParams<'_>) -> bool {
 
 struct Waiter {
     since: Instant,
-    /// The waiting session's loop (`loops::home()`).
-    home: u16,
     tx: tokio::sync::oneshot::Sender<Box<BackendConn>>,
 }
 
 #[derive(Default)]
 struct Lists {
     idle: Vec<Idle>,
-    waiters: std::collections::VecDeque<Waiter>,
+    /// Sessions waiting for a connection, in line per session loop (`loops::home()`; few
+    /// entries: one per loop, and one for tasks outside the loops).
+    waiters: Vec<(u16, std::collections::VecDeque<Waiter>)>,
     /// When a connection of this server last broke (coarse monotonic ms; 0: never). An idle
     /// connection returned before then is looked at before reuse, however recently returned:
     /// the server may have died or restarted, and its close may reach the socket a moment
@@ -72,10 +72,8 @@ struct Lists {
     broke_at_ms: u64,
 }
 
-/// How far down the line of waiting sessions `release` looks for one on the connection's
-/// session loop.
-const LOCAL_WAITER_WINDOW: usize = 8;
-/// The first in line is passed over for a closer one only while it has waited less than this.
+/// A returned connection goes to the first in line on its own session loop (whose packets then
+/// wake no other thread) unless the first in line on another loop has waited this much longer.
 const LOCAL_WAITER_SKIP: Duration = Duration::from_millis(20);
 
 /// Idle connections older than this are checked for a close by the server before reuse.
@@ -107,6 +105,32 @@ impl Acquired {
             login_ok,
             waited: started.elapsed(),
         }
+    }
+}
+
+/// Which line a connection of loop `home` goes to: the first in line on that loop, unless the
+/// first in line on another loop has waited `LOCAL_WAITER_SKIP` longer (then the longest
+/// waiting one): sessions are served first come first served across loops within that margin,
+/// and a connection mostly stays with the sessions of its own loop.
+fn next_waiter(lines: &[(u16, std::collections::VecDeque<Waiter>)], home: u16) -> Option<usize> {
+    let mut own = None;
+    let mut oldest: Option<(usize, Instant)> = None;
+    for (n, (h, q)) in lines.iter().enumerate() {
+        let Some(front) = q.front() else { continue };
+        if *h == home {
+            own = Some((n, front.since));
+        } else if !oldest.is_some_and(|(_, since)| front.since >= since) {
+            oldest = Some((n, front.since));
+        }
+    }
+    match (own, oldest) {
+        (Some((n, mine)), Some((m, other))) => Some(if other + LOCAL_WAITER_SKIP < mine {
+            m
+        } else {
+            n
+        }),
+        (Some((n, _)), None) | (None, Some((n, _))) => Some(n),
+        (None, None) => None,
     }
 }
 
@@ -273,8 +297,9 @@ impl ServerPool {
             .and_then(|l| {
                 l.waiters
                     .iter()
-                    .find(|w| !w.tx.is_closed())
+                    .filter_map(|(_, q)| q.iter().find(|w| !w.tx.is_closed()))
                     .map(|w| w.since.elapsed())
+                    .max()
             })
             .unwrap_or_default()
     }
@@ -333,11 +358,12 @@ impl ServerPool {
         let started = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut l) = self.lists.lock() {
-            l.waiters.push_back(Waiter {
-                since: started,
-                home: crate::loops::home(),
-                tx,
-            });
+            let home = crate::loops::home();
+            let w = Waiter { since: started, tx };
+            match l.waiters.iter_mut().find(|(h, _)| *h == home) {
+                Some((_, q)) => q.push_back(w),
+                None => l.waiters.push((home, [w].into())),
+            }
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let got = tokio::time::timeout(limits.wait, async {
@@ -575,30 +601,10 @@ impl ServerPool {
             return;
         };
         let mut conn = conn;
-        // Among the first few in line, one on the connection's loop goes first (its packets
-        // then wake no other thread), unless the first in line has waited a while already;
-        // beyond that window, strictly first come first served.
-        let skip = l
-            .waiters
-            .front()
-            .is_some_and(|w| w.home != conn.home && w.since.elapsed() < LOCAL_WAITER_SKIP);
-        if let Some(n) = skip
-            .then(|| {
-                l.waiters
-                    .iter()
-                    .take(LOCAL_WAITER_WINDOW)
-                    .position(|w| w.home == conn.home)
-            })
-            .flatten()
-        {
-            if let Some(w) = l.waiters.remove(n) {
-                match w.tx.send(conn) {
-                    Ok(()) => return,
-                    Err(back) => conn = back,
-                }
-            }
-        }
-        while let Some(w) = l.waiters.pop_front() {
+        while let Some(q) = next_waiter(&l.waiters, conn.home) {
+            let Some(w) = l.waiters[q].1.pop_front() else {
+                break;
+            };
             match w.tx.send(conn) {
                 Ok(()) => return,
                 Err(back) => conn = back,
@@ -612,5 +618,43 @@ impl ServerPool {
                 since_ms: crate::clock::coarse_monotonic_ms(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn line(home: u16, waited_ms: &[u64]) -> (u16, VecDeque<Waiter>) {
+        let now = Instant::now();
+        let q = waited_ms
+            .iter()
+            .map(|&ms| Waiter {
+                since: now - Duration::from_millis(ms),
+                tx: tokio::sync::oneshot::channel().0,
+            })
+            .collect();
+        (home, q)
+    }
+
+    #[test]
+    fn a_returned_connection_goes_to_its_own_loop_unless_another_waited_much_longer() {
+        // Nobody waits.
+        assert_eq!(next_waiter(&[line(0, &[]), line(1, &[])], 0), None);
+        // Only another loop's sessions wait: the longest waiting of them.
+        assert_eq!(
+            next_waiter(&[line(0, &[]), line(1, &[5]), line(2, &[9])], 0),
+            Some(2)
+        );
+        // Its own loop's first in line, though another loop's waited a little longer.
+        assert_eq!(next_waiter(&[line(1, &[15]), line(0, &[3, 1])], 0), Some(1));
+        // Another loop's first in line waited 20 ms longer than this loop's: it goes first.
+        assert_eq!(next_waiter(&[line(1, &[60]), line(0, &[3, 1])], 0), Some(0));
+        // A connection of no loop (work-stealing mode): strictly the longest waiting.
+        assert_eq!(
+            next_waiter(&[line(0, &[3]), line(1, &[4])], crate::loops::NO_LOOP),
+            Some(1)
+        );
     }
 }
