@@ -327,7 +327,7 @@ impl ServerPool {
     ) -> Result<Acquired, PoolError> {
         // No clock read and no waiting time unless the caller queues (only waits are
         // observed in `sluice_pool_wait_seconds`).
-        loop {
+        let (started, rx) = loop {
             if let Some(conn) = self.pop_idle(&p, want, Scope::Home, prefer) {
                 return Ok(Acquired::at_once(conn, None));
             }
@@ -348,23 +348,31 @@ impl ServerPool {
                 return Ok(Acquired::at_once(conn, None));
             }
             // Every slot is taken; an idle connection of another user is better than waiting.
-            let Some(conn) = self.pop_idle(&p, want, Scope::OtherKey, 0) else {
-                break;
-            };
-            if let Some(r) = self.adapt(conn, &p, limits).await? {
-                return Ok(Acquired::at_once(r.0, Some(r.1)));
+            if let Some(conn) = self.pop_idle(&p, want, Scope::OtherKey, 0) {
+                if let Some(r) = self.adapt(conn, &p, limits).await? {
+                    return Ok(Acquired::at_once(r.0, Some(r.1)));
+                }
+                continue;
             }
-        }
-        let started = Instant::now();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if let Ok(mut l) = self.lists.lock() {
+            // In line. A connection returned since the look above (pushed idle: there was
+            // nobody in line yet) is taken instead: no session waits while one sits idle.
+            // Each pass round the loop takes an idle connection or returns, so it ends.
+            let started = Instant::now();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let Ok(mut l) = self.lists.lock() else {
+                break (started, rx);
+            };
+            if !l.idle.is_empty() {
+                continue;
+            }
             let home = crate::loops::home();
             let w = Waiter { since: started, tx };
             match l.waiters.iter_mut().find(|(h, _)| *h == home) {
                 Some((_, q)) => q.push_back(w),
                 None => l.waiters.push((home, [w].into())),
             }
-        }
+            break (started, rx);
+        };
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let got = tokio::time::timeout(limits.wait, async {
             tokio::select! {
