@@ -357,14 +357,18 @@ impl ServerPool {
             // In line. A connection returned since the look above (pushed idle: there was
             // nobody in line yet) is taken instead: no session waits while one sits idle.
             // Each pass round the loop takes an idle connection or returns, so it ends.
-            let started = Instant::now();
-            let (tx, rx) = tokio::sync::oneshot::channel();
             let Ok(mut l) = self.lists.lock() else {
-                break (started, rx);
+                return Err(PoolError::Exhausted {
+                    server: self.name.clone(),
+                    max: self.max(),
+                    waited_ms: 0,
+                });
             };
             if !l.idle.is_empty() {
                 continue;
             }
+            let started = Instant::now();
+            let (tx, rx) = tokio::sync::oneshot::channel();
             let home = crate::loops::home();
             let w = Waiter { since: started, tx };
             match l.waiters.iter_mut().find(|(h, _)| *h == home) {
@@ -659,7 +663,7 @@ mod tests {
         assert_eq!(next_waiter(&[line(1, &[15]), line(0, &[3, 1])], 0), Some(1));
         // Another loop's first in line waited 20 ms longer than this loop's: it goes first.
         assert_eq!(next_waiter(&[line(1, &[60]), line(0, &[3, 1])], 0), Some(0));
-        // A connection of no loop (work-stealing mode): strictly the longest waiting.
+        // A connection opened outside the loops has no line of its own: the longest waiting.
         assert_eq!(
             next_waiter(&[line(0, &[3]), line(1, &[4])], crate::loops::NO_LOOP),
             Some(1)
