@@ -13,16 +13,20 @@ Phases (each on its own `sluice sandbox`, a primary and one replica, default mul
 - idle:    IDLE client sessions log in, run one query and stay idle. Reports Sluice's RSS with
            them open minus its RSS before (per session), and the server connections.
 - threads: sysbench oltp_point_select through Sluice with max_backend_connections = 32 at 32
-           and at 1000 threads (and directly, with the servers' max_connections raised), with
-           the CPU time per query of sysbench, of Sluice and of the rest of the machine.
+           and at 1000 threads, and likewise directly and through HAProxy (TCP, one server
+           connection per client; the servers' max_connections raised), with the CPU time per
+           query of sysbench, of the proxy and of the rest of the machine, and each target's
+           1000-thread / 32-thread QPS ratio; then the same with loadgen's 32 and 1000
+           connections in place of sysbench's threads (a client whose own cost per query does
+           not grow with its connections).
 
-Installs sysbench (apt) if missing; builds the release binary and the loadgen example.
+Installs sysbench and haproxy (apt) if missing; builds the release binary and the loadgen example.
 """
 import argparse, contextlib, os, re, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import (ensure, free_port, wait_port, cpu_seconds, start_sandbox, figures,  # noqa: E402
-                     machine_split)
+                     machine_split, start_haproxy, stop)
 import resource  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,34 +161,73 @@ def phase_threads(binary, args, report):
     with sandbox(binary, ["--max-backend-connections", "32",
                           "--server-cnf", "max_connections = 1200"]) as (sb, port, servers):
         primary = dict(servers)["db1"]
-        rows = []
-        for threads in (32, 1000):
-            for name, p in (("direct", primary), ("sluice", port)):
-                # Where the CPU goes per query: sysbench (a child: its rusage once it has
-                # exited), Sluice's own process, and the rest of the machine (the servers, the
-                # kernel's softirq work, everything else).
-                bench0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                sluice0, busy0 = cpu_seconds(sb.pid), machine_split()[0]
-                out = sysbench(p, threads, args.time)
-                bench1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                sluice_s = cpu_seconds(sb.pid) - sluice0
-                busy = machine_split()[0] - busy0
-                bench_s = (bench1.ru_utime + bench1.ru_stime) - (bench0.ru_utime + bench0.ru_stime)
-                q, qps, p95 = figures(out)
-                errors = int(re.search(r"ignored errors:\s+(\d+)", out).group(1))
-                rows.append((name, threads, qps, errors))
-                per = 1e6 / max(q, 1)
-                line = (f"threads: {name:6} {threads:5} threads: {qps:8.0f} qps, errors {errors}; "
-                        f"CPU per query: sysbench {bench_s * per:.1f} µs, Sluice "
-                        f"{sluice_s * per:.1f} µs, the rest {(busy - bench_s - sluice_s) * per:.1f} µs, "
-                        f"machine {busy * per:.1f} µs")
-                print(line, flush=True)
-                report.append(line)
-        s32 = next(r[2] for r in rows if r[0] == "sluice" and r[1] == 32)
-        s1000 = next(r[2] for r in rows if r[0] == "sluice" and r[1] == 1000)
-        line = f"threads: Sluice at 1000 threads / Sluice at 32 threads = {s1000 / s32:.2f}"
+        # HAProxy (TCP) as the reference proxy: one server connection per client, so at 1000
+        # clients the primary runs 1000 connections, as when sysbench connects directly.
+        work = tempfile.mkdtemp(prefix="sluice-mux-haproxy-")
+        hport = free_port()
+        haproxy = start_haproxy(work, hport, primary)
+        targets = (("direct", primary, None), ("haproxy", hport, haproxy.pid),
+                   ("sluice", port, sb.pid))
+        try:
+            wait_port(hport)
+            # sysbench runs one OS thread per connection: on 2 shared cores its own CPU time
+            # per query grows with the thread count. loadgen runs every connection on one
+            # tokio runtime: its cost per query barely moves, so its ratios show the
+            # targets' own scaling.
+            for client in ("sysbench", "loadgen"):
+                rows = threads_runs(client, targets, args, report)
+                ratios(client, rows, report)
+        finally:
+            stop([haproxy], work)
+
+
+def ratios(client, rows, report):
+    qps = {(r[0], r[1]): r[2] for r in rows}
+    lines = [f"threads: {client}: {name} at 1000 / at 32 = "
+             f"{qps[(name, 1000)] / qps[(name, 32)]:.2f}" for name in ("sluice", "haproxy", "direct")]
+    lines.append(f"threads: {client}: at 1000, Sluice / HAProxy = "
+                 f"{qps[('sluice', 1000)] / qps[('haproxy', 1000)]:.2f}, Sluice / direct = "
+                 f"{qps[('sluice', 1000)] / qps[('direct', 1000)]:.2f}")
+    for line in lines:
         print(line, flush=True)
         report.append(line)
+
+
+def threads_runs(client, targets, args, report):
+    """`client` (sysbench or loadgen) with 32 then 1000 connections against each target;
+    returns (name, connections, qps, errors) rows and reports the CPU time per query of the
+    client, of the proxy (Sluice or HAProxy) and of the rest of the machine (the servers, the
+    kernel's softirq work, everything else)."""
+    rows = []
+    for conns in (32, 1000):
+        for name, p, pid in targets:
+            # The client is a child: its rusage once it has exited.
+            child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            proxy0, busy0 = (cpu_seconds(pid) if pid else 0.0), machine_split()[0]
+            if client == "sysbench":
+                out = sysbench(p, conns, args.time)
+                q, qps, _ = figures(out)
+                errors = int(re.search(r"ignored errors:\s+(\d+)", out).group(1))
+                p99 = ""
+            else:
+                lg = loadgen("active", p, conns, args.time, args.sources)
+                res = last_result(lg.communicate()[0].strip().splitlines())
+                qps, errors = float(res["qps"]), int(res["errors"])
+                q = qps * args.time
+                p99 = f", p99 {res['p99_ms']} ms"
+            child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            proxy_s = (cpu_seconds(pid) - proxy0) if pid else 0.0
+            busy = machine_split()[0] - busy0
+            child_s = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+            rows.append((name, conns, qps, errors))
+            per = 1e6 / max(q, 1)
+            line = (f"threads: {client} {name:7} {conns:5} connections: {qps:8.0f} qps, errors "
+                    f"{errors}{p99}; CPU per query: {client} {child_s * per:.1f} µs, proxy "
+                    f"{proxy_s * per:.1f} µs, the rest {(busy - child_s - proxy_s) * per:.1f} µs, "
+                    f"machine {busy * per:.1f} µs")
+            print(line, flush=True)
+            report.append(line)
+    return rows
 
 
 def main():
@@ -196,6 +239,7 @@ def main():
     ap.add_argument("--sources", type=int, default=8)
     args = ap.parse_args()
     ensure("sysbench", "sysbench")
+    ensure("haproxy", "haproxy")
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "--example", "loadgen"], cwd=ROOT,
                    check=True)
