@@ -202,7 +202,9 @@ def main():
     ensure("sysbench", "sysbench")
     ensure("haproxy", "haproxy")
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target", "release", "sluice")
+    # SLUICE_BIN: another build of Sluice, e.g. bench/pgo.py's target/pgo/sluice.
+    binary = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "target", "release", "sluice"))
+    print(f"Sluice binary: {binary}", flush=True)
     if args.floor:
         subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path",
                         os.path.join(ROOT, "bench", "floor", "Cargo.toml")], check=True)

@@ -243,7 +243,9 @@ def main():
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "--example", "loadgen"], cwd=ROOT,
                    check=True)
-    binary = os.path.join(ROOT, "target", "release", "sluice")
+    # SLUICE_BIN: another build of Sluice, e.g. bench/pgo.py's target/pgo/sluice.
+    binary = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "target", "release", "sluice"))
+    print(f"Sluice binary: {binary}", flush=True)
     report = []
     for phase in args.phases.split(","):
         {"active": phase_active, "idle": phase_idle, "threads": phase_threads}[phase](

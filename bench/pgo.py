@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""A profile-guided (PGO) release build of Sluice.
+
+    python3 bench/pgo.py [--out target/pgo/sluice] [--time 8]
+
+1. builds an instrumented binary (`RUSTFLAGS=-Cprofile-generate`, in target/pgo-gen);
+2. runs it as `sluice sandbox --replicas 1` and trains it with the traffic Sluice is for:
+   sysbench point selects, read-only and read-write transactions (text and prepared
+   statements) and loadgen's many connections, each for `--time` seconds;
+3. merges the profile with the `llvm-profdata` of rustc's own LLVM version (apt package
+   `llvm-N`, installed if missing);
+4. builds the optimized binary with it (`-Cprofile-use`, in target/pgo) and copies it to
+   `--out`.
+
+The binary behaves exactly as `cargo build --release`'s; only its code layout and inlining
+follow the measured profile. docs/benchmarks.md has the A/B figures.
+"""
+import argparse, os, re, shutil, signal, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare as C  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def llvm_profdata():
+    """The llvm-profdata of rustc's LLVM major version (profiles are versioned)."""
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    major = re.search(r"LLVM version: (\d+)", out).group(1)
+    tool = f"llvm-profdata-{major}"
+    C.ensure(tool, f"llvm-{major}")
+    return tool
+
+
+def cargo(rustflags, target_dir, *extra):
+    env = dict(os.environ, RUSTFLAGS=rustflags, CARGO_TARGET_DIR=os.path.join(ROOT, target_dir))
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "sluice", *extra],
+                   cwd=ROOT, env=env, check=True)
+    return os.path.join(ROOT, target_dir, "release", "sluice")
+
+
+def sysbench(port, test, threads, seconds, mode, action="run"):
+    cmd = ["sysbench", test, "--db-driver=mysql", "--mysql-host=127.0.0.1",
+           f"--mysql-port={port}", "--mysql-user=app", "--mysql-password=app",
+           "--mysql-db=sbtest", "--tables=4", "--table-size=10000", f"--threads={threads}",
+           f"--time={seconds}", f"--db-ps-mode={mode}", "--mysql-ignore-errors=all", action]
+    subprocess.run(cmd, capture_output=True, text=True, check=True)
+
+
+def train(binary, seconds):
+    work = tempfile.mkdtemp(prefix="sluice-pgo-")
+    port = C.free_port()
+    sb, primary, _ = C.start_sandbox(binary, work, port, 1, ["--max-backend-connections", "32"])
+    try:
+        C.wait_port(port)
+        subprocess.run(["mariadb", "-h127.0.0.1", f"-P{primary}", "-uapp", "-papp", "-e",
+                        "CREATE DATABASE IF NOT EXISTS sbtest"], check=True)
+        sysbench(primary, "oltp_read_write", 4, 0, "disable", action="prepare")
+        for test in ("oltp_point_select", "oltp_read_only", "oltp_read_write"):
+            for mode in ("disable", "auto"):
+                print(f"training: {test} {mode}", flush=True)
+                sysbench(port, test, 16, seconds, mode)
+        loadgen = os.path.join(ROOT, "target", "release", "examples", "loadgen")
+        print("training: loadgen, 1000 connections", flush=True)
+        subprocess.run([loadgen, "active", str(port), "1000", str(seconds), "4"],
+                       capture_output=True, check=True)
+    finally:
+        # A normal exit writes the profile.
+        sb.send_signal(signal.SIGINT)
+        sb.wait(timeout=120)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "pgo", "sluice"))
+    ap.add_argument("--time", type=int, default=8)
+    args = ap.parse_args()
+    C.ensure("sysbench", "sysbench")
+    profdata = llvm_profdata()
+    subprocess.run(["cargo", "build", "--release", "-q", "--example", "loadgen"], cwd=ROOT,
+                   check=True)
+    raw = os.path.join(ROOT, "target", "pgo-data")
+    instrumented = cargo(f"-Cprofile-generate={raw}", os.path.join("target", "pgo-gen"))
+    # The build scripts compiled with the instrumentation wrote profiles of their own: only
+    # Sluice's is kept.
+    shutil.rmtree(raw, ignore_errors=True)
+    os.makedirs(raw)
+    train(instrumented, args.time)
+    merged = os.path.join(raw, "merged.profdata")
+    files = [os.path.join(raw, f) for f in os.listdir(raw) if f.endswith(".profraw")]
+    if not files:
+        raise SystemExit("the instrumented Sluice wrote no profile")
+    subprocess.run([profdata, "merge", "-o", merged, *files], check=True)
+    built = cargo(f"-Cprofile-use={merged}", os.path.join("target", "pgo"))
+    if os.path.abspath(built) != os.path.abspath(args.out):
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        shutil.copy2(built, args.out)
+    print(f"PGO build: {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
