@@ -75,7 +75,7 @@ done
 # 3. The Sluice image.
 if [ "${SLUICE_PGO:-0}" = 1 ]; then
   # A profile-guided build (bench/pgo.py trains it on a local sandbox: needs the MariaDB
-  # server binaries and sysbench on this host): 20-25 % less user CPU per statement.
+  # server binaries and sysbench on this host): about a quarter less user CPU per statement.
   say "sluice:local (prebuilt target with the PGO build of bench/pgo.py)"
   python3 bench/pgo.py --out target/pgo/sluice
   mkdir -p target/docker
