@@ -104,11 +104,13 @@ def start_sandbox(binary, work, port, replicas, extra=()):
     (name, port). Its output keeps being read so that it never blocks on a full pipe."""
     sb = subprocess.Popen([binary, "sandbox", "--replicas", str(replicas), "--listen",
                            f"127.0.0.1:{port}", "--dir", os.path.join(work, "topology"), *extra],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, SLUICE_LOG="warn"))
     primary = None
     servers = []
+    seen = []
     for line in sb.stdout:
+        seen = (seen + [line.rstrip()])[-5:]
         m = re.match(r"\s+(primary|replica)\s+(\S+)\s+127\.0\.0\.1:(\d+)", line)
         if m:
             servers.append((m.group(2), int(m.group(3))))
@@ -118,7 +120,8 @@ def start_sandbox(binary, work, port, replicas, extra=()):
             break
     if primary is None:
         sb.kill()
-        raise SystemExit("sandbox did not start")
+        # e.g. another Sluice holds the admin port (127.0.0.1:6032) or the metrics port (6070).
+        raise SystemExit("sandbox did not start:\n  " + "\n  ".join(seen))
     import threading
     threading.Thread(target=lambda: [None for _ in sb.stdout], daemon=True).start()
     return sb, primary, servers
