@@ -71,12 +71,12 @@ def cpu_seconds(pid):
     return sum(cpu_split(pid))
 
 
-def sysbench(test, port, threads, ps_mode, seconds, action="run"):
+def sysbench(test, port, threads, ps_mode, seconds, action="run", extra=()):
     cmd = ["sysbench", test, "--db-driver=mysql", "--mysql-host=127.0.0.1",
            f"--mysql-port={port}", f"--mysql-user={USER}", f"--mysql-password={PASSWORD}",
            "--mysql-db=sbtest", "--tables=4", "--table-size=10000", f"--threads={threads}",
            f"--time={seconds}", f"--db-ps-mode={ps_mode}", "--report-interval=0",
-           "--percentile=95", action]
+           "--percentile=95", *extra, action]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"sysbench failed: {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
