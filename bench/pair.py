@@ -118,12 +118,22 @@ def start_second_sluice(work, port, primary, threads):
     binary = os.environ.get("SLUICE_BIN2")
     if not binary:
         raise SystemExit("target sluice2 needs SLUICE_BIN2 (the second Sluice binary)")
-    cfg = os.path.join(work, "sluice2.toml")
+    cmd = second_sluice_command(binary, work, port, primary, threads,
+                                os.environ.get("SLUICE2_PROXY", ""))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, SLUICE_LOG="warn"))
+
+
+def second_sluice_command(binary, work, port, primary, threads, proxy_extra):
+    """The command line of `sluice run` in front of the sandbox's primary on `port` (its config
+    written into `work`; `proxy_extra`: more `[proxy]` lines), with a free admin port and no
+    metrics listener, so that it runs beside the sandbox's own Sluice."""
+    cfg = os.path.join(work, f"sluice-{port}.toml")
     with open(cfg, "w") as f:
         f.write(f"""[proxy]
 listen = "127.0.0.1:{port}"
 worker_threads = {threads}
-{os.environ.get("SLUICE2_PROXY", "")}
+{proxy_extra}
 [[servers]]
 name = "db1"
 address = "127.0.0.1:{primary}"
@@ -140,8 +150,7 @@ listen = ""
 user = "sluice_monitor"
 password = "sluice-monitor-pw"
 """)
-    return subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, SLUICE_LOG="warn"))
+    return [binary, "run", "--config", cfg]
 
 
 def server_pid(port):

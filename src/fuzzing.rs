@@ -9,7 +9,16 @@ pub fn classifier(data: &[u8]) {
     let c = router::classify_query(data);
     let _ = (c.class, c.pin, c.unpin, c.hints.max_lag_ms);
     let n = router::lexer::normalize(data);
-    let _ = router::lexer::mentions_load_local(data);
+    let load_local = router::lexer::mentions_load_local(data);
+    // The one-pass classification (its fast path included) says what the separate passes say.
+    let (one, seen) = router::classify_query_seen(data);
+    assert_eq!(one, c, "one-pass class differs");
+    assert_eq!(
+        seen.digest(),
+        router::lexer::digest(data),
+        "one-pass digest differs"
+    );
+    assert_eq!(seen.load_local(), load_local, "one-pass LOAD LOCAL differs");
     // The digest (hashed from tokens, no text built) is the hash of the normalized text.
     if std::str::from_utf8(data).is_ok() {
         let mut h = router::lexer::NormHash::default();

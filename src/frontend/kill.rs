@@ -418,19 +418,14 @@ pub(super) fn rewrite_connection_id(sql: &[u8], id: u32) -> Option<Vec<u8>> {
 /// `(` in `sql`: one pass over the bytes, a 13-byte comparison only at each `(`.
 fn mentions_connection_id(sql: &[u8]) -> bool {
     const NAME: &[u8] = b"connection_id";
-    let mut from = 0;
-    while let Some(p) = sql[from..].iter().position(|&b| b == b'(') {
-        let at = from + p;
+    // memchr: most statements have no `(` at all, and this runs for every one.
+    memchr::memchr_iter(b'(', sql).any(|at| {
         let mut end = at;
         while end > 0 && sql[end - 1].is_ascii_whitespace() {
             end -= 1;
         }
-        if end >= NAME.len() && sql[end - NAME.len()..end].eq_ignore_ascii_case(NAME) {
-            return true;
-        }
-        from = at + 1;
-    }
-    false
+        end >= NAME.len() && sql[end - NAME.len()..end].eq_ignore_ascii_case(NAME)
+    })
 }
 
 #[cfg(test)]

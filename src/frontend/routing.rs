@@ -158,7 +158,10 @@ impl Session {
             }
             // Several statements (also a CREATE whose body Sluice does not split): state that
             // one of them changes is not followed, so it pins.
-            if applied.pin.is_none() && sql.contains(&b';') && multi_changes_state(sql) {
+            if applied.pin.is_none()
+                && memchr::memchr(b';', sql).is_some()
+                && multi_changes_state(sql)
+            {
                 applied.pin = Some(PinReason::MultiStatement);
             }
         } else if class == StatementClass::SessionSet || class == StatementClass::Use {

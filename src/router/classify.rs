@@ -4,7 +4,10 @@
 //! [`super::slow_path`] (sqlparser) decides; when both are unsure, the statement is treated as
 //! a write (primary).
 
-use super::lexer::{eq_kw, Lexer, Seen, Token, WORD};
+use super::lexer::{
+    emit, eq_kw, is_space, number_end, word_end, Lexer, NoNorm, NormHash, NormSink, Seen, Token,
+    WORD,
+};
 
 /// What a statement is, for routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -208,7 +211,7 @@ impl<'a> Classified<'a> {
 
 /// Classifies one query (the body of a COM_QUERY).
 pub fn classify(sql: &[u8]) -> Classified<'_> {
-    if let Some(c) = fast_select(sql) {
+    if let Some(c) = fast_select(sql, &mut NoNorm) {
         return c;
     }
     let mut lx = Lexer::new(sql);
@@ -228,6 +231,10 @@ pub fn classify(sql: &[u8]) -> Classified<'_> {
 /// digest and whether it loads a local file ([`Seen`]): one lexical pass where the session
 /// needs all three (a text query with the query digest on) instead of three.
 pub fn classify_seen(sql: &[u8]) -> (Classified<'_>, Seen) {
+    let mut norm = NormHash::default();
+    if let Some(c) = fast_select(sql, &mut norm) {
+        return (c, Seen::hashed(norm));
+    }
     let mut lx = Lexer::new(sql);
     lx.seen = Some(Seen::default());
     let mut c = classify_tokens(&mut lx);
@@ -598,38 +605,61 @@ static BAIL: [bool; 256] = {
     t
 };
 
-/// The hot path's hot path: `SELECT` followed only by words, numbers, spaces and operators —
-/// no quotes, comments, variables, parentheses or `;` — none of whose words matter to the
-/// router. Anything else returns `None` and the full lexical pass decides, so the result is
-/// always the one the full pass would give.
-fn fast_select(sql: &[u8]) -> Option<Classified<'static>> {
+/// The hot path's hot path: `SELECT` followed only by words, numbers, strings, quoted names,
+/// spaces and operators — no comments, variables, parentheses or `;` — none of whose words
+/// matter to the router. Anything else returns `None` and the full lexical pass decides, so the
+/// result is always the one the full pass would give. `out` receives the normalized form of
+/// every token, cut exactly as [`Lexer`] cuts them (the digest, for [`classify_seen`]), or
+/// nothing ([`NoNorm`], for [`classify`]).
+#[inline]
+fn fast_select<S: NormSink>(sql: &[u8], out: &mut S) -> Option<Classified<'static>> {
     let start = sql.iter().position(|c| !c.is_ascii_whitespace())?;
     let rest = &sql[start..];
     if rest.len() < 7 || !eq_kw(&rest[..6], b"SELECT") || !rest[6].is_ascii_whitespace() {
         return None;
     }
+    emit(out, Token::Word(&rest[..6]));
     let mut i = 7;
     while i < rest.len() {
         let c = rest[i];
         if WORD[usize::from(c)] {
-            let w0 = i;
-            while i < rest.len() && WORD[usize::from(rest[i])] {
-                i += 1;
+            if c.is_ascii_digit() {
+                i = number_end(rest, i);
+                emit(out, Token::Number);
+                continue;
             }
-            if select_keyword(&rest[w0..i]).is_some() {
+            let end = word_end(rest, i);
+            let w = &rest[i..end];
+            // `LOAD`: the one-pass test for `LOAD DATA … LOCAL` is the full pass's.
+            if select_keyword(w).is_some() || eq_kw(w, b"LOAD") {
                 return None;
             }
+            emit(out, Token::Word(w));
+            i = end;
             continue;
         }
-        if matches!(c, b'`' | b'\'' | b'"') {
+        match c {
             // A quoted name or a string: its content never matters; skip to its end.
-            i = skip_quoted(rest, i)?;
-            continue;
+            b'`' => {
+                let end = skip_quoted(rest, i)?;
+                emit(out, Token::Quoted(&rest[i + 1..end - 1]));
+                i = end;
+            }
+            b'\'' | b'"' => {
+                i = skip_quoted(rest, i)?;
+                emit(out, Token::Str);
+            }
+            b'.' if rest.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                i = number_end(rest, i);
+                emit(out, Token::Number);
+            }
+            _ if BAIL[usize::from(c)] => return None,
+            _ if is_space(c) => i += 1,
+            _ => {
+                emit(out, Token::Punct(c));
+                i += 1;
+            }
         }
-        if BAIL[usize::from(c)] {
-            return None;
-        }
-        i += 1;
     }
     Some(Classified::new(StatementClass::Read))
 }
@@ -918,7 +948,7 @@ mod tests {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
         {
             let sql = line.split_once('\t').unwrap().1.replace("\\n", "\n");
-            if let Some(c) = fast_select(sql.as_bytes()) {
+            if let Some(c) = fast_select(sql.as_bytes(), &mut NoNorm) {
                 fast += 1;
                 let mut lx = Lexer::new(sql.as_bytes());
                 let full = classify_tokens(&mut lx);
@@ -929,7 +959,7 @@ mod tests {
         }
         assert!(fast >= 20, "the fast path takes the plain selects ({fast})");
         // Quoted names and strings are skipped whole: keywords inside them do not count.
-        assert!(fast_select(b"SELECT `update`, 'for update' FROM `t`").is_some());
+        assert!(fast_select(b"SELECT `update`, 'for update' FROM `t`", &mut NoNorm).is_some());
         for sql in [
             "SELECT c FROM t FOR UPDATE",
             "SELECT a INTO OUTFILE x",
@@ -938,8 +968,136 @@ mod tests {
             "SELECT a -- c\n",
             "SELECT a FROM t LOCK IN SHARE MODE",
         ] {
-            assert!(fast_select(sql.as_bytes()).is_none(), "{sql}");
+            assert!(fast_select(sql.as_bytes(), &mut NoNorm).is_none(), "{sql}");
         }
+    }
+
+    /// The fast path's digest is the full pass's: on every statement of the table and on
+    /// 20,000 generated ones built from the pieces where the two could cut tokens differently
+    /// (numbers with exponents and hex, `.5`, quoted names with doubled quotes, strings with
+    /// escapes, runs of operators, every kind of whitespace, non-ASCII words, a NUL byte).
+    #[test]
+    fn fast_path_digest_agrees_with_the_full_pass() {
+        fn full(sql: &[u8]) -> (Classified<'_>, bool, Seen) {
+            let mut lx = Lexer::new(sql);
+            lx.seen = Some(Seen::default());
+            let c = classify_tokens(&mut lx);
+            while lx.next_token().is_some() {}
+            (c, lx.unsure, lx.seen.unwrap())
+        }
+        let check = |sql: &[u8]| -> bool {
+            let mut norm = NormHash::default();
+            let Some(c) = fast_select(sql, &mut norm) else {
+                return false;
+            };
+            let (f, unsure, seen) = full(sql);
+            let text = String::from_utf8_lossy(sql);
+            assert!(!unsure, "{text:?}");
+            assert_eq!(
+                (c.class, c.pin, c.unpin),
+                (f.class, f.pin, f.unpin),
+                "{text:?}"
+            );
+            assert_eq!(norm.hash, seen.digest(), "{text:?}");
+            assert_eq!(norm.hash, crate::router::lexer::digest(sql), "{text:?}");
+            assert!(!seen.load_local(), "{text:?}");
+            let (c2, seen2) = classify_seen(sql);
+            assert_eq!((c2.class, seen2.digest()), (c.class, norm.hash), "{text:?}");
+            true
+        };
+        let table = include_str!("testdata/statements.tsv");
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            check(
+                line.split_once('\t')
+                    .unwrap()
+                    .1
+                    .replace("\\n", "\n")
+                    .as_bytes(),
+            );
+        }
+        let pieces: &[&[u8]] = &[
+            b"c",
+            b"sbtest1",
+            b"id",
+            b"$x",
+            b"_a1",
+            b"\xc3\xa9t\xc3\xa9",
+            b"1",
+            b"42",
+            b"1.5",
+            b"1e+3",
+            b"1E5",
+            b"0x1F",
+            b"0xE+1",
+            b"0b101",
+            b".5",
+            b".5e+2",
+            b"3.",
+            b"1e",
+            b"`a`",
+            b"`a``b`",
+            b"`x y`",
+            b"'s'",
+            b"'it''s'",
+            b"'a\\'b'",
+            b"\"q\"",
+            b"\"\"",
+            b"=",
+            b"<",
+            b">",
+            b"!",
+            b"*",
+            b"+",
+            b",",
+            b".",
+            b":",
+            b"%",
+            b"&",
+            b"|",
+            b"^",
+            b"~",
+            b"?",
+            b"[",
+            b"]",
+            b" ",
+            b"  ",
+            b"\t",
+            b"\n",
+            b"\r",
+            b"\x0b",
+            b"\x0c",
+            b"\0",
+            b"FROM",
+            b"WHERE",
+            b"AND",
+            b"t.c",
+            b"db.t.c",
+            b"e",
+            b"E",
+            b"x",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize
+        };
+        let mut fast = 0;
+        for _ in 0..20_000 {
+            let mut sql = b"SELECT ".to_vec();
+            for _ in 0..1 + next() % 12 {
+                sql.extend_from_slice(pieces[next() % pieces.len()]);
+                if next() % 3 == 0 {
+                    sql.push(b' ');
+                }
+            }
+            fast += usize::from(check(&sql));
+        }
+        assert!(fast > 10_000, "the fast path took only {fast} of 20,000");
     }
 
     /// The one-pass classification (class, digest, `LOAD … LOCAL`) says what the three

@@ -244,31 +244,11 @@ impl<'a> Lexer<'a> {
 
     /// Digits, a decimal point, an exponent, hex or binary digits: `12`, `1.5e-3`, `0x1F`.
     fn eat_number(&mut self) {
-        let start = self.pos;
-        let hex = self
-            .sql
-            .get(start + 1)
-            .is_some_and(|&c| c == b'x' || c == b'X');
-        while self.pos < self.sql.len() {
-            let c = self.sql[self.pos];
-            let signed_exponent = matches!(c, b'+' | b'-')
-                && self.pos > 0
-                && matches!(self.sql[self.pos - 1], b'e' | b'E')
-                && !hex;
-            if WORD[usize::from(c)] || c == b'.' || signed_exponent {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
+        self.pos = number_end(self.sql, self.pos);
     }
 
     fn eat_word(&mut self) {
-        let rest = &self.sql[self.pos.min(self.sql.len())..];
-        self.pos += rest
-            .iter()
-            .position(|&c| !WORD[usize::from(c)])
-            .unwrap_or(rest.len());
+        self.pos = word_end(self.sql, self.pos);
     }
 
     /// Consumes a quoted token (doubled quotes and backslash escapes inside); returns its body.
@@ -301,6 +281,56 @@ impl<'a> Lexer<'a> {
     pub fn rest(&self) -> &'a [u8] {
         &self.sql[self.pos.min(self.sql.len())..]
     }
+}
+
+/// Where the number token starting at `start` ends (see [`Lexer`]; also the classifier's fast
+/// path, which must cut tokens exactly as the lexer does).
+#[inline]
+pub(crate) fn number_end(sql: &[u8], start: usize) -> usize {
+    let hex = sql.get(start + 1).is_some_and(|&c| c == b'x' || c == b'X');
+    let mut pos = start;
+    while pos < sql.len() {
+        let c = sql[pos];
+        let signed_exponent =
+            matches!(c, b'+' | b'-') && pos > 0 && matches!(sql[pos - 1], b'e' | b'E') && !hex;
+        if WORD[usize::from(c)] || c == b'.' || signed_exponent {
+            pos += 1;
+        } else {
+            break;
+        }
+    }
+    pos
+}
+
+/// Where the word starting at `start` ends.
+#[inline]
+pub(crate) fn word_end(sql: &[u8], start: usize) -> usize {
+    let rest = &sql[start.min(sql.len())..];
+    start.min(sql.len())
+        + rest
+            .iter()
+            .position(|&c| !WORD[usize::from(c)])
+            .unwrap_or(rest.len())
+}
+
+/// Whether the lexer skips `c` as whitespace.
+#[inline]
+pub(crate) fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C)
+}
+
+/// A [`NormSink`] that keeps nothing (the classifier's fast path without a digest).
+pub(crate) struct NoNorm;
+
+impl NormSink for NoNorm {
+    #[inline(always)]
+    fn put(&mut self, _: &[u8]) {}
+    #[inline(always)]
+    fn last(&self) -> Option<u8> {
+        None
+    }
+    #[inline(always)]
+    fn put_upper(&mut self, _: &[u8]) {}
 }
 
 /// Where [`walk_normalized`] writes the normalized statement.
@@ -398,6 +428,16 @@ impl Seen {
         self.load_local |= self.load == LOAD_LOCAL;
     }
 
+    /// What the classifier's fast path learns: the digest, hashed as it cut the tokens, and no
+    /// `LOAD … LOCAL` (it gives up on the word `LOAD`).
+    pub(crate) fn hashed(norm: NormHash) -> Seen {
+        Seen {
+            norm,
+            load: 0,
+            load_local: false,
+        }
+    }
+
     /// The statement's digest ([`digest`]).
     pub fn digest(&self) -> u64 {
         self.norm.hash
@@ -427,7 +467,7 @@ fn load_step(state: u8, t: Token<'_>) -> u8 {
 
 /// Writes one token's normalized form (see [`normalize`]).
 #[inline]
-fn emit(out: &mut impl NormSink, t: Token<'_>) {
+pub(crate) fn emit(out: &mut impl NormSink, t: Token<'_>) {
     let glue = matches!(t, Token::Punct(b',' | b')' | b';' | b'.'))
         || matches!(out.last(), Some(b'(' | b'.'));
     if out.last().is_some() && !glue {
