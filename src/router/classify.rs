@@ -590,12 +590,14 @@ fn select_keyword(w: &[u8]) -> Option<Sel> {
     }
 }
 
-/// Bytes after which the plain-SELECT fast path gives up and the full pass decides: quotes,
-/// comment starts, variables, parentheses, statement separators, backslashes.
+/// Bytes after which the plain-SELECT fast path gives up and the full pass decides: comment
+/// starts, variables, statement separators, backslashes, ODBC braces. (Parentheses are not
+/// among them: in a SELECT they matter only around the words [`select_keyword`] knows —
+/// `FOR UPDATE` in a subquery, `GET_LOCK(` — on which the fast path gives up anyway.)
 static BAIL: [bool; 256] = {
     let mut t = [false; 256];
     let special = [
-        b'\'', b'"', b'`', b'#', b'-', b'/', b'@', b'(', b')', b';', b'\\', b'{', b'}',
+        b'\'', b'"', b'`', b'#', b'-', b'/', b'@', b';', b'\\', b'{', b'}',
     ];
     let mut i = 0;
     while i < special.len() {
@@ -606,7 +608,7 @@ static BAIL: [bool; 256] = {
 };
 
 /// The hot path's hot path: `SELECT` followed only by words, numbers, strings, quoted names,
-/// spaces and operators — no comments, variables, parentheses or `;` — none of whose words
+/// spaces, parentheses and operators — no comments, variables or `;` — none of whose words
 /// matter to the router. Anything else returns `None` and the full lexical pass decides, so the
 /// result is always the one the full pass would give. `out` receives the normalized form of
 /// every token, cut exactly as [`Lexer`] cuts them (the digest, for [`classify_seen`]), or

@@ -465,8 +465,9 @@ fn load_step(state: u8, t: Token<'_>) -> u8 {
     }
 }
 
-/// Writes one token's normalized form (see [`normalize`]).
-#[inline]
+/// Writes one token's normalized form (see [`normalize`]). Inlined: where the token's kind is
+/// known (the classifier's fast path), the tests on it fold away.
+#[inline(always)]
 pub(crate) fn emit(out: &mut impl NormSink, t: Token<'_>) {
     let glue = matches!(t, Token::Punct(b',' | b')' | b';' | b'.'))
         || matches!(out.last(), Some(b'(' | b'.'));
