@@ -117,6 +117,9 @@ pub struct ResponseTracker {
     /// Warnings and last insert id of the newest OK/EOF seen.
     warnings: u16,
     insert_id: u64,
+    /// The packet just fed was an OK packet (header 0x00, or 0xFE ending a result set under
+    /// `CLIENT_DEPRECATE_EOF`); a row whose first byte is 0x00 is not one.
+    fed_ok: bool,
 }
 
 /// Why a response cannot be followed: the server sent something this command cannot get.
@@ -145,6 +148,7 @@ impl ResponseTracker {
             rows: 0,
             warnings: 0,
             insert_id: 0,
+            fed_ok: false,
         }
     }
 
@@ -161,6 +165,28 @@ impl ResponseTracker {
     pub fn at_result_start(&self) -> bool {
         self.state == State::First
             && matches!(self.kind, ResponseKind::Query | ResponseKind::Execute)
+    }
+
+    /// Whether the next packet may be a row of a result set (the relay passes rows in bulk:
+    /// [`ResponseTracker::rows_passed`]).
+    #[inline]
+    pub fn in_rows(&self) -> bool {
+        self.state == State::Rows
+    }
+
+    /// `n` rows passed without [`ResponseTracker::feed`]: whole packets, in the rows state,
+    /// whose first byte is neither 0xFE nor 0xFF (what `feed` would have counted as rows).
+    #[inline]
+    pub fn rows_passed(&mut self, n: u64) {
+        debug_assert!(n == 0 || self.state == State::Rows);
+        self.rows = self.rows.saturating_add(n);
+        self.fed_ok = false;
+    }
+
+    /// Whether the packet just fed was an OK packet (which may carry session-state changes).
+    #[inline]
+    pub fn fed_ok(&self) -> bool {
+        self.fed_ok
     }
 
     /// Whether the packet just fed was a column count: column definitions come next.
@@ -204,6 +230,7 @@ impl ResponseTracker {
     /// Feeds the next logical packet of the response. `len` is its whole payload length (all
     /// frames); `prefix` is its payload or, for long packets, at least its first 64 bytes.
     pub fn feed(&mut self, len: usize, prefix: &[u8]) -> Result<Progress, TrackerError> {
+        self.fed_ok = false;
         // A packet that spans frames is always data (a row or a long column definition).
         let small = len < MAX_FRAME_PAYLOAD;
         let head = prefix.first().copied();
@@ -387,6 +414,7 @@ impl ResponseTracker {
     }
 
     fn note_ok(&mut self, p: &[u8]) {
+        self.fed_ok = true;
         let mut r = Reader::new(p.get(1..).unwrap_or_default());
         let _ = r.lenenc_int("affected rows");
         self.insert_id = r.lenenc_int("last insert id").unwrap_or(0);

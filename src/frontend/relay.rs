@@ -165,6 +165,27 @@ where
             if outcome.is_some() || infile {
                 break;
             }
+            if !cont && dropped == 0 && tracker.in_rows() {
+                // The bulk of a result: whole single-frame rows (first byte neither 0xFE nor
+                // 0xFF) are counted and passed without the tracker; anything else — the
+                // end, an error, a long or incomplete packet, a wrong sequence id — is left
+                // to the packet-by-packet walk below.
+                let mut n = 0u64;
+                while let Some(h) = FrameHeader::peek(&buf[pos..]) {
+                    let body = pos + HEADER_LEN;
+                    if h.continues()
+                        || h.seq != seq
+                        || buf.len() - body < h.len
+                        || matches!(buf.get(body), None | Some(0xFE | 0xFF))
+                    {
+                        break;
+                    }
+                    seq = seq.wrapping_add(1);
+                    pos = body + h.len;
+                    n += 1;
+                }
+                tracker.rows_passed(n);
+            }
             let Some(h) = FrameHeader::peek(&buf[pos..]) else {
                 break;
             };
@@ -189,9 +210,6 @@ where
             let buf = &rbuf[..];
             if !cont {
                 let prefix = &buf[pos + HEADER_LEN..pos + HEADER_LEN + want];
-                if track && prefix.first() == Some(&0x00) && want == h.len {
-                    note_session_state(&mut session_state, prefix);
-                }
                 let result_start = meta.negotiated() && tracker.at_result_start();
                 match tracker.feed(h.len, prefix) {
                     Ok(Progress::More) => {}
@@ -205,6 +223,11 @@ where
                     }
                     Ok(Progress::LocalInfile) => infile = true,
                     Err(e) => return Err(SessionError::BackendProtocol(e.to_string())),
+                }
+                // Only an OK packet may report session-state changes (a row whose first byte
+                // is 0x00 — every binary-protocol row — is not one).
+                if track && tracker.fed_ok() && want == h.len {
+                    note_session_state(&mut session_state, prefix);
                 }
                 if result_start {
                     results += 1;
@@ -618,6 +641,54 @@ mod tests {
         assert_eq!(got, response);
         assert_eq!((r.rows, r.insert_id, r.warnings), (1, 7, 2));
         assert_eq!(r.session_state.as_deref(), Some(ok));
+    }
+
+    #[tokio::test]
+    async fn rows_pass_in_bulk_up_to_an_error_or_a_row_that_starts_with_0xfe() {
+        let eof: &[u8] = b"\xfe\x00\x00\x02\x00";
+        // A text row whose only column is 9+ bytes long starts with 0xFE (an 8-byte length):
+        // it is a row, not the end.
+        let mut long = vec![0xFE, 10, 0, 0, 0, 0, 0, 0, 0];
+        long.extend_from_slice(b"0123456789");
+        let err: &[u8] = b"\xff\x15\x04#HY000Query execution was interrupted";
+        let response = frames(
+            &[
+                b"\x01", COLDEF_A, eof, b"\x011", b"\x012", &long, b"\x013", err,
+            ],
+            1,
+        );
+        for chunk in CHUNKS {
+            let (got, r) = run(response.clone(), chunk, ResponseKind::Query, OPTS).await;
+            let r = r.unwrap();
+            assert_eq!(got, response, "chunk {chunk}");
+            assert_eq!(r.rows, 4, "chunk {chunk}");
+            assert!(r.outcome.error, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_ok_packets_report_session_state() {
+        // A binary-protocol result: one INT column, one row holding 4194304 (bytes 00 00 40 00),
+        // which read as an OK would be "0 rows, insert id 0, status 0x4000
+        // (SESSION_STATE_CHANGED)"; then the OK that ends the result (CLIENT_DEPRECATE_EOF),
+        // which reports the schema `db3`.
+        let row: &[u8] = b"\x00\x00\x00\x00\x40\x00";
+        let end: &[u8] = b"\xfe\x00\x00\x02\x40\x00\x00\x00\x06\x01\x04\x03db3";
+        let eof_opts = RelayOptions {
+            deprecate_eof: true,
+            ..OPTS
+        };
+        let rows_only = frames(
+            &[b"\x01", COLDEF_A, row, b"\xfe\x00\x00\x02\x00\x00\x00"],
+            1,
+        );
+        let (got, r) = run(rows_only.clone(), 64, ResponseKind::Execute, eof_opts).await;
+        assert_eq!(got, rows_only);
+        assert_eq!(r.unwrap().session_state, None, "a row is not an OK packet");
+        let with_state = frames(&[b"\x01", COLDEF_A, row, end], 1);
+        let (got, r) = run(with_state.clone(), 7, ResponseKind::Execute, eof_opts).await;
+        assert_eq!(got, with_state);
+        assert_eq!(r.unwrap().session_state.as_deref(), Some(end));
     }
 
     #[tokio::test]
