@@ -592,6 +592,59 @@ async fn state_changed_inside_a_procedure_is_learned_from_session_tracking() {
     h.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_reads_like_an_ok_packet_changes_no_session_state() {
+    use sluice_proto::command::{COM_QUERY, COM_STMT_EXECUTE, COM_STMT_PREPARE};
+    use sluice_proto::flags::cap;
+    // A binary-protocol row always starts with 0x00, as an OK packet does. This one, read as an
+    // OK, says "session state changed: the schema is now `xyz`": the BIGINT's bytes are
+    // insert id 0, status 0x4002, no warnings, no info, a 6-byte state block starting with
+    // type 1 (schema), and the string column completes it (length 4, then `\x03xyz`). Only
+    // OK packets may change what Sluice knows of the session (a client with session tracking,
+    // so that Sluice's server connections track too).
+    let h = Harness::start(2).await;
+    let mut setup = h.direct_conn().await;
+    setup.query_drop("CREATE DATABASE rowok").await.unwrap();
+    replicas_ready(&h).await;
+    let caps = cap::CLIENT_SESSION_TRACK | cap::CLIENT_DEPRECATE_EOF;
+    let (mut c, _) =
+        common::raw::RawConn::login(h.addr.port(), common::USER, common::PASSWORD, caps).await;
+    let with = |code: u8, body: &[u8]| {
+        let mut p = vec![code];
+        p.extend_from_slice(body);
+        p
+    };
+    let r = c.command(&with(COM_QUERY, b"USE rowok")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    let sql = b"SELECT 73746443902386688, CONCAT(CHAR(3), 'xyz')";
+    let r = c.command(&with(COM_STMT_PREPARE, sql)).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    let id = &r[0].1[1..5];
+    // Statement id, no cursor, one iteration, no parameters.
+    let r = c
+        .command(&with(COM_STMT_EXECUTE, &[id, &[0, 1, 0, 0, 0]].concat()))
+        .await;
+    let row = &r[3].1;
+    assert_eq!(row[..2], [0, 0], "{r:?}");
+    assert_eq!(row[2..10], 73_746_443_902_386_688i64.to_le_bytes(), "{r:?}");
+    assert_eq!(row[10..], *b"\x04\x03xyz", "{r:?}");
+    let mut servers = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let r = c
+            .command(&with(COM_QUERY, b"SELECT DATABASE(), @@server_id"))
+            .await;
+        assert_ne!(
+            r[0].1[0], 0xFF,
+            "the session's database is still rowok: {r:?}"
+        );
+        let row = &r[3].1;
+        assert_eq!(row[..6], *b"\x05rowok", "{r:?}");
+        servers.insert(row[row.len() - 1]);
+    }
+    assert!(servers.len() >= 2, "reads on several servers: {servers:?}");
+    h.shutdown().await;
+}
+
 /// The backend connection a transaction runs on.
 async fn in_txn(c: &mut Conn) -> u64 {
     c.query_drop("BEGIN").await.unwrap();
