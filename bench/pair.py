@@ -2,13 +2,13 @@
 """Paired runs of one sysbench test against several targets, for experiments on the hot path.
 
     python3 bench/pair.py [--reps 6] [--time 8] [--test oltp_point_select] [--mode disable]
-                          [--threads 32] [--targets haproxy,floor,floor-percore,sluice,direct]
+                          [--threads 32] [--targets haproxy,floor,floor-percore,sluice,sluice2,sluice3,direct]
 
 Starts `sluice sandbox --replicas 0` (a MariaDB primary; its Sluice is the `sluice` target;
 `SLUICE_BIN` chooses the binary, default target/release/sluice), HAProxy in TCP mode and the
 floor proxy of bench/floor (`floor`: tokio's multi-thread runtime; `floor-percore`: one
 single-threaded runtime per thread, each client and its server connection on one thread), each
-with 2 threads (`--proxy-threads`), and `sluice2`: `sluice run` of the binary `SLUICE_BIN2` in front of the same
+with 2 threads (`--proxy-threads`), and `sluice2` (`sluice3`): `sluice run` of the binary `SLUICE_BIN2` (`SLUICE_BIN3`) in front of the same
 primary (to compare two builds in one run). Runs the test against each target in rotating order, `--reps` times, and prints
 per run and as medians: QPS, the proxy's user and system CPU time per query, the share of the
 run the machine's CPUs were idle, the machine's busy CPU time per query, and of it the MariaDB
@@ -35,7 +35,7 @@ def main():
     a = ap.parse_args()
     want = a.targets.split(",")
     for w in want:
-        if w not in ("haproxy", "floor", "floor-percore", "sluice", "sluice2", "direct"):
+        if w not in ("haproxy", "floor", "floor-percore", "sluice", "sluice2", "sluice3", "direct"):
             raise SystemExit(f"unknown target {w}")
     C.ensure("sysbench", "sysbench")
     C.ensure("haproxy", "haproxy")
@@ -70,9 +70,9 @@ def main():
                 targets.append((w, port, f.pid))
             elif w == "sluice":
                 targets.append((w, sb_port, sb.pid))
-            elif w == "sluice2":
+            elif w in ("sluice2", "sluice3"):
                 port = C.free_port()
-                s2 = start_second_sluice(work, port, primary, n)
+                s2 = start_second_sluice(work, port, primary, n, w[-1])
                 procs.append(s2)
                 C.wait_port(port)
                 targets.append((w, port, s2.pid))
@@ -112,14 +112,15 @@ def main():
         C.stop(procs, work)
 
 
-def start_second_sluice(work, port, primary, threads):
-    """`sluice run` of the binary `SLUICE_BIN2` in front of the same primary (A/B of two builds;
-    `SLUICE2_PROXY`: more `[proxy]` settings for it, e.g. 'worker_threads = 1')."""
-    binary = os.environ.get("SLUICE_BIN2")
+def start_second_sluice(work, port, primary, threads, k="2"):
+    """`sluice run` of the binary `SLUICE_BIN2` (`k` = "3": `SLUICE_BIN3`) in front of the same
+    primary (A/B of two builds, both run the same way; `SLUICE2_PROXY` / `SLUICE3_PROXY`: more
+    `[proxy]` settings for it, e.g. 'worker_threads = 1')."""
+    binary = os.environ.get(f"SLUICE_BIN{k}")
     if not binary:
-        raise SystemExit("target sluice2 needs SLUICE_BIN2 (the second Sluice binary)")
+        raise SystemExit(f"target sluice{k} needs SLUICE_BIN{k} (a Sluice binary)")
     cmd = second_sluice_command(binary, work, port, primary, threads,
-                                os.environ.get("SLUICE2_PROXY", ""))
+                                os.environ.get(f"SLUICE{k}_PROXY", ""))
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, SLUICE_LOG="warn"))
 
