@@ -23,7 +23,7 @@ Valgrind runs one thread at a time and ~50 times slower, so this counts work, no
 contention, cache misses and the scheduler are not in these figures.
 """
 
-import argparse, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, os, re, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare as C  # noqa: E402
@@ -70,8 +70,7 @@ def main():
                 cmd = vg + P.second_sluice_command(binary, work, port, primary, 2,
                                                    os.environ.get("SLUICE_PROXY", ""))
             elif name == "haproxy":
-                C.start_haproxy(work, port, primary, 2).kill()  # writes work/haproxy.cfg
-                cmd = vg + ["haproxy", "-db", "-f", os.path.join(work, "haproxy.cfg")]
+                cmd = vg + C.haproxy_command(work, port, primary, 2)
             else:
                 cmd = vg + [floor, f"127.0.0.1:{port}", f"127.0.0.1:{primary}", "2"]
             p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -113,8 +112,8 @@ def main():
         if a.keep:
             print(f"\nprofiles: {', '.join(d for *_, d in results)}")
     finally:
-        C.stop(procs, work if not a.keep else tempfile.mkdtemp())
-        shutil.rmtree(work, ignore_errors=True)
+        # The profiles stay when --keep put them outside `work`.
+        C.stop(procs, work)
 
 
 def control(pid, *args):

@@ -129,6 +129,12 @@ def start_sandbox(binary, work, port, replicas, extra=()):
 
 def start_haproxy(work, port, primary, threads=0):
     """HAProxy in TCP mode on `port`, forwarding to the primary (`threads` > 0: nbthread)."""
+    return subprocess.Popen(haproxy_command(work, port, primary, threads),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def haproxy_command(work, port, primary, threads=0):
+    """The command line of that HAProxy (its config written into `work`)."""
     cfg = os.path.join(work, "haproxy.cfg")
     nbthread = f"    nbthread {threads}\n" if threads else ""
     with open(cfg, "w") as f:
@@ -145,8 +151,7 @@ frontend mysql
 backend primary
     server db1 127.0.0.1:{primary}
 """)
-    return subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return ["haproxy", "-db", "-f", cfg]
 
 
 def stop(procs, work):

@@ -596,9 +596,7 @@ fn select_keyword(w: &[u8]) -> Option<Sel> {
 /// `FOR UPDATE` in a subquery, `GET_LOCK(` — on which the fast path gives up anyway.)
 static BAIL: [bool; 256] = {
     let mut t = [false; 256];
-    let special = [
-        b'\'', b'"', b'`', b'#', b'-', b'/', b'@', b';', b'\\', b'{', b'}',
-    ];
+    let special = [b'#', b'-', b'/', b'@', b';', b'\\', b'{', b'}'];
     let mut i = 0;
     while i < special.len() {
         t[special[i] as usize] = true;
