@@ -43,8 +43,11 @@ impl SessionLoops {
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
         for i in 0..n {
+            // Sockets and timers only: no process or signal driver for the loops to look at
+            // each time they park (children and signals are the main runtime's).
             let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()?;
             handles.push(rt.handle().clone());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();

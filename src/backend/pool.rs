@@ -98,12 +98,12 @@ impl Acquired {
         }
     }
 
-    /// Handed out after waiting in the queue since `started`.
-    fn after_wait(conn: Box<BackendConn>, login_ok: Option<Bytes>, started: Instant) -> Self {
+    /// Handed out after `waited` in the queue.
+    fn after_wait(conn: Box<BackendConn>, login_ok: Option<Bytes>, waited: Duration) -> Self {
         Acquired {
             conn,
             login_ok,
-            waited: started.elapsed(),
+            waited,
         }
     }
 }
@@ -378,29 +378,34 @@ impl ServerPool {
             break (started, rx);
         };
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        let got = tokio::time::timeout(limits.wait, async {
+        // The deadline from the clock read that stamped the wait, and one read at its end:
+        // every statement waits when the pool is saturated (thousands of clients).
+        let deadline = tokio::time::Instant::from_std(started) + limits.wait;
+        let got = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 c = rx => c.ok().map(Ok),
                 permit = self.slots.clone().acquire_owned() => permit.ok().map(Err),
             }
         })
         .await;
+        // The time in line (not the re-authentication or connect that may follow).
+        let waited = started.elapsed();
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.wait_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         match got {
             Ok(Some(Ok(conn))) => match self.adapt(conn, &p, limits).await? {
-                Some((conn, ok)) => Ok(Acquired::after_wait(conn, Some(ok), started)),
+                Some((conn, ok)) => Ok(Acquired::after_wait(conn, Some(ok), waited)),
                 None => Err(PoolError::Exhausted {
                     server: self.name.clone(),
                     max: self.max(),
-                    waited_ms: started.elapsed().as_millis() as u64,
+                    waited_ms: waited.as_millis() as u64,
                 }),
             },
             Ok(Some(Err(permit))) => {
                 let (conn, ok) = self.open(p, limits, permit).await?;
-                Ok(Acquired::after_wait(conn, Some(ok), started))
+                Ok(Acquired::after_wait(conn, Some(ok), waited))
             }
             _ => Err(PoolError::Exhausted {
                 server: self.name.clone(),
