@@ -152,9 +152,8 @@ where
         // Walk the buffered frames; `pos` is how far they may be forwarded.
         let mut pos = from;
         loop {
-            let buf = &rbuf[..];
             if body_left > 0 {
-                let n = body_left.min(buf.len() - pos);
+                let n = body_left.min(rbuf.len() - pos);
                 pos += n;
                 body_left -= n;
                 if body_left > 0 {
@@ -165,20 +164,25 @@ where
             if outcome.is_some() || infile {
                 break;
             }
-            if !cont && dropped == 0 && tracker.in_rows() {
+            if !cont && tracker.in_rows() {
                 // The bulk of a result: whole single-frame rows (first byte neither 0xFE nor
                 // 0xFF) are counted and passed without the tracker; anything else — the
                 // end, an error, a long or incomplete packet, a wrong sequence id — is left
-                // to the packet-by-packet walk below.
+                // to the packet-by-packet walk below. After left-out column definitions
+                // (cached metadata: every execution of a libmariadb client) each row gets the
+                // client's sequence id on the way.
                 let mut n = 0u64;
-                while let Some(h) = FrameHeader::peek(&buf[pos..]) {
+                while let Some(h) = FrameHeader::peek(&rbuf[pos..]) {
                     let body = pos + HEADER_LEN;
                     if h.continues()
                         || h.seq != seq
-                        || buf.len() - body < h.len
-                        || matches!(buf.get(body), None | Some(0xFE | 0xFF))
+                        || rbuf.len() - body < h.len
+                        || matches!(rbuf.get(body), None | Some(0xFE | 0xFF))
                     {
                         break;
+                    }
+                    if dropped != 0 {
+                        rbuf[pos + 3] = h.seq.wrapping_sub(dropped);
                     }
                     seq = seq.wrapping_add(1);
                     pos = body + h.len;
@@ -186,6 +190,7 @@ where
                 }
                 tracker.rows_passed(n);
             }
+            let buf = &rbuf[..];
             let Some(h) = FrameHeader::peek(&buf[pos..]) else {
                 break;
             };
@@ -896,6 +901,49 @@ mod tests {
             .await;
             assert_eq!(got, full, "chunk {chunk}");
             assert!(last.is_none() || last.as_deref() == Some(&defs[..]));
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_metadata_rows_after_left_out_definitions_get_the_clients_sequence_ids() {
+        // Binary rows in bulk after the two definitions (and their EOF) the client holds: each
+        // row's sequence id goes down by the two left out, up to the end or an error.
+        let rows: Vec<Vec<u8>> = (1..=6u8).map(|i| vec![0x00, 0x00, i]).collect();
+        let err: &[u8] = b"\xff\x15\x04#HY000Query execution was interrupted";
+        for last_packet in [EOF_END, err] {
+            let mut server: Vec<&[u8]> = vec![b"\x02", COLDEF_A, COLDEF_B, EOF_END];
+            let mut client: Vec<&[u8]> = vec![b"\x02\x00", EOF_END];
+            let mut full: Vec<&[u8]> = vec![b"\x02\x01", COLDEF_A, COLDEF_B, EOF_END];
+            for r in &rows {
+                server.push(r);
+                client.push(r);
+                full.push(r);
+            }
+            server.push(last_packet);
+            client.push(last_packet);
+            full.push(last_packet);
+            let (response, short, full) =
+                (frames(&server, 1), frames(&client, 1), frames(&full, 1));
+            let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+            for chunk in CHUNKS {
+                let mut last = Some(defs.clone().into_boxed_slice());
+                let (got, r) = run_meta(
+                    response.clone(),
+                    chunk,
+                    ResponseKind::Execute,
+                    OPTS,
+                    Metadata::Cached(&mut last),
+                )
+                .await;
+                let r = r.unwrap();
+                assert_eq!(r.rows, 6, "chunk {chunk}");
+                assert_eq!(r.outcome.error, last_packet == err, "chunk {chunk}");
+                if chunk == 1 << 16 {
+                    assert_eq!(got, short, "chunk {chunk}");
+                } else {
+                    assert!(got == short || got == full, "chunk {chunk}: {got:?}");
+                }
+            }
         }
     }
 
