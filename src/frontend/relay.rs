@@ -616,6 +616,16 @@ mod tests {
         (got, r)
     }
 
+    /// [`run_meta`] of an execution for a client with cached metadata that held `last`.
+    async fn run_cached(
+        server_bytes: Vec<u8>,
+        chunk: usize,
+        last: &mut Option<Box<[u8]>>,
+    ) -> (Vec<u8>, Result<Relayed, SessionError>) {
+        let meta = Metadata::Cached(last);
+        run_meta(server_bytes, chunk, ResponseKind::Execute, OPTS, meta).await
+    }
+
     #[tokio::test]
     async fn a_result_set_passes_byte_for_byte_in_any_chunking() {
         let coldef: &[u8] =
@@ -857,14 +867,7 @@ mod tests {
         for chunk in CHUNKS {
             // Nothing known: sent, and recorded when it all came in one read.
             let mut last = None;
-            let (got, r) = run_meta(
-                response.clone(),
-                chunk,
-                ResponseKind::Execute,
-                OPTS,
-                Metadata::Cached(&mut last),
-            )
-            .await;
+            let (got, r) = run_cached(response.clone(), chunk, &mut last).await;
             r.unwrap();
             assert_eq!(got, full, "chunk {chunk}");
             if chunk == 1 << 16 {
@@ -872,14 +875,7 @@ mod tests {
             }
             // Known: left out whenever all of it is in the buffer at the count.
             let mut last = Some(defs.clone().into_boxed_slice());
-            let (got, r) = run_meta(
-                response.clone(),
-                chunk,
-                ResponseKind::Execute,
-                OPTS,
-                Metadata::Cached(&mut last),
-            )
-            .await;
+            let (got, r) = run_cached(response.clone(), chunk, &mut last).await;
             assert_eq!(r.unwrap().rows, 1);
             if chunk == 1 << 16 {
                 assert_eq!(got, short);
@@ -891,14 +887,7 @@ mod tests {
             }
             // Other definitions known: sent, and the new ones recorded.
             let mut last = Some(frames(&[COLDEF_B, COLDEF_A], 2).into_boxed_slice());
-            let (got, _) = run_meta(
-                response.clone(),
-                chunk,
-                ResponseKind::Execute,
-                OPTS,
-                Metadata::Cached(&mut last),
-            )
-            .await;
+            let (got, _) = run_cached(response.clone(), chunk, &mut last).await;
             assert_eq!(got, full, "chunk {chunk}");
             assert!(last.is_none() || last.as_deref() == Some(&defs[..]));
         }
@@ -927,14 +916,7 @@ mod tests {
             let defs = frames(&[COLDEF_A, COLDEF_B], 2);
             for chunk in CHUNKS {
                 let mut last = Some(defs.clone().into_boxed_slice());
-                let (got, r) = run_meta(
-                    response.clone(),
-                    chunk,
-                    ResponseKind::Execute,
-                    OPTS,
-                    Metadata::Cached(&mut last),
-                )
-                .await;
+                let (got, r) = run_cached(response.clone(), chunk, &mut last).await;
                 let r = r.unwrap();
                 assert_eq!(r.rows, 6, "chunk {chunk}");
                 assert_eq!(r.outcome.error, last_packet == err, "chunk {chunk}");
@@ -952,14 +934,7 @@ mod tests {
         let response = frames(&[b"\x02", COLDEF_A, COLDEF_B, EOF_END, b"\x00\x00\x01"], 1);
         let defs = frames(&[COLDEF_A, COLDEF_B], 2);
         let mut last = Some(defs.into_boxed_slice());
-        let (got, r) = run_meta(
-            response.clone(),
-            1 << 16,
-            ResponseKind::Execute,
-            OPTS,
-            Metadata::Cached(&mut last),
-        )
-        .await;
+        let (got, r) = run_cached(response.clone(), 1 << 16, &mut last).await;
         assert_eq!(got, frames(&[b"\x02\x00", EOF_END, b"\x00\x00\x01"], 1));
         // The server's next would be 6; the client's is 4.
         assert!(
@@ -969,14 +944,7 @@ mod tests {
         // More than one result: the record is dropped (the client keeps the last one's).
         let two = two_results();
         let mut last = Some(frames(&[COLDEF_A, COLDEF_B], 2).into_boxed_slice());
-        let (_, r) = run_meta(
-            two,
-            1 << 16,
-            ResponseKind::Execute,
-            OPTS,
-            Metadata::Cached(&mut last),
-        )
-        .await;
+        let (_, r) = run_cached(two, 1 << 16, &mut last).await;
         r.unwrap();
         assert!(last.is_none());
     }
@@ -1024,14 +992,7 @@ mod tests {
             1,
         );
         let mut last = Some(defs.into_boxed_slice());
-        let (_, r) = run_meta(
-            long,
-            1 << 16,
-            ResponseKind::Execute,
-            OPTS,
-            Metadata::Cached(&mut last),
-        )
-        .await;
+        let (_, r) = run_cached(long, 1 << 16, &mut last).await;
         assert!(matches!(r, Err(SessionError::BackendProtocol(_))), "{r:?}");
     }
 
@@ -1045,14 +1006,7 @@ mod tests {
         packets.extend([EOF_END, EOF_END]);
         let response = frames(&packets, 1);
         let mut last = None;
-        let (got, r) = run_meta(
-            response.clone(),
-            1 << 20,
-            ResponseKind::Execute,
-            OPTS,
-            Metadata::Cached(&mut last),
-        )
-        .await;
+        let (got, r) = run_cached(response.clone(), 1 << 20, &mut last).await;
         r.unwrap();
         assert_eq!(got.len(), response.len() + 1);
         assert!(last.is_none());
