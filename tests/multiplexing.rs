@@ -341,6 +341,52 @@ async fn a_leaving_sessions_insert_id_does_not_reach_the_next_session() {
     h.shutdown().await;
 }
 
+/// A hold (the connection kept after a statement that changed rows, for `ROW_COUNT()`) ends
+/// after `multiplexing_hold_ms` although the session sends nothing more: with one server
+/// connection, another session's write gets it then, long before its `pool_wait_ms` runs out.
+/// (Were the hold kept until the holder's next command, that write would get 9012.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_ends_after_multiplexing_hold_ms_without_another_command() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.multiplexing_hold_ms = 100;
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 30_000;
+    })
+    .await;
+    let mut setup = h.direct_conn().await;
+    setup
+        .query_drop("CREATE DATABASE he; CREATE TABLE he.t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut a = Conn::new(h.proxy_opts().db_name(Some("he"))).await.unwrap();
+    let mut b = Conn::new(h.proxy_opts().db_name(Some("he"))).await.unwrap();
+    a.query_drop("INSERT INTO t VALUES (1)").await.unwrap();
+    assert_eq!(a.affected_rows(), 1);
+    // `a` stays silent (and connected) from here on.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        b.query_drop("INSERT INTO t VALUES (2)"),
+    )
+    .await
+    .expect("b's write waited for a's next command")
+    .expect("b's write ran once a's hold ended");
+    eprintln!(
+        "b's write waited {:?} for the held connection",
+        started.elapsed()
+    );
+    let n: Option<i64> = setup
+        .query_first("SELECT COUNT(*) FROM he.t")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(2));
+    // The holder goes on normally (its next statement leases again).
+    let got: Option<i64> = a.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(got, Some(2));
+    drop((a, b));
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_insert_id_survives_a_change_of_connection() {
     // A hold of 0 ms gives the connection back at once: the next statement runs elsewhere.

@@ -511,6 +511,9 @@ impl Session {
         let draining = self.shutting_down(shutdown);
         let drain_at =
             (draining && !self.st.in_transaction()).then(|| self.last_command + self.drain_quiet());
+        // Branches with nothing to watch are disabled, not polled (most commands: no held
+        // connection, no hold, no drain).
+        let (has_primary, has_replica) = (self.primary.is_some(), self.replica.is_some());
         let primary = self.primary.as_mut().map(|l| &mut *l.conn);
         let replica = self.replica.as_mut().map(|l| &mut *l.conn);
         let client = &mut self.client;
@@ -554,22 +557,22 @@ impl Session {
                 self.close().await?;
                 Err(SessionError::ClientClosed)
             }
-            why = watch(primary) => {
+            why = watch(primary), if has_primary => {
                 self.held_broke(true, why);
                 Ok(None)
             }
-            why = watch(replica) => {
+            why = watch(replica), if has_replica => {
                 self.held_broke(false, why);
                 Ok(None)
             }
-            _ = until(hold_until) => {
+            _ = until(hold_until), if hold_until.is_some() => {
                 self.hold_until = None;
                 self.end_hold().await;
                 self.publish_state();
                 Ok(None)
             }
             _ = self.info.drain.fired(), if !draining => Ok(None),
-            _ = until(drain_at) => Ok(None),
+            _ = until(drain_at), if drain_at.is_some() => Ok(None),
         }
     }
 
