@@ -5,7 +5,7 @@ does), where timings here move by ±20-30 % from run to run.
 
     python3 bench/callgrind.py [--events 20000] [--threads 8] [--test oltp_point_select]
                                [--mode disable] [--targets sluice,haproxy,floor] [--top 30]
-                               [--keep DIR]
+                               [--keep DIR] [--cache-sim]
 
 Starts `sluice sandbox --replicas 0` (a MariaDB primary; the sandbox's own Sluice is not
 measured), then runs each target under `valgrind --tool=callgrind` with instrumentation off:
@@ -17,7 +17,9 @@ proxy gets a warm-up run (connections, pools, caches), then instrumentation is s
 dumped (`callgrind_control -d`). Prints per target the instructions executed per query in user
 space (kernel time is not counted: compare it with pair.py's sys figures), and for Sluice the
 functions with the most instructions of their own (callgrind_annotate). `--keep DIR` keeps the
-profiles for `callgrind_annotate --inclusive=yes DIR/sluice.out`.
+profiles for `callgrind_annotate --inclusive=yes DIR/sluice.out`. `--cache-sim` also simulates
+the L1 caches (`--cache-sim=yes`: valgrind's model of this CPU's L1, 32 KB each) and prints the
+instruction-fetch and data-read misses per query: how much of the hot path fits the caches.
 
 Valgrind runs one thread at a time and ~50 times slower, so this counts work, not waiting:
 contention, cache misses and the scheduler are not in these figures.
@@ -39,6 +41,8 @@ def main():
     ap.add_argument("--targets", default="sluice,haproxy")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--keep", default=None, help="directory to keep the profiles in")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="simulate the L1 caches and print their misses per query")
     a = ap.parse_args()
     want = a.targets.split(",")
     for w in want:
@@ -66,6 +70,8 @@ def main():
             port = C.free_port()
             out = os.path.join(keep, f"{name}.out")
             vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+            if a.cache_sim:
+                vg.insert(2, "--cache-sim=yes")
             if name == "sluice":
                 cmd = vg + P.second_sluice_command(binary, work, port, primary, 2,
                                                    os.environ.get("SLUICE_PROXY", ""))
@@ -86,10 +92,16 @@ def main():
             control(p.pid, "-i", "off")
             queries = C.figures(out_text)[0]
             dumped = dump_file(out, p.pid)
-            ir = total_ir(dumped)
+            totals = event_totals(dumped)
+            ir = totals["Ir"]
             results.append((name, queries, ir, dumped))
-            print(f"{name:8} {queries} queries, {ir} instructions: {ir / queries:,.0f} per query",
-                  flush=True)
+            misses = ""
+            if a.cache_sim:
+                misses = (f"; L1 misses per query: instructions {totals['I1mr'] / queries:,.1f}, "
+                          f"data reads {totals['D1mr'] / queries:,.1f}, "
+                          f"data writes {totals['D1mw'] / queries:,.1f}")
+            print(f"{name:8} {queries} queries, {ir} instructions: {ir / queries:,.0f} per query"
+                  f"{misses}", flush=True)
             p.terminate()
             try:
                 p.wait(timeout=60)
@@ -133,12 +145,19 @@ def dump_file(out, pid):
     raise SystemExit(f"callgrind wrote no dump for pid {pid} next to {out}")
 
 
-def total_ir(path):
+def event_totals(path):
+    """The profile's totals by event name (`Ir`; with the cache simulation also `I1mr`, `D1mr`,
+    `D1mw`, ...)."""
+    names = None
     with open(path) as f:
         for line in f:
-            if line.startswith("summary:") or line.startswith("totals:"):
-                return int(line.split()[1])
-    raise SystemExit(f"{path}: no totals line")
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            elif line.startswith("summary:") or line.startswith("totals:"):
+                if names is None:
+                    break
+                return dict(zip(names, (int(v) for v in line.split()[1:])))
+    raise SystemExit(f"{path}: no events or totals line")
 
 
 if __name__ == "__main__":
