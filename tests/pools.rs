@@ -195,3 +195,49 @@ async fn pool_min_idle_keeps_warm_connections_that_sessions_use() {
     assert!(app_connections(&h, 0).await <= 4);
     h.shutdown().await;
 }
+
+/// The only connection is killed by the server while a transaction holds it and another
+/// session waits in line: the waiting session gets the freed slot (a new connection) at once,
+/// not error 9012 at the end of its `pool_wait_ms`.
+#[tokio::test]
+async fn a_waiting_session_gets_the_slot_of_a_connection_that_closed() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 20_000;
+    })
+    .await;
+    let mut a = h.proxy_conn().await;
+    let mut c = h.proxy_conn().await;
+    a.query_drop("BEGIN").await.unwrap();
+    // The server's id of the connection a's transaction holds.
+    let backend: Option<u64> = a.query_first("SELECT @@pseudo_thread_id").await.unwrap();
+    let backend = backend.unwrap();
+    let waiter = tokio::spawn(async move {
+        let start = Instant::now();
+        let v = c.query_first::<i64, _>("SELECT 4").await;
+        (c, v, start.elapsed())
+    });
+    let shared = h.proxy.as_ref().unwrap().shared.clone();
+    common::eventually("c waits in line", Duration::from_secs(10), || {
+        let waiting = shared.routing().slots[0].pool.waiting();
+        async move { waiting == 1 }
+    })
+    .await;
+    h.root_sql(0, &format!("KILL {backend}")).await;
+    let (mut c, v, waited) = waiter.await.unwrap();
+    assert_eq!(
+        v.map_err(|e| e.to_string()).unwrap(),
+        Some(4),
+        "after {waited:?}"
+    );
+    // a's transaction died with its connection: error 9020 once, then it goes on.
+    match a.query_drop("SELECT 1").await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 9020, "{}", e.message),
+        other => panic!("expected 9020, got {other:?}"),
+    }
+    let v: Option<i64> = a.query_first("SELECT 5").await.unwrap();
+    assert_eq!(v, Some(5));
+    let v: Option<i64> = c.query_first("SELECT 6").await.unwrap();
+    assert_eq!(v, Some(6));
+    h.shutdown().await;
+}

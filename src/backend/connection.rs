@@ -90,7 +90,7 @@ pub struct BackendConn {
     /// The user this connection is logged in as.
     pub user: Vec<u8>,
     /// The connection's slot in its server's pool (released when the connection is dropped).
-    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub slot: Option<super::pool::Slot>,
     /// Rows of the last relayed response (result rows plus affected rows), for the digest.
     pub last_rows: u64,
     /// Warnings and last insert id of the last relayed response's final OK/EOF.

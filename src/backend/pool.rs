@@ -13,12 +13,12 @@
 //! held only to push or pop, never across an await.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_proto::command::ChangeUser;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{negotiate, LOGIN_ONLY};
 use super::{connect, BackendConn, BackendError, LoginParams, SessionVars};
@@ -32,6 +32,9 @@ enum Scope {
     AnyLoop,
     /// Of any key (to be re-authenticated).
     OtherKey,
+    /// Of the caller's key, on the caller's loop, already in the caller's state (nothing to
+    /// run before it serves): [`ServerPool::take_ready`].
+    Ready,
 }
 
 struct Idle {
@@ -56,7 +59,43 @@ fn same_key(c: &BackendConn, p: &LoginParams<'_>) -> bool {
 
 struct Waiter {
     since: Instant,
-    tx: tokio::sync::oneshot::Sender<Box<BackendConn>>,
+    /// When it gets error 9012 (`since` + `pool_wait_ms`).
+    deadline: Instant,
+    tx: tokio::sync::oneshot::Sender<Handed>,
+}
+
+/// What a session waiting in line is handed.
+enum Handed {
+    /// A returned connection.
+    Conn(Box<BackendConn>),
+    /// The slot of a connection that closed: the session opens a new connection with it.
+    Slot(OwnedSemaphorePermit),
+}
+
+/// A connection's place among its server's `max_backend_connections`, released when the
+/// connection is dropped. Its release wakes the pool's attendant, which hands the place to the
+/// first session in line (no session races the slots itself while it waits).
+#[derive(Debug)]
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    attendant: Arc<Notify>,
+}
+
+impl Slot {
+    /// The place itself, for another connection (no one else is offered it).
+    fn into_permit(mut self) -> Option<OwnedSemaphorePermit> {
+        self.permit.take()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            drop(p);
+            // Not the lists' lock here: a connection may be dropped while it is held.
+            self.attendant.notify_one();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,6 +104,9 @@ struct Lists {
     /// Sessions waiting for a connection, in line per session loop (`loops::home()`; few
     /// entries: one per loop, and one for tasks outside the loops).
     waiters: Vec<(u16, std::collections::VecDeque<Waiter>)>,
+    /// When the attendant next wakes to turn away waiters whose `pool_wait_ms` has passed
+    /// (`None`: only when woken).
+    expire_at: Option<Instant>,
     /// When a connection of this server last broke (coarse monotonic ms; 0: never). An idle
     /// connection returned before then is looked at before reuse, however recently returned:
     /// the server may have died or restarted, and its close may reach the socket a moment
@@ -140,7 +182,12 @@ pub struct ServerPool {
     pub address: String,
     slots: Arc<Semaphore>,
     max: AtomicUsize,
-    lists: Mutex<Lists>,
+    lists: Arc<Mutex<Lists>>,
+    /// Wakes the attendant (`attend`): a slot came free, a waiter's deadline is earlier than
+    /// its next wake-up, or the pool is gone.
+    attendant: Arc<Notify>,
+    /// The attendant runs (started by the first session that waits).
+    attended: AtomicBool,
     max_idle: AtomicUsize,
     idle_timeout_ms: AtomicU64,
     /// Sessions waiting for a connection now.
@@ -192,7 +239,9 @@ impl ServerPool {
             address: address.to_string(),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             max: AtomicUsize::new(limits.max_connections),
-            lists: Mutex::new(Lists::default()),
+            lists: Default::default(),
+            attendant: Default::default(),
+            attended: AtomicBool::new(false),
             max_idle: AtomicUsize::new(limits.max_idle),
             idle_timeout_ms: AtomicU64::new(limits.idle_timeout.as_millis() as u64),
             waiting: Default::default(),
@@ -226,6 +275,8 @@ impl ServerPool {
         let new = limits.max_connections;
         if new > old {
             self.slots.add_permits(new - old);
+            // To the sessions in line, if any.
+            self.attendant.notify_one();
         } else if new < old {
             let mut owed = old - new;
             owed -= self.slots.forget_permits(owed);
@@ -355,8 +406,12 @@ impl ServerPool {
                 continue;
             }
             // In line. A connection returned since the look above (pushed idle: there was
-            // nobody in line yet) is taken instead: no session waits while one sits idle.
-            // Each pass round the loop takes an idle connection or returns, so it ends.
+            // nobody in line yet) is taken instead, and so is a slot freed since (offered to
+            // nobody: nobody was in line): no session waits while one is to be had. A slot is
+            // released before the attendant is woken to hand it out, and both this look and
+            // the attendant's hold the lock: either this look sees the slot or the attendant
+            // sees this waiter. Each pass round the loop takes something or returns (or
+            // another session took it first), so it ends.
             let Ok(mut l) = self.lists.lock() else {
                 return Err(PoolError::Exhausted {
                     server: self.name.clone(),
@@ -364,30 +419,38 @@ impl ServerPool {
                     waited_ms: 0,
                 });
             };
-            if !l.idle.is_empty() {
+            if !l.idle.is_empty() || self.slots.available_permits() > 0 {
                 continue;
             }
             let started = Instant::now();
+            // No timer per wait: the attendant turns the session away at its deadline.
+            let deadline = started + limits.wait;
             let (tx, rx) = tokio::sync::oneshot::channel();
             let home = crate::loops::home();
-            let w = Waiter { since: started, tx };
+            let w = Waiter {
+                since: started,
+                deadline,
+                tx,
+            };
             match l.waiters.iter_mut().find(|(h, _)| *h == home) {
                 Some((_, q)) => q.push_back(w),
                 None => l.waiters.push((home, [w].into())),
             }
+            if l.expire_at.map_or(true, |at| deadline < at) {
+                l.expire_at = Some(deadline);
+                self.attendant.notify_one();
+            }
             break (started, rx);
         };
+        if !self.attended.swap(true, Ordering::AcqRel) {
+            tokio::spawn(attend(
+                Arc::downgrade(&self.lists),
+                self.slots.clone(),
+                self.attendant.clone(),
+            ));
+        }
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        // The deadline from the clock read that stamped the wait, and one read at its end:
-        // every statement waits when the pool is saturated (thousands of clients).
-        let deadline = tokio::time::Instant::from_std(started) + limits.wait;
-        let got = tokio::time::timeout_at(deadline, async {
-            tokio::select! {
-                c = rx => c.ok().map(Ok),
-                permit = self.slots.clone().acquire_owned() => permit.ok().map(Err),
-            }
-        })
-        .await;
+        let got = rx.await;
         // The time in line (not the re-authentication or connect that may follow).
         let waited = started.elapsed();
         self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -395,7 +458,7 @@ impl ServerPool {
         self.wait_micros
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         match got {
-            Ok(Some(Ok(conn))) => match self.adapt(conn, &p, limits).await? {
+            Ok(Handed::Conn(conn)) => match self.adapt(conn, &p, limits).await? {
                 Some((conn, ok)) => Ok(Acquired::after_wait(conn, Some(ok), waited)),
                 None => Err(PoolError::Exhausted {
                     server: self.name.clone(),
@@ -403,11 +466,12 @@ impl ServerPool {
                     waited_ms: waited.as_millis() as u64,
                 }),
             },
-            Ok(Some(Err(permit))) => {
+            Ok(Handed::Slot(permit)) => {
                 let (conn, ok) = self.open(p, limits, permit).await?;
                 Ok(Acquired::after_wait(conn, Some(ok), waited))
             }
-            _ => Err(PoolError::Exhausted {
+            // Turned away by the attendant at its deadline.
+            Err(_) => Err(PoolError::Exhausted {
                 server: self.name.clone(),
                 max: self.max(),
                 waited_ms: limits.wait.as_millis() as u64,
@@ -432,7 +496,7 @@ impl ServerPool {
         {
             // Capabilities are fixed at login: this one cannot serve; close it and take its
             // slot for a new connection.
-            let slot = conn.slot.take();
+            let slot = conn.slot.take().and_then(Slot::into_permit);
             conn.quit().await;
             let Some(permit) = slot else {
                 return Ok(None);
@@ -458,7 +522,7 @@ impl ServerPool {
         &self,
         p: LoginParams<'_>,
         limits: &PoolLimits,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     ) -> Result<(Box<BackendConn>, Bytes), PoolError> {
         let tls = self.tls.read().ok().and_then(|t| t.clone());
         let transport = super::connection::Transport {
@@ -473,7 +537,10 @@ impl ServerPool {
             transport,
         )
         .await?;
-        conn.slot = Some(permit);
+        conn.slot = Some(Slot {
+            permit: Some(permit),
+            attendant: self.attendant.clone(),
+        });
         self.live.register(&mut conn);
         // Boxed: a lease moves the connection in and out of the pool on every statement.
         Ok((Box::new(conn), ok))
@@ -510,6 +577,7 @@ impl ServerPool {
         // The connection the caller had last, if it is idle, fits and lives on the caller's
         // loop: its memory is likely still in this core's cache (and in no other's).
         let home = crate::loops::home();
+        let ready = scope == Scope::Ready;
         let mut pick = (prefer != 0 && !other_key)
             .then(|| l.idle.iter().rposition(|i| i.id == prefer))
             .flatten()
@@ -521,16 +589,20 @@ impl ServerPool {
             pick = l.idle.len().checked_sub(1);
         }
         if pick.is_none() && !other_key {
-            // Of the same key (and the caller's loop, for `Scope::Home`): in state `want`
-            // first (no statement to sync it), then on the caller's loop; the most recently
-            // returned among equals.
+            // Of the same key (and the caller's loop, for `Scope::Home` and `Scope::Ready`):
+            // in state `want` first (no statement to sync it; only those for `Scope::Ready`),
+            // then on the caller's loop; the most recently returned among equals.
             let mut best = 0u8;
             for (n, i) in l.idle.iter().enumerate().rev() {
                 let here = i.home == home;
-                if (scope == Scope::Home && !here) || !same_key(&i.conn, p) {
+                if (scope != Scope::AnyLoop && !here) || !same_key(&i.conn, p) {
                     continue;
                 }
-                let score = 1 + 2 * u8::from(i.conn.state == *want) + u8::from(here);
+                let same_state = i.conn.state == *want;
+                if ready && !same_state {
+                    continue;
+                }
+                let score = 1 + 2 * u8::from(same_state) + u8::from(here);
                 if score > best {
                     best = score;
                     pick = Some(n);
@@ -554,6 +626,18 @@ impl ServerPool {
             return self.pop_idle(p, want, scope, 0);
         }
         Some(idle.conn)
+    }
+
+    /// An idle connection that serves a session logging in with `p` in state `want` as it is
+    /// (of its key, on its loop, in its state; `prefer` first), without waiting: the common
+    /// lease, taken without entering [`ServerPool::acquire`]. `None`: `acquire` decides.
+    pub fn take_ready(
+        &self,
+        p: &LoginParams<'_>,
+        want: &SessionVars,
+        prefer: u64,
+    ) -> Option<Box<BackendConn>> {
+        self.pop_idle(p, want, Scope::Ready, prefer)
     }
 
     /// Closes the idle connections the server has closed (a connection of this server just
@@ -622,9 +706,11 @@ impl ServerPool {
             let Some(w) = l.waiters[q].1.pop_front() else {
                 break;
             };
-            match w.tx.send(conn) {
+            match w.tx.send(Handed::Conn(conn)) {
                 Ok(()) => return,
-                Err(back) => conn = back,
+                Err(Handed::Conn(back)) => conn = back,
+                // Never: what comes back is what was sent.
+                Err(Handed::Slot(_)) => return,
             }
         }
         if l.idle.len() < self.max_idle.load(Ordering::Relaxed) {
@@ -638,6 +724,68 @@ impl ServerPool {
     }
 }
 
+impl Drop for ServerPool {
+    fn drop(&mut self) {
+        // The attendant ends.
+        self.attendant.notify_one();
+    }
+}
+
+/// The pool's attendant, one task per pool that has had a session in line: it turns away
+/// the sessions whose `pool_wait_ms` has passed (error 9012) and hands the slots of closed
+/// connections (and slots added by a reload) to the first in line. Waiting sessions then
+/// need neither a timer each nor a race against the slots: the common wait (thousands of
+/// clients over a few connections) is a place in line and a oneshot.
+async fn attend(lists: Weak<Mutex<Lists>>, slots: Arc<Semaphore>, wake: Arc<Notify>) {
+    loop {
+        let next = match lists.upgrade() {
+            Some(l) => attend_once(&l, &slots, Instant::now()),
+            None => return,
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// One round of the attendant at `now`: turns away the waiters due, hands free slots to the
+/// first in line, and returns when the next waiter is due.
+fn attend_once(lists: &Mutex<Lists>, slots: &Arc<Semaphore>, now: Instant) -> Option<Instant> {
+    let Ok(mut l) = lists.lock() else {
+        return None;
+    };
+    // Dropping a waiter's sender ends its wait with error 9012; sessions that stopped
+    // waiting (killed, closed) leave the line too.
+    for (_, q) in l.waiters.iter_mut() {
+        q.retain(|w| w.deadline > now && !w.tx.is_closed());
+    }
+    while slots.available_permits() > 0 {
+        let Some(q) = next_waiter(&l.waiters, crate::loops::NO_LOOP) else {
+            break;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            break;
+        };
+        if let Some(w) = l.waiters[q].1.pop_front() {
+            // A session gone meanwhile gives the slot back (dropped) for the next.
+            let _ = w.tx.send(Handed::Slot(permit));
+        }
+    }
+    let next = l
+        .waiters
+        .iter()
+        .filter_map(|(_, q)| q.iter().map(|w| w.deadline).min())
+        .min();
+    l.expire_at = next;
+    next
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,6 +797,7 @@ mod tests {
             .iter()
             .map(|&ms| Waiter {
                 since: now - Duration::from_millis(ms),
+                deadline: now,
                 tx: tokio::sync::oneshot::channel().0,
             })
             .collect();
@@ -673,5 +822,88 @@ mod tests {
             next_waiter(&[line(0, &[3]), line(1, &[4])], crate::loops::NO_LOOP),
             Some(1)
         );
+    }
+
+    fn waiter(
+        now: Instant,
+        waited_ms: u64,
+        due_in_ms: i64,
+    ) -> (Waiter, tokio::sync::oneshot::Receiver<Handed>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let deadline = if due_in_ms >= 0 {
+            now + Duration::from_millis(due_in_ms as u64)
+        } else {
+            now - Duration::from_millis(due_in_ms.unsigned_abs())
+        };
+        let since = now - Duration::from_millis(waited_ms);
+        (
+            Waiter {
+                since,
+                deadline,
+                tx,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn the_attendant_turns_away_the_waiters_due_and_hands_free_slots_to_the_first_in_line() {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let now = Instant::now();
+        let (w1, mut r1) = waiter(now, 30, -1);
+        let (w2, mut r2) = waiter(now, 20, 100);
+        let (w3, mut r3) = waiter(now, 10, 50);
+        let (w4, r4) = waiter(now, 40, 500);
+        drop(r4);
+        let lists = Mutex::new(Lists {
+            waiters: vec![(0, [w1, w2].into()), (1, [w4, w3].into())],
+            ..Default::default()
+        });
+        let slots = Arc::new(Semaphore::new(0));
+        // No free slot: the one due is turned away (its wait ends: error 9012), the one gone
+        // leaves the line, the others wait on; the attendant wakes next for w3.
+        let next = attend_once(&lists, &slots, now);
+        assert_eq!(next, Some(now + Duration::from_millis(50)));
+        assert!(matches!(r1.try_recv(), Err(TryRecvError::Closed)));
+        assert!(matches!(r2.try_recv(), Err(TryRecvError::Empty)));
+        assert!(matches!(r3.try_recv(), Err(TryRecvError::Empty)));
+        assert_eq!(lists.lock().unwrap().expire_at, next);
+        // A slot comes free: the longest waiting (w2) gets it, w3 waits on.
+        slots.add_permits(1);
+        assert_eq!(attend_once(&lists, &slots, now), next);
+        let got = r2.try_recv();
+        assert!(matches!(got, Ok(Handed::Slot(_))));
+        assert!(matches!(r3.try_recv(), Err(TryRecvError::Empty)));
+        assert_eq!(slots.available_permits(), 0);
+        drop(got);
+        // Nobody in line (w3 gave up): free slots stay free, the attendant sleeps until woken.
+        slots.add_permits(1);
+        drop(r3);
+        assert_eq!(attend_once(&lists, &slots, now), None);
+        assert_eq!(slots.available_permits(), 2);
+        assert!(lists
+            .lock()
+            .unwrap()
+            .waiters
+            .iter()
+            .all(|(_, q)| q.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_slot_wakes_the_attendant_and_a_slot_passed_on_does_not() {
+        let slots = Arc::new(Semaphore::new(2));
+        let attendant = Arc::new(Notify::new());
+        let slot = |s: &Arc<Semaphore>| Slot {
+            permit: Some(s.clone().try_acquire_owned().unwrap()),
+            attendant: attendant.clone(),
+        };
+        let (a, b) = (slot(&slots), slot(&slots));
+        let permit = b.into_permit();
+        assert!(permit.is_some());
+        let woken = || tokio::time::timeout(Duration::from_millis(20), attendant.notified());
+        assert!(woken().await.is_err(), "passing a slot on wakes nobody");
+        drop(a);
+        assert_eq!(slots.available_permits(), 1, "released before the wake");
+        assert!(woken().await.is_ok(), "a dropped slot wakes the attendant");
     }
 }

@@ -86,6 +86,23 @@ impl Session {
         }
     }
 
+    /// The id of the connection the session last gave back to server `i` (0: none).
+    fn preferred(&self, i: usize) -> u64 {
+        self.last_conns
+            .iter()
+            .find(|(server, _)| *server == i)
+            .map_or(0, |&(_, id)| id)
+    }
+
+    /// An idle connection to server `i` that serves as it is (of the session's key, on its
+    /// loop, in its state), without waiting: what [`Session::lease`] would hand out in the
+    /// common case, without its nested futures. `None`: `lease` decides.
+    fn lease_ready(&self, i: usize) -> Option<Box<BackendConn>> {
+        let slot = self.routing.slot(i)?;
+        slot.pool
+            .take_ready(&self.login_params(), &self.st.vars, self.preferred(i))
+    }
+
     /// Leases a connection to server `i`, brought to the session's state. The server's login
     /// OK is returned when the connection logged in for this lease.
     pub(super) async fn lease(
@@ -101,11 +118,7 @@ impl Session {
         let Some(slot) = routing.slot(i) else {
             return Err(Unavailable::Reply(errors::no_primary()));
         };
-        let prefer = self
-            .last_conns
-            .iter()
-            .find(|(server, _)| *server == i)
-            .map_or(0, |&(_, id)| id);
+        let prefer = self.preferred(i);
         let got = slot
             .pool
             .acquire(
@@ -195,6 +208,12 @@ impl Session {
         // The primary of the view this command started with, first: no watch receiver and
         // no clock read on the way of a statement that gets its connection at once.
         let mut target = self.view.writable_primary();
+        if let Some(p) = target {
+            if let Some(conn) = self.lease_ready(p) {
+                self.hold_primary(p, conn);
+                return Ok(());
+            }
+        }
         let hold = self.routing.config.monitor.failover_hold_ms;
         let mut waiting: Option<(tokio::sync::watch::Receiver<_>, tokio::time::Instant)> = None;
         let mut last_error = None;
@@ -254,7 +273,11 @@ impl Session {
             return true;
         }
         self.release_replica().await;
-        match self.lease(i).await {
+        let got = match self.lease_ready(i) {
+            Some(conn) => Ok((conn, None)),
+            None => self.lease(i).await,
+        };
+        match got {
             Ok((conn, _)) => {
                 self.info.held.fetch_add(1, Ordering::Relaxed);
                 self.replica = Some(Leased { server: i, conn });
@@ -265,6 +288,36 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// [`Session::settle`] without an await, as far as it goes: false when a connection to
+    /// give back must be read first (its LAST_INSERT_ID(), its GTID), which `settle` then
+    /// does. What it gave back is not given back twice: `settle` finds it gone.
+    pub(super) fn settle_now(&mut self) -> bool {
+        if self.st.hold.is_some() {
+            return true;
+        }
+        let replica_txn = self.st.in_transaction() && self.txn_on_replica;
+        if !replica_txn {
+            self.txn_on_replica = false;
+            if let Some(r) = self.replica.take() {
+                if let Some(r) = self.give_back_now(r, false) {
+                    self.replica = Some(r);
+                    return false;
+                }
+                self.info.held.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if self.multiplex && !self.st.needs_held() {
+            if let Some(p) = self.primary.take() {
+                if let Some(p) = self.give_back_now(p, true) {
+                    self.primary = Some(p);
+                    return false;
+                }
+                self.info.held.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        true
     }
 
     /// After a command: gives back every connection the session does not need now.
@@ -309,9 +362,7 @@ impl Session {
     /// (its LAST_INSERT_ID(), the GTID of its writes). A connection in an unknown state is
     /// closed instead.
     async fn give_back(&mut self, mut l: Leased, primary: bool) {
-        let ryw = self.routing.read_your_writes != crate::config::ReadYourWrites::Off;
-        let capture_gtid = primary && ryw && self.st.wrote;
-        let capture_lii = self.st.lii_dirty && self.st.lii_conn == Some(l.conn.id);
+        let (capture_gtid, capture_lii) = self.to_capture(&l, primary);
         if capture_gtid || capture_lii {
             let mysql = l.conn.is_mysql();
             let sql: &[u8] = match (capture_lii, capture_gtid) {
@@ -344,6 +395,31 @@ impl Session {
                 }
             }
         }
+        self.give_back_read(l, primary);
+    }
+
+    /// What must be read from connection `l` before it goes back: (its GTID, its
+    /// LAST_INSERT_ID()).
+    fn to_capture(&self, l: &Leased, primary: bool) -> (bool, bool) {
+        let ryw = self.routing.read_your_writes != crate::config::ReadYourWrites::Off;
+        let capture_gtid = primary && ryw && self.st.wrote;
+        let capture_lii = self.st.lii_dirty && self.st.lii_conn == Some(l.conn.id);
+        (capture_gtid, capture_lii)
+    }
+
+    /// [`Session::give_back`] when nothing is to be read from the connection first (else it
+    /// is handed back untouched).
+    fn give_back_now(&mut self, l: Leased, primary: bool) -> Option<Leased> {
+        if self.to_capture(&l, primary) != (false, false) {
+            return Some(l);
+        }
+        self.give_back_read(l, primary);
+        None
+    }
+
+    /// Returns connection `l`, whatever the session must remember from it read: to its pool,
+    /// or closed when a response on it is unread.
+    fn give_back_read(&mut self, l: Leased, primary: bool) {
         if self.st.lii_conn == Some(l.conn.id) {
             self.st.lii_conn = None;
         }

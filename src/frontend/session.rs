@@ -410,7 +410,9 @@ impl Session {
                 }
                 _ => self.command(code, ext.wire_len, seq).await?,
             }
-            self.settle().await;
+            if !self.settle_now() {
+                self.settle().await;
+            }
             self.publish_state();
             // Idle time (client_idle_timeout_ms, the shutdown drain) counts from the answer:
             // the clock read that timed a relayed statement, else a new one.
