@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A profile-guided (PGO) release build of Sluice.
+"""A profile-guided (PGO) release build of Sluice: the build that ships (docker/build.sh puts it
+in the image by default; docs/operations.md installs it for systemd).
 
     python3 bench/pgo.py [--out target/pgo/sluice] [--time 8]
 
@@ -9,8 +10,9 @@
    statements) and loadgen's many connections, each for `--time` seconds;
 3. merges the profile with the `llvm-profdata` of rustc's own LLVM version (apt package
    `llvm-N`, installed if missing);
-4. builds the optimized binary with it (`-Cprofile-use`, in target/pgo) and copies it to
-   `--out`.
+4. builds the optimized binary with it (`-Cprofile-use`, in target/pgo; `SLUICE_PGO_BUILD=1`,
+   so that `sluice --version` and the `sluice_build_info` metric say "profile-guided") and
+   copies it to `--out`.
 
 The binary behaves exactly as `cargo build --release`'s; only its code layout and inlining
 follow the measured profile. docs/benchmarks.md has the A/B figures.
@@ -32,8 +34,12 @@ def llvm_profdata():
     return tool
 
 
-def cargo(rustflags, target_dir, *extra):
+def cargo(rustflags, target_dir, *extra, pgo=False):
     env = dict(os.environ, RUSTFLAGS=rustflags, CARGO_TARGET_DIR=os.path.join(ROOT, target_dir))
+    env.pop("SLUICE_PGO_BUILD", None)
+    if pgo:
+        # `sluice --version` and the sluice_build_info metric say "profile-guided".
+        env["SLUICE_PGO_BUILD"] = "1"
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "sluice", *extra],
                    cwd=ROOT, env=env, check=True)
     return os.path.join(ROOT, target_dir, "release", "sluice")
@@ -85,11 +91,15 @@ def main():
     if not files:
         raise SystemExit("the instrumented Sluice wrote no profile")
     subprocess.run([profdata, "merge", "-o", merged, *files], check=True)
-    built = cargo(f"-Cprofile-use={merged}", os.path.join("target", "pgo"))
+    built = cargo(f"-Cprofile-use={merged}", os.path.join("target", "pgo"), pgo=True)
+    version = subprocess.run([built, "--version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    if "profile-guided" not in version:
+        raise SystemExit(f"{built} does not say it is the profile-guided build: {version}")
     if os.path.abspath(built) != os.path.abspath(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         shutil.copy2(built, args.out)
-    print(f"PGO build: {args.out}", flush=True)
+    print(f"PGO build: {args.out} ({version})", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
 #      --variant=minbase, `docker import`): the air-gapped path;
 #   2. the certificates (a CA, Sluice's and HAProxy's certificates for 127.0.0.1/localhost)
 #      and the secrets (random passwords) under docker/certs and docker/secrets, once;
-#   3. sluice:local from docker/Dockerfile: the full multi-stage build when rust:1-bookworm can
-#      be had, otherwise the `prebuilt` target with the binary of `cargo build --release`
-#      (SLUICE_PGO=1: the `prebuilt` target with the profile-guided build of bench/pgo.py);
+#   3. sluice:local from docker/Dockerfile's `prebuilt` target with the profile-guided build of
+#      bench/pgo.py: the build that ships (trained on a local sandbox, so this host needs the
+#      MariaDB server binaries; sysbench and llvm-N are installed if missing). SLUICE_PGO=0: a
+#      plain build instead, the full multi-stage build when rust:1-bookworm can be had,
+#      otherwise the `prebuilt` target with the binary of `cargo build --release`;
 #   4. sluice-tier:local (MariaDB, HAProxy, Prometheus, the example app) from Debian packages.
 # Needs a running Docker engine, and debootstrap + openssl when building the base image.
 set -eu
@@ -73,10 +75,19 @@ for s in app_password monitor_password repl_password admin_password; do
 done
 
 # 3. The Sluice image.
-if [ "${SLUICE_PGO:-0}" = 1 ]; then
-  # A profile-guided build (bench/pgo.py trains it on a local sandbox: needs the MariaDB
-  # server binaries and sysbench on this host): about a quarter less user CPU per statement.
-  say "sluice:local (prebuilt target with the PGO build of bench/pgo.py)"
+case "${SLUICE_PGO:-1}" in
+  0|1) ;;
+  *) echo "SLUICE_PGO must be 1 (the profile-guided build, the default) or 0 (a plain build), not '$SLUICE_PGO'" >&2; exit 2 ;;
+esac
+if [ "${SLUICE_PGO:-1}" = 1 ]; then
+  # The profile-guided build (bench/pgo.py trains it on a local sandbox): about a quarter
+  # less user CPU per statement than `cargo build --release`.
+  if ! command -v mariadbd > /dev/null && [ ! -x /usr/sbin/mariadbd ]; then
+    echo "the profile-guided build trains on a local MariaDB sandbox: install mariadb-server" >&2
+    echo "(apt-get install mariadb-server mariadb-client), or set SLUICE_PGO=0 for a plain build" >&2
+    exit 1
+  fi
+  say "sluice:local (prebuilt target with the profile-guided build of bench/pgo.py)"
   python3 bench/pgo.py --out target/pgo/sluice
   mkdir -p target/docker
   strip -o target/docker/sluice target/pgo/sluice

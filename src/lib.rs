@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod backend;
+pub mod build_info;
 pub mod clock;
 pub mod cluster;
 pub mod compress;

@@ -11,7 +11,11 @@ use sluice::sandbox::{Topology, TopologySpec};
 use sluice::server;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A MySQL-protocol proxy")]
+#[command(
+    name = "sluice",
+    version = sluice::build_info::long_version(),
+    about = "A MySQL-protocol proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

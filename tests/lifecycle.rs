@@ -399,6 +399,7 @@ async fn worker_threads_sets_the_runtime_threads() {
             threads.push_str(&format!("scheduler = \"{s}\"\n"));
         }
         let mut shown = None;
+        let mut build = None;
         let mut loops = None;
         let mut workers = None;
         // Ports are free when chosen but another test may take one first: a start that
@@ -425,6 +426,10 @@ async fn worker_threads_sets_the_runtime_threads() {
                             .lines()
                             .find_map(|l| l.strip_prefix("sluice_worker_threads "))
                             .map(|v| v.trim().parse::<usize>().unwrap());
+                        build = body
+                            .lines()
+                            .find(|l| l.starts_with("sluice_build_info{"))
+                            .map(str::to_owned);
                         let pid = child.id().unwrap();
                         loops = Some(threads_named(pid, "sluice-loop-"));
                         workers = Some(threads_named(pid, "tokio-rt-worker"));
@@ -444,6 +449,15 @@ async fn worker_threads_sets_the_runtime_threads() {
             Some(expected),
             "worker_threads = {configured:?}, scheduler {scheduler:?}"
         );
+        // Which build runs, always shown: `build` is what this test's binary was built as.
+        let build = build.expect("sluice_build_info is exported");
+        for label in [
+            format!("build=\"{}\"", sluice::build_info::kind()),
+            format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        ] {
+            assert!(build.contains(&label), "{label} missing: {build}");
+        }
+        assert!(build.ends_with("} 1"), "{build}");
         if scheduler == Some("work-stealing") {
             assert_eq!(loops, Some(0));
             assert!(workers >= Some(expected), "{workers:?} runtime workers");
@@ -468,4 +482,23 @@ async fn worker_threads_sets_the_runtime_threads() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{err}");
     }
+}
+
+/// `sluice --version` names the kind of build (the shipped image has the profile-guided one).
+#[test]
+fn the_version_says_which_build_runs() {
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.trim(),
+        format!(
+            "sluice {} ({} build)",
+            env!("CARGO_PKG_VERSION"),
+            sluice::build_info::kind()
+        )
+    );
 }

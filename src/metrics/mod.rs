@@ -276,6 +276,16 @@ impl Metrics {
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             worker_threads.set(h.metrics().num_workers() as i64);
         }
+        // Which build runs (a plain one where the profile-guided build was meant to ship
+        // shows here): always 1, the labels say it.
+        gauge_vec(
+            &r,
+            BUILD_INFO,
+            "The running binary: its version and kind of build (profile-guided, release, debug)",
+            &["version", "build"],
+        )
+        .with_label_values(&[crate::build_info::VERSION, crate::build_info::kind()])
+        .set(1);
         Metrics {
             query_seconds,
             pool_wait_seconds: pool_wait,

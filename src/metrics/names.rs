@@ -4,6 +4,7 @@
 
 pub const CLIENT_CONNECTIONS: &str = "sluice_client_connections";
 pub const WORKER_THREADS: &str = "sluice_worker_threads";
+pub const BUILD_INFO: &str = "sluice_build_info";
 pub const CLIENT_CONNECTIONS_TOTAL: &str = "sluice_client_connections_total";
 pub const CLIENT_CONNECTIONS_REJECTED_TOTAL: &str = "sluice_client_connections_rejected_total";
 pub const CLIENT_IDLE_TIMEOUTS_TOTAL: &str = "sluice_client_idle_timeouts_total";
