@@ -101,7 +101,9 @@ def figures(text):
 
 def start_sandbox(binary, work, port, replicas, extra=()):
     """Starts `sluice sandbox`; returns the process, the primary's port and every server as
-    (name, port). Its output keeps being read so that it never blocks on a full pipe."""
+    (name, port). Its output keeps being read so that it never blocks on a full pipe. With
+    `port` 0 every listener of the sandbox's Sluice (clients, admin, metrics) takes a free
+    port: the process's `sluice_port` is the client port it printed."""
     sb = subprocess.Popen([binary, "sandbox", "--replicas", str(replicas), "--listen",
                            f"127.0.0.1:{port}", "--dir", os.path.join(work, "topology"), *extra],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -116,6 +118,9 @@ def start_sandbox(binary, work, port, replicas, extra=()):
             servers.append((m.group(2), int(m.group(3))))
             if m.group(1) == "primary":
                 primary = int(m.group(3))
+        m = re.match(r"\s+mariadb -h 127\.0\.0\.1 -P (\d+) ", line)
+        if m and not hasattr(sb, "sluice_port"):
+            sb.sluice_port = int(m.group(1))
         if line.startswith("Press Ctrl-C"):
             break
     if primary is None:

@@ -47,8 +47,10 @@ def cargo(rustflags, target_dir, *extra, pgo=False):
 
 def train(binary, seconds):
     work = tempfile.mkdtemp(prefix="sluice-pgo-")
-    port = C.free_port()
-    sb, primary, _ = C.start_sandbox(binary, work, port, 1, ["--max-backend-connections", "32"])
+    # Port 0: the admin and metrics listeners take free ports too, so that the training runs
+    # beside another Sluice (or a test suite) that holds 6032 and 6070.
+    sb, primary, _ = C.start_sandbox(binary, work, 0, 1, ["--max-backend-connections", "32"])
+    port = sb.sluice_port
     try:
         C.wait_port(port)
         subprocess.run(["mariadb", "-h127.0.0.1", f"-P{primary}", "-uapp", "-papp", "-e",
