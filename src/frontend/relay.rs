@@ -7,7 +7,7 @@
 //! (back-pressure) instead of growing a buffer.
 
 use bytes::{Buf, BufMut, BytesMut};
-use sluice_proto::framing::{FrameHeader, HEADER_LEN};
+use sluice_proto::framing::{FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD};
 use sluice_proto::tracker::{Outcome, Progress, ResponseKind, ResponseTracker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -171,23 +171,9 @@ where
                 // to the packet-by-packet walk below. After left-out column definitions
                 // (cached metadata: every execution of a libmariadb client) each row gets the
                 // client's sequence id on the way.
-                let mut n = 0u64;
-                while let Some(h) = FrameHeader::peek(&rbuf[pos..]) {
-                    let body = pos + HEADER_LEN;
-                    if h.continues()
-                        || h.seq != seq
-                        || rbuf.len() - body < h.len
-                        || matches!(rbuf.get(body), None | Some(0xFE | 0xFF))
-                    {
-                        break;
-                    }
-                    if dropped != 0 {
-                        rbuf[pos + 3] = h.seq.wrapping_sub(dropped);
-                    }
-                    seq = seq.wrapping_add(1);
-                    pos = body + h.len;
-                    n += 1;
-                }
+                let (next, n, next_seq) = pass_rows(&mut rbuf[..], pos, seq, dropped);
+                pos = next;
+                seq = next_seq;
                 tracker.rows_passed(n);
             }
             let buf = &rbuf[..];
@@ -321,6 +307,37 @@ where
             Err(e) => return Err(lost(e.to_string())),
         }
     }
+}
+
+/// The relay's fast path over the bulk of a result set: from `pos`, passes every whole
+/// single-frame row whose header carries the expected sequence id `seq` and whose first byte
+/// is neither 0xFE nor 0xFF, giving each the client's sequence id (`dropped` packets less,
+/// see [`Metadata::Cached`]). Stops at anything else — an incomplete or multi-frame packet,
+/// an empty one, an unexpected sequence id, the end or an error — and leaves it untouched for
+/// the packet-by-packet walk. Returns where it stopped, the rows passed and the next expected
+/// sequence id. One bounds check and one 4-byte header read per row.
+#[inline]
+fn pass_rows(buf: &mut [u8], mut pos: usize, mut seq: u8, dropped: u8) -> (usize, u64, u8) {
+    let end = buf.len();
+    let mut n = 0u64;
+    while let Some(p) = buf.get_mut(pos..pos + HEADER_LEN + 1) {
+        let word = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        let len = (word & 0x00FF_FFFF) as usize;
+        let next = pos + HEADER_LEN + len;
+        if (word >> 24) as u8 != seq
+            || len == 0
+            || len == MAX_FRAME_PAYLOAD
+            || p[HEADER_LEN] >= 0xFE
+            || next > end
+        {
+            break;
+        }
+        p[3] = seq.wrapping_sub(dropped);
+        seq = seq.wrapping_add(1);
+        pos = next;
+        n += 1;
+    }
+    (pos, n, seq)
 }
 
 /// Column definitions longer than this (hundreds of columns) are not kept per statement for a
@@ -624,6 +641,65 @@ mod tests {
     ) -> (Vec<u8>, Result<Relayed, SessionError>) {
         let meta = Metadata::Cached(last);
         run_meta(server_bytes, chunk, ResponseKind::Execute, OPTS, meta).await
+    }
+
+    #[test]
+    fn the_row_fast_path_passes_whole_rows_and_leaves_the_rest_untouched() {
+        // Three rows, then an EOF: the rows pass, the EOF is left for the tracker.
+        let rows: [&[u8]; 4] = [b"\x01a", b"\x02bc", b"\x00", b"\xfe\x00\x00\x02\x00"];
+        let mut buf = frames(&rows, 5);
+        let (pos, n, seq) = pass_rows(&mut buf, 0, 5, 0);
+        assert_eq!((pos, n, seq), (4 + 2 + 4 + 3 + 4 + 1, 3, 8));
+        assert_eq!(
+            buf,
+            frames(&rows, 5),
+            "nothing rewritten without left-out packets"
+        );
+        // Left-out packets: the passed rows get the client's sequence ids, nothing else does.
+        let (pos2, n2, seq2) = pass_rows(&mut buf, 0, 5, 2);
+        assert_eq!((pos2, n2, seq2), (pos, 3, 8));
+        assert_eq!(&buf[..pos], &frames(&rows[..3], 3)[..]);
+        assert_eq!(buf[pos + 3], 8, "the EOF keeps the server's sequence id");
+        // Starting part-way, at the second row.
+        let mut buf = frames(&rows, 5);
+        assert_eq!(pass_rows(&mut buf, 6, 6, 0), (pos, 2, 8));
+    }
+
+    #[test]
+    fn the_row_fast_path_stops_at_anything_it_cannot_pass_whole() {
+        let row: &[u8] = b"\x03abc";
+        let check = |mut buf: Vec<u8>, expect_rows: u64| {
+            let before = buf.clone();
+            let (pos, n, seq) = pass_rows(&mut buf, 0, 1, 1);
+            assert_eq!(n, expect_rows, "{before:?}");
+            assert_eq!(pos, 8 * n as usize);
+            assert_eq!(seq, 1 + n as u8);
+            assert_eq!(&buf[pos..], &before[pos..], "what is left is untouched");
+        };
+        // The second row is cut short: its header (and sequence id) stay as they were.
+        let mut b = frames(&[row, row], 1);
+        b.truncate(b.len() - 1);
+        check(b, 1);
+        // A header with no payload byte yet.
+        let mut b = frames(&[row, row], 1);
+        b.truncate(12);
+        check(b, 1);
+        // An unexpected sequence id.
+        let mut b = frames(&[row], 1);
+        b.extend_from_slice(&frames(&[row], 7));
+        check(b, 1);
+        // An empty packet, an error, a packet that continues in the next frame.
+        let mut b = frames(&[row], 1);
+        b.extend_from_slice(&frames(&[b"", row], 2));
+        check(b, 1);
+        let mut b = frames(&[row], 1);
+        b.extend_from_slice(&frames(&[b"\xff\x15\x04#HY000x"], 2));
+        check(b, 1);
+        let mut b = frames(&[row], 1);
+        b.extend_from_slice(&[0xFF, 0xFF, 0xFF, 2, 0x01, 0x02]);
+        check(b, 1);
+        // Nothing at all.
+        check(Vec::new(), 0);
     }
 
     #[tokio::test]
