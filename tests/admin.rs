@@ -329,6 +329,23 @@ async fn admin_port_works_from_the_cli_and_pymysql() {
     h.shutdown().await;
 }
 
+/// `SHOW QUERY DIGEST` once `done` holds for its rows, or after 2 s. A statement is recorded
+/// just after its answer is sent, so the admin port may look before the last one is in.
+async fn digest_once(
+    a: &mut mysql_async::Conn,
+    done: impl Fn(&[HashMap<String, Option<String>>]) -> bool,
+) -> Vec<HashMap<String, Option<String>>> {
+    let mut rows = table(a, "SHOW QUERY DIGEST").await;
+    for _ in 0..100 {
+        if done(&rows) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rows = table(a, "SHOW QUERY DIGEST").await;
+    }
+    rows
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_digest_counts_statements_by_shape() {
     let h = Harness::start(1).await;
@@ -372,19 +389,11 @@ async fn query_digest_counts_statements_by_shape() {
     assert_eq!(all.len(), 20);
     assert!(app.query_drop("SELECT * FROM dg.nosuch").await.is_err());
 
-    // A statement is recorded just after its answer is sent: another thread may look first
-    // (bounded wait for the last one).
-    let mut rows = table(&mut a, "SHOW QUERY DIGEST").await;
-    for _ in 0..100 {
-        if rows
-            .iter()
+    let rows = digest_once(&mut a, |rows| {
+        rows.iter()
             .any(|r| val(r, "digest_text") == Some("SELECT * FROM DG.NOSUCH"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        rows = table(&mut a, "SHOW QUERY DIGEST").await;
-    }
+    })
+    .await;
     let find = |text: &str| {
         rows.iter()
             .find(|r| val(r, "digest_text") == Some(text))
@@ -426,15 +435,7 @@ async fn query_digest_counts_statements_by_shape() {
         .query_first("SELECT v FROM dg.t WHERE id = 3")
         .await
         .unwrap();
-    // Recorded just after the answer was sent (bounded wait, as above).
-    let mut rows = table(&mut a, "SHOW QUERY DIGEST").await;
-    for _ in 0..100 {
-        if !rows.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        rows = table(&mut a, "SHOW QUERY DIGEST").await;
-    }
+    let rows = digest_once(&mut a, |rows| !rows.is_empty()).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(val(&rows[0], "count"), Some("1"));
     h.shutdown().await;
