@@ -6,9 +6,15 @@
 /// when it changes.
 const PGO: bool = option_env!("SLUICE_PGO_BUILD").is_some();
 
-/// `profile-guided`, `release` or `debug`.
+/// Set by bench/pgo.py beside `SLUICE_PGO_BUILD` when the binary's code is laid out again by
+/// BOLT after the build (pgo.py refuses to hand out one that BOLT did not process).
+const BOLT: bool = option_env!("SLUICE_BOLT_BUILD").is_some();
+
+/// `profile-guided+bolt`, `profile-guided`, `release` or `debug`.
 pub const fn kind() -> &'static str {
-    if PGO {
+    if PGO && BOLT {
+        "profile-guided+bolt"
+    } else if PGO {
         "profile-guided"
     } else if cfg!(debug_assertions) {
         "debug"
@@ -20,9 +26,11 @@ pub const fn kind() -> &'static str {
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// `0.1.0 (profile-guided build)`: what `sluice --version` prints after the name.
+/// `0.1.0 (profile-guided+bolt build)`: what `sluice --version` prints after the name.
 pub const fn long_version() -> &'static str {
-    if PGO {
+    if PGO && BOLT {
+        concat!(env!("CARGO_PKG_VERSION"), " (profile-guided+bolt build)")
+    } else if PGO {
         concat!(env!("CARGO_PKG_VERSION"), " (profile-guided build)")
     } else if cfg!(debug_assertions) {
         concat!(env!("CARGO_PKG_VERSION"), " (debug build)")

@@ -142,7 +142,7 @@ fn the_example_tier_serves_fails_over_and_cleans_up() {
         Duration::from_secs(120),
     );
     // The default build.sh: the image ships the profile-guided build (bench/pgo.py: an
-    // instrumented build, its training on a sandbox, the final build).
+    // instrumented build, its training on a sandbox, the final build, its BOLT layout).
     let build = run(
         Command::new("sh")
             .arg(root().join("docker/build.sh"))
@@ -167,7 +167,7 @@ fn the_example_tier_serves_fails_over_and_cleans_up() {
     );
     let v = text(&version);
     assert!(
-        version.status.success() && v.contains("(profile-guided build)"),
+        version.status.success() && v.contains("(profile-guided+bolt build)"),
         "the image's sluice --version: {v}"
     );
     // The shipped Prometheus config and alert rules, checked by promtool (in the tier image).
