@@ -1239,10 +1239,27 @@ async fn switchover_under_load_has_no_errors_and_demotes_the_old_primary() {
     load.acked_more(100, "writes flowing before the switchover")
         .await;
     let before = load.out.lock().unwrap().acked.len();
+    // A session holding state that cannot move, in autocommit: its connection stays on the
+    // old primary, which stays up.
+    let mut pinned = h.proxy_conn().await;
+    pinned
+        .query_drop("CREATE TEMPORARY TABLE ft.tmp (x INT)")
+        .await
+        .unwrap();
+    pinned
+        .query_drop("INSERT INTO ft.tmp VALUES (1)")
+        .await
+        .unwrap();
     let out = sluice_cli(&h.topo, &["switchover", "--to", "db2"], |t| t).await;
     let proxy = h.proxy.as_ref().unwrap();
     let new = wait_new_primary(proxy, 0, Duration::from_secs(5)).await;
     assert_eq!(new, 1);
+    // Its next statement does not run on the old primary: 9021, then the connection ends.
+    match pinned.query_drop("INSERT INTO ft.tmp VALUES (2)").await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 9021, "{e:?}"),
+        other => panic!("expected 9021, got {other:?}"),
+    }
+    assert!(pinned.query_drop("SELECT 1").await.is_err());
     load.acked_more(100, "writes flowing on the new primary")
         .await;
     let writes = load.stop().await;

@@ -843,6 +843,16 @@ impl BackendConn {
         if !self.rbuf.is_empty() {
             return "server sent data with no command outstanding".into();
         }
+        // A plain, uncompressed connection (the common case) waits for readiness alone: the
+        // wait is set up between every two statements of a transaction, and a read through
+        // the stream layers costs about twice as much. Readiness may be spurious; the read
+        // below then waits on.
+        if let (false, MaybeTls::Plain(tcp)) = (self.stream.is_compressed(), self.stream.get_ref())
+        {
+            if let Err(e) = std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await {
+                return e.to_string();
+            }
+        }
         self.rbuf.reserve(1024);
         match self.stream.read_buf(&mut self.rbuf).await {
             Ok(0) => "server closed the connection".into(),

@@ -103,6 +103,9 @@ pub(super) struct Session {
     /// The process is shutting down (the shutdown channel said so; it never goes back).
     shutting_down: bool,
     idle_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether `idle_timer` holds the session's waker for its current deadline (polled since
+    /// it was last reset).
+    idle_armed: bool,
     /// The user and database are shown to the admin port only when they change:
     /// `st.names_changed` when the user and database were last published (`None`: never).
     published_names: Option<u32>,
@@ -241,6 +244,7 @@ pub async fn run(
         drain_started: None,
         commanded: false,
         shutting_down: false,
+        idle_armed: false,
         idle_timer: Box::pin(tokio::time::sleep(Duration::from_millis(
             snapshot_idle_ms.max(1),
         ))),
@@ -502,6 +506,7 @@ impl Session {
             let due = self.last_command + Duration::from_millis(idle_ms);
             if self.idle_timer.deadline() > due {
                 self.idle_timer.as_mut().reset(due);
+                self.idle_armed = false;
             }
         }
         // A hold ends at the next command, or after multiplexing_hold_ms.
@@ -520,8 +525,18 @@ impl Session {
         let replica = self.replica.as_mut().map(|l| &mut *l.conn);
         let client = &mut self.client;
         // One timer for the session's life, moved only when it fires early (no timer-wheel
-        // work per command).
-        let idle_timer = self.idle_timer.as_mut();
+        // work per command). Once it has the session's waker for its deadline it is not
+        // polled again until it has fired (the session is one task for its life, so the
+        // waker it holds stays valid): a look at its state instead of a poll per command.
+        let mut idle_timer = self.idle_timer.as_mut();
+        let idle_armed = &mut self.idle_armed;
+        let idle_timer = std::future::poll_fn(move |cx| {
+            if *idle_armed && !idle_timer.is_elapsed() {
+                return std::task::Poll::Pending;
+            }
+            *idle_armed = true;
+            std::future::Future::poll(idle_timer.as_mut(), cx)
+        });
         // In this order: a KILL answered OK wins over a command that arrived meanwhile (as on
         // the server, whose KILL shuts the victim's socket), and no random draw per wait.
         tokio::select! {
@@ -551,6 +566,7 @@ impl Session {
                 let due = self.last_command + Duration::from_millis(idle_ms);
                 if tokio::time::Instant::now() < due {
                     self.idle_timer.as_mut().reset(due);
+                    self.idle_armed = false;
                     return Ok(None);
                 }
                 // Like the server's wait_timeout: the client stayed silent too long.
@@ -1009,6 +1025,21 @@ impl Session {
         wire_len: usize,
         seq: u8,
     ) -> Result<Option<Held>, SessionError> {
+        // Most statements of a transaction: it holds the primary, nothing is held over from
+        // the previous statement and nothing must be read or cleared first. What the steps
+        // below would decide, without their futures.
+        if self.st.hold.is_none()
+            && plan.route == Route::Primary
+            && !plan.reads.insert_id
+            && !plan.reads.previous
+            && !self.txn_on_replica
+            && self.txn_lost.is_none()
+            && self.state_lost.is_none()
+            && self.primary.is_some()
+            && self.st.in_transaction()
+        {
+            return Ok(Some(Held::Primary));
+        }
         let hold = self.st.hold.take();
         let held_previous = hold.is_some();
         if held_previous {
