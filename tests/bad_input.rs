@@ -316,6 +316,11 @@ async fn client_connection_limit_and_idle_timeout() {
     // A session silent for longer than client_idle_timeout_ms is closed.
     let v: Option<i64> = b.query_first("SELECT 1").await.unwrap();
     assert_eq!(v, Some(1));
+    // A command after part of the limit: the session's idle timer fires before the limit
+    // counted from this command, moves to it, and must still close the session then.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let v: Option<i64> = b.query_first("SELECT 2").await.unwrap();
+    assert_eq!(v, Some(2));
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(
         b.query_drop("SELECT 1").await.is_err(),
