@@ -116,10 +116,23 @@ async fn many_sessions_share_a_bounded_pool_and_waiting_is_bounded() {
         let v: Option<i64> = c.query_first("SELECT 4").await.unwrap();
         (c, v)
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shared = h.proxy.as_ref().unwrap().shared.clone();
+    common::eventually("c waits in line", Duration::from_secs(10), || {
+        let waiting = shared.routing().slots[0].pool.waiting();
+        async move { waiting == 1 }
+    })
+    .await;
     a.query_drop("COMMIT").await.unwrap();
     let (c, v) = waiter.await.unwrap();
     assert_eq!(v, Some(4));
+    // Both waits are counted (SHOW POOLS' waits_total), the one turned away too; the
+    // histogram observes the wait that ended with a connection. Nobody waits now.
+    let pool = &shared.routing().slots[0].pool;
+    assert_eq!(pool.waits.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(pool.waiting(), 0);
+    let hist = shared.metrics.pool_wait_seconds.snapshot();
+    assert_eq!(hist.count, 1, "{hist:?}");
+    assert!(hist.sum_seconds > 0.0, "{hist:?}");
     b.query_drop("COMMIT").await.unwrap();
     // Every session still works.
     for (i, mut s) in sessions.into_iter().chain([a, b, c]).enumerate() {

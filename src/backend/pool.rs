@@ -190,11 +190,10 @@ pub struct ServerPool {
     attended: AtomicBool,
     max_idle: AtomicUsize,
     idle_timeout_ms: AtomicU64,
-    /// Sessions waiting for a connection now.
-    waiting: AtomicUsize,
-    /// Sessions that had to wait, and for how long in all (microseconds).
-    pub waits: AtomicU64,
-    pub wait_micros: AtomicU64,
+    /// Sessions that had to wait, and for how long in all (microseconds): per thread (under
+    /// thousands of clients most leases wait, on every core).
+    pub waits: crate::lanes::LaneCounter,
+    pub wait_micros: crate::lanes::LaneCounter,
     /// The server was removed from the configuration: nothing is pooled any more.
     retired: AtomicBool,
     /// Statements one connection may keep prepared, as learned from the server's 1461
@@ -244,7 +243,6 @@ impl ServerPool {
             attended: AtomicBool::new(false),
             max_idle: AtomicUsize::new(limits.max_idle),
             idle_timeout_ms: AtomicU64::new(limits.idle_timeout.as_millis() as u64),
-            waiting: Default::default(),
             waits: Default::default(),
             wait_micros: Default::default(),
             retired: AtomicBool::new(false),
@@ -335,9 +333,16 @@ impl ServerPool {
         self.max.load(Ordering::Relaxed)
     }
 
-    /// Sessions waiting for a connection now.
+    /// Sessions waiting for a connection now: those in line (counted from the line, not by
+    /// each waiting session: no shared counter written per wait, and a session that stopped
+    /// waiting is not counted).
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.lists.lock().map_or(0, |l| {
+            l.waiters
+                .iter()
+                .map(|(_, q)| q.iter().filter(|w| !w.tx.is_closed()).count())
+                .sum()
+        })
     }
 
     /// How long the longest-waiting session has waited so far.
@@ -379,6 +384,26 @@ impl ServerPool {
         // No clock read and no waiting time unless the caller queues (only waits are
         // observed in `sluice_pool_wait_seconds`).
         let (started, rx) = loop {
+            // In line when nothing is idle and every slot is taken (thousands of clients over
+            // a few connections: most leases): one look under the lock. A connection returned
+            // since (pushed idle: there was nobody in line yet) is then taken instead, and so
+            // is a slot freed since (offered to nobody: nobody was in line): no session waits
+            // while one is to be had. A slot is released before the attendant is woken to
+            // hand it out, and both this look and the attendant's hold the lock: either this
+            // look sees the slot or the attendant sees this waiter. Each pass round the loop
+            // takes something or returns (or another session took it first), so it ends.
+            {
+                let Ok(mut l) = self.lists.lock() else {
+                    return Err(PoolError::Exhausted {
+                        server: self.name.clone(),
+                        max: self.max(),
+                        waited_ms: 0,
+                    });
+                };
+                if l.idle.is_empty() && self.slots.available_permits() == 0 {
+                    break self.queue(&mut l, limits);
+                }
+            }
             if let Some(conn) = self.pop_idle(&p, want, Scope::Home, prefer) {
                 return Ok(Acquired::at_once(conn, None));
             }
@@ -405,59 +430,28 @@ impl ServerPool {
                 }
                 continue;
             }
-            // In line. A connection returned since the look above (pushed idle: there was
-            // nobody in line yet) is taken instead, and so is a slot freed since (offered to
-            // nobody: nobody was in line): no session waits while one is to be had. A slot is
-            // released before the attendant is woken to hand it out, and both this look and
-            // the attendant's hold the lock: either this look sees the slot or the attendant
-            // sees this waiter. Each pass round the loop takes something or returns (or
-            // another session took it first), so it ends.
-            let Ok(mut l) = self.lists.lock() else {
-                return Err(PoolError::Exhausted {
-                    server: self.name.clone(),
-                    max: self.max(),
-                    waited_ms: 0,
-                });
-            };
-            if !l.idle.is_empty() || self.slots.available_permits() > 0 {
-                continue;
-            }
-            let started = Instant::now();
-            // No timer per wait: the attendant turns the session away at its deadline.
-            let deadline = started + limits.wait;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let home = crate::loops::home();
-            let w = Waiter {
-                since: started,
-                deadline,
-                tx,
-            };
-            match l.waiters.iter_mut().find(|(h, _)| *h == home) {
-                Some((_, q)) => q.push_back(w),
-                None => l.waiters.push((home, [w].into())),
-            }
-            if l.expire_at.map_or(true, |at| deadline < at) {
-                l.expire_at = Some(deadline);
-                self.attendant.notify_one();
-            }
-            break (started, rx);
+            // Nothing to be had: the look above puts the session in line, or finds what came
+            // free since.
         };
-        if !self.attended.swap(true, Ordering::AcqRel) {
+        // Read first: a swap would write the shared line on every wait.
+        if !self.attended.load(Ordering::Acquire) && !self.attended.swap(true, Ordering::AcqRel) {
             tokio::spawn(attend(
                 Arc::downgrade(&self.lists),
                 self.slots.clone(),
                 self.attendant.clone(),
             ));
         }
-        self.waiting.fetch_add(1, Ordering::Relaxed);
         let got = rx.await;
         // The time in line (not the re-authentication or connect that may follow).
         let waited = started.elapsed();
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.wait_micros
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         match got {
+            // Of the session's key (the common case): used as it is.
+            Ok(Handed::Conn(conn)) if same_key(&conn, &p) => {
+                Ok(Acquired::after_wait(conn, None, waited))
+            }
             Ok(Handed::Conn(conn)) => match self.adapt(conn, &p, limits).await? {
                 Some((conn, ok)) => Ok(Acquired::after_wait(conn, Some(ok), waited)),
                 None => Err(PoolError::Exhausted {
@@ -477,6 +471,34 @@ impl ServerPool {
                 waited_ms: limits.wait.as_millis() as u64,
             }),
         }
+    }
+
+    /// Puts the caller in line (`l` is the pool's lists, locked): when it started waiting and
+    /// where it is handed a connection or a slot.
+    fn queue(
+        &self,
+        l: &mut Lists,
+        limits: &PoolLimits,
+    ) -> (Instant, tokio::sync::oneshot::Receiver<Handed>) {
+        let started = Instant::now();
+        // No timer per wait: the attendant turns the session away at its deadline.
+        let deadline = started + limits.wait;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let home = crate::loops::home();
+        let w = Waiter {
+            since: started,
+            deadline,
+            tx,
+        };
+        match l.waiters.iter_mut().find(|(h, _)| *h == home) {
+            Some((_, q)) => q.push_back(w),
+            None => l.waiters.push((home, [w].into())),
+        }
+        if l.expire_at.map_or(true, |at| deadline < at) {
+            l.expire_at = Some(deadline);
+            self.attendant.notify_one();
+        }
+        (started, rx)
     }
 
     /// A connection handed over while waiting: used as it is when its key matches, else

@@ -154,7 +154,7 @@ impl Session {
             self.shared
                 .metrics
                 .pool_wait_seconds
-                .observe(acquired.waited.as_secs_f64());
+                .observe(acquired.waited);
         }
         let mut conn = acquired.conn;
         match conn.sync_to(&self.st.vars, self.user.secret()).await {

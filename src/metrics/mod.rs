@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -95,36 +95,84 @@ impl prometheus::core::Collector for QueryCollector {
             .iter()
             .zip(&self.0.routes)
             .map(|(route, h)| {
-                let snap = h.snapshot();
-                let mut hist = proto::Histogram::default();
-                hist.set_sample_count(snap.count);
-                hist.set_sample_sum(snap.sum_seconds);
-                hist.set_bucket(
-                    snap.cumulative
-                        .iter()
-                        .map(|&(bound, n)| {
-                            let mut b = proto::Bucket::default();
-                            b.set_upper_bound(bound);
-                            b.set_cumulative_count(n);
-                            b
-                        })
-                        .collect(),
-                );
                 let mut label = proto::LabelPair::default();
                 label.set_name("route".to_string());
                 label.set_value(route.to_string());
                 let mut m = proto::Metric::default();
                 m.set_label(vec![label]);
-                m.set_histogram(hist);
+                m.set_histogram(lane_histogram(h));
                 m
             })
             .collect();
-        let mut family = proto::MetricFamily::default();
-        family.set_name(self.0.desc.fq_name.clone());
-        family.set_help(self.0.desc.help.clone());
-        family.set_field_type(proto::MetricType::HISTOGRAM);
-        family.set_metric(metrics);
-        vec![family]
+        vec![histogram_family(&self.0.desc, metrics)]
+    }
+}
+
+/// A [`crate::lanes::LaneHistogram`] as Prometheus exposes it.
+fn lane_histogram(h: &crate::lanes::LaneHistogram) -> prometheus::proto::Histogram {
+    use prometheus::proto;
+    let snap = h.snapshot();
+    let mut hist = proto::Histogram::default();
+    hist.set_sample_count(snap.count);
+    hist.set_sample_sum(snap.sum_seconds);
+    hist.set_bucket(
+        snap.cumulative
+            .iter()
+            .map(|&(bound, n)| {
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(bound);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect(),
+    );
+    hist
+}
+
+fn histogram_family(
+    desc: &prometheus::core::Desc,
+    metrics: Vec<prometheus::proto::Metric>,
+) -> prometheus::proto::MetricFamily {
+    let mut family = prometheus::proto::MetricFamily::default();
+    family.set_name(desc.fq_name.clone());
+    family.set_help(desc.help.clone());
+    family.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
+    family.set_metric(metrics);
+    family
+}
+
+/// `sluice_pool_wait_seconds`: under thousands of clients most leases wait, so it is written
+/// per thread like the statement latencies.
+pub struct PoolWaitHistogram {
+    desc: prometheus::core::Desc,
+    hist: crate::lanes::LaneHistogram,
+}
+
+impl PoolWaitHistogram {
+    /// One wait in a pool's queue.
+    #[inline]
+    pub fn observe(&self, waited: std::time::Duration) {
+        self.hist.observe(waited);
+    }
+
+    /// What it holds now.
+    pub fn snapshot(&self) -> crate::lanes::HistSnapshot {
+        self.hist.snapshot()
+    }
+}
+
+/// Exposes [`PoolWaitHistogram`] in the registry.
+struct PoolWaitCollector(Arc<PoolWaitHistogram>);
+
+impl prometheus::core::Collector for PoolWaitCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut m = prometheus::proto::Metric::default();
+        m.set_histogram(lane_histogram(&self.0.hist));
+        vec![histogram_family(&self.0.desc, vec![m])]
     }
 }
 
@@ -134,7 +182,7 @@ pub struct Metrics {
     /// `sluice_query_duration_seconds{route}` (0 primary, 1 replica), written per thread.
     pub query_seconds: Arc<QueryHistograms>,
     /// Time sessions waited in a pool's queue for a server connection.
-    pub pool_wait_seconds: Histogram,
+    pub pool_wait_seconds: Arc<PoolWaitHistogram>,
     sessions_pinned: IntGaugeVec,
     /// `sluice_worker_threads`: the threads that run sessions (set at start).
     pub worker_threads: IntGauge,
@@ -248,17 +296,17 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(failover_seconds.clone()))
             .expect("unique metric");
-        let pool_wait = Histogram::with_opts(
-            HistogramOpts::new(
-                POOL_WAIT_SECONDS,
-                "Time a session waited in a pool's queue for a server connection",
+        let pool_wait = Arc::new(PoolWaitHistogram {
+            desc: prometheus::core::Desc::new(
+                POOL_WAIT_SECONDS.to_string(),
+                "Time a session waited in a pool's queue for a server connection".to_string(),
+                vec![],
+                Default::default(),
             )
-            .buckets(vec![
-                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(pool_wait.clone()))
+            .expect("valid metric"),
+            hist: crate::lanes::LaneHistogram::new(buckets),
+        });
+        r.register(Box::new(PoolWaitCollector(pool_wait.clone())))
             .expect("unique metric");
         let ratio = prometheus::Gauge::new(
             MULTIPLEXING_RATIO,
