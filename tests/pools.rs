@@ -209,6 +209,43 @@ async fn pool_min_idle_keeps_warm_connections_that_sessions_use() {
     h.shutdown().await;
 }
 
+/// A session of another user waiting in line is handed the connection a session of the first
+/// user gives back: it runs as itself (the connection is re-authenticated), and the first
+/// user's next statement runs as that user again.
+#[tokio::test]
+async fn a_connection_handed_to_a_waiting_session_of_another_user_is_logged_in_as_it() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 20_000;
+    })
+    .await;
+    let mut a = h.proxy_conn().await;
+    let mut o = mysql_async::Conn::new(h.opts(h.addr.port(), "other", "other-pw"))
+        .await
+        .unwrap();
+    let id = backend_id(&mut a).await;
+    a.query_drop("BEGIN").await.unwrap();
+    let who: Option<String> = a.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(who.as_deref(), Some("app@%"));
+    let waiter = tokio::spawn(async move {
+        let who: Option<String> = o.query_first("SELECT CURRENT_USER()").await.unwrap();
+        (o, who)
+    });
+    let shared = h.proxy.as_ref().unwrap().shared.clone();
+    common::eventually("o waits in line", Duration::from_secs(10), || {
+        let waiting = shared.routing().slots[0].pool.waiting();
+        async move { waiting == 1 }
+    })
+    .await;
+    a.query_drop("COMMIT").await.unwrap();
+    let (mut o, who) = waiter.await.unwrap();
+    assert_eq!(who.as_deref(), Some("other@%"), "o runs as itself");
+    assert_eq!(backend_id(&mut o).await, id, "on the one connection");
+    let who: Option<String> = a.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(who.as_deref(), Some("app@%"), "and a as itself again");
+    h.shutdown().await;
+}
+
 /// The only connection is killed by the server while a transaction holds it and another
 /// session waits in line: the waiting session gets the freed slot (a new connection) at once,
 /// not error 9012 at the end of its `pool_wait_ms`.
