@@ -246,6 +246,59 @@ async fn a_connection_handed_to_a_waiting_session_of_another_user_is_logged_in_a
     h.shutdown().await;
 }
 
+/// A session killed (admin `KILL SESSION`) while it waits in line leaves the line: it is no
+/// longer counted as waiting, and the connection goes to the next in line, not to it.
+#[tokio::test]
+async fn a_session_killed_while_waiting_leaves_the_line() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 20_000;
+    })
+    .await;
+    let mut a = h.proxy_conn().await;
+    let mut c = h.proxy_conn().await;
+    let mut d = h.proxy_conn().await;
+    let victim = c.id();
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop("SELECT 1").await.unwrap();
+    let shared = h.proxy.as_ref().unwrap().shared.clone();
+    let waiting = |n: usize| {
+        let shared = shared.clone();
+        move || {
+            let w = shared.routing().slots[0].pool.waiting();
+            async move { w == n }
+        }
+    };
+    let killed = tokio::spawn(async move { c.query_drop("SELECT 3").await });
+    common::eventually("c waits in line", Duration::from_secs(10), waiting(1)).await;
+    let second = tokio::spawn(async move {
+        let v: Option<i64> = d.query_first("SELECT 4").await.unwrap();
+        (d, v)
+    });
+    common::eventually("c and d wait in line", Duration::from_secs(10), waiting(2)).await;
+    let addr = h.proxy.as_ref().unwrap().admin_addr.expect("admin port on");
+    let mut admin =
+        mysql_async::Conn::new(h.opts(addr.port(), "admin", sluice::sandbox::ADMIN_PASSWORD))
+            .await
+            .unwrap();
+    admin
+        .query_drop(format!("KILL SESSION {victim}"))
+        .await
+        .unwrap();
+    assert!(
+        killed.await.unwrap().is_err(),
+        "the killed session's statement fails"
+    );
+    common::eventually("only d waits", Duration::from_secs(10), waiting(1)).await;
+    a.query_drop("COMMIT").await.unwrap();
+    let (mut d, v) = second.await.unwrap();
+    assert_eq!(v, Some(4));
+    common::eventually("nobody waits", Duration::from_secs(10), waiting(0)).await;
+    let v: Option<i64> = d.query_first("SELECT 5").await.unwrap();
+    assert_eq!(v, Some(5));
+    h.shutdown().await;
+}
+
 /// The only connection is killed by the server while a transaction holds it and another
 /// session waits in line: the waiting session gets the freed slot (a new connection) at once,
 /// not error 9012 at the end of its `pool_wait_ms`.
