@@ -12,22 +12,6 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row};
 use sluice::sandbox::ADMIN_PASSWORD;
 
-fn admin_opts(h: &Harness, password: &str) -> OptsBuilder {
-    let addr = h.proxy.as_ref().unwrap().admin_addr.expect("admin port on");
-    OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(addr.port())
-        .user(Some("admin"))
-        .pass(Some(password))
-        .prefer_socket(false)
-}
-
-async fn admin(h: &Harness) -> Conn {
-    Conn::new(admin_opts(h, ADMIN_PASSWORD))
-        .await
-        .expect("admin login")
-}
-
 /// The SELECT statements user `app` ran on a server, by the server's own count.
 async fn select_commands(h: &Harness, node: usize) -> u64 {
     h.root_sql(
@@ -79,7 +63,7 @@ async fn admin_port_shows_true_values_and_takes_commands() {
         select_commands(&h, 1).await,
         select_commands(&h, 2).await,
     ];
-    let mut a = admin(&h).await;
+    let mut a = h.admin_conn().await;
     let before = table(&mut a, "SHOW SERVERS").await;
     let stats_before = table(&mut a, "SHOW STATS").await;
     for _ in 0..100 {
@@ -269,7 +253,7 @@ async fn admin_port_shows_true_values_and_takes_commands() {
     );
 
     // A wrong admin password: 1045.
-    match Conn::new(admin_opts(&h, "wrong")).await {
+    match Conn::new(h.admin_opts("wrong")).await {
         Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1045),
         other => panic!("{:?}", other.map(|_| ())),
     }
@@ -356,7 +340,7 @@ async fn query_digest_counts_statements_by_shape() {
     app.query_drop("CREATE TABLE IF NOT EXISTS dg.t (id INT PRIMARY KEY, v INT)")
         .await
         .unwrap();
-    let mut a = admin(&h).await;
+    let mut a = h.admin_conn().await;
     a.query_drop("RESET QUERY DIGEST").await.unwrap();
     assert!(table(&mut a, "SHOW QUERY DIGEST").await.is_empty());
     for i in 0..20 {

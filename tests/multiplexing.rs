@@ -10,19 +10,7 @@ use std::time::Duration;
 
 use common::{app_connections, table, Harness};
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder};
-use sluice::sandbox::ADMIN_PASSWORD;
-
-async fn admin(h: &Harness) -> Conn {
-    let addr = h.proxy.as_ref().unwrap().admin_addr.expect("admin port on");
-    let opts = OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(addr.port())
-        .user(Some("admin"))
-        .pass(Some(ADMIN_PASSWORD))
-        .prefer_socket(false);
-    Conn::new(opts).await.expect("admin login")
-}
+use mysql_async::Conn;
 
 async fn replicas_ready(h: &Harness) {
     h.topo
@@ -62,7 +50,7 @@ async fn six_hundred_idle_clients_share_a_few_connections() {
         "server connections: primary {p}, replica {r}"
     );
     assert!(p + r < 20, "idle sessions hold no connection: {p} + {r}");
-    let mut a = admin(&h).await;
+    let mut a = h.admin_conn().await;
     let pools = table(&mut a, "SHOW POOLS").await;
     assert!(pools.iter().all(|p| p["waiting"].as_deref() == Some("0")));
     for c in clients {
@@ -447,7 +435,7 @@ async fn each_pin_is_counted_shown_and_ended() {
         .await
         .unwrap();
     replicas_ready(&h).await;
-    let mut adm = admin(&h).await;
+    let mut adm = h.admin_conn().await;
     let cases: &[(&str, &str, &str)] = &[
         (
             "temp_table",
@@ -718,7 +706,7 @@ async fn session_mode_keeps_one_primary_connection_per_session() {
         assert_eq!(in_txn(&mut a).await, id_a);
     }
     // Both idle sessions hold their primary connection.
-    let mut adm = admin(&h).await;
+    let mut adm = h.admin_conn().await;
     let sessions = table(&mut adm, "SHOW SESSIONS").await;
     assert_eq!(sessions.len(), 2);
     assert!(

@@ -18,6 +18,25 @@ async fn backend_id(c: &mut mysql_async::Conn) -> u64 {
     id.unwrap()
 }
 
+/// Sluice over a primary alone, with one connection to it and a line that waits 20 s.
+async fn one_connection() -> Harness {
+    Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 20_000;
+    })
+    .await
+}
+
+/// Waits (bounded) until exactly `n` sessions wait in line for a primary connection.
+async fn until_waiting(h: &Harness, n: usize, what: &str) {
+    let shared = h.proxy.as_ref().unwrap().shared.clone();
+    common::eventually(what, Duration::from_secs(10), || {
+        let waiting = shared.routing().slots[0].pool.waiting();
+        async move { waiting == n }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn connections_are_reused_across_sessions_with_their_state_reset() {
     let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
@@ -116,17 +135,13 @@ async fn many_sessions_share_a_bounded_pool_and_waiting_is_bounded() {
         let v: Option<i64> = c.query_first("SELECT 4").await.unwrap();
         (c, v)
     });
-    let shared = h.proxy.as_ref().unwrap().shared.clone();
-    common::eventually("c waits in line", Duration::from_secs(10), || {
-        let waiting = shared.routing().slots[0].pool.waiting();
-        async move { waiting == 1 }
-    })
-    .await;
+    until_waiting(&h, 1, "c waits in line").await;
     a.query_drop("COMMIT").await.unwrap();
     let (c, v) = waiter.await.unwrap();
     assert_eq!(v, Some(4));
     // Both waits are counted (SHOW POOLS' waits_total), the one turned away too; the
     // histogram observes the wait that ended with a connection. Nobody waits now.
+    let shared = h.proxy.as_ref().unwrap().shared.clone();
     let pool = &shared.routing().slots[0].pool;
     assert_eq!(pool.waits.load(std::sync::atomic::Ordering::Relaxed), 2);
     assert_eq!(pool.waiting(), 0);
@@ -214,11 +229,7 @@ async fn pool_min_idle_keeps_warm_connections_that_sessions_use() {
 /// user's next statement runs as that user again.
 #[tokio::test]
 async fn a_connection_handed_to_a_waiting_session_of_another_user_is_logged_in_as_it() {
-    let h = Harness::start_with(0, |c| {
-        c.proxy.max_backend_connections = 1;
-        c.proxy.pool_wait_ms = 20_000;
-    })
-    .await;
+    let h = one_connection().await;
     let mut a = h.proxy_conn().await;
     let mut o = mysql_async::Conn::new(h.opts(h.addr.port(), "other", "other-pw"))
         .await
@@ -231,12 +242,7 @@ async fn a_connection_handed_to_a_waiting_session_of_another_user_is_logged_in_a
         let who: Option<String> = o.query_first("SELECT CURRENT_USER()").await.unwrap();
         (o, who)
     });
-    let shared = h.proxy.as_ref().unwrap().shared.clone();
-    common::eventually("o waits in line", Duration::from_secs(10), || {
-        let waiting = shared.routing().slots[0].pool.waiting();
-        async move { waiting == 1 }
-    })
-    .await;
+    until_waiting(&h, 1, "o waits in line").await;
     a.query_drop("COMMIT").await.unwrap();
     let (mut o, who) = waiter.await.unwrap();
     assert_eq!(who.as_deref(), Some("other@%"), "o runs as itself");
@@ -250,38 +256,22 @@ async fn a_connection_handed_to_a_waiting_session_of_another_user_is_logged_in_a
 /// longer counted as waiting, and the connection goes to the next in line, not to it.
 #[tokio::test]
 async fn a_session_killed_while_waiting_leaves_the_line() {
-    let h = Harness::start_with(0, |c| {
-        c.proxy.max_backend_connections = 1;
-        c.proxy.pool_wait_ms = 20_000;
-    })
-    .await;
+    let h = one_connection().await;
     let mut a = h.proxy_conn().await;
     let mut c = h.proxy_conn().await;
     let mut d = h.proxy_conn().await;
     let victim = c.id();
     a.query_drop("BEGIN").await.unwrap();
     a.query_drop("SELECT 1").await.unwrap();
-    let shared = h.proxy.as_ref().unwrap().shared.clone();
-    let waiting = |n: usize| {
-        let shared = shared.clone();
-        move || {
-            let w = shared.routing().slots[0].pool.waiting();
-            async move { w == n }
-        }
-    };
     let killed = tokio::spawn(async move { c.query_drop("SELECT 3").await });
-    common::eventually("c waits in line", Duration::from_secs(10), waiting(1)).await;
+    until_waiting(&h, 1, "c waits in line").await;
     let second = tokio::spawn(async move {
         let v: Option<i64> = d.query_first("SELECT 4").await.unwrap();
         (d, v)
     });
-    common::eventually("c and d wait in line", Duration::from_secs(10), waiting(2)).await;
-    let addr = h.proxy.as_ref().unwrap().admin_addr.expect("admin port on");
-    let mut admin =
-        mysql_async::Conn::new(h.opts(addr.port(), "admin", sluice::sandbox::ADMIN_PASSWORD))
-            .await
-            .unwrap();
-    admin
+    until_waiting(&h, 2, "c and d wait in line").await;
+    h.admin_conn()
+        .await
         .query_drop(format!("KILL SESSION {victim}"))
         .await
         .unwrap();
@@ -289,11 +279,11 @@ async fn a_session_killed_while_waiting_leaves_the_line() {
         killed.await.unwrap().is_err(),
         "the killed session's statement fails"
     );
-    common::eventually("only d waits", Duration::from_secs(10), waiting(1)).await;
+    until_waiting(&h, 1, "only d waits").await;
     a.query_drop("COMMIT").await.unwrap();
     let (mut d, v) = second.await.unwrap();
     assert_eq!(v, Some(4));
-    common::eventually("nobody waits", Duration::from_secs(10), waiting(0)).await;
+    until_waiting(&h, 0, "nobody waits").await;
     let v: Option<i64> = d.query_first("SELECT 5").await.unwrap();
     assert_eq!(v, Some(5));
     h.shutdown().await;
@@ -304,11 +294,7 @@ async fn a_session_killed_while_waiting_leaves_the_line() {
 /// not error 9012 at the end of its `pool_wait_ms`.
 #[tokio::test]
 async fn a_waiting_session_gets_the_slot_of_a_connection_that_closed() {
-    let h = Harness::start_with(0, |c| {
-        c.proxy.max_backend_connections = 1;
-        c.proxy.pool_wait_ms = 20_000;
-    })
-    .await;
+    let h = one_connection().await;
     let mut a = h.proxy_conn().await;
     let mut c = h.proxy_conn().await;
     a.query_drop("BEGIN").await.unwrap();
@@ -320,12 +306,7 @@ async fn a_waiting_session_gets_the_slot_of_a_connection_that_closed() {
         let v = c.query_first::<i64, _>("SELECT 4").await;
         (c, v, start.elapsed())
     });
-    let shared = h.proxy.as_ref().unwrap().shared.clone();
-    common::eventually("c waits in line", Duration::from_secs(10), || {
-        let waiting = shared.routing().slots[0].pool.waiting();
-        async move { waiting == 1 }
-    })
-    .await;
+    until_waiting(&h, 1, "c waits in line").await;
     h.root_sql(0, &format!("KILL {backend}")).await;
     let (mut c, v, waited) = waiter.await.unwrap();
     assert_eq!(

@@ -33,16 +33,9 @@ fn with_tls(pki: &TestPki, require: bool) -> impl FnOnce(&mut sluice::config::Co
     move |c| c.proxy.tls = Some(tls)
 }
 
-async fn admin(h: &Harness) -> Conn {
-    let port = h.proxy.as_ref().unwrap().admin_addr.unwrap().port();
-    Conn::new(h.opts(port, "admin", sluice::sandbox::ADMIN_PASSWORD))
-        .await
-        .unwrap()
-}
-
 /// The TLS column of SHOW SESSIONS for every session.
 async fn session_tls(h: &Harness) -> Vec<Option<String>> {
-    let rows: Vec<mysql_async::Row> = admin(h).await.query("SHOW SESSIONS").await.unwrap();
+    let rows: Vec<mysql_async::Row> = h.admin_conn().await.query("SHOW SESSIONS").await.unwrap();
     rows.into_iter()
         .map(|r| r.get::<Option<String>, _>("tls").flatten())
         .collect()

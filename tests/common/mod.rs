@@ -134,6 +134,24 @@ impl Harness {
         self.opts(self.topo.nodes[0].port, USER, PASSWORD)
     }
 
+    /// mysql_async options for Sluice's admin port (which the harness turns on) as `admin`.
+    pub fn admin_opts(&self, password: &str) -> OptsBuilder {
+        let addr = self
+            .proxy
+            .as_ref()
+            .unwrap()
+            .admin_addr
+            .expect("admin port on");
+        self.opts(addr.port(), "admin", password)
+    }
+
+    /// A connection to Sluice's admin port, logged in with the sandbox's admin password.
+    pub async fn admin_conn(&self) -> Conn {
+        Conn::new(self.admin_opts(sluice::sandbox::ADMIN_PASSWORD))
+            .await
+            .expect("admin login")
+    }
+
     pub async fn proxy_conn(&self) -> Conn {
         Conn::new(self.proxy_opts())
             .await
