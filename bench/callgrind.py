@@ -5,7 +5,7 @@ does), where timings here move by ±20-30 % from run to run.
 
     python3 bench/callgrind.py [--events 20000] [--threads 8] [--test oltp_point_select]
                                [--mode disable] [--targets sluice,haproxy,floor] [--top 30]
-                               [--keep DIR] [--cache-sim]
+                               [--keep DIR] [--cache-sim [--ll-kib 1024]]
 
 Starts `sluice sandbox --replicas 0` (a MariaDB primary; the sandbox's own Sluice is not
 measured), then runs each target under `valgrind --tool=callgrind` with instrumentation off:
@@ -20,6 +20,9 @@ functions with the most instructions of their own (callgrind_annotate). `--keep 
 profiles for `callgrind_annotate --inclusive=yes DIR/sluice.out`. `--cache-sim` also simulates
 the L1 caches (`--cache-sim=yes`: valgrind's model of this CPU's L1, 32 KB each) and prints the
 instruction-fetch and data-read misses per query: how much of the hot path fits the caches.
+`--ll-kib N` makes the simulated last level an N KiB cache (8-way, 64-byte lines; e.g. 1024 for
+this machine's per-core L2) and prints its data misses per query too: with many sessions, how
+much of each statement's state has left the core's caches since that session's last turn.
 
 Valgrind runs one thread at a time and ~50 times slower, so this counts work, not waiting:
 contention, cache misses and the scheduler are not in these figures.
@@ -43,6 +46,8 @@ def main():
     ap.add_argument("--keep", default=None, help="directory to keep the profiles in")
     ap.add_argument("--cache-sim", action="store_true",
                     help="simulate the L1 caches and print their misses per query")
+    ap.add_argument("--ll-kib", type=int, default=None,
+                    help="with --cache-sim: the simulated last-level cache's size in KiB")
     a = ap.parse_args()
     want = a.targets.split(",")
     for w in want:
@@ -72,6 +77,8 @@ def main():
             vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
             if a.cache_sim:
                 vg.insert(2, "--cache-sim=yes")
+                if a.ll_kib:
+                    vg.insert(3, f"--LL={a.ll_kib * 1024},8,64")
             if name == "sluice":
                 cmd = vg + P.second_sluice_command(binary, work, port, primary, 2,
                                                    os.environ.get("SLUICE_PROXY", ""))
@@ -100,6 +107,9 @@ def main():
                 misses = (f"; L1 misses per query: instructions {totals['I1mr'] / queries:,.1f}, "
                           f"data reads {totals['D1mr'] / queries:,.1f}, "
                           f"data writes {totals['D1mw'] / queries:,.1f}")
+                if a.ll_kib:
+                    misses += (f"; {a.ll_kib} KiB last-level data misses per query: reads "
+                               f"{totals['DLmr'] / queries:,.1f}, writes {totals['DLmw'] / queries:,.1f}")
             print(f"{name:8} {queries} queries, {ir} instructions: {ir / queries:,.0f} per query"
                   f"{misses}", flush=True)
             p.terminate()

@@ -410,7 +410,7 @@ impl ServerPool {
             // A new connection while slots are free, rather than one of another session loop
             // (whose every packet would wake this loop from that one's thread).
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                return match self.open(p, limits, permit).await {
+                return match Box::pin(self.open(p, limits, permit)).await {
                     Ok((conn, ok)) => Ok(Acquired::at_once(conn, Some(ok))),
                     // The server refuses more (its max_connections): an idle one of another
                     // loop still serves.
@@ -425,7 +425,7 @@ impl ServerPool {
             }
             // Every slot is taken; an idle connection of another user is better than waiting.
             if let Some(conn) = self.pop_idle(&p, want, Scope::OtherKey, 0) {
-                if let Some(r) = self.adapt(conn, &p, limits).await? {
+                if let Some(r) = Box::pin(self.adapt(conn, &p, limits)).await? {
                     return Ok(Acquired::at_once(r.0, Some(r.1)));
                 }
                 continue;
@@ -452,7 +452,7 @@ impl ServerPool {
             Ok(Handed::Conn(conn)) if same_key(&conn, &p) => {
                 Ok(Acquired::after_wait(conn, None, waited))
             }
-            Ok(Handed::Conn(conn)) => match self.adapt(conn, &p, limits).await? {
+            Ok(Handed::Conn(conn)) => match Box::pin(self.adapt(conn, &p, limits)).await? {
                 Some((conn, ok)) => Ok(Acquired::after_wait(conn, Some(ok), waited)),
                 None => Err(PoolError::Exhausted {
                     server: self.name.clone(),
@@ -461,7 +461,7 @@ impl ServerPool {
                 }),
             },
             Ok(Handed::Slot(permit)) => {
-                let (conn, ok) = self.open(p, limits, permit).await?;
+                let (conn, ok) = Box::pin(self.open(p, limits, permit)).await?;
                 Ok(Acquired::after_wait(conn, Some(ok), waited))
             }
             // Turned away by the attendant at its deadline.

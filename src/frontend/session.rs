@@ -133,12 +133,35 @@ pub(super) struct Relayed {
 }
 
 /// Runs a session to its end.
+///
+/// The session's task future holds little beside the command loop: the login (a TLS
+/// handshake, a server connection opened, each a few KiB of future) is boxed and ends before
+/// it, and `Session` lives in a box of its own. With thousands of idle sessions, what each
+/// holds is that memory (see docs/benchmarks.md).
 pub async fn run(
+    shared: Arc<Shared>,
+    client: ClientConn,
+    id: u32,
+    info: Arc<super::registry::SessionInfo>,
+) -> Result<(), SessionError> {
+    // Held until the session ends (dropped after it).
+    let Some((_user_slot, mut s)) = Box::pin(open(shared, client, id, info)).await? else {
+        return Ok(());
+    };
+    let result = s.command_loop().await;
+    let orderly = matches!(result, Ok(()) | Err(SessionError::ClientClosed));
+    Box::pin(s.finish(orderly)).await;
+    result
+}
+
+/// Authenticates the client and logs its session in. `None` when the session ended there
+/// (the client was answered, or left).
+async fn open(
     shared: Arc<Shared>,
     mut client: ClientConn,
     id: u32,
     info: Arc<super::registry::SessionInfo>,
-) -> Result<(), SessionError> {
+) -> Result<Option<(crate::frontend::firewall::UserSlot, Box<Session>)>, SessionError> {
     let snapshot = shared.routing();
     let handshake_ms = snapshot.config.proxy.handshake_timeout_ms;
     let ip = client.peer.ip();
@@ -156,7 +179,7 @@ pub async fn run(
     // address instead), nor does a client that just closes (a load balancer's TCP check).
     let auth = match auth {
         Ok(Some(a)) => a,
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(None),
         Err(e) => {
             if matches!(
                 e,
@@ -173,7 +196,7 @@ pub async fn run(
         let _ = info.tls.set(format!("{version} {cipher}"));
     }
     // Held until the session ends.
-    let Some(_user_slot) = shared.firewall.user_slot(&auth.user) else {
+    let Some(user_slot) = shared.firewall.user_slot(&auth.user) else {
         tracing::info!(user = %auth.user.name, limit = auth.user.max_connections, "user has too many sessions");
         client
             .send_err(
@@ -181,7 +204,7 @@ pub async fn run(
                 &errors::too_many_user_connections(&auth.user.name),
             )
             .await?;
-        return Ok(());
+        return Ok(None);
     };
     tracing::Span::current().record("user", tracing::field::display(&auth.user.name));
     let Authenticated {
@@ -200,7 +223,7 @@ pub async fn run(
     let snapshot_idle_ms = snapshot.config.proxy.client_idle_timeout_ms;
     let mut cluster_rx = shared.cluster.clone();
     let view = cluster_rx.borrow_and_update().clone();
-    let mut s = Session {
+    let mut s = Box::new(Session {
         client,
         user,
         capabilities,
@@ -250,18 +273,15 @@ pub async fn run(
         ))),
         published_names: None,
         shared,
-    };
+    });
     s.publish_state();
     if !s.login_primary(next_seq).await? {
-        return Ok(());
+        return Ok(None);
     }
     tracing::debug!("client authenticated");
     // Quiet time counts from the login's answer, not from the session's creation.
     s.last_command = tokio::time::Instant::now();
-    let result = s.command_loop().await;
-    let orderly = matches!(result, Ok(()) | Err(SessionError::ClientClosed));
-    s.finish(orderly).await;
-    result
+    Ok(Some((user_slot, s)))
 }
 
 /// Authenticates the client. `None` when the client was refused (it has been told why).
@@ -395,7 +415,7 @@ impl Session {
                 command::COM_CHANGE_USER => {
                     let payload = self.client.rbuf[HEADER_LEN..ext.wire_len].to_vec();
                     self.client.consume(ext.wire_len);
-                    self.change_user(&payload).await?;
+                    Box::pin(self.change_user(&payload)).await?;
                 }
                 c if refused_command(c) => {
                     self.client.consume(ext.wire_len);
@@ -615,14 +635,13 @@ impl Session {
         // Connection ids are Sluice's session ids (src/frontend/kill.rs).
         if code == command::COM_PROCESS_KILL {
             let k = super::kill::parse_process_kill(&self.client.rbuf[HEADER_LEN..wire_len]);
-            return self
-                .kill(k.ok_or("a malformed COM_PROCESS_KILL"), wire_len, seq)
+            return Box::pin(self.kill(k.ok_or("a malformed COM_PROCESS_KILL"), wire_len, seq))
                 .await;
         }
         if code == command::COM_QUERY {
             let sql = &self.client.rbuf[HEADER_LEN + 1..wire_len];
             if let Some(k) = super::kill::parse(sql) {
-                return self.kill(k, wire_len, seq).await;
+                return Box::pin(self.kill(k, wire_len, seq)).await;
             }
             if let Some(new) = super::kill::rewrite_connection_id(sql, self.info.id) {
                 wire_len = self.client.replace_query(wire_len, &new);
@@ -1494,7 +1513,7 @@ impl Session {
 
     /// Ends the session: connections in a known state go back to their pools; the others
     /// are closed.
-    async fn finish(mut self, orderly: bool) {
+    async fn finish(&mut self, orderly: bool) {
         if !orderly {
             self.idle = false;
         }

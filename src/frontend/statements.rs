@@ -308,7 +308,7 @@ impl Session {
                 },
                 (None, Err(_)) => Err("a malformed execution"),
             };
-            return self.kill(k, wire_len, seq).await;
+            return Box::pin(self.kill(k, wire_len, seq)).await;
         }
         let (class, digest_hash, params, cached, memo) =
             (st.class, st.digest, st.params, st.cached, st.memo);
