@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::instance::Instance;
 use common::raw::RawConn;
 use common::{spec, PASSWORD, USER};
+use mysql_async::prelude::Queryable;
 use sluice::sandbox::Topology;
 
 /// The most resident memory one idle session may add.
@@ -87,7 +88,21 @@ async fn idle_sessions_hold_no_server_connection_and_little_memory() {
         with = sluice.resources().await;
     }
     assert_eq!(with.sessions, n, "every session is open: {with:?}");
-    assert!(with.pool <= 8, "idle sessions hold no connection: {with:?}");
+    // Idle sessions hold no server connection: none is in use (the pool's idle ones are
+    // held by no session).
+    let mut admin = sluice.admin().await;
+    let servers: Vec<mysql_async::Row> = admin.query("SHOW SERVERS").await.unwrap();
+    let _ = admin.disconnect().await;
+    let in_use: usize = servers
+        .iter()
+        .map(|r| {
+            r.get_opt::<String, _>("conn_in_use")
+                .and_then(Result::ok)
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("SHOW SERVERS has conn_in_use")
+        })
+        .sum();
+    assert_eq!(in_use, 0, "idle sessions hold no connection: {with:?}");
     let per_session_kib = with.rss_kib.saturating_sub(base.rss_kib) as f64 / n as f64;
     eprintln!(
         "{n} idle sessions: Sluice RSS {} KiB before, {} KiB with them: {per_session_kib:.1} KiB per session; server connections {}",
