@@ -87,7 +87,7 @@ def main():
             else:
                 cmd = vg + [floor, f"127.0.0.1:{port}", f"127.0.0.1:{primary}", "2"]
             p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 env=dict(os.environ, SLUICE_LOG="warn"))
+                                 env=C.sluice_env())
             procs.append(p)
             C.wait_port(port, limit=120)
             warm = min(2000, a.events)

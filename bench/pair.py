@@ -122,7 +122,7 @@ def start_second_sluice(work, port, primary, threads, k="2"):
     cmd = second_sluice_command(binary, work, port, primary, threads,
                                 os.environ.get(f"SLUICE{k}_PROXY", ""))
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, SLUICE_LOG="warn"))
+                            env=C.sluice_env())
 
 
 def second_sluice_command(binary, work, port, primary, threads, proxy_extra):

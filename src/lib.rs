@@ -22,6 +22,7 @@ pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lanes;
+pub mod logging;
 pub mod loops;
 pub mod metrics;
 pub mod monitor;

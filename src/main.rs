@@ -127,16 +127,24 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr);
+    // A session's span is entered only around what it logs (`sluice::logging`).
+    use sluice::logging::SessionSpans;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => {
+            SessionSpans::new(builder.with_ansi(std::io::stderr().is_terminal()).finish()).init()
+        }
         // One object per line: timestamp, level, fields (message included) and the spans
         // (a session's id, client and user) — what a log collector indexes.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => SessionSpans::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        )
+        .init(),
     }
 }
 

@@ -28,11 +28,16 @@ impl Write for Capture {
 async fn passwords_never_appear_in_logs_config_or_metrics() {
     let logs = Capture::default();
     let sink = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("sluice=trace"))
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .init();
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // As `sluice` logs: a session's lines carry its span (client, user).
+    sluice::logging::SessionSpans::new(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("sluice=trace"))
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish(),
+    )
+    .init();
     let h = Harness::start(1).await;
     let port = h.addr.port();
     let admin_port = h.proxy.as_ref().unwrap().admin_addr.unwrap().port();
@@ -67,6 +72,12 @@ async fn passwords_never_appear_in_logs_config_or_metrics() {
     assert!(
         logs.contains("access denied"),
         "the failed logins were logged"
+    );
+    // Its session's span is on the line, with the span's fields (which must hold no secret).
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("access denied") && l.contains("session{id=")),
+        "the failed login's line carries its session's span:\n{logs}"
     );
     let config = format!("{config:?}");
     assert!(metrics.contains("sluice_"), "metrics scraped");

@@ -8,7 +8,6 @@ use sluice_proto::framing;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use super::client::ClientConn;
 use super::session;
@@ -113,18 +112,20 @@ pub async fn serve(
         let done = done.clone();
         let span = tracing::info_span!("session", id, client = %peer, user = tracing::field::Empty);
         let session = move |stream: tokio::net::TcpStream| {
-            async move {
-                let _guard = guard;
-                let mut client = ClientConn::new(stream, peer, max_packet);
-                client.errors = Some(shared.metrics.errors.clone());
-                match session::run(shared, client, id, info).await {
-                    Ok(()) => tracing::debug!("session ended"),
-                    Err(e) if e.is_normal() => tracing::debug!("session ended: {e}"),
-                    Err(e) => tracing::info!("session ended: {e}"),
-                }
-                drop(done);
-            }
-            .instrument(span)
+            crate::logging::in_session(
+                async move {
+                    let _guard = guard;
+                    let mut client = ClientConn::new(stream, peer, max_packet);
+                    client.errors = Some(shared.metrics.errors.clone());
+                    match session::run(shared, client, id, info).await {
+                        Ok(()) => tracing::debug!("session ended"),
+                        Err(e) if e.is_normal() => tracing::debug!("session ended: {e}"),
+                        Err(e) => tracing::info!("session ended: {e}"),
+                    }
+                    drop(done);
+                },
+                span,
+            )
         };
         let (registered_tx, registered_rx) = tokio::sync::oneshot::channel::<()>();
         let task = match &loops {

@@ -33,14 +33,19 @@ pub struct Harness {
     pub config: Arc<Config>,
 }
 
+/// Logs as `sluice` does (a session's lines in its span), at `SLUICE_LOG` (default `warn`).
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = sluice::logging::SessionSpans::new(
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .finish(),
+    )
+    .try_init();
 }
 
 /// The default test topology spec: `replicas` replicas, users `app` and `other`.
