@@ -14,6 +14,10 @@
 //! What a line carries is the same as with `Instrument`: the JSON format's `span` object,
 //! the text format's `session{id=… client=… user=…}` prefix, and filters on the span
 //! (`SLUICE_LOG='[session{user=app}]=debug'`).
+//!
+//! A process that runs Sluice's server in-process with a subscriber of its own wraps it in
+//! [`SessionSpans`] to get the same (tests/common does); without the wrapper a session's
+//! lines carry no span.
 
 use std::any::TypeId;
 use std::cell::Cell;
