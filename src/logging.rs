@@ -114,10 +114,13 @@ impl<S: Subscriber> SessionSpans<S> {
         SessionSpans { inner }
     }
 
-    /// Runs `f` with the marked session span entered, if one is marked.
+    /// Runs `f` with the marked session span entered, if one is marked and no span is
+    /// entered already (a span entered inside the session descends from it: its context is
+    /// the right one).
     #[inline]
     fn within<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         match marked() {
+            Some(_) if self.inner.current_span().id().is_some() => f(&self.inner),
             None => f(&self.inner),
             Some((id, _)) => {
                 let id = Id::from_non_zero_u64(id);
@@ -202,9 +205,12 @@ impl<S: Subscriber> Subscriber for SessionSpans<S> {
     }
 
     fn current_span(&self) -> Current {
+        let entered = self.inner.current_span();
         match marked() {
-            Some((id, meta)) => Current::new(Id::from_non_zero_u64(id), meta),
-            None => self.inner.current_span(),
+            Some((id, meta)) if entered.id().is_none() => {
+                Current::new(Id::from_non_zero_u64(id), meta)
+            }
+            _ => entered,
         }
     }
 
@@ -317,6 +323,40 @@ mod tests {
         );
         assert!(!lines[3].contains("session{"), "{lines:?}");
         assert!(lines[3].contains("outside"), "{lines:?}");
+    }
+
+    /// Logs from inside a span of its own, entered while the session runs.
+    struct Nested;
+
+    impl Future for Nested {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+            let child = tracing::info_span!("child", step = 1u64);
+            let _entered = child.enter();
+            tracing::info!("inside");
+            assert_eq!(
+                tracing::Span::current().metadata().map(|m| m.name()),
+                Some("child")
+            );
+            Poll::Ready(())
+        }
+    }
+
+    #[test]
+    fn a_span_entered_inside_the_session_is_its_child() {
+        let buf = Buf::default();
+        tracing::subscriber::with_default(subscriber(&buf, "info"), || {
+            let span = tracing::info_span!("session", id = 3u64);
+            let mut fut = std::pin::pin!(in_session(Nested, span));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_ready());
+        });
+        let lines = lines(&buf);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("session{id=3}:child{step=1}: inside"),
+            "{lines:?}"
+        );
     }
 
     #[test]
