@@ -12,7 +12,8 @@ with 2 threads (`--proxy-threads`), and `sluice2` (`sluice3`): `sluice run` of t
 primary (to compare two builds in one run). Runs the test against each target in rotating order, `--reps` times, and prints
 per run and as medians: QPS, the proxy's user and system CPU time per query, the share of the
 run the machine's CPUs were idle, the machine's busy CPU time per query, and of it the MariaDB
-server's and the load generator's (sysbench) CPU time per query. Fewer figures than
+server's and the load generator's (sysbench) CPU time per query, and the bytes the server sent
+per query. Fewer figures than
 compare.py, more runs per minute: for comparing variants, not for the headline table.
 """
 
@@ -85,11 +86,13 @@ def main():
             for name, port, pid in targets[k:] + targets[:k]:
                 before = C.cpu_split(pid) if pid else (0, 0)
                 m0 = C.machine_split()
+                b0 = bytes_sent(primary)
                 s0 = C.cpu_seconds(server)
                 g0 = children_cpu()
                 out = C.sysbench(a.test, port, a.threads, a.mode, a.time)
                 g1 = children_cpu()
                 s1 = C.cpu_seconds(server)
+                b1 = bytes_sent(primary)
                 m1 = C.machine_split()
                 after = C.cpu_split(pid) if pid else (0, 0)
                 q, qps, _ = C.figures(out)
@@ -97,17 +100,17 @@ def main():
                 sys_ = (after[1] - before[1]) * 1e6 / q
                 busy, idle = m1[0] - m0[0], m1[1] - m0[1]
                 row = (qps, user, sys_, 100 * idle / (busy + idle), busy * 1e6 / q,
-                       (s1 - s0) * 1e6 / q, (g1 - g0) * 1e6 / q)
+                       (s1 - s0) * 1e6 / q, (g1 - g0) * 1e6 / q, (b1 - b0) / q)
                 res[name].append(row)
                 print(f"{r} {name:14} qps {qps:8.0f} user {user:5.2f} sys {sys_:5.2f} "
                       f"idle {row[3]:4.1f} % machine {row[4]:5.1f} server {row[5]:5.1f} "
-                      f"sysbench {row[6]:5.1f} µs/q", flush=True)
+                      f"sysbench {row[6]:5.1f} µs/q, server sent {row[7]:6.1f} B/q", flush=True)
         print(f"medians of {a.reps} ({a.test}, {a.threads} threads, ps-mode {a.mode}):")
         for name, _, _ in targets:
-            m = [statistics.median(x[i] for x in res[name]) for i in range(7)]
+            m = [statistics.median(x[i] for x in res[name]) for i in range(8)]
             print(f"{name:14} qps {m[0]:8.0f} user {m[1]:5.2f} sys {m[2]:5.2f} cpu {m[1] + m[2]:5.2f} "
                   f"idle {m[3]:4.1f} % machine {m[4]:5.1f} server {m[5]:5.1f} "
-                  f"sysbench {m[6]:5.1f} µs/q")
+                  f"sysbench {m[6]:5.1f} µs/q, server sent {m[7]:6.1f} B/q")
     finally:
         C.stop(procs, work)
 
@@ -161,6 +164,16 @@ def server_pid(port):
     if not m:
         raise SystemExit(f"no process listens on port {port}")
     return int(m.group(1))
+
+
+def bytes_sent(port):
+    """The bytes the MariaDB server on `port` has sent (`Bytes_sent`): per query, how much it
+    encoded for its clients (e.g. column definitions a client that caches metadata is not
+    sent on a direct connection). The status query's own bytes are a few hundred per run."""
+    out = subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{port}", f"-u{C.USER}",
+                          f"-p{C.PASSWORD}", "-N", "-B", "-e", "SHOW GLOBAL STATUS LIKE 'Bytes_sent'"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[1])
 
 
 def children_cpu():
