@@ -83,13 +83,19 @@ def sysbench(test, port, threads, ps_mode, seconds, action="run", extra=()):
     return out.stdout
 
 
-def statements(port):
-    """Statements a server has run (Com_select + Com_stmt_execute)."""
+def global_status(port, *names):
+    """The sum of the server's global status counters `names` (e.g. 'Bytes_sent')."""
+    listed = ", ".join(f"'{n}'" for n in names)
     out = subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{port}", f"-u{USER}",
                           f"-p{PASSWORD}", "-N", "-B", "-e",
-                          "SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_select', 'Com_stmt_execute')"],
+                          f"SHOW GLOBAL STATUS WHERE Variable_name IN ({listed})"],
                          capture_output=True, text=True, check=True).stdout
     return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+
+def statements(port):
+    """Statements a server has run (Com_select + Com_stmt_execute)."""
+    return global_status(port, "Com_select", "Com_stmt_execute")
 
 
 def figures(text):

@@ -170,10 +170,7 @@ def bytes_sent(port):
     """The bytes the MariaDB server on `port` has sent (`Bytes_sent`): per query, how much it
     encoded for its clients (e.g. column definitions a client that caches metadata is not
     sent on a direct connection). The status query's own bytes are a few hundred per run."""
-    out = subprocess.run(["mariadb", "--no-defaults", "-h127.0.0.1", f"-P{port}", f"-u{C.USER}",
-                          f"-p{C.PASSWORD}", "-N", "-B", "-e", "SHOW GLOBAL STATUS LIKE 'Bytes_sent'"],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.split()[1])
+    return C.global_status(port, "Bytes_sent")
 
 
 def children_cpu():
