@@ -325,6 +325,87 @@ async fn identical_bytes_cached_metadata_classic_eof() {
     compare_cached_metadata(0).await;
 }
 
+/// Two clients with cached metadata share one server connection, which negotiated cached
+/// metadata too: the server leaves out an execution's definitions when it sent the same ones
+/// last for that statement — to whichever session executed it then. Each client must get
+/// what a direct connection of its own gets: the definitions are put back (flag 1) for a
+/// client that does not hold them, and left out (flag 0) only for one that does.
+async fn shared_connection_cached_metadata(caps: u64) {
+    let caps = caps | cap::MARIADB_CLIENT_CACHE_METADATA;
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    let sql: &[u8] = b"SELECT ? + 1 AS x, 'k' AS y";
+    let string = |id| execute_one(id, 0xFE, b"\x017");
+    let int = |id| execute_one(id, 0x08, &5i64.to_le_bytes());
+    // (client, command): 0 = A, 1 = B; `None` prepares.
+    type Cmd = (usize, Option<fn(u32) -> Vec<u8>>);
+    let steps: [Cmd; 8] = [
+        (0, None),
+        (1, None),
+        (0, Some(string)),
+        // The server sent A these last: it leaves them out; B does not hold them.
+        (1, Some(string)),
+        (0, Some(string)),
+        (1, Some(int)),
+        // Left out by the server again (B's), and A holds the string's.
+        (0, Some(int)),
+        (0, Some(int)),
+    ];
+    let run = |port: u16| async move {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let (c, ok) = RawConn::login(port, USER, PASSWORD, caps).await;
+            assert_eq!(ok[0], 0, "login failed: {ok:?}");
+            conns.push(c);
+        }
+        let mut ids = [0u32; 2];
+        let mut out = Vec::new();
+        for (who, cmd) in steps {
+            let c = &mut conns[who];
+            let resp = match cmd {
+                None => {
+                    let mut r = c.command(&encode_simple(COM_STMT_PREPARE, sql)).await;
+                    assert_eq!(r[0].1[0], 0, "{r:?}");
+                    ids[who] = u32::from_le_bytes(r[0].1[1..5].try_into().unwrap());
+                    r[0].1[1..5].copy_from_slice(&[0xAA; 4]);
+                    r
+                }
+                Some(f) => c.command(&f(ids[who])).await,
+            };
+            out.push((who, resp));
+        }
+        out
+    };
+    let direct = run(h.topo.nodes[0].port).await;
+    let proxied = run(h.addr.port()).await;
+    for (i, (a, b)) in direct.iter().zip(&proxied).enumerate() {
+        assert_eq!(a, b, "step {i} (left direct, right through sluice)");
+    }
+    let flags: Vec<u8> = direct[2..].iter().map(|(_, r)| r[0].1[1]).collect();
+    assert_eq!(flags, [1, 1, 0, 1, 1, 0], "each client's own history");
+    // What the server itself did on the shared connection: one statement (B's prepare
+    // replaced A's) executed in the same order on one connection — the definitions were left
+    // out at steps 4 and 7, where the clients needed them.
+    let (mut c, _) = RawConn::login(h.topo.nodes[0].port, USER, PASSWORD, caps).await;
+    let r = c.command(&encode_simple(COM_STMT_PREPARE, sql)).await;
+    let id = u32::from_le_bytes(r[0].1[1..5].try_into().unwrap());
+    let mut server = Vec::new();
+    for (_, cmd) in &steps[2..] {
+        server.push(c.command(&cmd.unwrap()(id)).await[0].1[1]);
+    }
+    assert_eq!(server, [1, 0, 0, 1, 0, 0]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn shared_connection_cached_metadata_deprecate_eof() {
+    shared_connection_cached_metadata(cap::CLIENT_DEPRECATE_EOF).await;
+}
+
+#[tokio::test]
+async fn shared_connection_cached_metadata_classic_eof() {
+    shared_connection_cached_metadata(0).await;
+}
+
 #[tokio::test]
 async fn session_track_gtid_reaches_the_client() {
     let h = Harness::start(0).await;

@@ -195,6 +195,13 @@ impl ResponseTracker {
         matches!(self.state, State::Columns(_))
     }
 
+    /// Whether the packet just fed was a column count whose definitions were left out
+    /// (cached metadata, "metadata follows" 0): the definitions' EOF or the rows come next.
+    #[inline]
+    pub fn definitions_left_out(&self) -> bool {
+        self.cache_metadata && matches!(self.state, State::ColumnsEof | State::Rows)
+    }
+
     /// Rows of the response so far: rows of its result sets plus the affected rows its OK
     /// packets reported (for statistics; never used to find the end).
     pub fn rows(&self) -> u64 {
@@ -684,7 +691,7 @@ mod tests {
         let feed = |deprecate: bool, packets: &[&[u8]]| {
             let mut t =
                 ResponseTracker::new(ResponseKind::Execute, deprecate).with_cache_metadata(true);
-            let mut columns_after_count = None;
+            let mut after_count = None;
             let out: Vec<Progress> = packets
                 .iter()
                 .enumerate()
@@ -692,23 +699,30 @@ mod tests {
                     let start = t.at_result_start();
                     let r = t.feed(p.len(), p).unwrap();
                     if n == 0 {
-                        columns_after_count = Some(start && t.in_column_definitions());
+                        after_count = Some((
+                            start && t.in_column_definitions(),
+                            start && t.definitions_left_out(),
+                        ));
                     }
                     r
                 })
                 .collect();
-            (out, columns_after_count.unwrap())
+            (out, after_count.unwrap())
         };
         // Metadata follows: the definitions are read as without the capability.
         let (p, cols) = feed(true, &[b"\x01\x01", COLDEF, b"\x01a", OKEOF_AC]);
-        assert!(cols);
+        assert_eq!(cols, (true, false));
         assert_eq!(p[3], done(2));
         // Metadata skipped: rows come right after the count (after the EOF, classic).
         let (p, cols) = feed(true, &[b"\x01\x00", b"\x01a", OKEOF_AC]);
-        assert!(!cols);
+        assert_eq!(cols, (false, true));
         assert_eq!(p[2], done(2));
-        let (p, _) = feed(false, &[b"\x01\x00", EOF_AC, b"\x01a", EOF_AC]);
+        let (p, cols) = feed(false, &[b"\x01\x00", EOF_AC, b"\x01a", EOF_AC]);
+        assert_eq!(cols, (false, true));
         assert_eq!(p[3], done(2));
+        // An OK is not a count.
+        let (_, cols) = feed(true, &[b"\x00\x00\x00\x02\x00\x00\x00"]);
+        assert_eq!(cols, (false, false));
         // Without the flag byte the count packet is malformed for such a connection.
         let mut t = ResponseTracker::new(ResponseKind::Query, true).with_cache_metadata(true);
         assert!(t.feed(1, b"\x01").is_err());

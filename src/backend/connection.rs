@@ -37,15 +37,16 @@ const REQUIRED: u64 = cap::CLIENT_PROTOCOL_41
 
 /// Capabilities never passed on to a backend: TLS and compression are per hop, and of
 /// MariaDB's extended capabilities only extended metadata (it changes every result's
-/// metadata: sessions are partitioned by it), progress reports (partitioned likewise) and
-/// bulk operations are negotiated (see `frontend::handshake::OFFERED_EXT`; metadata caching
-/// is Sluice's own, between it and the client).
+/// metadata: sessions are partitioned by it), progress reports (partitioned likewise),
+/// metadata caching (partitioned likewise: see `relay::ServerMeta`) and bulk operations are
+/// negotiated (see `frontend::handshake::OFFERED_EXT`).
 const NEVER: u64 = cap::CLIENT_SSL
     | cap::CLIENT_COMPRESS
     | cap::CLIENT_ZSTD_COMPRESSION
     | (!0xFFFF_FFFF
         & !(cap::MARIADB_CLIENT_EXTENDED_METADATA
             | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS
+            | cap::MARIADB_CLIENT_CACHE_METADATA
             | cap::MARIADB_CLIENT_PROGRESS));
 
 /// Asked of every server that offers them, whatever the client asked: they change nothing in
@@ -349,6 +350,26 @@ async fn connect_inner(
     Ok((conn, ok))
 }
 
+/// The column definitions of a prepare answer (`packets`: the prepare-OK, the parameter
+/// definitions, the column definitions, and without `CLIENT_DEPRECATE_EOF` an EOF after each
+/// non-empty list) as an execution's answer frames them: sequence ids from 2. `None` when it
+/// has no column.
+pub fn prepared_definitions(packets: &[Bytes], deprecate_eof: bool) -> Option<Box<[u8]>> {
+    let ok = packets.first()?;
+    let columns = usize::from(u16::from_le_bytes([*ok.get(5)?, *ok.get(6)?]));
+    let params = usize::from(u16::from_le_bytes([*ok.get(7)?, *ok.get(8)?]));
+    if columns == 0 {
+        return None;
+    }
+    let eof = usize::from(params > 0 && !deprecate_eof);
+    let defs = packets.get(1 + params + eof..1 + params + eof + columns)?;
+    let mut out = BytesMut::with_capacity(defs.iter().map(|d| d.len() + 4).sum());
+    for (i, p) in defs.iter().enumerate() {
+        sluice_proto::framing::write_packet(&mut out, 2u8.wrapping_add(i as u8), p);
+    }
+    Some(out.to_vec().into_boxed_slice())
+}
+
 /// The capabilities a login with the client's `client_caps` gets from a server advertising
 /// `server_caps` (before the per-login CONNECT_WITH_DB / CONNECT_ATTRS adjustments).
 pub(super) fn negotiate(client_caps: u64, server_caps: u64) -> u64 {
@@ -594,7 +615,8 @@ impl BackendConn {
         } else {
             self.write_packet(0, payload).await?;
         }
-        let mut t = ResponseTracker::new(kind, self.deprecate_eof());
+        let mut t = ResponseTracker::new(kind, self.deprecate_eof())
+            .with_cache_metadata(self.cache_metadata());
         let mut first = None;
         let mut index = 0usize;
         let mut columns = 0u64;
@@ -735,7 +757,15 @@ impl BackendConn {
                         // A copy of its own: the cache is read by the sessions of every
                         // core, and the session's text has its reference count written on
                         // each execution (one cache line would bounce between cores).
-                        self.stmts.insert(std::sync::Arc::from(&sql[..]), id);
+                        // With cached metadata the server leaves the definitions out of
+                        // the next execution: they are kept from here.
+                        let meta = if self.cache_metadata() {
+                            prepared_definitions(&packets, self.deprecate_eof())
+                        } else {
+                            None
+                        };
+                        self.stmts.insert(std::sync::Arc::from(&sql[..]), id, meta);
+                        self.trim_metadata(1).await?;
                         return Ok(Ok((id, params, packets)));
                     }
                     Progress::LocalInfile => {
@@ -747,6 +777,16 @@ impl BackendConn {
         Err(BackendError::Protocol(
             "the server kept refusing the prepare (max_prepared_stmt_count)".into(),
         ))
+    }
+
+    /// Closes statements, least recently used first, while the column definitions kept for
+    /// them exceed their budget (see [`super::stmt_cache::MAX_METADATA_BYTES`]), keeping at
+    /// least `keep` of them.
+    pub async fn trim_metadata(&mut self, keep: usize) -> Result<(), BackendError> {
+        while self.stmts.metadata_over_budget() && self.stmts.len() > keep {
+            self.close_lru().await?;
+        }
+        Ok(())
     }
 
     async fn close_lru(&mut self) -> Result<(), BackendError> {
@@ -811,9 +851,24 @@ impl BackendConn {
         self.stream.get_ref().is_tls()
     }
 
-    /// The socket and its read buffer, for the relay.
-    pub fn io_parts(&mut self) -> (&mut BackendStream, &mut BytesMut) {
-        (&mut self.stream, &mut self.rbuf)
+    /// The socket and its read buffer, for the relay, and the column definitions the server
+    /// last sent for the statement `memo` names (with cached metadata).
+    pub fn relay_parts(
+        &mut self,
+        memo: Option<super::stmt_cache::Memo>,
+    ) -> (&mut BackendStream, &mut BytesMut, Option<&[u8]>) {
+        (
+            &mut self.stream,
+            &mut self.rbuf,
+            self.stmts.metadata(self.id, memo),
+        )
+    }
+
+    /// Whether `MARIADB_CLIENT_CACHE_METADATA` was negotiated: every column count carries a
+    /// "metadata follows" byte, and an execution whose column definitions the server sent
+    /// last for its statement leaves them out.
+    pub fn cache_metadata(&self) -> bool {
+        self.capabilities & cap::MARIADB_CLIENT_CACHE_METADATA != 0
     }
 
     /// Writes bytes as they are (a client's command, already framed).

@@ -11,7 +11,10 @@ pub mod pool;
 pub mod state;
 pub mod stmt_cache;
 
-pub use connection::{connect, BackendConn, LoginParams, StmtBudget, Transport, INSERT_ID_UNKNOWN};
+pub use connection::{
+    connect, prepared_definitions, BackendConn, LoginParams, StmtBudget, Transport,
+    INSERT_ID_UNKNOWN,
+};
 pub use error::BackendError;
 pub use pool::{Acquired, PoolError, PoolLimits, ServerPool};
 pub use state::{SessionVars, SyncError};

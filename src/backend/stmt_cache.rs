@@ -13,6 +13,13 @@
 //! that carry none). An execution whose types are already bound goes to the server as the
 //! client sent it: the server does not set its parameters up again, and Sluice does not
 //! rebuild the packet to add the types.
+//!
+//! On a connection that negotiated `MARIADB_CLIENT_CACHE_METADATA`, each statement also keeps
+//! the column definitions the server last sent for it (from the prepare answer, then from
+//! every execution that sent them again): the server leaves them out of an execution whose
+//! definitions did not change, and a session whose client does not hold them gets them from
+//! here. The records of a connection are bounded in bytes ([`MAX_METADATA_BYTES`]); the
+//! connection closes its least recently used statements when they exceed it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +31,13 @@ struct Entry {
     used: u64,
     /// The parameter types bound on the server (`None`: unknown, send them).
     bound: Option<Arc<[u8]>>,
+    /// With cached metadata: the column definitions the server last sent for the statement
+    /// (framed as an execution's answer frames them, sequence ids from 2).
+    meta: Option<Box<[u8]>>,
 }
+
+/// Bytes of column definitions kept per connection (see the module's documentation).
+pub const MAX_METADATA_BYTES: usize = 256 << 10;
 
 #[derive(Debug, Default)]
 pub struct StmtCache {
@@ -33,6 +46,8 @@ pub struct StmtCache {
     free: Vec<usize>,
     clock: u64,
     epoch: u64,
+    /// Bytes of the statements' `meta` records.
+    meta_bytes: usize,
 }
 
 /// Where a session last found one of its statements on a connection.
@@ -113,14 +128,41 @@ impl StmtCache {
         self.touch(m.slot)
     }
 
-    pub fn insert(&mut self, sql: Arc<[u8]>, id: u32) {
+    /// The column definitions the server last sent for the statement the memo names (with
+    /// cached metadata; `None` if the memo does not hold or nothing is kept).
+    pub fn metadata(&self, conn: u64, memo: Option<Memo>) -> Option<&[u8]> {
+        let m = self.holding(conn, memo)?;
+        self.slots.get(m.slot)?.as_ref()?.meta.as_deref()
+    }
+
+    /// Records the column definitions the server sent for the statement the memo names.
+    pub fn set_metadata(&mut self, conn: u64, memo: Option<Memo>, meta: Box<[u8]>) {
+        let mut delta = (0, 0);
+        if let Some(e) = self.entry(conn, memo) {
+            delta = (e.meta.as_ref().map_or(0, |m| m.len()), meta.len());
+            e.meta = Some(meta);
+        }
+        self.meta_bytes = self.meta_bytes - delta.0 + delta.1;
+    }
+
+    /// Whether the kept column definitions exceed [`MAX_METADATA_BYTES`] (the connection
+    /// then closes statements, least recently used first).
+    pub fn metadata_over_budget(&self) -> bool {
+        self.meta_bytes > MAX_METADATA_BYTES
+    }
+
+    /// Adds a statement; `meta`: the column definitions of its prepare answer, on a
+    /// connection with cached metadata.
+    pub fn insert(&mut self, sql: Arc<[u8]>, id: u32, meta: Option<Box<[u8]>>) {
         self.remove(&sql);
         self.clock += 1;
+        self.meta_bytes += meta.as_ref().map_or(0, |m| m.len());
         let e = Entry {
             sql: sql.clone(),
             id,
             used: self.clock,
             bound: None,
+            meta,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -140,6 +182,7 @@ impl StmtCache {
         self.epoch += 1;
         let e = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
+        self.meta_bytes -= e.meta.as_ref().map_or(0, |m| m.len());
         Some(e.id)
     }
 
@@ -169,6 +212,7 @@ impl StmtCache {
         self.slots.clear();
         self.free.clear();
         self.epoch += 1;
+        self.meta_bytes = 0;
     }
 }
 
@@ -181,9 +225,9 @@ mod tests {
         let mut c = StmtCache::default();
         let key = |s: &[u8]| -> Arc<[u8]> { Arc::from(s) };
         let (a, b, d) = (key(b"a"), key(b"b"), key(b"d"));
-        c.insert(a.clone(), 1);
-        c.insert(b.clone(), 2);
-        c.insert(d.clone(), 3);
+        c.insert(a.clone(), 1, None);
+        c.insert(b.clone(), 2, None);
+        c.insert(d.clone(), 3, None);
         assert_eq!(c.get(&a), Some(1));
         assert_eq!(c.pop_lru(), Some(2));
         assert_eq!(c.pop_lru(), Some(3));
@@ -198,8 +242,8 @@ mod tests {
         let mut c = StmtCache::default();
         let key = |s: &[u8]| -> Arc<[u8]> { Arc::from(s) };
         let (a, b, d) = (key(b"a"), key(b"b"), key(b"d"));
-        c.insert(a.clone(), 1);
-        c.insert(b.clone(), 2);
+        c.insert(a.clone(), 1, None);
+        c.insert(b.clone(), 2, None);
         let (mut ma, mut mb) = (None, None);
         assert_eq!(c.get_memo(7, &a, &mut ma), Some(1));
         assert_eq!(c.get_memo(7, &b, &mut mb), Some(2));
@@ -219,7 +263,7 @@ mod tests {
         // `a` leaves (least recently used); its slot is reused by `d`: the old memos of both
         // statements are stale, and the lookups find the right ids.
         assert_eq!(c.pop_lru(), Some(1));
-        c.insert(d.clone(), 3);
+        c.insert(d.clone(), 3, None);
         assert_eq!(c.get_by_memo(7, ma), None);
         assert_eq!(c.get_memo(7, &a, &mut ma), None);
         assert_eq!(c.get_memo(7, &b, &mut mb), Some(2));
@@ -228,10 +272,10 @@ mod tests {
         // A reset forgets everything: no memo survives it.
         c.clear_forgotten();
         assert_eq!(c.get_memo(7, &d, &mut md), None);
-        c.insert(b.clone(), 9);
+        c.insert(b.clone(), 9, None);
         assert_eq!(c.get_memo(7, &b, &mut mb), Some(9));
         // Inserting the same text again replaces it (a new epoch: memos are renewed).
-        c.insert(b.clone(), 10);
+        c.insert(b.clone(), 10, None);
         assert_eq!(c.get_memo(7, &b, &mut mb), Some(10));
         assert_eq!(c.len(), 1);
     }
@@ -242,8 +286,8 @@ mod tests {
         let key = |s: &[u8]| -> Arc<[u8]> { Arc::from(s) };
         let (a, b) = (key(b"a"), key(b"b"));
         let (long, int) = (key(&[8, 0]), key(&[3, 0]));
-        c.insert(a.clone(), 1);
-        c.insert(b.clone(), 2);
+        c.insert(a.clone(), 1, None);
+        c.insert(b.clone(), 2, None);
         let (mut ma, mut mb) = (None, None);
         c.get_memo(7, &a, &mut ma);
         c.get_memo(7, &b, &mut mb);
@@ -261,7 +305,7 @@ mod tests {
         c.set_bound(7, ma, Some(&int));
         assert!(c.types_bound(7, ma, &int));
         // A statement prepared again starts with nothing bound (its old memo is stale too).
-        c.insert(a.clone(), 3);
+        c.insert(a.clone(), 3, None);
         assert!(!c.types_bound(7, ma, &int));
         let mut ma2 = None;
         assert_eq!(c.get_memo(7, &a, &mut ma2), Some(3));
@@ -271,5 +315,46 @@ mod tests {
         assert!(c.types_bound(7, ma2, &int));
         c.clear_forgotten();
         assert!(!c.types_bound(7, ma2, &int));
+    }
+
+    #[test]
+    fn column_definitions_are_kept_per_statement_within_a_byte_budget() {
+        let mut c = StmtCache::default();
+        let key = |s: &[u8]| -> Arc<[u8]> { Arc::from(s) };
+        let (a, b) = (key(b"a"), key(b"b"));
+        let defs = |n: usize, fill: u8| vec![fill; n].into_boxed_slice();
+        c.insert(a.clone(), 1, Some(defs(100, 1)));
+        c.insert(b.clone(), 2, None);
+        let (mut ma, mut mb) = (None, None);
+        c.get_memo(7, &a, &mut ma);
+        c.get_memo(7, &b, &mut mb);
+        assert_eq!(c.metadata(7, ma), Some(&defs(100, 1)[..]));
+        assert_eq!(c.metadata(7, mb), None);
+        assert_eq!(c.metadata(8, ma), None, "another connection's memo");
+        // Replaced by what an execution sent; the bytes are counted once.
+        c.set_metadata(7, ma, defs(200, 2));
+        c.set_metadata(7, mb, defs(MAX_METADATA_BYTES - 200, 3));
+        assert_eq!(c.metadata(7, ma), Some(&defs(200, 2)[..]));
+        assert!(!c.metadata_over_budget());
+        c.set_metadata(7, ma, defs(201, 2));
+        assert!(c.metadata_over_budget());
+        // Leaving the cache gives its bytes back (`a` is the least recently used).
+        assert_eq!(c.pop_lru(), Some(1));
+        assert!(!c.metadata_over_budget());
+        assert_eq!(c.metadata(7, ma), None);
+        // Inserting the same text again replaces the record, and a reset forgets them all.
+        c.insert(b.clone(), 3, Some(defs(MAX_METADATA_BYTES + 1, 4)));
+        assert!(c.metadata_over_budget());
+        c.insert(b.clone(), 4, Some(defs(10, 4)));
+        assert!(!c.metadata_over_budget());
+        c.insert(a.clone(), 5, Some(defs(MAX_METADATA_BYTES, 5)));
+        assert!(c.metadata_over_budget());
+        c.clear_forgotten();
+        assert!(!c.metadata_over_budget());
+        c.insert(a.clone(), 6, Some(defs(MAX_METADATA_BYTES, 5)));
+        assert!(
+            !c.metadata_over_budget(),
+            "nothing left over from before the reset"
+        );
     }
 }

@@ -31,10 +31,10 @@ pub struct RelayOptions {
     pub local_files: bool,
 }
 
-/// What the client expects of result metadata. Sluice's server connections never negotiate
-/// `MARIADB_CLIENT_CACHE_METADATA`; a client that did gets every column count with its
-/// "metadata follows" byte added, and an execution's column definitions left out when the
-/// client already holds them (as the server does on a direct connection).
+/// What the client expects of result metadata. A client that negotiated
+/// `MARIADB_CLIENT_CACHE_METADATA` gets every column count with its "metadata follows" byte,
+/// and an execution's column definitions left out when it already holds them (as the server
+/// does on a direct connection), whatever the server connection did (see [`ServerMeta`]).
 pub enum Metadata<'a> {
     /// Not negotiated: result sets are relayed as they come.
     Plain,
@@ -54,6 +54,28 @@ impl Metadata<'_> {
     }
 }
 
+/// What the server's column counts carry. A server connection negotiates
+/// `MARIADB_CLIENT_CACHE_METADATA` when its client did (the pools are partitioned by it), and
+/// the server then leaves the column definitions out of an execution (flag 0) when they are
+/// the ones it sent last for that statement on that connection — to whichever session used it
+/// then. The connection keeps those definitions per statement (`StmtCache`), and a client that
+/// does not hold them gets them from there.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerMeta<'a> {
+    /// Not negotiated: counts come without the flag byte (Sluice adds it for a client that
+    /// negotiated it).
+    Off,
+    /// Negotiated: every count carries its flag byte.
+    On {
+        /// The command executes a statement whose definitions the connection keeps: the
+        /// first result's definitions, when sent, are returned to be kept
+        /// ([`Relayed::server_meta`]).
+        exec: bool,
+        /// What the server last sent for that statement.
+        kept: Option<&'a [u8]>,
+    },
+}
+
 /// How a relayed response ended, and what its final OK/EOF said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relayed {
@@ -64,10 +86,16 @@ pub struct Relayed {
     pub insert_id: u64,
     /// The last OK packet that reported a session-state change.
     pub session_state: Option<Vec<u8>>,
+    /// With [`ServerMeta::On`] for an execution: the column definitions the server sent with
+    /// the first result (it leaves them out of the statement's next executions while they do
+    /// not change).
+    pub server_meta: Option<Box<[u8]>>,
 }
 
 /// Relays the response to the command the client just sent, over a session's connections,
-/// and records what the final OK/EOF said on the backend connection.
+/// and records what the final OK/EOF said on the backend connection. `stmt`: for an
+/// execution, where the connection keeps the executed statement.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_response(
     client: &mut ClientConn,
     backend: &mut BackendConn,
@@ -75,6 +103,7 @@ pub async fn relay_response(
     seq: u8,
     client_local_files: bool,
     meta: Metadata<'_>,
+    stmt: Option<crate::backend::stmt_cache::Memo>,
 ) -> Result<Outcome, SessionError> {
     let opts = RelayOptions {
         deprecate_eof: backend.deprecate_eof(),
@@ -82,7 +111,16 @@ pub async fn relay_response(
         local_files: client_local_files,
     };
     backend.session_state = None;
-    let (io, buf) = backend.io_parts();
+    let cache = backend.cache_metadata();
+    let (io, buf, kept) = backend.relay_parts(stmt);
+    let server = if cache {
+        ServerMeta::On {
+            exec: stmt.is_some() && kind == ResponseKind::Execute,
+            kept,
+        }
+    } else {
+        ServerMeta::Off
+    };
     let r = relay(
         End {
             io: &mut client.stream,
@@ -92,10 +130,16 @@ pub async fn relay_response(
         kind,
         seq,
         opts,
-        meta,
+        Meta {
+            client: meta,
+            server,
+        },
     )
     .await;
     let r = r?;
+    if let Some(m) = r.server_meta {
+        backend.stmts.set_metadata(backend.id, stmt, m);
+    }
     backend.last_rows = r.rows;
     backend.last_warnings = r.warnings;
     backend.last_insert_id = r.insert_id;
@@ -110,6 +154,12 @@ const INSPECT_PREFIX: usize = 64;
 /// Read granularity from the backend.
 const READ_CHUNK: usize = 64 << 10;
 
+/// The result metadata both ends expect.
+pub struct Meta<'a> {
+    pub client: Metadata<'a>,
+    pub server: ServerMeta<'a>,
+}
+
 /// Relays the response to the command the client just sent, from `backend` to `client`, as
 /// raw bytes. `seq` is the sequence id the server's first packet must carry. Generic over the
 /// streams so that it runs on sockets, TLS streams and, in tests, in-memory pipes.
@@ -119,7 +169,7 @@ pub async fn relay<C, B>(
     kind: ResponseKind,
     mut seq: u8,
     opts: RelayOptions,
-    mut meta: Metadata<'_>,
+    meta: Meta<'_>,
 ) -> Result<Relayed, SessionError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -133,7 +183,18 @@ where
         io: backend,
         buf: rbuf,
     } = backend;
-    let mut tracker = ResponseTracker::new(kind, opts.deprecate_eof);
+    let Meta {
+        client: mut meta,
+        server,
+    } = meta;
+    let server_flags = matches!(server, ServerMeta::On { .. });
+    // The first result's definitions are read whole before they are forwarded when they are
+    // to be kept or compared with the client's.
+    let whole_first = matches!(server, ServerMeta::On { exec: true, .. })
+        || (server_flags && matches!(meta, Metadata::Cached(_)));
+    let mut server_meta = None;
+    let mut tracker =
+        ResponseTracker::new(kind, opts.deprecate_eof).with_cache_metadata(server_flags);
     let track = opts.session_track;
     let client_local_files = opts.local_files;
     let mut session_state = None;
@@ -194,6 +255,15 @@ where
                     h.seq, seq
                 )));
             }
+            if whole_first
+                && !cont
+                && results == 0
+                && tracker.at_result_start()
+                && !definitions_whole(&rbuf[..], pos, h.len, seq.wrapping_add(1))?
+            {
+                // Read on, the count not consumed yet.
+                break;
+            }
             seq = seq.wrapping_add(1);
             if dropped != 0 {
                 rbuf[pos + 3] = h.seq.wrapping_sub(dropped);
@@ -201,7 +271,7 @@ where
             let buf = &rbuf[..];
             if !cont {
                 let prefix = &buf[pos + HEADER_LEN..pos + HEADER_LEN + want];
-                let result_start = meta.negotiated() && tracker.at_result_start();
+                let result_start = (meta.negotiated() || server_flags) && tracker.at_result_start();
                 match tracker.feed(h.len, prefix) {
                     Ok(Progress::More) => {}
                     Ok(Progress::Done(o)) => outcome = Some(o),
@@ -222,7 +292,7 @@ where
                 }
                 if result_start {
                     results += 1;
-                    let columns = tracker.in_column_definitions();
+                    let columns = tracker.in_column_definitions() || tracker.definitions_left_out();
                     if let Metadata::Cached(last) = &mut meta {
                         if results > 1 || !columns {
                             // Several results, or an OK: what the client keeps may differ.
@@ -230,22 +300,31 @@ where
                         }
                     }
                     if columns {
-                        let r = flag_column_count(
-                            rbuf,
-                            &mut tracker,
-                            &mut meta,
-                            Count {
-                                at: pos,
-                                len: h.len,
-                                from,
-                                first: results == 1,
-                            },
-                            seq,
-                        )?;
+                        let count = Count {
+                            at: pos,
+                            len: h.len,
+                            from,
+                            first: results == 1,
+                        };
+                        let r = match server {
+                            ServerMeta::Off => {
+                                flag_column_count(rbuf, &mut tracker, &mut meta, count, seq)?
+                            }
+                            ServerMeta::On { exec, kept } => {
+                                let kept = kept.filter(|_| exec);
+                                let mut ends = Ends {
+                                    tracker: &mut tracker,
+                                    client: &mut meta,
+                                    kept,
+                                    record: exec.then_some(&mut server_meta),
+                                };
+                                flagged_column_count(rbuf, &mut ends, count, seq)?
+                            }
+                        };
                         from = r.from;
                         pos = r.next;
-                        seq = seq.wrapping_add(r.left_out);
-                        dropped = dropped.wrapping_add(r.left_out);
+                        seq = seq.wrapping_add(r.skipped);
+                        dropped = dropped.wrapping_add(r.dropped);
                         continue;
                     }
                 }
@@ -268,6 +347,7 @@ where
                     warnings: tracker.warnings(),
                     insert_id: tracker.insert_id(),
                     session_state,
+                    server_meta,
                 });
             }
             if infile {
@@ -296,7 +376,7 @@ where
                 SessionError::BackendGone(detail)
             }
         };
-        if rbuf.is_empty() && meta.negotiated() {
+        if rbuf.is_empty() && meta.negotiated() && !server_flags {
             // The free byte in front (see `flag_column_count`).
             rbuf.put_u8(0);
             from = 1;
@@ -362,8 +442,11 @@ struct Flagged {
     from: usize,
     /// Where the next packet begins.
     next: usize,
-    /// Column definition packets left out.
-    left_out: u8,
+    /// Server packets the walk passed over (left-out definitions).
+    skipped: u8,
+    /// Added to the packets left out so far (wrapping: definitions inserted count
+    /// negatively).
+    dropped: u8,
 }
 
 /// Gives the column count at `c.at` its "metadata follows" byte for a client with cached
@@ -388,56 +471,30 @@ fn flag_column_count(
         let columns = sluice_proto::lenenc::Reader::new(&rbuf[c.at + HEADER_LEN..defs])
             .lenenc_int("column count")
             .unwrap_or(0);
-        // The definitions' extent, if every one is whole in the buffer.
-        let mut end = defs;
-        let mut s = seq;
-        let mut whole = 0u64;
-        while whole < columns {
-            let Some(h) = FrameHeader::peek(&rbuf[end..]) else {
-                break;
-            };
-            if h.continues() || rbuf.len() - end - HEADER_LEN < h.len {
-                break;
+        match definitions_end(rbuf, defs, columns, seq)? {
+            None => {
+                // Not all here yet: sent, and not recorded.
+                **last = None;
             }
-            if h.seq != s {
-                return Err(SessionError::BackendProtocol(format!(
-                    "packet sequence id {} where {} was expected",
-                    h.seq, s
-                )));
+            Some(end) if c.from == c.at && last.as_deref() == Some(&rbuf[defs..end]) => {
+                // The client holds these: the tracker passes them, and the count moves to just
+                // before what follows them, with the flag 0.
+                feed_definitions(tracker, rbuf, defs, end)?;
+                let mut head = [0u8; HEADER_LEN + 10];
+                head[..HEADER_LEN + c.len].copy_from_slice(&rbuf[c.at..defs]);
+                head[..3].copy_from_slice(&((c.len + 1) as u32).to_le_bytes()[..3]);
+                let start = end - (HEADER_LEN + c.len + 1);
+                rbuf[start..end].copy_from_slice(&head[..HEADER_LEN + c.len + 1]);
+                return Ok(Flagged {
+                    from: start,
+                    next: end,
+                    skipped: columns as u8,
+                    dropped: columns as u8,
+                });
             }
-            s = s.wrapping_add(1);
-            end += HEADER_LEN + h.len;
-            whole += 1;
-        }
-        if whole < columns {
-            // Not all here yet: sent, and not recorded.
-            **last = None;
-        } else if c.from == c.at && last.as_deref() == Some(&rbuf[defs..end]) {
-            // The client holds these: the tracker passes them, and the count moves to just
-            // before what follows them, with the flag 0.
-            let mut at = defs;
-            while at < end {
-                let h = FrameHeader::peek(&rbuf[at..]).expect("walked above");
-                tracker
-                    .feed(h.len, &rbuf[at + HEADER_LEN..at + HEADER_LEN + h.len])
-                    .map_err(|e| SessionError::BackendProtocol(e.to_string()))?;
-                at += HEADER_LEN + h.len;
-            }
-            let mut head = [0u8; HEADER_LEN + 10];
-            head[..HEADER_LEN + c.len].copy_from_slice(&rbuf[c.at..defs]);
-            head[..3].copy_from_slice(&((c.len + 1) as u32).to_le_bytes()[..3]);
-            let start = end - (HEADER_LEN + c.len + 1);
-            rbuf[start..end].copy_from_slice(&head[..HEADER_LEN + c.len + 1]);
-            return Ok(Flagged {
-                from: start,
-                next: end,
-                left_out: columns as u8,
-            });
-        } else if end - defs <= MAX_KEPT_METADATA {
-            **last = Some(rbuf[defs..end].into());
-        } else {
-            // Not kept (memory per statement stays bounded): sent with every execution.
-            **last = None;
+            // Not kept beyond a bound (memory per statement stays bounded): then sent with
+            // every execution.
+            Some(end) => **last = (end - defs <= MAX_KEPT_METADATA).then(|| rbuf[defs..end].into()),
         }
     }
     // The flag 1 goes after the count: into the free byte in front if there is one (the
@@ -450,7 +507,8 @@ fn flag_column_count(
         Ok(Flagged {
             from: c.at - 1,
             next: defs,
-            left_out: 0,
+            skipped: 0,
+            dropped: 0,
         })
     } else {
         let n = rbuf.len();
@@ -461,8 +519,218 @@ fn flag_column_count(
         Ok(Flagged {
             from: c.from,
             next: defs + 1,
-            left_out: 0,
+            skipped: 0,
+            dropped: 0,
         })
+    }
+}
+
+/// The end of the `columns` column definitions that begin at `defs` (the first with the
+/// server's sequence id `seq`), if every one is whole in the buffer.
+fn definitions_end(
+    rbuf: &[u8],
+    defs: usize,
+    columns: u64,
+    mut seq: u8,
+) -> Result<Option<usize>, SessionError> {
+    let mut end = defs;
+    for _ in 0..columns {
+        let Some(h) = FrameHeader::peek(&rbuf[end..]) else {
+            return Ok(None);
+        };
+        if h.continues() || rbuf.len() - end - HEADER_LEN < h.len {
+            return Ok(None);
+        }
+        if h.seq != seq {
+            return Err(SessionError::BackendProtocol(format!(
+                "packet sequence id {} where {} was expected",
+                h.seq, seq
+            )));
+        }
+        seq = seq.wrapping_add(1);
+        end += HEADER_LEN + h.len;
+    }
+    Ok(Some(end))
+}
+
+/// Feeds the tracker the column definitions `rbuf[defs..end]` (whole packets) that the
+/// relay leaves out.
+fn feed_definitions(
+    tracker: &mut ResponseTracker,
+    rbuf: &[u8],
+    defs: usize,
+    end: usize,
+) -> Result<(), SessionError> {
+    let mut at = defs;
+    while at < end {
+        let h = FrameHeader::peek(&rbuf[at..]).expect("walked by definitions_end");
+        tracker
+            .feed(h.len, &rbuf[at + HEADER_LEN..at + HEADER_LEN + h.len])
+            .map_err(|e| SessionError::BackendProtocol(e.to_string()))?;
+        at += HEADER_LEN + h.len;
+    }
+    Ok(())
+}
+
+/// A column count payload with its "metadata follows" byte (a server connection with cached
+/// metadata): the column count and the length of its integer, where the byte follows.
+/// `None` for anything else (an OK, an error, an EOF, a LOCAL INFILE request).
+fn flagged_count(p: &[u8]) -> Option<(u64, usize)> {
+    let int_len = match *p.first()? {
+        0x00 | 0xFB | 0xFF => return None,
+        0xFC => 3,
+        0xFD => 4,
+        0xFE => 9,
+        _ => 1,
+    };
+    if p.len() != int_len + 1 {
+        return None;
+    }
+    let columns = sluice_proto::lenenc::Reader::new(&p[..int_len])
+        .lenenc_int("column count")
+        .ok()?;
+    Some((columns, int_len))
+}
+
+/// With cached metadata on the server connection, whether the packet at `at` (payload length
+/// `len`) is anything but the count of a result whose definitions follow and are not all in
+/// the buffer yet. `seq`: the server's sequence id of the packet after it.
+fn definitions_whole(buf: &[u8], at: usize, len: usize, seq: u8) -> Result<bool, SessionError> {
+    let body = at + HEADER_LEN;
+    let Some((columns, int_len)) = buf.get(body..body + len).and_then(flagged_count) else {
+        return Ok(true);
+    };
+    if buf[body + int_len] != 1 {
+        return Ok(true);
+    }
+    Ok(definitions_end(buf, body + len, columns, seq)?.is_some())
+}
+
+/// What [`flagged_column_count`] reads and records.
+struct Ends<'m, 'a> {
+    tracker: &'m mut ResponseTracker,
+    client: &'m mut Metadata<'a>,
+    /// The definitions the server last sent for the executed statement (an execution's first
+    /// result only).
+    kept: Option<&'m [u8]>,
+    /// Where the definitions the server sends with an execution's first result go.
+    record: Option<&'m mut Option<Box<[u8]>>>,
+}
+
+/// The column count at `c.at` from a server connection with cached metadata (the count carries
+/// its flag byte), for a client that negotiated it too (the pools are partitioned by it):
+/// - flag 1, the definitions follow: kept for the statement (an execution's first result);
+///   left out, the flag set to 0, when the client holds the same (as [`flag_column_count`]);
+/// - flag 0, the server left out the definitions it sent last for the statement: passed as
+///   they are when the client holds the same; else the flag is set to 1 and the kept
+///   definitions go after the count, with the client's sequence ids.
+///
+/// `seq` is the server's sequence id of the packet after the count.
+fn flagged_column_count(
+    rbuf: &mut BytesMut,
+    e: &mut Ends<'_, '_>,
+    c: Count,
+    seq: u8,
+) -> Result<Flagged, SessionError> {
+    let body = c.at + HEADER_LEN;
+    let count = rbuf.get(body..body + c.len).filter(|_| c.len <= 10);
+    let Some((columns, int_len)) = count.and_then(flagged_count) else {
+        return Err(SessionError::BackendProtocol(
+            "column count without its \"metadata follows\" byte".into(),
+        ));
+    };
+    if matches!(e.client, Metadata::Plain) {
+        return Err(SessionError::BackendProtocol(
+            "a \"metadata follows\" byte on a connection for a client without it".into(),
+        ));
+    }
+    let flag_at = body + int_len;
+    let defs = body + c.len;
+    let pass = Flagged {
+        from: c.from,
+        next: defs,
+        skipped: 0,
+        dropped: 0,
+    };
+    match rbuf[flag_at] {
+        1 => {
+            if !c.first {
+                return Ok(pass);
+            }
+            let Some(end) = definitions_end(rbuf, defs, columns, seq)? else {
+                // Not all here (only when nothing is to be kept or compared): sent.
+                if let Metadata::Cached(last) = e.client {
+                    **last = None;
+                }
+                return Ok(pass);
+            };
+            if let Some(r) = e.record.as_deref_mut() {
+                *r = Some(rbuf[defs..end].into());
+            }
+            if let Metadata::Cached(last) = e.client {
+                if c.from == c.at && last.as_deref() == Some(&rbuf[defs..end]) {
+                    // The client holds these: the count moves to just before what follows
+                    // them, with the flag 0.
+                    feed_definitions(e.tracker, rbuf, defs, end)?;
+                    let start = end - (HEADER_LEN + c.len);
+                    rbuf.copy_within(c.at..defs, start);
+                    rbuf[start + HEADER_LEN + int_len] = 0;
+                    return Ok(Flagged {
+                        from: start,
+                        next: end,
+                        skipped: columns as u8,
+                        dropped: columns as u8,
+                    });
+                }
+                **last = (end - defs <= MAX_KEPT_METADATA).then(|| rbuf[defs..end].into());
+            }
+            Ok(pass)
+        }
+        0 => {
+            let Some(kept) = e.kept.filter(|_| c.first) else {
+                return Err(SessionError::BackendProtocol(
+                    "the server left out column definitions Sluice does not keep".into(),
+                ));
+            };
+            if let Metadata::Cached(last) = e.client {
+                if last.as_deref() == Some(kept) {
+                    return Ok(pass);
+                }
+            }
+            // The client does not hold them.
+            let n = rbuf.len();
+            rbuf.resize(n + kept.len(), 0);
+            rbuf.copy_within(defs..n, defs + kept.len());
+            rbuf[defs..defs + kept.len()].copy_from_slice(kept);
+            rbuf[flag_at] = 1;
+            let mut client_seq = rbuf[c.at + 3].wrapping_add(1);
+            let (mut at, mut packets) = (defs, 0u64);
+            while at < defs + kept.len() {
+                let h = FrameHeader::peek(&rbuf[at..]).filter(|h| !h.continues());
+                let Some(h) = h else { break };
+                rbuf[at + 3] = client_seq;
+                client_seq = client_seq.wrapping_add(1);
+                at += HEADER_LEN + h.len;
+                packets += 1;
+            }
+            if at != defs + kept.len() || packets != columns {
+                return Err(SessionError::BackendProtocol(format!(
+                    "{columns} columns left out, {packets} column definitions kept"
+                )));
+            }
+            if let Metadata::Cached(last) = e.client {
+                **last = (kept.len() <= MAX_KEPT_METADATA).then(|| kept.into());
+            }
+            Ok(Flagged {
+                from: c.from,
+                next: at,
+                skipped: 0,
+                dropped: (columns as u8).wrapping_neg(),
+            })
+        }
+        f => Err(SessionError::BackendProtocol(format!(
+            "\"metadata follows\" byte {f}"
+        ))),
     }
 }
 
@@ -600,6 +868,21 @@ mod tests {
         kind: ResponseKind,
         opts: RelayOptions,
         meta: Metadata<'_>,
+    ) -> (Vec<u8>, Result<Relayed, SessionError>) {
+        let meta = Meta {
+            client: meta,
+            server: ServerMeta::Off,
+        };
+        run_both(server_bytes, chunk, kind, opts, meta).await
+    }
+
+    /// [`run`] with what both ends expect of metadata.
+    async fn run_both(
+        server_bytes: Vec<u8>,
+        chunk: usize,
+        kind: ResponseKind,
+        opts: RelayOptions,
+        meta: Meta<'_>,
     ) -> (Vec<u8>, Result<Relayed, SessionError>) {
         let (mut proxy_client, mut app) = duplex(1 << 20);
         let (mut proxy_backend, mut server) = duplex(1 << 20);
@@ -1086,5 +1369,311 @@ mod tests {
         r.unwrap();
         assert_eq!(got.len(), response.len() + 1);
         assert!(last.is_none());
+    }
+
+    /// [`run_both`] of an execution on a server connection with cached metadata that keeps
+    /// `kept` for the statement, for a client whose record is `client`.
+    async fn run_server_cached(
+        server_bytes: Vec<u8>,
+        chunk: usize,
+        opts: RelayOptions,
+        client: Metadata<'_>,
+        kept: Option<&[u8]>,
+    ) -> (Vec<u8>, Result<Relayed, SessionError>) {
+        let meta = Meta {
+            client,
+            server: ServerMeta::On { exec: true, kept },
+        };
+        run_both(server_bytes, chunk, ResponseKind::Execute, opts, meta).await
+    }
+
+    const DEPRECATE: RelayOptions = RelayOptions {
+        deprecate_eof: true,
+        ..OPTS
+    };
+    const OK_END: &[u8] = b"\xfe\x00\x00\x02\x00\x00\x00";
+
+    #[tokio::test]
+    async fn server_cached_metadata_sent_definitions_are_kept_for_the_statement() {
+        // The server sends the definitions (flag 1): the client gets them as they are, and
+        // both the connection's record and the client's take them — in any chunking, since
+        // they are read whole before anything is forwarded.
+        let response = frames(
+            &[
+                b"\x02\x01",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x00\x00\x01",
+                EOF_END,
+            ],
+            1,
+        );
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        for chunk in CHUNKS {
+            let mut last = None;
+            let (got, r) = run_server_cached(
+                response.clone(),
+                chunk,
+                OPTS,
+                Metadata::Cached(&mut last),
+                None,
+            )
+            .await;
+            let r = r.unwrap();
+            assert_eq!(got, response, "chunk {chunk}");
+            assert_eq!(r.server_meta.as_deref(), Some(&defs[..]), "chunk {chunk}");
+            assert_eq!(last.as_deref(), Some(&defs[..]), "chunk {chunk}");
+            assert_eq!(r.rows, 1);
+            // A client that holds them: left out (flag 0), the rest renumbered; still kept.
+            let (got, r) = run_server_cached(
+                response.clone(),
+                chunk,
+                OPTS,
+                Metadata::Cached(&mut last),
+                None,
+            )
+            .await;
+            let r = r.unwrap();
+            let short = frames(&[b"\x02\x00", EOF_END, b"\x00\x00\x01", EOF_END], 1);
+            assert_eq!(got, short, "chunk {chunk}");
+            assert_eq!(r.server_meta.as_deref(), Some(&defs[..]), "chunk {chunk}");
+        }
+        // Not an execution of a kept statement (a bulk execution without a record, a text
+        // query): nothing is returned to keep.
+        let meta = Meta {
+            client: Metadata::Sent,
+            server: ServerMeta::On {
+                exec: false,
+                kept: None,
+            },
+        };
+        let (got, r) = run_both(response.clone(), 7, ResponseKind::Query, OPTS, meta).await;
+        assert_eq!(got, response);
+        assert_eq!(r.unwrap().server_meta, None);
+    }
+
+    #[tokio::test]
+    async fn server_cached_metadata_left_out_definitions_pass_to_a_client_that_holds_them() {
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        for (opts, response) in [
+            (
+                OPTS,
+                frames(&[b"\x02\x00", EOF_END, b"\x00\x00\x01", EOF_END], 1),
+            ),
+            (
+                DEPRECATE,
+                frames(&[b"\x02\x00", b"\x00\x00\x01", OK_END], 1),
+            ),
+        ] {
+            for chunk in CHUNKS {
+                let mut last = Some(defs.clone().into_boxed_slice());
+                let (got, r) = run_server_cached(
+                    response.clone(),
+                    chunk,
+                    opts,
+                    Metadata::Cached(&mut last),
+                    Some(&defs),
+                )
+                .await;
+                let r = r.unwrap();
+                assert_eq!(got, response, "chunk {chunk}: passed untouched");
+                assert_eq!((r.rows, r.server_meta), (1, None));
+                assert_eq!(last.as_deref(), Some(&defs[..]));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn server_cached_metadata_left_out_definitions_are_inserted_for_a_client_without_them() {
+        // The server's record says the client has A, B (another session saw them last); this
+        // client holds B, A, or nothing, or keeps no record: it gets the kept definitions
+        // with flag 1 and its own sequence ids, and what follows is renumbered.
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        let rows: Vec<Vec<u8>> = (1..=3u8).map(|i| vec![0x00, 0x00, i]).collect();
+        let rows: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+        for (opts, end) in [(OPTS, EOF_END), (DEPRECATE, OK_END)] {
+            let eof: &[&[u8]] = if opts.deprecate_eof { &[] } else { &[EOF_END] };
+            let server: Vec<&[u8]> = [&[&b"\x02\x00"[..]][..], eof, &rows, &[end]].concat();
+            let full: Vec<&[u8]> = [
+                &[&b"\x02\x01"[..], COLDEF_A, COLDEF_B][..],
+                eof,
+                &rows,
+                &[end],
+            ]
+            .concat();
+            let (response, full) = (frames(&server, 1), frames(&full, 1));
+            for chunk in CHUNKS {
+                for held in [None, Some(frames(&[COLDEF_B, COLDEF_A], 2))] {
+                    let mut last = held.map(Vec::into_boxed_slice);
+                    let (got, r) = run_server_cached(
+                        response.clone(),
+                        chunk,
+                        opts,
+                        Metadata::Cached(&mut last),
+                        Some(&defs),
+                    )
+                    .await;
+                    let r = r.unwrap();
+                    assert_eq!(got, full, "chunk {chunk}");
+                    assert_eq!(r.rows, 3);
+                    assert_eq!(
+                        last.as_deref(),
+                        Some(&defs[..]),
+                        "the client holds them now"
+                    );
+                }
+                let (got, r) =
+                    run_server_cached(response.clone(), chunk, opts, Metadata::Sent, Some(&defs))
+                        .await;
+                r.unwrap();
+                assert_eq!(got, full, "chunk {chunk}");
+            }
+        }
+        // Cut after a row: the client's next sequence id counts the inserted definitions
+        // (server: count 1, EOF 2, row 3, next 4; client: count 1, A 2, B 3, EOF 4, row 5).
+        let cut = frames(&[b"\x02\x00", EOF_END, b"\x00\x00\x01"], 1);
+        let (_, r) = run_server_cached(cut, 1 << 16, OPTS, Metadata::Sent, Some(&defs)).await;
+        assert!(
+            matches!(r, Err(SessionError::BackendCut { seq: 6, .. })),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn server_cached_metadata_what_sluice_cannot_answer_for_is_a_protocol_error() {
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        let left_out = frames(&[b"\x02\x00", EOF_END, b"\x00\x00\x01", EOF_END], 1);
+        let protocol =
+            |r: &Result<Relayed, SessionError>| matches!(r, Err(SessionError::BackendProtocol(_)));
+        // Nothing kept for the statement.
+        let (got, r) = run_server_cached(left_out.clone(), 64, OPTS, Metadata::Sent, None).await;
+        assert!(protocol(&r) && got.is_empty(), "{r:?}");
+        // Kept definitions that do not match the column count.
+        let one = frames(&[COLDEF_A], 2);
+        let (_, r) =
+            run_server_cached(left_out.clone(), 64, OPTS, Metadata::Sent, Some(&one)).await;
+        assert!(protocol(&r), "{r:?}");
+        // Left out in a second result (only an execution's first has a record).
+        let second = frames(
+            &[
+                b"\x01\x01",
+                COLDEF_A,
+                EOF_END,
+                b"\x00\x00\x01",
+                EOF_MORE,
+                b"\x02\x00",
+                EOF_END,
+                EOF_END,
+            ],
+            1,
+        );
+        let (_, r) = run_server_cached(second, 64, OPTS, Metadata::Sent, Some(&defs)).await;
+        assert!(protocol(&r), "{r:?}");
+        // A flag that is neither 0 nor 1, a count without the flag, a client without the
+        // capability.
+        for bad in [
+            frames(&[b"\x02\x02", EOF_END, EOF_END], 1),
+            frames(&[b"\x02", COLDEF_A], 1),
+        ] {
+            let (_, r) = run_server_cached(bad, 64, OPTS, Metadata::Sent, Some(&defs)).await;
+            assert!(protocol(&r), "{r:?}");
+        }
+        let (_, r) = run_server_cached(left_out, 64, OPTS, Metadata::Plain, Some(&defs)).await;
+        assert!(protocol(&r), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn server_cached_metadata_text_results_pass_as_they_are() {
+        // Text results always carry their definitions (flag 1): passed untouched, several
+        // results too, nothing kept.
+        let response = frames(
+            &[
+                b"\x01\x01",
+                COLDEF_A,
+                EOF_END,
+                b"\x011",
+                EOF_MORE,
+                b"\x02\x01",
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x011\x012",
+                EOF_END,
+            ],
+            1,
+        );
+        for chunk in CHUNKS {
+            let meta = Meta {
+                client: Metadata::Sent,
+                server: ServerMeta::On {
+                    exec: false,
+                    kept: None,
+                },
+            };
+            let (got, r) = run_both(response.clone(), chunk, ResponseKind::Query, OPTS, meta).await;
+            assert_eq!(got, response, "chunk {chunk}");
+            let r = r.unwrap();
+            assert_eq!((r.rows, r.server_meta), (2, None));
+        }
+    }
+
+    #[tokio::test]
+    async fn server_cached_metadata_hostile_responses_never_panic() {
+        let defs = frames(&[COLDEF_A, COLDEF_B], 2);
+        let bases = [
+            frames(
+                &[
+                    b"\x02\x01",
+                    COLDEF_A,
+                    COLDEF_B,
+                    EOF_END,
+                    b"\x00\x00\x01",
+                    EOF_MORE,
+                    b"\x01\x01",
+                    COLDEF_A,
+                    EOF_END,
+                    EOF_END,
+                ],
+                1,
+            ),
+            frames(
+                &[
+                    b"\x02\x00",
+                    EOF_END,
+                    b"\x00\x00\x01",
+                    b"\x00\x00\x02",
+                    EOF_END,
+                ],
+                1,
+            ),
+        ];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..1500 {
+            let mut r = bases[case % 2].clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % r.len();
+                match next() % 3 {
+                    0 => r[at] = next() as u8,
+                    1 => r.truncate(at.max(1)),
+                    _ => r.insert(at, next() as u8),
+                }
+            }
+            let chunk = 1 + (next() as usize) % 80;
+            let mut last = (case % 3 == 0).then(|| defs.clone().into_boxed_slice());
+            let client = if case % 5 == 0 {
+                Metadata::Sent
+            } else {
+                Metadata::Cached(&mut last)
+            };
+            let kept = (case % 7 != 0).then_some(&defs[..]);
+            let _ = run_server_cached(r, chunk, OPTS, client, kept).await;
+        }
     }
 }

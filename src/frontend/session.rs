@@ -120,6 +120,15 @@ pub(super) struct LoginInfo {
     pub compression: Option<sluice_proto::compress::Algorithm>,
 }
 
+/// The statement an execution runs (see [`Session::forward`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Executed {
+    /// The client's statement id (its record of the column definitions it holds).
+    pub client: Option<u32>,
+    /// Where the held connection keeps the server's statement.
+    pub server: Option<crate::backend::stmt_cache::Memo>,
+}
+
 /// Which held connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Held {
@@ -1214,7 +1223,8 @@ impl Session {
 
     /// Forwards the command at the front of the client buffer (or `rebuilt` instead) on a
     /// held connection and relays the answer. Every failure is handled here: `Ok(None)` when
-    /// the client got an error and the session goes on.
+    /// the client got an error and the session goes on. `exec`: the statement an execution
+    /// runs.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn forward(
         &mut self,
@@ -1224,7 +1234,7 @@ impl Session {
         kind: ResponseKind,
         seq: u8,
         local_files: bool,
-        stmt: Option<u32>,
+        exec: Option<Executed>,
     ) -> Result<Option<Relayed>, SessionError> {
         let server = self.server_of(on);
         // Query attributes go back on for a connection that negotiated them.
@@ -1291,17 +1301,38 @@ impl Session {
                 let meta = if self.capabilities & cap::MARIADB_CLIENT_CACHE_METADATA == 0 {
                     Metadata::Plain
                 } else {
-                    match stmt.and_then(|id| self.st.stmts.get_mut(&id)) {
+                    match exec.and_then(|e| self.st.stmts.get_mut(&e.client?)) {
                         Some(st) => Metadata::Cached(&mut st.meta),
                         None => Metadata::Sent,
                     }
                 };
-                relay_response(&mut self.client, conn, kind, seq, local_files, meta).await
+                let server_stmt = exec.and_then(|e| e.server);
+                relay_response(
+                    &mut self.client,
+                    conn,
+                    kind,
+                    seq,
+                    local_files,
+                    meta,
+                    server_stmt,
+                )
+                .await
             }
         };
         drop(outstanding);
         match result {
-            Ok(outcome) => Ok(Some(Relayed { outcome })),
+            Ok(outcome) => {
+                // Column definitions kept beyond their budget (cached metadata): statements
+                // are closed, least recently used first (COM_STMT_CLOSE has no answer).
+                let c = self.held_mut(on);
+                if let Some(c) = c.filter(|c| c.stmts.metadata_over_budget()) {
+                    if let Err(e) = c.trim_metadata(0).await {
+                        tracing::debug!(server = %c.server, error = %e, "closing statements");
+                        self.drop_held(on);
+                    }
+                }
+                Ok(Some(Relayed { outcome }))
+            }
             // Nothing of the response reached the client (gone), or only whole packets did
             // (cut: an ERR ends the response, clients accept one in place of the next row):
             // a clean error, and the session goes on.

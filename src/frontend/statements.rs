@@ -21,7 +21,7 @@ use sluice_proto::stmt::StmtExecute;
 use sluice_proto::tracker::ResponseKind;
 
 use super::routing::Plan;
-use super::session::{statement_text, Held, Session};
+use super::session::{statement_text, Executed, Held, Session};
 use super::session_state::Stmt;
 use super::SessionError;
 use crate::backend::StmtBudget;
@@ -187,19 +187,9 @@ impl Session {
         if self.capabilities & cap::MARIADB_CLIENT_CACHE_METADATA == 0 {
             return None;
         }
-        let ok = packets.first()?;
-        let columns = usize::from(u16::from_le_bytes([*ok.get(5)?, *ok.get(6)?]));
-        let params = usize::from(u16::from_le_bytes([*ok.get(7)?, *ok.get(8)?]));
-        let eof = usize::from(params > 0 && self.capabilities & cap::CLIENT_DEPRECATE_EOF == 0);
-        let defs = packets.get(1 + params + eof..1 + params + eof + columns)?;
-        if columns == 0 {
-            return None;
-        }
-        let mut out = bytes::BytesMut::new();
-        for (i, p) in defs.iter().enumerate() {
-            sluice_proto::framing::write_packet(&mut out, 2u8.wrapping_add(i as u8), p);
-        }
-        (out.len() <= super::relay::MAX_KEPT_METADATA).then(|| out[..].into())
+        let deprecate_eof = self.capabilities & cap::CLIENT_DEPRECATE_EOF != 0;
+        crate::backend::prepared_definitions(packets, deprecate_eof)
+            .filter(|d| d.len() <= super::relay::MAX_KEPT_METADATA)
     }
 
     /// The prepared-statement budget of connections to `server`.
@@ -385,7 +375,10 @@ impl Session {
                 ResponseKind::Execute,
                 seq,
                 false,
-                Some(id),
+                Some(Executed {
+                    client: Some(id),
+                    server: renewed,
+                }),
             )
             .await;
         self.reuse(rebuilt);
@@ -526,7 +519,10 @@ impl Session {
                 ResponseKind::Execute,
                 seq,
                 false,
-                None,
+                Some(Executed {
+                    client: None,
+                    server: memo,
+                }),
             )
             .await;
         self.reuse(rebuilt);
