@@ -466,10 +466,12 @@ async fn warm_once(shared: &Shared, loops: usize) {
 
 /// The capabilities warm connections are opened with: what common drivers (libmariadb,
 /// libmysqlclient, mysql_async) ask for; a session whose client asked for other capabilities
-/// does not use them (pools are partitioned by capabilities).
+/// does not use them (pools are partitioned by capabilities). Metadata caching: libmariadb
+/// and mysql_async ask for it (a server that does not offer it leaves it out).
 const WARM_CAPABILITIES: u64 = {
     use sluice_proto::flags::cap;
-    cap::CLIENT_LONG_PASSWORD
+    cap::MARIADB_CLIENT_CACHE_METADATA
+        | cap::CLIENT_LONG_PASSWORD
         | cap::CLIENT_PROTOCOL_41
         | cap::CLIENT_TRANSACTIONS
         | cap::CLIENT_SECURE_CONNECTION

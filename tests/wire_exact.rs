@@ -406,6 +406,79 @@ async fn shared_connection_cached_metadata_classic_eof() {
     shared_connection_cached_metadata(0).await;
 }
 
+/// The column definitions a connection keeps for its statements are bounded
+/// (`stmt_cache::MAX_METADATA_BYTES`, 256 KiB): beyond it the connection closes statements,
+/// least recently used first, and an execution of a closed one prepares it again. The client
+/// sees exactly what a direct connection shows it.
+#[tokio::test]
+async fn kept_column_definitions_are_bounded_per_connection() {
+    let caps = cap::MARIADB_CLIENT_CACHE_METADATA | cap::CLIENT_DEPRECATE_EOF;
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    // Twenty statements of 180 columns with 60-character names: 15.5 KB of definitions each
+    // (under the 16 KiB a session keeps per statement), 310 KB in all.
+    let wide = |k: usize| -> Vec<u8> {
+        let cols: Vec<String> = (0..180)
+            .map(|i| format!("{k} AS c{i:0>4}_{}", "x".repeat(54)))
+            .collect();
+        format!("SELECT {}", cols.join(", ")).into_bytes()
+    };
+    let run = |port: u16, keep: bool| async move {
+        let (mut c, ok) = RawConn::login(port, USER, PASSWORD, caps).await;
+        assert_eq!(ok[0], 0, "login failed: {ok:?}");
+        let mut ids = Vec::new();
+        let mut out = Vec::new();
+        for k in 0..20 {
+            let mut r = c.command(&encode_simple(COM_STMT_PREPARE, &wide(k))).await;
+            assert_eq!(r[0].1[0], 0, "{:?}", &r[0]);
+            ids.push(u32::from_le_bytes(r[0].1[1..5].try_into().unwrap()));
+            r[0].1[1..5].copy_from_slice(&[0xAA; 4]);
+            out.push(r);
+        }
+        for _ in 0..2 {
+            for id in &ids {
+                out.push(c.command(&encode_stmt_execute(*id, 0)).await);
+            }
+        }
+        (out, keep.then_some(c))
+    };
+    // Through Sluice first, its client kept open while the server's count is read (a direct
+    // client's statements would be counted until the server noticed its disconnect).
+    let (proxied, client) = run(h.addr.port(), true).await;
+    let count = prepared_count(h.topo.nodes[0].port).await;
+    let (direct, _) = run(h.topo.nodes[0].port, false).await;
+    assert_eq!(direct.len(), proxied.len());
+    for (i, (a, b)) in direct.iter().zip(&proxied).enumerate() {
+        assert!(
+            a == b,
+            "step {i} differs (direct {} packets, sluice {})",
+            a.len(),
+            b.len()
+        );
+    }
+    // Every execution left the definitions out, as the client holds them from its prepare.
+    assert!(direct[20..].iter().all(|r| r[0].1 == [180, 0]));
+    // The server held fewer statements than the client did: Sluice closed some.
+    assert!(
+        (1..20).contains(&count),
+        "{count} statements prepared on the server"
+    );
+    drop(client);
+    h.shutdown().await;
+}
+
+/// The server's count of prepared statements (all connections).
+async fn prepared_count(port: u16) -> u32 {
+    let (mut c, _) = RawConn::login(port, USER, PASSWORD, 0).await;
+    let r = c
+        .command(&query(
+            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME = 'PREPARED_STMT_COUNT'",
+        ))
+        .await;
+    let row = &r[r.len() - 2].1;
+    std::str::from_utf8(&row[1..]).unwrap().parse().unwrap()
+}
+
 #[tokio::test]
 async fn session_track_gtid_reaches_the_client() {
     let h = Harness::start(0).await;
