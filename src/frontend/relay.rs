@@ -1147,41 +1147,37 @@ mod tests {
         )
     }
 
+    /// Two text result sets (MORE_RESULTS on the first's EOF), of one and two columns; with
+    /// `flagged`, each column count is followed by the metadata flag byte 1.
+    fn two_text_results(flagged: bool) -> Vec<u8> {
+        let (one, two): (&[u8], &[u8]) = if flagged {
+            (b"\x01\x01", b"\x02\x01")
+        } else {
+            (b"\x01", b"\x02")
+        };
+        frames(
+            &[
+                one,
+                COLDEF_A,
+                EOF_END,
+                b"\x011",
+                EOF_MORE,
+                two,
+                COLDEF_A,
+                COLDEF_B,
+                EOF_END,
+                b"\x011\x012",
+                EOF_END,
+            ],
+            1,
+        )
+    }
+
     #[tokio::test]
     async fn cached_metadata_text_results_get_the_flag_one() {
-        // Two result sets (MORE_RESULTS on the first's EOF): each count gets its byte 1.
-        let response = frames(
-            &[
-                b"\x01",
-                COLDEF_A,
-                EOF_END,
-                b"\x011",
-                EOF_MORE,
-                b"\x02",
-                COLDEF_A,
-                COLDEF_B,
-                EOF_END,
-                b"\x011\x012",
-                EOF_END,
-            ],
-            1,
-        );
-        let want = frames(
-            &[
-                b"\x01\x01",
-                COLDEF_A,
-                EOF_END,
-                b"\x011",
-                EOF_MORE,
-                b"\x02\x01",
-                COLDEF_A,
-                COLDEF_B,
-                EOF_END,
-                b"\x011\x012",
-                EOF_END,
-            ],
-            1,
-        );
+        // Each column count gets its byte 1.
+        let response = two_text_results(false);
+        let want = two_text_results(true);
         for chunk in CHUNKS {
             let (got, r) = run_meta(
                 response.clone(),
@@ -1587,22 +1583,7 @@ mod tests {
     async fn server_cached_metadata_text_results_pass_as_they_are() {
         // Text results always carry their definitions (flag 1): passed untouched, several
         // results too, nothing kept.
-        let response = frames(
-            &[
-                b"\x01\x01",
-                COLDEF_A,
-                EOF_END,
-                b"\x011",
-                EOF_MORE,
-                b"\x02\x01",
-                COLDEF_A,
-                COLDEF_B,
-                EOF_END,
-                b"\x011\x012",
-                EOF_END,
-            ],
-            1,
-        );
+        let response = two_text_results(true);
         for chunk in CHUNKS {
             let meta = Meta {
                 client: Metadata::Sent,
