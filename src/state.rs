@@ -82,6 +82,7 @@ pub fn pool_limits(config: &Config) -> PoolLimits {
         wait: std::time::Duration::from_millis(p.pool_wait_ms),
         connect_timeout: std::time::Duration::from_millis(p.connect_timeout_ms),
         idle_timeout: std::time::Duration::from_millis(p.pool_idle_timeout_ms),
+        max_lifetime: std::time::Duration::from_millis(p.pool_max_lifetime_ms),
     }
 }
 

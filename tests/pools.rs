@@ -325,3 +325,122 @@ async fn a_waiting_session_gets_the_slot_of_a_connection_that_closed() {
     assert_eq!(v, Some(6));
     h.shutdown().await;
 }
+
+/// `[proxy] pool_max_lifetime_ms`: a connection that reached its lifetime is closed with
+/// `COM_QUIT` when its session gives it back (never while a transaction holds it) or when a
+/// lease finds it idle past it, and the next statement runs on a new connection.
+#[tokio::test]
+async fn connections_are_replaced_after_their_lifetime() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_max_lifetime_ms = 1_000;
+    })
+    .await;
+    let shared = h.proxy.as_ref().unwrap().shared.clone();
+    let expired = || {
+        shared.routing().slots[0]
+            .pool
+            .expired_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let gone = |id: u64| {
+        let h = &h;
+        async move {
+            let n = h
+                .root_sql(
+                    0,
+                    &format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}"),
+                )
+                .await;
+            n.trim() == "0"
+        }
+    };
+    let aborted = h.status_counter(0, "Aborted_clients").await;
+    let mut a = h.proxy_conn().await;
+    a.query_drop("BEGIN").await.unwrap();
+    let first: Option<u64> = a.query_first("SELECT @@pseudo_thread_id").await.unwrap();
+    let first = first.unwrap();
+    // Past its lifetime inside a transaction: the transaction keeps it.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let still: Option<u64> = a.query_first("SELECT @@pseudo_thread_id").await.unwrap();
+    assert_eq!(still, Some(first), "a held connection is never replaced");
+    assert_eq!(expired(), 0);
+    a.query_drop("COMMIT").await.unwrap();
+    // Given back: closed, and the next statement opens another.
+    let second = backend_id(&mut a).await;
+    assert_ne!(second, first, "replaced once it was given back");
+    assert_eq!(expired(), 1);
+    common::eventually(
+        "the expired connection closes",
+        Duration::from_secs(10),
+        || gone(first),
+    )
+    .await;
+    // Idle in the pool past its lifetime: not handed out again.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let third = backend_id(&mut a).await;
+    assert!(
+        third != second && third != first,
+        "{first} {second} {third}"
+    );
+    assert_eq!(expired(), 2);
+    common::eventually("the second closes", Duration::from_secs(10), || {
+        gone(second)
+    })
+    .await;
+    // Both said goodbye: the server counted no aborted client.
+    assert_eq!(h.status_counter(0, "Aborted_clients").await, aborted);
+    // Seen by an operator.
+    let mut admin = h.admin_conn().await;
+    let pools = common::table(&mut admin, "SHOW POOLS").await;
+    assert_eq!(
+        pools[0].get("expired_total").cloned().flatten().as_deref(),
+        Some("2")
+    );
+    a.disconnect().await.unwrap();
+    h.shutdown().await;
+}
+
+/// Connections the pool closes on its own — beyond `pool_max_idle`, idle past
+/// `pool_idle_timeout_ms` — say goodbye (`COM_QUIT`): the server counts no aborted client
+/// (`Aborted_clients`, and MariaDB's "Aborted connection" notes in its log).
+#[tokio::test]
+async fn connections_the_pool_closes_say_goodbye() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.pool_max_idle = 1;
+        c.proxy.pool_idle_timeout_ms = 300;
+    })
+    .await;
+    let aborted = h.status_counter(0, "Aborted_clients").await;
+    let mut a = h.proxy_conn().await;
+    let mut b = h.proxy_conn().await;
+    // Two connections at once; both come back, one more than the pool keeps idle.
+    a.query_drop("BEGIN").await.unwrap();
+    b.query_drop("BEGIN").await.unwrap();
+    let ia: Option<u64> = a.query_first("SELECT @@pseudo_thread_id").await.unwrap();
+    let ib: Option<u64> = b.query_first("SELECT @@pseudo_thread_id").await.unwrap();
+    assert_ne!(ia, ib);
+    a.query_drop("COMMIT").await.unwrap();
+    b.query_drop("COMMIT").await.unwrap();
+    common::eventually(
+        "one connection is closed",
+        Duration::from_secs(10),
+        || async { app_connections(&h, 0).await == 1 },
+    )
+    .await;
+    // The one kept idle outlives pool_idle_timeout_ms: the next lease closes it and opens
+    // another.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ic = backend_id(&mut a).await;
+    assert!(Some(ic) != ia && Some(ic) != ib, "{ia:?} {ib:?} {ic}");
+    common::eventually(
+        "the idle one is closed",
+        Duration::from_secs(10),
+        || async { app_connections(&h, 0).await == 1 },
+    )
+    .await;
+    assert_eq!(h.status_counter(0, "Aborted_clients").await, aborted);
+    a.disconnect().await.unwrap();
+    b.disconnect().await.unwrap();
+    h.shutdown().await;
+}

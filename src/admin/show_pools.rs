@@ -1,5 +1,6 @@
 //! `SHOW POOLS`: backend connections per server, the sessions waiting for one, and how long
-//! the longest has waited so far; `sessions` and `ratio` show multiplexing at work.
+//! the longest has waited so far; `sessions` and `ratio` show multiplexing at work;
+//! `expired_total` counts connections replaced after `[proxy] pool_max_lifetime_ms`.
 
 use super::{AdminCtx, Reply, ResultSet};
 
@@ -13,6 +14,7 @@ pub(super) fn run(ctx: &AdminCtx) -> Reply {
         "max",
         "waits_total",
         "avg_wait_ms",
+        "expired_total",
     ]);
     let routing = ctx.shared.routing();
     for (slot, server) in routing.slots.iter().zip(&routing.config.servers) {
@@ -39,6 +41,11 @@ pub(super) fn run(ctx: &AdminCtx) -> Reply {
                     micros as f64 / waits as f64 / 1000.0
                 }
             )),
+            Some(
+                pool.expired_total
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            ),
         ]);
     }
     Reply::Rows(rs)

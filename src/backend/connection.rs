@@ -104,6 +104,8 @@ pub struct BackendConn {
     pub insert_id_seen: u64,
     /// A number unique among the connections of this process.
     pub id: u64,
+    /// When it was opened (`clock::coarse_monotonic_ms`): `[proxy] pool_max_lifetime_ms`.
+    pub opened_ms: u64,
     /// The session loop whose poller the socket is registered with (`loops::home()` where it
     /// was opened): the pool hands it preferably to sessions of that loop.
     pub home: u16,
@@ -254,6 +256,7 @@ async fn connect_inner(
         last_insert_id: 0,
         insert_id_seen: 0,
         id: NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        opened_ms: crate::clock::coarse_monotonic_ms(),
         home: crate::loops::home(),
         charset: p.charset,
         state: super::state::SessionVars {

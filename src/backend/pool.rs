@@ -190,6 +190,10 @@ pub struct ServerPool {
     attended: AtomicBool,
     max_idle: AtomicUsize,
     idle_timeout_ms: AtomicU64,
+    /// `[proxy] pool_max_lifetime_ms` (0: no limit).
+    max_lifetime_ms: AtomicU64,
+    /// Connections closed because they reached their lifetime.
+    pub expired_total: AtomicU64,
     /// Sessions that had to wait, and for how long in all (microseconds): per thread (under
     /// thousands of clients most leases wait, on every core).
     pub waits: crate::lanes::LaneCounter,
@@ -229,6 +233,8 @@ pub struct PoolLimits {
     pub wait: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `[proxy] pool_max_lifetime_ms` (zero: no limit).
+    pub max_lifetime: Duration,
 }
 
 impl ServerPool {
@@ -243,6 +249,8 @@ impl ServerPool {
             attended: AtomicBool::new(false),
             max_idle: AtomicUsize::new(limits.max_idle),
             idle_timeout_ms: AtomicU64::new(limits.idle_timeout.as_millis() as u64),
+            max_lifetime_ms: AtomicU64::new(limits.max_lifetime.as_millis() as u64),
+            expired_total: AtomicU64::new(0),
             waits: Default::default(),
             wait_micros: Default::default(),
             retired: AtomicBool::new(false),
@@ -261,9 +269,8 @@ impl ServerPool {
             *t = tls;
         }
         self.compress.store(compress, Ordering::Relaxed);
-        if let Ok(mut l) = self.lists.lock() {
-            l.idle.clear();
-        }
+        let old = self.lists.lock().map(|mut l| std::mem::take(&mut l.idle));
+        goodbye_all(old.unwrap_or_default());
     }
 
     /// Applies new bounds (a reload): a larger `max_connections` adds slots at once; a smaller
@@ -281,10 +288,12 @@ impl ServerPool {
             if owed > 0 {
                 // Close idle connections to give their slots back, then take the rest as
                 // busy connections come back.
-                if let Ok(mut l) = self.lists.lock() {
+                let closed = self.lists.lock().map(|mut l| {
                     let n = owed.min(l.idle.len());
-                    l.idle.drain(..n);
-                }
+                    l.idle.drain(..n).collect::<Vec<_>>()
+                });
+                // Their slots come back when they have said goodbye (below, if not at once).
+                goodbye_all(closed.unwrap_or_default());
                 owed -= self.slots.forget_permits(owed);
             }
             if owed > 0 {
@@ -299,18 +308,21 @@ impl ServerPool {
         self.max_idle.store(limits.max_idle, Ordering::Relaxed);
         self.idle_timeout_ms
             .store(limits.idle_timeout.as_millis() as u64, Ordering::Relaxed);
-        if let Ok(mut l) = self.lists.lock() {
-            l.idle.truncate(limits.max_idle);
-        }
+        self.max_lifetime_ms
+            .store(limits.max_lifetime.as_millis() as u64, Ordering::Relaxed);
+        let extra = self.lists.lock().map(|mut l| {
+            let keep = limits.max_idle.min(l.idle.len());
+            l.idle.split_off(keep)
+        });
+        goodbye_all(extra.unwrap_or_default());
     }
 
     /// The server left the configuration: idle connections are closed now, busy ones when
     /// their sessions give them back.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        if let Ok(mut l) = self.lists.lock() {
-            l.idle.clear();
-        }
+        let old = self.lists.lock().map(|mut l| std::mem::take(&mut l.idle));
+        goodbye_all(old.unwrap_or_default());
     }
 
     /// Closes every connection to this server, idle or in use (a statement in flight on one
@@ -594,7 +606,11 @@ impl ServerPool {
             .take_while(|i| now_ms.saturating_sub(i.since_ms) >= timeout_ms)
             .count();
         if stale > 0 {
-            l.idle.drain(..stale);
+            // Rare (a pool that sat unused): the only allocation on this path.
+            let old: Vec<Idle> = l.idle.drain(..stale).collect();
+            drop(l);
+            goodbye_all(old);
+            return self.pop_idle(p, want, scope, prefer);
         }
         // The connection the caller had last, if it is idle, fits and lives on the caller's
         // loop: its memory is likely still in this core's cache (and in no other's).
@@ -638,6 +654,11 @@ impl ServerPool {
         let idle = pick.map(|n| l.idle.remove(n))?;
         let after_break = idle.since_ms <= l.broke_at_ms;
         drop(l);
+        if self.expired(&idle.conn, now_ms) {
+            // It reached its lifetime while it sat idle (a reload may also have shortened it).
+            self.close_expired(idle.conn);
+            return self.pop_idle(p, want, scope, 0);
+        }
         // A connection that sat idle a while may have been closed by the server (a restart,
         // KILL, wait_timeout): one non-blocking look before handing it out. One returned a
         // moment ago is not looked at (a syscall per statement otherwise), unless another
@@ -720,6 +741,11 @@ impl ServerPool {
         if conn.slot.is_none() || self.is_retired() {
             return;
         }
+        if self.expired(&conn, crate::clock::coarse_monotonic_ms()) {
+            // Its slot goes to the first in line, who opens a new connection with it.
+            self.close_expired(conn);
+            return;
+        }
         let Ok(mut l) = self.lists.lock() else {
             return;
         };
@@ -742,8 +768,54 @@ impl ServerPool {
                 conn,
                 since_ms: crate::clock::coarse_monotonic_ms(),
             });
+        } else {
+            drop(l);
+            goodbye(conn);
         }
     }
+}
+
+impl ServerPool {
+    /// Whether `conn` has been open longer than its lifetime at `now_ms`: each connection's
+    /// limit is `pool_max_lifetime_ms` less up to a tenth of it, by its id, so that connections
+    /// opened together (a burst of sessions, a warm pool) are replaced over a spread of time
+    /// rather than all at once.
+    fn expired(&self, conn: &BackendConn, now_ms: u64) -> bool {
+        let max = self.max_lifetime_ms.load(Ordering::Relaxed);
+        max != 0 && now_ms.saturating_sub(conn.opened_ms) >= lifetime_of(conn.id, max)
+    }
+
+    /// Closes a connection that reached its lifetime.
+    fn close_expired(&self, conn: Box<BackendConn>) {
+        self.expired_total.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(server = %self.name, id = conn.id, "server connection reached pool_max_lifetime_ms: closed");
+        goodbye(conn);
+    }
+}
+
+/// Closes a pooled connection (in a known state, nothing pending) politely: `COM_QUIT`, so
+/// that the server neither counts an aborted client (`Aborted_clients`) nor logs an aborted
+/// connection, on a task of the caller's runtime (outside one it is simply closed). Its slot
+/// is given back when it is gone, so the server never has more connections than the limit.
+fn goodbye(conn: Box<BackendConn>) {
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        h.spawn(conn.quit());
+    }
+}
+
+fn goodbye_all(idle: Vec<Idle>) {
+    for i in idle {
+        goodbye(i.conn);
+    }
+}
+
+/// The lifetime of connection `id` under `pool_max_lifetime_ms` = `max` (> 0): between 90 and
+/// 100 % of it, spread by the id.
+fn lifetime_of(id: u64, max: u64) -> u64 {
+    let spread = max / 10;
+    // Consecutive ids land far apart (Fibonacci hashing).
+    let h = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    max - h % (spread + 1)
 }
 
 impl Drop for ServerPool {
@@ -812,6 +884,21 @@ fn attend_once(lists: &Mutex<Lists>, slots: &Arc<Semaphore>, now: Instant) -> Op
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+
+    #[test]
+    fn lifetimes_are_spread_over_the_last_tenth() {
+        let max = 3_600_000;
+        let all: Vec<u64> = (1..=1_000).map(|id| lifetime_of(id, max)).collect();
+        assert!(all.iter().all(|&l| (max - max / 10..=max).contains(&l)));
+        // Consecutive ids (a burst of connections) do not expire together: every tenth of
+        // the spread holds some of them.
+        let mut deciles = [0u32; 10];
+        for l in &all {
+            deciles[(((max - l) * 10 / (max / 10 + 1)) as usize).min(9)] += 1;
+        }
+        assert!(deciles.iter().all(|&n| n > 50), "{deciles:?}");
+        assert_eq!(lifetime_of(7, 5), 5, "too short to spread");
+    }
 
     fn line(home: u16, waited_ms: &[u64]) -> (u16, VecDeque<Waiter>) {
         let now = Instant::now();

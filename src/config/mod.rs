@@ -291,6 +291,11 @@ pub struct ProxyConfig {
     pub pool_wait_ms: u64,
     /// Idle connections older than this are closed instead of reused.
     pub pool_idle_timeout_ms: u64,
+    /// A server connection that has been open this long is closed (with `COM_QUIT`) when its
+    /// session gives it back, instead of being pooled again; each connection's limit is 90 to
+    /// 100 % of this value, so that connections opened together are not all replaced at once.
+    /// Never while a session holds it. 0 = no limit.
+    pub pool_max_lifetime_ms: u64,
     /// Client sessions open at once; more are refused with error 1040 before the handshake.
     pub max_client_connections: u32,
     /// A client session with no command for this long is closed (0 = never).
@@ -364,6 +369,7 @@ impl Default for ProxyConfig {
             pool_min_idle: 0,
             pool_wait_ms: 2_000,
             pool_idle_timeout_ms: 60_000,
+            pool_max_lifetime_ms: 3_600_000,
             max_client_connections: 10_000,
             client_idle_timeout_ms: 28_800_000,
             default_auth_plugin: "mysql_native_password".into(),

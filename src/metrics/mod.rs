@@ -202,6 +202,7 @@ pub struct Metrics {
     invalid_hints: IntCounter,
     rule_matches: IntCounterVec,
     backend: IntGaugeVec,
+    expired: IntCounterVec,
     outstanding: IntGaugeVec,
     server_up: IntGaugeVec,
     server_role: IntGaugeVec,
@@ -406,6 +407,12 @@ impl Metrics {
                 BACKEND_CONNECTIONS,
                 "Backend connections per server, by state",
                 &["server", "state"],
+            ),
+            expired: counter_vec(
+                &r,
+                BACKEND_CONNECTIONS_EXPIRED_TOTAL,
+                "Server connections closed on their return to the pool because they reached [proxy] pool_max_lifetime_ms",
+                &["server"],
             ),
             outstanding: gauge_vec(
                 &r,
@@ -679,6 +686,7 @@ impl Metrics {
                     let _ = self.server_role.remove_label_values(&[n, role.as_str()]);
                 }
                 let _ = self.outstanding.remove_label_values(&[n]);
+                let _ = self.expired.remove_label_values(&[n]);
                 let _ = self.server_up.remove_label_values(&[n]);
                 let _ = self.excluded.remove_label_values(&[n]);
                 let _ = self.not_following.remove_label_values(&[n]);
@@ -697,6 +705,10 @@ impl Metrics {
                 self.backend
                     .with_label_values(&[&s.name, "waiting"])
                     .set(pool.waiting() as i64);
+                sync(
+                    &self.expired.with_label_values(&[&s.name]),
+                    pool.expired_total.load(Ordering::Relaxed),
+                );
             }
             if let Some(slot) = slot {
                 self.outstanding

@@ -18,6 +18,7 @@ pub const PINS_TOTAL: &str = "sluice_session_pins_total";
 pub const INVALID_HINTS_TOTAL: &str = "sluice_invalid_hints_total";
 pub const RULE_MATCHES_TOTAL: &str = "sluice_rule_matches_total";
 pub const BACKEND_CONNECTIONS: &str = "sluice_backend_connections";
+pub const BACKEND_CONNECTIONS_EXPIRED_TOTAL: &str = "sluice_backend_connections_expired_total";
 pub const BACKEND_OUTSTANDING: &str = "sluice_backend_outstanding_queries";
 pub const SERVER_UP: &str = "sluice_server_up";
 pub const SERVER_ROLE: &str = "sluice_server_role";
