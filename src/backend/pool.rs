@@ -741,7 +741,9 @@ impl ServerPool {
         if conn.slot.is_none() || self.is_retired() {
             return;
         }
-        if self.expired(&conn, crate::clock::coarse_monotonic_ms()) {
+        // One coarse clock read per return: the lifetime check and the idle list's stamp.
+        let now_ms = crate::clock::coarse_monotonic_ms();
+        if self.expired(&conn, now_ms) {
             // Its slot goes to the first in line, who opens a new connection with it.
             self.close_expired(conn);
             return;
@@ -766,7 +768,7 @@ impl ServerPool {
                 id: conn.id,
                 home: conn.home,
                 conn,
-                since_ms: crate::clock::coarse_monotonic_ms(),
+                since_ms: now_ms,
             });
         } else {
             drop(l);

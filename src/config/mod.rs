@@ -292,7 +292,8 @@ pub struct ProxyConfig {
     /// Idle connections older than this are closed instead of reused.
     pub pool_idle_timeout_ms: u64,
     /// A server connection that has been open this long is closed (with `COM_QUIT`) when its
-    /// session gives it back, instead of being pooled again; each connection's limit is 90 to
+    /// session gives it back, instead of being pooled again, or when a lease finds it idle
+    /// past it; each connection's limit is 90 to
     /// 100 % of this value, so that connections opened together are not all replaced at once.
     /// Never while a session holds it. 0 = no limit.
     pub pool_max_lifetime_ms: u64,

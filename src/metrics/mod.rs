@@ -411,7 +411,7 @@ impl Metrics {
             expired: counter_vec(
                 &r,
                 BACKEND_CONNECTIONS_EXPIRED_TOTAL,
-                "Server connections closed on their return to the pool because they reached [proxy] pool_max_lifetime_ms",
+                "Server connections closed because they reached [proxy] pool_max_lifetime_ms (on their return to the pool, or found idle past it)",
                 &["server"],
             ),
             outstanding: gauge_vec(
