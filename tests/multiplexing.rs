@@ -584,9 +584,12 @@ async fn prepared_statements_never_exhaust_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_changed_inside_a_procedure_is_learned_from_session_tracking() {
-    use sluice_proto::flags::cap;
+    use sluice_proto::flags::{cap, status};
     // A procedure changes the time zone: Sluice does not parse it; the server's OK packet says
-    // so to a client with CLIENT_SESSION_TRACK (time_zone is tracked by default).
+    // so (time_zone is tracked by default). Sluice's server connections track session state
+    // whatever the client asked: for a client without CLIENT_SESSION_TRACK (PyMySQL,
+    // mysql_async, mysqlnd, Connector/Python) the state block is taken out of the OK, which is
+    // then the bytes a direct connection gets.
     let h = Harness::start(2).await;
     let mut setup = h.direct_conn().await;
     setup
@@ -594,35 +597,58 @@ async fn state_changed_inside_a_procedure_is_learned_from_session_tracking() {
         .await
         .unwrap();
     replicas_ready(&h).await;
-    let caps = cap::CLIENT_SESSION_TRACK | cap::CLIENT_DEPRECATE_EOF;
-    let (mut c, ok) =
-        common::raw::RawConn::login(h.addr.port(), common::USER, common::PASSWORD, caps).await;
-    assert_eq!(ok[0], 0);
     let query = |sql: &str| {
         let mut p = vec![sluice_proto::command::COM_QUERY];
         p.extend_from_slice(sql.as_bytes());
         p
     };
-    let r = c.command(&query("CALL proc.setz()")).await;
-    assert_eq!(r[0].1[0], 0, "{r:?}");
-    // Other sessions keep using the connections meanwhile.
-    let mut other = h.proxy_conn().await;
-    let mut servers = std::collections::BTreeSet::new();
-    for _ in 0..8 {
-        for _ in 0..2 {
-            let r = c.command(&query("SELECT @@time_zone, @@server_id")).await;
-            let row = &r[3].1;
-            assert!(row.windows(6).any(|w| w == b"+03:00"), "{r:?}");
-            servers.insert(row[row.len() - 1]);
+    for caps in [
+        cap::CLIENT_SESSION_TRACK | cap::CLIENT_DEPRECATE_EOF,
+        cap::CLIENT_DEPRECATE_EOF,
+        0,
+    ] {
+        let tracked = caps & cap::CLIENT_SESSION_TRACK != 0;
+        let (mut c, ok) =
+            common::raw::RawConn::login(h.addr.port(), common::USER, common::PASSWORD, caps).await;
+        assert_eq!(ok[0], 0);
+        let r = c.command(&query("CALL proc.setz()")).await;
+        assert_eq!(r[0].1[0], 0, "{r:?}");
+        let changed =
+            u16::from_le_bytes([r[0].1[3], r[0].1[4]]) & status::SERVER_SESSION_STATE_CHANGED != 0;
+        assert_eq!(changed, tracked, "caps {caps:#x}: {r:?}");
+        if !tracked {
+            let (mut d, _) = common::raw::RawConn::login(
+                h.topo.nodes[0].port,
+                common::USER,
+                common::PASSWORD,
+                caps,
+            )
+            .await;
+            let direct = d.command(&query("CALL proc.setz()")).await;
+            assert_eq!(r, direct, "caps {caps:#x}: the OK a direct connection gets");
         }
-        let theirs: Option<String> = other.query_first("SELECT @@time_zone").await.unwrap();
-        assert_ne!(theirs.as_deref(), Some("+03:00"));
+        // Other sessions keep using the connections meanwhile.
+        let mut other = h.proxy_conn().await;
+        let mut servers = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            for _ in 0..2 {
+                let r = c.command(&query("SELECT @@time_zone, @@server_id")).await;
+                let row = &r[r.len() - 2].1;
+                assert!(
+                    row.windows(6).any(|w| w == b"+03:00"),
+                    "caps {caps:#x}: {r:?}"
+                );
+                servers.insert(row[row.len() - 1]);
+            }
+            let theirs: Option<String> = other.query_first("SELECT @@time_zone").await.unwrap();
+            assert_ne!(theirs.as_deref(), Some("+03:00"));
+        }
+        assert_eq!(
+            servers,
+            [b'2', b'3'].into(),
+            "the reads ran on both replicas"
+        );
     }
-    assert_eq!(
-        servers,
-        [b'2', b'3'].into(),
-        "the reads ran on both replicas"
-    );
     h.shutdown().await;
 }
 

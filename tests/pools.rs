@@ -444,3 +444,114 @@ async fn connections_the_pool_closes_say_goodbye() {
     b.disconnect().await.unwrap();
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn sessions_that_differ_by_the_multi_statement_option_share_a_connection() {
+    // One server connection; a wait short enough that a pinned session shows as error 9012.
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 3_000;
+    })
+    .await;
+    // Bounded: a response that never comes fails the test in a minute.
+    tokio::time::timeout(Duration::from_secs(60), share_one_connection(&h))
+        .await
+        .expect("the sessions were answered within a minute");
+    h.shutdown().await;
+}
+
+/// [`sessions_that_differ_by_the_multi_statement_option_share_a_connection`] without its set-up.
+async fn share_one_connection(h: &Harness) {
+    use common::raw::{RawConn, CLIENT_CAPS};
+    use sluice_proto::command::{COM_QUERY, COM_RESET_CONNECTION, COM_SET_OPTION};
+    use sluice_proto::flags::cap;
+    let port = h.addr.port();
+    let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
+    // As PyMySQL and PHP's mysqli log in (no multi-statements, no session tracking), and as
+    // libmariadb does (both).
+    let single_caps = CLIENT_CAPS & !cap::CLIENT_MULTI_STATEMENTS;
+    let (mut single, ok) =
+        RawConn::login_caps(port, common::USER, common::PASSWORD, single_caps).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    let multi_caps = CLIENT_CAPS | cap::CLIENT_SESSION_TRACK;
+    let (mut multi, ok) =
+        RawConn::login_caps(port, common::USER, common::PASSWORD, multi_caps).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    let thread = |r: Vec<(u8, Vec<u8>)>| -> Vec<u8> {
+        let row = &r[r.len() - 2].1;
+        row[1..].to_vec()
+    };
+    let refused = |r: &[(u8, Vec<u8>)]| r[0].1[0] == 0xFF && r[0].1[1..3] == 1064u16.to_le_bytes();
+    // Result sets in a response: its one-column counts (rows are longer).
+    let results = |r: &[(u8, Vec<u8>)]| r.iter().filter(|(_, p)| p[..] == [1]).count();
+    let two = query("SELECT 1; SELECT 2");
+    let id = query("SELECT @@pseudo_thread_id");
+    let first = thread(multi.command(&id).await);
+    // Reading the counter is a connection too.
+    let connections = h.status_counter(0, "Connections").await;
+    let own = h.status_counter(0, "Connections").await - connections;
+    let connections = connections + own;
+    for round in 0..4 {
+        let r = single.command(&two).await;
+        assert!(
+            refused(&r),
+            "round {round}: refused as on a direct connection: {r:?}"
+        );
+        let r = multi.command(&two).await;
+        assert_eq!(results(&r), 2, "round {round}: {r:?}");
+        assert_eq!(
+            thread(single.command(&id).await),
+            first,
+            "round {round}: the one connection"
+        );
+        assert_eq!(
+            thread(multi.command(&id).await),
+            first,
+            "round {round}: the one connection"
+        );
+    }
+    // COM_SET_OPTION: the option follows the session, which is not pinned by it (the other
+    // session gets the one connection meanwhile).
+    let r = multi.command(&[COM_SET_OPTION, 1, 0]).await;
+    assert_eq!(r[0].1[0], 0xFE, "an EOF: {r:?}");
+    assert!(refused(&single.command(&two).await));
+    let r = multi.command(&two).await;
+    assert!(refused(&r), "the option is off for this session: {r:?}");
+    let r = single.command(&query("SELECT 1")).await;
+    assert_ne!(r[0].1[0], 0xFF, "the other session is served: {r:?}");
+    let r = multi.command(&[COM_SET_OPTION, 0, 0]).await;
+    assert_eq!(r[0].1[0], 0xFE, "{r:?}");
+    let r = multi.command(&two).await;
+    assert_eq!(results(&r), 2, "on again: {r:?}");
+    assert_eq!(thread(single.command(&id).await), first);
+    // COM_RESET_CONNECTION and COM_CHANGE_USER leave the option as it was, through Sluice as
+    // on a direct connection.
+    let (mut direct, _) = RawConn::login_caps(
+        h.topo.nodes[0].port,
+        common::USER,
+        common::PASSWORD,
+        multi_caps,
+    )
+    .await;
+    let mut outcomes = Vec::new();
+    for c in [&mut direct, &mut multi] {
+        let r = c.command(&[COM_SET_OPTION, 1, 0]).await;
+        assert_eq!(r[0].1[0], 0xFE, "{r:?}");
+        let r = c.command(&[COM_RESET_CONNECTION]).await;
+        assert_eq!(r[0].1[0], 0, "{r:?}");
+        outcomes.push(refused(&c.command(&two).await));
+    }
+    assert_eq!(
+        outcomes[0], outcomes[1],
+        "as a direct connection: {outcomes:?}"
+    );
+    let r = multi.command(&[COM_SET_OPTION, 0, 0]).await;
+    assert_eq!(r[0].1[0], 0xFE, "{r:?}");
+    // No connection was opened for the other kind of session: it was never re-opened or
+    // re-authenticated.
+    // (The direct connection is the one more.)
+    assert_eq!(
+        h.status_counter(0, "Connections").await,
+        connections + own + 1
+    );
+}

@@ -115,6 +115,57 @@ impl OkPacket {
     }
 }
 
+/// How an OK packet from a connection with `CLIENT_SESSION_TRACK` reads for a client without
+/// it: the server then sends the same bytes except for a session-state change, which it
+/// reports with `SERVER_SESSION_STATE_CHANGED` and a session-state block after the info
+/// string (and the info string, even empty). See [`untracked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Untracked {
+    /// Where the status flags are (two bytes, little-endian): the flag is to be cleared there.
+    pub status_at: usize,
+    /// How many bytes of the payload the client gets: up to the warnings, and the info string
+    /// when it is not empty.
+    pub keep: usize,
+}
+
+/// For an OK packet (`payload`, header 0x00 or 0xFE) that reports a session-state change: what
+/// of it a client without `CLIENT_SESSION_TRACK` gets (a server would have sent it no
+/// session-state block, no flag, and no empty info string). `Ok(None)`: no change reported,
+/// the packet is the same for both.
+pub fn untracked(payload: &[u8]) -> Result<Option<Untracked>, ProtoError> {
+    let mut r = Reader::new(payload);
+    let header = r.u8("header")?;
+    if header != OK_HEADER && header != OK_EOF_HEADER {
+        return Err(ProtoError::Invalid("not an OK packet"));
+    }
+    r.lenenc_int("affected rows")?;
+    r.lenenc_int("last insert id")?;
+    let status_at = payload.len() - r.remaining();
+    if r.u16("status flags")? & status::SERVER_SESSION_STATE_CHANGED == 0 {
+        return Ok(None);
+    }
+    r.u16("warnings")?;
+    let warnings_end = payload.len() - r.remaining();
+    let keep = if r.is_empty() || r.lenenc_bytes("info")?.is_empty() {
+        warnings_end
+    } else {
+        payload.len() - r.remaining()
+    };
+    Ok(Some(Untracked { status_at, keep }))
+}
+
+/// `payload` as a client without `CLIENT_SESSION_TRACK` gets it (see [`untracked`]).
+pub fn without_session_state(payload: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    let Some(u) = untracked(payload)? else {
+        return Ok(payload.to_vec());
+    };
+    let mut out = payload[..u.keep].to_vec();
+    let at = u.status_at;
+    let flags = u16::from_le_bytes([out[at], out[at + 1]]) & !status::SERVER_SESSION_STATE_CHANGED;
+    out[at..at + 2].copy_from_slice(&flags.to_le_bytes());
+    Ok(out)
+}
+
 /// Iterator over the entries of a session-state block.
 pub struct SessionStateIter<'a> {
     r: Reader<'a>,
@@ -178,6 +229,38 @@ mod tests {
         };
         let caps = cap::CLIENT_PROTOCOL_41;
         assert_eq!(OkPacket::parse(&ok.encode(caps), caps).unwrap(), ok);
+    }
+
+    #[test]
+    fn a_client_without_session_tracking_gets_no_state() {
+        // `SET time_zone` (no info), an UPDATE's info with a state change, and no change.
+        let tz = b"\x00\x00\x00\x02\x40\x00\x00\x00\x13\x00\x11\x09time_zone\x06+05:00";
+        assert_eq!(
+            without_session_state(tz).unwrap(),
+            b"\x00\x00\x00\x02\x00\x00\x00"
+        );
+        let info = b"Rows matched: 1  Changed: 1  Warnings: 0";
+        let mut upd = b"\x00\x01\x00\x22\x40\x01\x00".to_vec();
+        upd.push(info.len() as u8);
+        upd.extend_from_slice(info);
+        upd.extend_from_slice(b"\x05\x01\x03\x02db");
+        let mut want = b"\x00\x01\x00\x22\x00\x01\x00".to_vec();
+        want.push(info.len() as u8);
+        want.extend_from_slice(info);
+        assert_eq!(without_session_state(&upd).unwrap(), want);
+        // The untracked form is what the tracked form reads as, less the block.
+        let caps = cap::CLIENT_PROTOCOL_41;
+        let back = OkPacket::parse(&want, caps).unwrap();
+        assert_eq!((back.info.as_slice(), back.warnings), (&info[..], 1));
+        assert_eq!(untracked(&want).unwrap(), None);
+        assert_eq!(without_session_state(&want).unwrap(), want);
+        // As the last packet of a result (CLIENT_DEPRECATE_EOF).
+        assert_eq!(
+            without_session_state(b"\xfe\x00\x00\x02\x40\x00\x00\x00\x05\x01\x03\x02db").unwrap(),
+            b"\xfe\x00\x00\x02\x00\x00\x00"
+        );
+        assert!(untracked(b"\x00\x00\x00\x02\x40\x00").is_err());
+        assert!(untracked(b"\xff\x00").is_err());
     }
 
     #[test]

@@ -55,6 +55,17 @@ const NEVER: u64 = cap::CLIENT_SSL
 /// connections with those that do not.
 const ALWAYS_EXT: u64 = cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
 
+/// Asked of every server that offers it, whatever the client asked: session-state tracking.
+/// Sluice learns from it what a statement it does not parse changed in the session (a
+/// procedure's `SET time_zone`, `USE`), and on MySQL the GTID of each commit; for a client
+/// that did not ask for it the relay takes the session-state block out of OK packets, which
+/// are otherwise the same bytes (`relay::untrack_ok`). The pools are not split by it.
+///
+/// And the multi-statement option, which `COM_SET_OPTION` turns off and on: it is session state
+/// like `time_zone` (`SessionVars::single_statements`), so the sessions of drivers that differ
+/// only by it (PyMySQL and Connector/Python; PHP's mysqli and PDO) share connections.
+const ALWAYS: u64 = cap::CLIENT_SESSION_TRACK | cap::CLIENT_MULTI_STATEMENTS;
+
 /// Largest control packet (handshake, auth) accepted from a server.
 const MAX_CONTROL_PACKET: usize = 64 << 10;
 
@@ -262,6 +273,7 @@ async fn connect_inner(
         state: super::state::SessionVars {
             db: p.database.map(<[u8]>::to_vec),
             sets: Vec::new(),
+            single_statements: false,
         },
         stmts: Default::default(),
         scramble: Vec::new(),
@@ -315,6 +327,7 @@ async fn connect_inner(
         *conn.stream.get_mut() = MaybeTls::Tls(Box::new(s));
     }
     conn.capabilities = caps;
+    conn.state.single_statements = caps & cap::CLIENT_MULTI_STATEMENTS == 0;
     conn.scramble = conn.handshake.auth_data.clone();
     let resp = HandshakeResponse41 {
         capabilities: caps,
@@ -384,7 +397,7 @@ pub(super) fn negotiate(client_caps: u64, server_caps: u64) -> u64 {
         0
     };
     let server_caps = server_caps & 0xFFFF_FFFF;
-    let caps = (client_caps & server_caps & !NEVER) | REQUIRED;
+    let caps = ((client_caps | ALWAYS) & server_caps & !NEVER) | REQUIRED;
     let caps = caps & (server_caps | cap::CLIENT_LONG_PASSWORD);
     if ext != 0 {
         (caps & !cap::CLIENT_LONG_PASSWORD) | ext
@@ -545,6 +558,8 @@ impl BackendConn {
         self.state = super::state::SessionVars {
             db: (!cu.database.is_empty()).then(|| cu.database.clone()),
             sets: Vec::new(),
+            // The server keeps the option (it is the connection's, not the session's).
+            single_statements: self.state.single_statements,
         };
         if let Some(cs) = cu.charset {
             self.charset = cs as u8;

@@ -4,7 +4,9 @@
 //! (bounded by `[proxy] pool_wait_ms`, then the caller gets a clear error).
 //!
 //! With multiplexing, connections are leased per statement or per transaction. Idle
-//! connections are partitioned by key (user, capabilities, login character set): a
+//! connections are partitioned by key (user, capabilities, login character set; the
+//! capabilities every server connection asks for whatever the client did —
+//! `connection::ALWAYS` — do not split it): a
 //! session takes one of its own key as it is — the lease layer then brings it to the
 //! session's state — preferring one whose state already matches. A connection is returned
 //! only in a known state (no response pending, no transaction); a returned connection goes

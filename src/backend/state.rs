@@ -7,9 +7,12 @@
 //! [`BackendConn::sync_to`] computes the difference and applies it with at most one
 //! `COM_INIT_DB` and one `SET a = …, b = …` statement: assignments the session has and the
 //! connection lacks are applied, assignments the connection has and the session lacks are
-//! undone (`var = DEFAULT`, `@var = NULL`, the login character set again).
+//! undone (`var = DEFAULT`, `@var = NULL`, the login character set again). The
+//! multi-statement option (`CLIENT_MULTI_STATEMENTS` at login, `COM_SET_OPTION` after it) is
+//! state of the same kind: every server connection logs in with it, and a session without it
+//! has it turned off on the connection it leases (one `COM_SET_OPTION`).
 
-use sluice_proto::command::{COM_INIT_DB, COM_QUERY};
+use sluice_proto::command::{COM_INIT_DB, COM_QUERY, COM_SET_OPTION};
 use sluice_proto::err::ErrPacket;
 use sluice_proto::tracker::ResponseKind;
 
@@ -25,6 +28,10 @@ pub struct SessionVars {
     /// Assignments by key (lower-case variable name, `@name` for user variables, `names`),
     /// with the text that sets them (`sql_mode = 'ANSI'`), oldest first.
     pub sets: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The multi-statement option is off (a login without `CLIENT_MULTI_STATEMENTS`, or
+    /// `COM_SET_OPTION` with `MYSQL_OPTION_MULTI_STATEMENTS_OFF`): the server refuses a query
+    /// of several statements. Kept by `COM_CHANGE_USER` and `COM_RESET_CONNECTION`.
+    pub single_statements: bool,
 }
 
 impl SessionVars {
@@ -128,6 +135,17 @@ impl BackendConn {
     ) -> Result<(), SyncError> {
         if self.state == *want {
             return Ok(());
+        }
+        if want.single_statements != self.state.single_statements {
+            // MYSQL_OPTION_MULTI_STATEMENTS_OFF (1) or _ON (0); the answer is an EOF.
+            let option = u8::from(want.single_statements);
+            if let Err(e) = self
+                .control(&[COM_SET_OPTION, option, 0], ResponseKind::Simple)
+                .await?
+            {
+                return Err(SyncError::Refused(e));
+            }
+            self.state.single_statements = want.single_statements;
         }
         if want.db.is_none() && self.state.db.is_some() {
             self.relogin(secret).await?;

@@ -48,11 +48,12 @@ pub const SUPPORTED: u64 = cap::CLIENT_LONG_PASSWORD
 /// operations (`COM_STMT_BULK_EXECUTE`, routed as a write); progress reports (ERR-shaped
 /// packets with code 0xFFFF in the middle of a long statement's response, relayed as they
 /// come: the response tracker does not take them for the end); metadata caching
-/// (`MARIADB_CLIENT_CACHE_METADATA`), which Sluice provides itself and never asks of a
-/// server (a statement is prepared again on each connection a session uses, so a server's
-/// "metadata unchanged" would describe another preparation): the relay adds the "metadata
-/// follows" byte to every column count and leaves out an execution's column definitions
-/// when they are the ones the client received last for that statement (`relay::Metadata`).
+/// (`MARIADB_CLIENT_CACHE_METADATA`), which Sluice provides to the client itself (a statement
+/// is prepared again on each connection a session uses, so a server's "metadata unchanged"
+/// would describe another preparation): it leaves out an execution's column definitions when
+/// they are the ones the client received last for that statement (`relay::Metadata`), and
+/// asks the server for it too, keeping what each server connection last sent per statement
+/// (`relay::ServerMeta`).
 pub const OFFERED_EXT: u64 = cap::MARIADB_CLIENT_EXTENDED_METADATA
     | cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS
     | cap::MARIADB_CLIENT_PROGRESS

@@ -27,8 +27,21 @@ pub struct RelayOptions {
     pub deprecate_eof: bool,
     /// CLIENT_SESSION_TRACK: OK packets may report session-state changes (kept).
     pub session_track: bool,
+    /// The server connection has CLIENT_SESSION_TRACK and the client did not ask for it: the
+    /// session-state block is taken out of the OK packets the client gets (Sluice learns the
+    /// changes all the same), which then read as a server would have sent them to the client.
+    pub untracked_client: bool,
     /// The command is the client's own `LOAD DATA LOCAL` and the client enabled local files.
     pub local_files: bool,
+}
+
+/// What the client allowed for a command's answer.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAllows {
+    /// The command is the client's own `LOAD DATA LOCAL` and the client enabled local files.
+    pub local_files: bool,
+    /// The client negotiated CLIENT_SESSION_TRACK.
+    pub session_track: bool,
 }
 
 /// What the client expects of result metadata. A client that negotiated
@@ -101,14 +114,16 @@ pub async fn relay_response(
     backend: &mut BackendConn,
     kind: ResponseKind,
     seq: u8,
-    client_local_files: bool,
+    allows: ClientAllows,
     meta: Metadata<'_>,
     stmt: Option<crate::backend::stmt_cache::Memo>,
 ) -> Result<Outcome, SessionError> {
+    let track = backend.capabilities & sluice_proto::flags::cap::CLIENT_SESSION_TRACK != 0;
     let opts = RelayOptions {
         deprecate_eof: backend.deprecate_eof(),
-        session_track: backend.capabilities & sluice_proto::flags::cap::CLIENT_SESSION_TRACK != 0,
-        local_files: client_local_files,
+        session_track: track,
+        untracked_client: track && !allows.session_track,
+        local_files: allows.local_files,
     };
     backend.session_state = None;
     let cache = backend.cache_metadata();
@@ -289,6 +304,13 @@ where
                 // is 0x00 — every binary-protocol row — is not one).
                 if track && tracker.fed_ok() && want == h.len {
                     note_session_state(&mut session_state, prefix);
+                }
+                if opts.untracked_client && tracker.fed_ok() {
+                    if let Some(f) = untrack_ok(rbuf, pos, h.len, want, from)? {
+                        from = f;
+                        pos += HEADER_LEN + h.len;
+                        continue;
+                    }
                 }
                 if result_start {
                     results += 1;
@@ -734,6 +756,45 @@ fn flagged_column_count(
     }
 }
 
+/// For a client without CLIENT_SESSION_TRACK: the OK packet at `at` (payload `len` bytes, of
+/// which `have` are in the buffer) without the session-state change its server connection
+/// reported, moved up to end where it ended (so the packets after it stay where they are),
+/// and the bytes before it still to be forwarded (from `from`) moved up likewise. Returns
+/// their new start, or `None` when the packet reports no change (it is the same for both).
+fn untrack_ok(
+    rbuf: &mut BytesMut,
+    at: usize,
+    len: usize,
+    have: usize,
+    from: usize,
+) -> Result<Option<usize>, SessionError> {
+    let body = at + HEADER_LEN;
+    let cut = match sluice_proto::ok::untracked(&rbuf[body..body + have]) {
+        Ok(None) => return Ok(None),
+        Ok(Some(u)) if have == len => u,
+        // A change block longer than `INSPECT_WHOLE`: never sent by a server in practice.
+        Ok(Some(_)) | Err(_) => {
+            return Err(SessionError::BackendProtocol(format!(
+                "an OK packet of {len} bytes reporting a session-state change could not be rewritten for a client without CLIENT_SESSION_TRACK"
+            )))
+        }
+    };
+    let shift = len - cut.keep;
+    let status = body + cut.status_at;
+    let flags = u16::from_le_bytes([rbuf[status], rbuf[status + 1]])
+        & !sluice_proto::flags::status::SERVER_SESSION_STATE_CHANGED;
+    rbuf[status..status + 2].copy_from_slice(&flags.to_le_bytes());
+    let seq = rbuf[at + 3];
+    rbuf.copy_within(body..body + cut.keep, body + shift);
+    let head = (cut.keep as u32).to_le_bytes();
+    rbuf[at + shift..at + shift + 3].copy_from_slice(&head[..3]);
+    rbuf[at + shift + 3] = seq;
+    if from < at {
+        rbuf.copy_within(from..at, from + shift);
+    }
+    Ok(Some(from + shift))
+}
+
 /// Keeps an OK packet that says the session state changed (rare: only then is it copied).
 fn note_session_state(slot: &mut Option<Vec<u8>>, ok: &[u8]) {
     let mut r = sluice_proto::lenenc::Reader::new(&ok[1..]);
@@ -847,6 +908,7 @@ mod tests {
     const OPTS: RelayOptions = RelayOptions {
         deprecate_eof: false,
         session_track: true,
+        untracked_client: false,
         local_files: false,
     };
 
@@ -1063,6 +1125,45 @@ mod tests {
         let (got, r) = run(with_state.clone(), 7, ResponseKind::Execute, eof_opts).await;
         assert_eq!(got, with_state);
         assert_eq!(r.unwrap().session_state.as_deref(), Some(end));
+    }
+
+    #[tokio::test]
+    async fn a_client_without_session_tracking_gets_oks_without_the_state_block() {
+        let untracked = RelayOptions {
+            deprecate_eof: true,
+            untracked_client: true,
+            ..OPTS
+        };
+        // A procedure's answer: a result (its end reports the schema `db3` and has
+        // SERVER_MORE_RESULTS_EXISTS), then the final OK, which reports time_zone with the
+        // info string of an UPDATE. Then the same with nothing to take out.
+        let row: &[u8] = b"\x011";
+        let end: &[u8] = b"\xfe\x00\x00\x0a\x40\x00\x00\x00\x06\x01\x04\x03db3";
+        let end_plain: &[u8] = b"\xfe\x00\x00\x0a\x00\x00\x00";
+        let mut last = b"\x00\x01\x00\x02\x40\x00\x00\x05match".to_vec();
+        last.extend_from_slice(b"\x13\x00\x11\x09time_zone\x06+05:00");
+        let last_plain: &[u8] = b"\x00\x01\x00\x02\x00\x00\x00\x05match";
+        let response = frames(&[b"\x01", COLDEF_A, row, end, &last], 1);
+        let want = frames(&[b"\x01", COLDEF_A, row, end_plain, last_plain], 1);
+        for chunk in CHUNKS {
+            let (got, r) = run(response.clone(), chunk, ResponseKind::Query, untracked).await;
+            assert_eq!(got, want, "chunk {chunk}");
+            let r = r.unwrap();
+            // Sluice still learns the change (the server's own packet).
+            assert_eq!(r.session_state.as_deref(), Some(&last[..]), "chunk {chunk}");
+            assert_eq!(r.rows, 2, "chunk {chunk}");
+        }
+        let same = frames(&[b"\x01", COLDEF_A, row, end_plain, last_plain], 1);
+        let (got, r) = run(same.clone(), 64, ResponseKind::Query, untracked).await;
+        assert_eq!(got, same);
+        assert_eq!(r.unwrap().session_state, None);
+        // A client that asked for it gets the block.
+        let tracked = RelayOptions {
+            untracked_client: false,
+            ..untracked
+        };
+        let (got, _) = run(response.clone(), 64, ResponseKind::Query, tracked).await;
+        assert_eq!(got, response);
     }
 
     #[tokio::test]

@@ -253,7 +253,7 @@ async fn open(
         },
         info,
         routing: snapshot,
-        st: SessionState::new(database),
+        st: SessionState::new(database, capabilities),
         primary: None,
         replica: None,
         txn_on_replica: false,
@@ -348,7 +348,14 @@ impl Session {
         match self.lease(p).await {
             Ok((conn, ok)) => {
                 self.hold_primary(p, conn);
-                let ok = ok.map_or(LOGIN_OK.to_vec(), |b| b.to_vec());
+                // The server's own OK, as the client would have had it (a session-state block
+                // only for a client that asked for them).
+                let ok = match ok {
+                    None => LOGIN_OK.to_vec(),
+                    Some(b) if self.capabilities & cap::CLIENT_SESSION_TRACK != 0 => b.to_vec(),
+                    Some(b) => sluice_proto::ok::without_session_state(&b)
+                        .map_err(|e| SessionError::BackendProtocol(e.to_string()))?,
+                };
                 self.client.write_packet(seq, &ok).await?;
                 // The login's OK goes out as is; everything after it is compressed.
                 if let Some(algorithm) = self.login.compression {
@@ -667,7 +674,14 @@ impl Session {
             None => (self.plan(payload), None),
         };
         if code == command::COM_SET_OPTION {
-            plan.applied.pin = Some(PinReason::SetOption);
+            // The multi-statement option is replayable session state (`SessionVars`): it
+            // follows the session to the connections it leases. An unknown option is the
+            // server's error, and changes nothing.
+            plan.applied.single_statements = match payload.get(1..3) {
+                Some([0, 0]) => Some(false),
+                Some([1, 0]) => Some(true),
+                _ => None,
+            };
         }
         if let Some(err) = plan.reject.take() {
             self.client.consume(wire_len);
@@ -964,11 +978,11 @@ impl Session {
             if !matches!(plan.class, StatementClass::SessionSet | StatementClass::Use) {
                 // State changed by what Sluice does not parse (a procedure's `USE`, `SET`),
                 // as the server reported it.
-                learn_session_state(ok, self.capabilities, &mut a);
+                learn_session_state(ok, self.conn(on).capabilities, &mut a);
             }
             // MySQL: the GTID of what this statement committed (src/frontend/gtid.rs).
             if on == Held::Primary && self.conn(on).is_mysql() {
-                if let Some(g) = super::gtid::own_gtid(ok, self.capabilities) {
+                if let Some(g) = super::gtid::own_gtid(ok, self.conn(on).capabilities) {
                     self.st.last_gtid = Some(g);
                     if !self.st.in_transaction() {
                         self.st.wrote = false;
@@ -987,8 +1001,11 @@ impl Session {
                 conn.state.set(k.clone(), v.clone());
             }
             if let Some(db) = &a.db {
-                conn.state.db = Some(db.clone());
+                conn.state.db = (!db.is_empty()).then(|| db.clone());
             }
+        }
+        if let Some(single) = a.single_statements {
+            self.conn_mut(on).state.single_statements = single;
         }
         if let Some(p) = self.st.apply(a) {
             self.pinned(p, pin_text.unwrap_or_default());
@@ -1042,6 +1059,7 @@ impl Session {
         conn.state = crate::backend::SessionVars {
             db,
             sets: vec![(crate::backend::state::NAMES_KEY.to_vec(), Vec::new())],
+            single_statements: conn.state.single_statements,
         };
     }
 
@@ -1312,7 +1330,10 @@ impl Session {
                     conn,
                     kind,
                     seq,
-                    local_files,
+                    super::relay::ClientAllows {
+                        local_files,
+                        session_track: self.capabilities & cap::CLIENT_SESSION_TRACK != 0,
+                    },
                     meta,
                     server_stmt,
                 )

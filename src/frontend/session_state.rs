@@ -53,8 +53,12 @@ pub struct Applied {
     pub unpin: Option<PinReason>,
     /// Replayable assignments to record.
     pub sets: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The new default database.
+    /// The new default database; empty for none (a server reports that after a `CALL` of a
+    /// procedure of another database, which runs in that database and then leaves it, or a
+    /// `DROP DATABASE` of the default one; no statement selects a database with no name).
     pub db: Option<Vec<u8>>,
+    /// The multi-statement option turned off (`Some(true)`) or on (`COM_SET_OPTION`).
+    pub single_statements: Option<bool>,
 }
 
 #[derive(Default)]
@@ -97,12 +101,14 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    pub fn new(login_db: Option<Vec<u8>>) -> Self {
+    /// A session that logged in with `login_db` and the capabilities `caps`.
+    pub fn new(login_db: Option<Vec<u8>>, caps: u64) -> Self {
         SessionState {
             status: SERVER_STATUS_AUTOCOMMIT,
             vars: SessionVars {
                 db: login_db,
                 sets: Vec::new(),
+                single_statements: caps & sluice_proto::flags::cap::CLIENT_MULTI_STATEMENTS == 0,
             },
             ..Default::default()
         }
@@ -167,8 +173,11 @@ impl SessionState {
             self.vars.set(k, v);
         }
         if let Some(db) = a.db {
-            self.vars.db = Some(db);
+            self.vars.db = (!db.is_empty()).then_some(db);
             self.names_changed = self.names_changed.wrapping_add(1);
+        }
+        if let Some(single) = a.single_statements {
+            self.vars.single_statements = single;
         }
         started
     }
@@ -177,11 +186,14 @@ impl SessionState {
     pub fn reset(&mut self, db: Option<Vec<u8>>) {
         let stmts = std::mem::take(&mut self.stmts);
         drop(stmts);
+        let single_statements = self.vars.single_statements;
         *self = SessionState {
             next_stmt: self.next_stmt,
             names_changed: self.names_changed.wrapping_add(1),
-            ..SessionState::new(db)
+            ..SessionState::new(db, 0)
         };
+        // The multi-statement option is the connection's: neither forgets it.
+        self.vars.single_statements = single_statements;
     }
 
     pub fn next_stmt_id(&mut self) -> u32 {
@@ -540,8 +552,34 @@ mod tests {
     }
 
     #[test]
+    fn a_reported_database_with_no_name_is_none_and_the_multi_statement_option_survives_a_reset() {
+        let caps = sluice_proto::flags::cap::CLIENT_MULTI_STATEMENTS;
+        let mut s = SessionState::new(Some(b"app".to_vec()), caps);
+        assert!(!s.vars.single_statements);
+        let db = |d: &[u8]| Applied {
+            db: Some(d.to_vec()),
+            ..Default::default()
+        };
+        s.apply(db(b"other"));
+        assert_eq!(s.vars.db.as_deref(), Some(&b"other"[..]));
+        // After `DROP DATABASE other`, or a `CALL` of another database's procedure from none.
+        s.apply(db(b""));
+        assert_eq!(s.vars.db, None);
+        s.apply(Applied {
+            single_statements: Some(true),
+            ..Default::default()
+        });
+        s.reset(None);
+        assert!(
+            s.vars.single_statements,
+            "COM_RESET_CONNECTION keeps the option"
+        );
+        assert!(SessionState::new(None, 0).vars.single_statements);
+    }
+
+    #[test]
     fn pins_count_temporary_tables_and_locks() {
-        let mut s = SessionState::new(None);
+        let mut s = SessionState::new(None, 0);
         let pin = |p| Applied {
             pin: Some(p),
             ..Default::default()
@@ -566,7 +604,7 @@ mod tests {
 
     #[test]
     fn holds_after_dependent_outcomes() {
-        let mut s = SessionState::new(None);
+        let mut s = SessionState::new(None, 0);
         s.keep_after(0, false, false);
         assert_eq!(s.hold, None);
         s.keep_after(2, false, false);

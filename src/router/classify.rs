@@ -110,14 +110,12 @@ pub enum PinReason {
     NextTransaction,
     /// `XA START` until `XA COMMIT` / `XA ROLLBACK`.
     Xa,
-    /// COM_SET_OPTION changed the connection's multi-statement option.
-    SetOption,
     /// Several statements in one query that change session state.
     MultiStatement,
 }
 
 impl PinReason {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 13;
     pub const ALL: [PinReason; Self::COUNT] = [
         PinReason::TempTable,
         PinReason::UserVariable,
@@ -131,7 +129,6 @@ impl PinReason {
         PinReason::SessionVariable,
         PinReason::NextTransaction,
         PinReason::Xa,
-        PinReason::SetOption,
         PinReason::MultiStatement,
     ];
 
@@ -164,7 +161,6 @@ impl PinReason {
             PinReason::SessionVariable => "session_variable",
             PinReason::NextTransaction => "next_transaction",
             PinReason::Xa => "xa",
-            PinReason::SetOption => "set_option",
             PinReason::MultiStatement => "multi_statement",
         }
     }

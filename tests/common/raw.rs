@@ -70,10 +70,20 @@ impl RawConn {
         password: &str,
         extra_caps: u64,
     ) -> (RawConn, Vec<u8>) {
+        Self::login_caps(port, user, password, CLIENT_CAPS | extra_caps).await
+    }
+
+    /// [`RawConn::login`] asking for exactly `caps` (as far as the server offers them).
+    pub async fn login_caps(
+        port: u16,
+        user: &str,
+        password: &str,
+        caps: u64,
+    ) -> (RawConn, Vec<u8>) {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
-        Self::login_on(stream, user, password, extra_caps, 45).await
+        Self::login_on(stream, user, password, caps, 45).await
     }
 
     /// [`RawConn::login`] with the handshake's character set (collation id) `charset`.
@@ -86,7 +96,7 @@ impl RawConn {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
-        Self::login_on(stream, user, password, 0, charset).await
+        Self::login_on(stream, user, password, CLIENT_CAPS, charset).await
     }
 
     /// [`RawConn::login`] from a chosen loopback source address (127.0.0.x).
@@ -99,14 +109,14 @@ impl RawConn {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind((source, 0).into())?;
         let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
-        Ok(Self::login_on(stream, user, password, 0, 45).await)
+        Ok(Self::login_on(stream, user, password, CLIENT_CAPS, 45).await)
     }
 
     async fn login_on(
         stream: TcpStream,
         user: &str,
         password: &str,
-        extra_caps: u64,
+        wanted: u64,
         charset: u8,
     ) -> (RawConn, Vec<u8>) {
         let mut c = RawConn {
@@ -121,11 +131,9 @@ impl RawConn {
             return (c, hello.payload.to_vec());
         }
         c.handshake = HandshakeV10::parse(&hello.payload).expect("handshake");
-        c.caps = (CLIENT_CAPS | extra_caps)
-            & (c.handshake.capabilities | cap::CLIENT_LONG_PASSWORD)
-            & 0xFFFF_FFFF;
+        c.caps = wanted & (c.handshake.capabilities | cap::CLIENT_LONG_PASSWORD) & 0xFFFF_FFFF;
         // MariaDB extended capabilities: asked for by clearing CLIENT_MYSQL, when offered.
-        let ext = extra_caps & c.handshake.capabilities & !0xFFFF_FFFF;
+        let ext = wanted & c.handshake.capabilities & !0xFFFF_FFFF;
         if ext != 0 && c.handshake.capabilities & cap::CLIENT_LONG_PASSWORD == 0 {
             c.caps = (c.caps & !cap::CLIENT_LONG_PASSWORD) | ext;
         }
