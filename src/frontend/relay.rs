@@ -302,14 +302,16 @@ where
                 }
                 // Only an OK packet may report session-state changes (a row whose first byte
                 // is 0x00 — every binary-protocol row — is not one).
-                if track && tracker.fed_ok() && want == h.len {
-                    note_session_state(&mut session_state, prefix);
-                }
-                if opts.untracked_client && tracker.fed_ok() {
-                    if let Some(f) = untrack_ok(rbuf, pos, h.len, want, from)? {
-                        from = f;
-                        pos += HEADER_LEN + h.len;
-                        continue;
+                if track && tracker.fed_ok() {
+                    if want == h.len {
+                        note_session_state(&mut session_state, prefix);
+                    }
+                    if opts.untracked_client {
+                        if let Some(f) = untrack_ok(rbuf, pos, h.len, want, from)? {
+                            from = f;
+                            pos += HEADER_LEN + h.len;
+                            continue;
+                        }
                     }
                 }
                 if result_start {
