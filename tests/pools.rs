@@ -555,3 +555,99 @@ async fn share_one_connection(h: &Harness) {
         connections + own + 1
     );
 }
+
+#[tokio::test]
+async fn options_changed_in_a_replica_transaction_follow_the_session_and_do_not_leak() {
+    // One connection per server: what session `a` leaves on the replica's connection is
+    // what session `b` gets next, unless Sluice brings it back to `b`'s state.
+    let h = Harness::start_with(1, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 10_000;
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), replica_transaction_options(&h))
+        .await
+        .expect("the sessions were answered within a minute");
+    h.shutdown().await;
+}
+
+/// [`options_changed_in_a_replica_transaction_follow_the_session_and_do_not_leak`] without
+/// its set-up.
+async fn replica_transaction_options(h: &Harness) {
+    use common::raw::{RawConn, CLIENT_CAPS};
+    use sluice_proto::command::{COM_INIT_DB, COM_QUERY, COM_SET_OPTION};
+    use sluice_proto::flags::cap;
+    let port = h.addr.port();
+    let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
+    // One text value: the row before the terminator, without its length byte.
+    let value = |r: Vec<(u8, Vec<u8>)>| -> String {
+        assert_ne!(r[0].1[0], 0xFF, "{r:?}");
+        String::from_utf8(r[r.len() - 2].1[1..].to_vec()).unwrap()
+    };
+    let refused = |r: &[(u8, Vec<u8>)]| r[0].1[0] == 0xFF && r[0].1[1..3] == 1064u16.to_le_bytes();
+    let results = |r: &[(u8, Vec<u8>)]| r.iter().filter(|(_, p)| p[..] == [1]).count();
+    let caps = CLIENT_CAPS | cap::CLIENT_SESSION_TRACK;
+    let (mut a, ok) = RawConn::login_caps(port, common::USER, common::PASSWORD, caps).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    let (mut b, ok) = RawConn::login_caps(port, common::USER, common::PASSWORD, caps).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    // From a table: the read moves even after an error, whose warnings a statement without
+    // one would keep readable (and so run where they are).
+    let at = "SELECT CONCAT(@@server_id, ':', IFNULL(DATABASE(), '-')) \
+              FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'information_schema'";
+    let where_ = query(at);
+    let on_primary = query(&format!("/* sluice: route=primary */ {at}"));
+    let two = query("SELECT 1; SELECT 2");
+    // The replica is caught up before the transaction starts (a read there answers).
+    let mut on_replica = false;
+    for _ in 0..200 {
+        if value(b.command(&where_).await) == "2:-" {
+            on_replica = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(on_replica, "reads did not reach the replica in 10 s");
+    let r = a.command(&query("START TRANSACTION READ ONLY")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    assert_eq!(value(a.command(&where_).await), "2:-");
+    // Inside the transaction, on the replica's connection: the option off, another database.
+    let r = a.command(&[COM_SET_OPTION, 1, 0]).await;
+    assert_eq!(r[0].1[0], 0xFE, "an EOF: {r:?}");
+    assert!(
+        refused(&a.command(&two).await),
+        "off inside the transaction"
+    );
+    let r = a.command(&[&[COM_INIT_DB][..], b"mysql"].concat()).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    assert_eq!(value(a.command(&where_).await), "2:mysql");
+    let r = a.command(&query("COMMIT")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    // The other session gets its own state back on the replica's connection, in a read-only
+    // transaction of its own too ...
+    assert_eq!(value(b.command(&where_).await), "2:-");
+    let r = b.command(&query("START TRANSACTION READ ONLY")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    assert_eq!(value(b.command(&where_).await), "2:-");
+    assert_eq!(
+        results(&b.command(&two).await),
+        2,
+        "on for the other session"
+    );
+    let r = b.command(&query("COMMIT")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    assert_eq!(value(b.command(&on_primary).await), "1:-");
+    // ... and the first session's state is brought to the primary's connection as well.
+    assert_eq!(value(a.command(&on_primary).await), "1:mysql");
+    assert!(refused(&a.command(&two).await), "off on the primary");
+    assert_eq!(value(a.command(&where_).await), "2:mysql");
+    assert_eq!(
+        results(&b.command(&two).await),
+        2,
+        "on for the other session"
+    );
+    assert!(
+        refused(&a.command(&two).await),
+        "and still off for this one"
+    );
+}

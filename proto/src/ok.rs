@@ -128,6 +128,17 @@ pub struct Untracked {
     pub keep: usize,
 }
 
+impl Untracked {
+    /// Clears `SERVER_SESSION_STATE_CHANGED` in `payload`, the OK packet this was read from
+    /// (the bytes up to [`Untracked::keep`] are then what the client gets).
+    pub fn clear_flag(&self, payload: &mut [u8]) {
+        let at = self.status_at;
+        let flags = u16::from_le_bytes([payload[at], payload[at + 1]])
+            & !status::SERVER_SESSION_STATE_CHANGED;
+        payload[at..at + 2].copy_from_slice(&flags.to_le_bytes());
+    }
+}
+
 /// For an OK packet (`payload`, header 0x00 or 0xFE) that reports a session-state change: what
 /// of it a client without `CLIENT_SESSION_TRACK` gets (a server would have sent it no
 /// session-state block, no flag, and no empty info string). `Ok(None)`: no change reported,
@@ -160,9 +171,7 @@ pub fn without_session_state(payload: &[u8]) -> Result<Vec<u8>, ProtoError> {
         return Ok(payload.to_vec());
     };
     let mut out = payload[..u.keep].to_vec();
-    let at = u.status_at;
-    let flags = u16::from_le_bytes([out[at], out[at + 1]]) & !status::SERVER_SESSION_STATE_CHANGED;
-    out[at..at + 2].copy_from_slice(&flags.to_le_bytes());
+    u.clear_flag(&mut out);
     Ok(out)
 }
 

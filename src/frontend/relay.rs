@@ -782,10 +782,7 @@ fn untrack_ok(
         }
     };
     let shift = len - cut.keep;
-    let status = body + cut.status_at;
-    let flags = u16::from_le_bytes([rbuf[status], rbuf[status + 1]])
-        & !sluice_proto::flags::status::SERVER_SESSION_STATE_CHANGED;
-    rbuf[status..status + 2].copy_from_slice(&flags.to_le_bytes());
+    cut.clear_flag(&mut rbuf[body..body + cut.keep]);
     let seq = rbuf[at + 3];
     rbuf.copy_within(body..body + cut.keep, body + shift);
     let head = (cut.keep as u32).to_le_bytes();
