@@ -651,3 +651,47 @@ async fn replica_transaction_options(h: &Harness) {
         "and still off for this one"
     );
 }
+
+#[tokio::test]
+async fn a_character_set_variable_one_session_set_is_undone_to_the_next_sessions_login() {
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let vars = "SELECT CONCAT_WS(',', @@character_set_client, @@character_set_connection, \
+                    @@collation_connection, IFNULL(@@character_set_results, 'NULL'))";
+        // As a direct connection of the same login has them.
+        let mut direct = h.direct_conn().await;
+        let login: Option<String> = direct.query_first(vars).await.unwrap();
+        let mut a = h.proxy_conn().await;
+        let mut b = h.proxy_conn().await;
+        let first: Option<String> = b.query_first(vars).await.unwrap();
+        assert_eq!(first, login, "as logged in");
+        for set in [
+            "SET character_set_results = NULL",
+            "SET character_set_client = latin1",
+            "SET character_set_connection = latin1",
+            "SET collation_connection = latin1_bin",
+        ] {
+            direct.query_drop(set).await.unwrap();
+            let want: Option<String> = direct.query_first(vars).await.unwrap();
+            a.query_drop(set).await.unwrap();
+            let theirs: Option<String> = a.query_first(vars).await.unwrap();
+            assert_eq!(theirs, want, "{set}: as on a direct connection");
+            assert_ne!(theirs, login, "{set} changed a's session");
+            // b's statement runs on the connection a just used.
+            let got: Option<String> = b.query_first(vars).await.unwrap();
+            assert_eq!(
+                got, login,
+                "after a's {set}, b has its login's character set"
+            );
+            let again: Option<String> = a.query_first(vars).await.unwrap();
+            assert_eq!(again, want, "{set}: a's state travels with a");
+            direct.disconnect().await.unwrap();
+            direct = h.direct_conn().await;
+            a.disconnect().await.unwrap();
+            a = h.proxy_conn().await;
+        }
+    })
+    .await
+    .expect("answered within a minute");
+    h.shutdown().await;
+}

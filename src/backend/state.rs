@@ -64,17 +64,24 @@ impl SessionVars {
             }
             out.extend_from_slice(part);
         };
-        // Undo first: what the connection has and the session does not.
+        // Undo first: what the connection has and the session does not. The character-set
+        // variables go back to the login character set together (their `DEFAULT` would be
+        // the server's global value, not the login's); the session's own character-set
+        // assignments are then applied again.
+        let mut restored = false;
         for (k, _) in &have.sets {
             if self.get(k).is_some() {
                 continue;
             }
-            if k == NAMES_KEY {
-                let id = charset.to_string();
-                push(
-                    format!("character_set_client = {id}, character_set_results = {id}, collation_connection = {id}")
-                        .as_bytes(),
-                );
+            if k == NAMES_KEY || is_charset_var(k) {
+                if !restored {
+                    restored = true;
+                    let id = charset.to_string();
+                    push(
+                        format!("character_set_client = {id}, character_set_results = {id}, collation_connection = {id}")
+                            .as_bytes(),
+                    );
+                }
             } else if k.first() == Some(&b'@') {
                 let mut p = k.clone();
                 p.extend_from_slice(b" = NULL");
@@ -93,7 +100,8 @@ impl SessionVars {
             .filter(|(k, _)| k == NAMES_KEY)
             .chain(self.sets.iter().filter(|(k, _)| k != NAMES_KEY));
         for (k, v) in ordered {
-            if have.get(k) != Some(v.as_slice()) {
+            let undone = restored && (k == NAMES_KEY || is_charset_var(k));
+            if undone || have.get(k) != Some(v.as_slice()) {
                 push(v);
             }
         }
@@ -223,6 +231,35 @@ mod tests {
         assert_eq!(
             diff(&SessionVars::default(), &want),
             "@@session.time_zone = DEFAULT, @a = NULL, character_set_client = 45, character_set_results = 45, collation_connection = 45"
+        );
+    }
+
+    #[test]
+    fn character_set_variables_are_undone_to_the_login_character_set() {
+        // `DEFAULT` would be the server's global value: the login's id instead, once for all
+        // of them, and the session's own character-set assignments again after it.
+        let have = vars(&[
+            ("character_set_results", "character_set_results = NULL"),
+            ("character_set_client", "character_set_client = latin1"),
+        ]);
+        assert_eq!(
+            diff(&SessionVars::default(), &have),
+            "character_set_client = 45, character_set_results = 45, collation_connection = 45"
+        );
+        let want = vars(&[("character_set_results", "character_set_results = NULL")]);
+        assert_eq!(
+            diff(&want, &have),
+            "character_set_client = 45, character_set_results = 45, collation_connection = 45, character_set_results = NULL"
+        );
+        let want = vars(&[("names", "NAMES latin1")]);
+        assert_eq!(
+            diff(&want, &have),
+            "character_set_client = 45, character_set_results = 45, collation_connection = 45, NAMES latin1"
+        );
+        // Nothing of the connection's to undo: only what differs.
+        assert_eq!(
+            diff(&have, &SessionVars::default()),
+            "character_set_results = NULL, character_set_client = latin1"
         );
     }
 
