@@ -695,3 +695,108 @@ async fn a_character_set_variable_one_session_set_is_undone_to_the_next_sessions
     .expect("answered within a minute");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn sessions_of_different_login_character_sets_share_a_connection() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 10_000;
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), share_across_charsets(&h))
+        .await
+        .expect("the sessions were answered within a minute");
+    h.shutdown().await;
+}
+
+/// How many COM_CHANGE_USER the primary has logged (its general log).
+async fn change_users(h: &Harness) -> u64 {
+    let out = h
+        .root_sql(
+            0,
+            "SELECT COUNT(*) FROM mysql.general_log WHERE command_type = 'Change user'",
+        )
+        .await;
+    out.trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
+}
+
+/// [`sessions_of_different_login_character_sets_share_a_connection`] without its set-up.
+async fn share_across_charsets(h: &Harness) {
+    h.root_sql(
+        0,
+        "SET GLOBAL log_output = 'TABLE'; SET GLOBAL general_log = 1",
+    )
+    .await;
+    use common::raw::RawConn;
+    use sluice_proto::command::{COM_QUERY, COM_RESET_CONNECTION};
+    let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
+    let value = |r: Vec<(u8, Vec<u8>)>| -> String {
+        assert_ne!(r[0].1[0], 0xFF, "{r:?}");
+        String::from_utf8_lossy(&r[r.len() - 2].1[1..]).into_owned()
+    };
+    let vars = query(
+        "SELECT CONCAT_WS(',', @@character_set_client, @@character_set_connection, \
+         @@collation_connection, @@character_set_results)",
+    );
+    let thread = query("SELECT @@pseudo_thread_id");
+    // (collation id, as drivers send it): mysql_async and PyMySQL (45), node mysql2 and sqlx
+    // (224), latin1 (8), binary (63); cp1251 (51) is not among the ids every server knows.
+    let ids = [45u8, 224, 8, 63, 51];
+    let mut direct = Vec::new();
+    for id in ids {
+        let (mut c, ok) =
+            RawConn::login_charset(h.topo.nodes[0].port, common::USER, common::PASSWORD, id).await;
+        assert_eq!(ok[0], 0, "{ok:?}");
+        direct.push(value(c.command(&vars).await));
+    }
+    let mut sessions = Vec::new();
+    for id in ids {
+        let (c, ok) =
+            RawConn::login_charset(h.addr.port(), common::USER, common::PASSWORD, id).await;
+        assert_eq!(ok[0], 0, "{ok:?}");
+        sessions.push(c);
+    }
+    let first = value(sessions[0].command(&thread).await);
+    let change_user = change_users(h).await;
+    let connections = h.status_counter(0, "Connections").await;
+    let own = h.status_counter(0, "Connections").await - connections;
+    let connections = connections + own;
+    for round in 0..3 {
+        for (n, s) in sessions.iter_mut().enumerate().take(4) {
+            assert_eq!(
+                value(s.command(&vars).await),
+                direct[n],
+                "round {round}: login charset {} as on a direct connection",
+                ids[n]
+            );
+            assert_eq!(value(s.command(&thread).await), first, "the one connection");
+        }
+    }
+    // No connection was opened or re-authenticated for them (the counter is read once more).
+    assert_eq!(h.status_counter(0, "Connections").await, connections + own);
+    assert_eq!(change_users(h).await, change_user, "no re-authentication");
+    // COM_RESET_CONNECTION gives a session its login's character set back, although the
+    // connection logged in with another one.
+    let s = &mut sessions[1];
+    let r = s.command(&query("SET NAMES latin1")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    assert_ne!(value(s.command(&vars).await), direct[1]);
+    // Another session of the same login on that connection: its character set is set again
+    // (`character_set_client` by the default collation: 224 there is error 1115).
+    let (mut e, ok) =
+        RawConn::login_charset(h.addr.port(), common::USER, common::PASSWORD, 224).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    assert_eq!(value(e.command(&vars).await), direct[1], "after SET NAMES");
+    let s = &mut sessions[1];
+    let r = s.command(&[COM_RESET_CONNECTION]).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    assert_eq!(value(s.command(&vars).await), direct[1], "after a reset");
+    // An id not every server knows keeps connections of its own: the one connection is
+    // re-authenticated for it (COM_CHANGE_USER with its character set), and back.
+    let change_user = change_users(h).await;
+    let s = &mut sessions[4];
+    assert_eq!(value(s.command(&vars).await), direct[4]);
+    assert_eq!(change_users(h).await, change_user + 1);
+    assert_eq!(value(sessions[2].command(&vars).await), direct[2]);
+    assert_eq!(change_users(h).await, change_user + 2);
+}

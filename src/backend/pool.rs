@@ -6,7 +6,8 @@
 //! With multiplexing, connections are leased per statement or per transaction. Idle
 //! connections are partitioned by key (user, capabilities, login character set; the
 //! capabilities every server connection asks for whatever the client did —
-//! `connection::ALWAYS` — do not split it): a
+//! `connection::ALWAYS` — and the common character sets, which a lease sets by collation
+//! id, do not split it): a
 //! session takes one of its own key as it is — the lease layer then brings it to the
 //! session's state — preferring one whose state already matches. A connection is returned
 //! only in a known state (no response pending, no transaction); a returned connection goes
@@ -51,12 +52,33 @@ struct Idle {
 }
 
 /// Whether connection `c` serves a login with `p` without re-authenticating (no allocation:
-/// this runs for every lease).
+/// this runs for every lease). Login character sets that every server knows do not split
+/// the key: the lease brings the connection to the session's by collation id
+/// (`BackendConn::sync_to`), as a login with it would have.
 fn same_key(c: &BackendConn, p: &LoginParams<'_>) -> bool {
     c.user == p.user
-        && c.charset == p.charset
+        && (c.charset == p.charset || (restorable(c.charset) && restorable(p.charset)))
         && c.capabilities & !LOGIN_ONLY
             == negotiate(p.capabilities, c.handshake.capabilities) & !LOGIN_ONLY
+}
+
+/// Login character sets (collation ids) that MariaDB and MySQL both know, so that `SET
+/// character_set_client = id, character_set_results = id, collation_connection = id` gives a
+/// connection what a login with `id` gives it: latin1 (swedish_ci, bin, general_ci), ascii,
+/// utf8mb3 (general_ci, bin, unicode_ci), utf8mb4 (general_ci, bin, unicode_ci), binary.
+/// Another id (one a server may not know, such as MySQL 8's 255, where MariaDB falls back to
+/// its own default) keeps connections of its own.
+fn restorable(charset: u8) -> bool {
+    matches!(
+        charset,
+        8 | 11 | 33 | 45 | 46 | 47 | 48 | 63 | 65 | 83 | 192 | 224
+    )
+}
+
+/// Whether idle connection `c` is in the state a session logging in with `p` wants: its
+/// replayable state, and its character set.
+fn in_state(c: &BackendConn, p: &LoginParams<'_>, want: &SessionVars) -> bool {
+    c.state == *want && c.charset == p.charset
 }
 
 struct Waiter {
@@ -623,7 +645,7 @@ impl ServerPool {
             .flatten()
             .filter(|&n| {
                 let i = &l.idle[n];
-                i.home == home && same_key(&i.conn, p) && i.conn.state == *want
+                i.home == home && same_key(&i.conn, p) && in_state(&i.conn, p, want)
             });
         if pick.is_none() && other_key {
             pick = l.idle.len().checked_sub(1);
@@ -638,7 +660,7 @@ impl ServerPool {
                 if (scope != Scope::AnyLoop && !here) || !same_key(&i.conn, p) {
                     continue;
                 }
-                let same_state = i.conn.state == *want;
+                let same_state = in_state(&i.conn, p, want);
                 if ready && !same_state {
                     continue;
                 }

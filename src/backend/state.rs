@@ -54,9 +54,11 @@ impl SessionVars {
     }
 
     /// The `SET` statement (without the `SET`) that takes a connection in state `have` to
-    /// this state, or `None` when nothing differs. `charset` is the connection's login
-    /// character set (collation id), restored when the session has no `SET NAMES`.
-    pub fn diff_from(&self, have: &SessionVars, charset: u8) -> Option<Vec<u8>> {
+    /// this state, or `None` when nothing differs. `have_charset` is the character set
+    /// (collation id) the connection has where `have` sets none (its login's, or the last
+    /// one restored), `charset` the session's login character set: restored when the session
+    /// sets none and the connection's differs.
+    pub fn diff_from(&self, have: &SessionVars, have_charset: u8, charset: u8) -> Option<Vec<u8>> {
         let mut out: Vec<u8> = Vec::new();
         let mut push = |part: &[u8]| {
             if !out.is_empty() {
@@ -68,7 +70,14 @@ impl SessionVars {
         // variables go back to the login character set together (their `DEFAULT` would be
         // the server's global value, not the login's); the session's own character-set
         // assignments are then applied again.
-        let mut restored = false;
+        let cs = primary_collation(charset);
+        let restore = format!(
+            "character_set_client = {cs}, character_set_results = {cs}, collation_connection = {charset}"
+        );
+        let mut restored = have_charset != charset;
+        if restored {
+            push(restore.as_bytes());
+        }
         for (k, _) in &have.sets {
             if self.get(k).is_some() {
                 continue;
@@ -76,11 +85,7 @@ impl SessionVars {
             if k == NAMES_KEY || is_charset_var(k) {
                 if !restored {
                     restored = true;
-                    let id = charset.to_string();
-                    push(
-                        format!("character_set_client = {id}, character_set_results = {id}, collation_connection = {id}")
-                            .as_bytes(),
-                    );
+                    push(restore.as_bytes());
                 }
             } else if k.first() == Some(&b'@') {
                 let mut p = k.clone();
@@ -109,6 +114,26 @@ impl SessionVars {
     }
 }
 
+/// The default collation of the character set of collation `id`, for `character_set_client`
+/// and `character_set_results`, which take a character set: given another collation's id the
+/// server refuses them (MariaDB 10.11: `character_set_client = 224` is error 1115, "Unknown
+/// character set: '224'", where 224 is utf8mb4_unicode_ci). A login with `id` gives the
+/// same as `SET NAMES <its character set> COLLATE <id>`. Ids not listed are taken as the
+/// default collation of their character set (most handshake ids are).
+pub fn primary_collation(id: u8) -> u8 {
+    match id {
+        // latin1_swedish_ci: latin1_bin, latin1_general_ci
+        47 | 48 => 8,
+        // ascii_general_ci: ascii_bin
+        65 => 11,
+        // utf8mb3_general_ci: utf8mb3_bin, utf8mb3_unicode_ci
+        83 | 192 => 33,
+        // utf8mb4_general_ci: utf8mb4_bin, utf8mb4_unicode_ci
+        46 | 224 => 45,
+        _ => id,
+    }
+}
+
 /// Server variables that `SET NAMES` sets.
 fn is_charset_var(k: &[u8]) -> bool {
     matches!(
@@ -133,15 +158,17 @@ pub enum SyncError {
 }
 
 impl BackendConn {
-    /// Brings this connection to `want`: the default database, then every assignment that
-    /// differs, in one statement. `password` re-authenticates when the session has no default
-    /// database and the connection has one (no statement can unselect a database).
+    /// Brings this connection to `want` and to the login character set `charset` (collation
+    /// id) of the session: the default database, then every assignment that differs, in one
+    /// statement. `secret` re-authenticates when the session has no default database and the
+    /// connection has one (no statement can unselect a database).
     pub async fn sync_to(
         &mut self,
         want: &SessionVars,
+        charset: u8,
         secret: crate::config::Secret<'_>,
     ) -> Result<(), SyncError> {
-        if self.state == *want {
+        if self.state == *want && self.charset == charset {
             return Ok(());
         }
         if want.single_statements != self.state.single_statements {
@@ -169,14 +196,17 @@ impl BackendConn {
                 self.state.db = Some(db.clone());
             }
         }
-        if let Some(diff) = want.diff_from(&self.state, self.charset) {
+        if let Some(diff) = want.diff_from(&self.state, self.charset, charset) {
             tracing::trace!(conn = self.id, server = %self.server, set = %String::from_utf8_lossy(&diff), "bringing a connection to the session's state");
             let mut p = Vec::with_capacity(diff.len() + 5);
             p.push(COM_QUERY);
             p.extend_from_slice(b"SET ");
             p.extend_from_slice(&diff);
             match self.control(&p, ResponseKind::Query).await? {
-                Ok(_) => self.state.sets = want.sets.clone(),
+                Ok(_) => {
+                    self.state.sets = want.sets.clone();
+                    self.charset = charset;
+                }
                 Err(e) => {
                     // Some assignments may have been applied: the state is unknown.
                     self.state.sets.push((b"?unknown".to_vec(), Vec::new()));
@@ -201,7 +231,7 @@ mod tests {
     }
 
     fn diff(want: &SessionVars, have: &SessionVars) -> String {
-        want.diff_from(have, 45)
+        want.diff_from(have, 45, 45)
             .map(|d| String::from_utf8(d).unwrap())
             .unwrap_or_default()
     }

@@ -160,10 +160,10 @@ impl Session {
         // Most leases find the connection in the session's state already: the statements
         // that bring it there (a few hundred bytes of future) are boxed, off the session's
         // own future, which every idle session holds.
-        let synced = if conn.state == self.st.vars {
+        let synced = if conn.state == self.st.vars && conn.charset == self.login.charset {
             Ok(())
         } else {
-            Box::pin(conn.sync_to(&self.st.vars, self.user.secret())).await
+            Box::pin(conn.sync_to(&self.st.vars, self.login.charset, self.user.secret())).await
         };
         match synced {
             Ok(()) => {}
