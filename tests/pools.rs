@@ -799,4 +799,22 @@ async fn share_across_charsets(h: &Harness) {
     assert_eq!(change_users(h).await, change_user + 1);
     assert_eq!(value(sessions[2].command(&vars).await), direct[2]);
     assert_eq!(change_users(h).await, change_user + 2);
+    // latin1_german1_ci (5), not a character set's default collation and not among the
+    // shared ids: after one session's SET NAMES, the next session of that login gets it back.
+    let (mut d5, _) =
+        RawConn::login_charset(h.topo.nodes[0].port, common::USER, common::PASSWORD, 5).await;
+    let want = value(d5.command(&vars).await);
+    let (mut f, ok) =
+        RawConn::login_charset(h.addr.port(), common::USER, common::PASSWORD, 5).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    let r = f.command(&query("SET NAMES utf8mb4")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    let (mut g, ok) =
+        RawConn::login_charset(h.addr.port(), common::USER, common::PASSWORD, 5).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    assert_eq!(
+        value(g.command(&vars).await),
+        want,
+        "latin1_german1_ci again"
+    );
 }

@@ -118,18 +118,55 @@ impl SessionVars {
 /// and `character_set_results`, which take a character set: given another collation's id the
 /// server refuses them (MariaDB 10.11: `character_set_client = 224` is error 1115, "Unknown
 /// character set: '224'", where 224 is utf8mb4_unicode_ci). A login with `id` gives the
-/// same as `SET NAMES <its character set> COLLATE <id>`. Ids not listed are taken as the
-/// default collation of their character set (most handshake ids are).
+/// same as `SET NAMES <its character set> COLLATE <id>`. The table is MariaDB 10.11's
+/// `information_schema.COLLATIONS` for ids below 256 (MySQL numbers these alike); an id not
+/// listed is a default collation itself (or unknown to the server).
 pub fn primary_collation(id: u8) -> u8 {
     match id {
-        // latin1_swedish_ci: latin1_bin, latin1_general_ci
-        47 | 48 => 8,
-        // ascii_general_ci: ascii_bin
+        84 => 1,
+        69 => 3,
+        80 => 4,
+        72 => 6,
+        74 => 7,
+        5 | 15 | 31 | 47 | 48 | 49 | 94 => 8,
+        2 | 21 | 27 | 77 => 9,
+        82 => 10,
         65 => 11,
-        // utf8mb3_general_ci: utf8mb3_bin, utf8mb3_unicode_ci
-        83 | 192 => 33,
-        // utf8mb4_general_ci: utf8mb4_bin, utf8mb4_unicode_ci
-        46 | 224 => 45,
+        91 => 12,
+        88 => 13,
+        71 => 16,
+        89 => 18,
+        85 => 19,
+        75 => 22,
+        86 => 24,
+        70 => 25,
+        34 | 44 | 66 | 99 => 26,
+        87 => 28,
+        78 => 30,
+        64 => 32,
+        83 => 33,
+        90 => 35,
+        68 => 36,
+        73 => 37,
+        43 => 38,
+        53 => 39,
+        81 => 40,
+        20 | 42 | 79 => 41,
+        46 => 45,
+        14 | 23 | 50 | 52 => 51,
+        55 => 54,
+        62 => 56,
+        67 => 57,
+        29 | 58 => 59,
+        61 => 60,
+        93 => 92,
+        96 => 95,
+        98 => 97,
+        101..=124 => 54,
+        128..=151 | 159 => 35,
+        160..=183 => 60,
+        192..=215 | 223 => 33,
+        224..=247 => 45,
         _ => id,
     }
 }
@@ -290,6 +327,35 @@ mod tests {
         assert_eq!(
             diff(&have, &SessionVars::default()),
             "character_set_results = NULL, character_set_client = latin1"
+        );
+    }
+
+    #[test]
+    fn a_login_collation_is_restored_with_its_character_sets_default() {
+        for (id, primary) in [
+            (224, 45),
+            (45, 45),
+            (46, 45),
+            (5, 8),
+            (8, 8),
+            (52, 51),
+            (83, 33),
+        ] {
+            assert_eq!(primary_collation(id), primary, "{id}");
+        }
+        let d = SessionVars::default()
+            .diff_from(&SessionVars::default(), 45, 224)
+            .map(|d| String::from_utf8(d).unwrap());
+        assert_eq!(
+            d.as_deref(),
+            Some(
+                "character_set_client = 45, character_set_results = 45, collation_connection = 224"
+            )
+        );
+        // The same character set on both sides: nothing to do.
+        assert_eq!(
+            SessionVars::default().diff_from(&SessionVars::default(), 224, 224),
+            None
         );
     }
 
