@@ -818,3 +818,44 @@ async fn share_across_charsets(h: &Harness) {
         "latin1_german1_ci again"
     );
 }
+
+#[tokio::test]
+async fn a_string_variable_set_before_set_names_keeps_its_value_on_another_connection() {
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        // The client's bytes for 'é' in utf8mb4 (its login), then latin1 for what follows.
+        let script = ["SET @v = 'caf\u{e9}'", "SET NAMES latin1", "SET @w = 'x'"];
+        let read = "SELECT HEX(@v), CHARSET(@v), HEX(@w), CHARSET(@w)";
+        let mut direct = h.direct_conn().await;
+        for s in script {
+            direct.query_drop(s).await.unwrap();
+        }
+        let want: Option<(String, String, String, String)> =
+            direct.query_first(read).await.unwrap();
+        let mut a = h.proxy_conn().await;
+        let mut b = h.proxy_conn().await;
+        for s in script {
+            a.query_drop(s).await.unwrap();
+        }
+        // b takes the one connection; a's state is brought back to it after.
+        b.query_drop("SET @other = 1").await.unwrap();
+        let got: Option<(String, String, String, String)> = a.query_first(read).await.unwrap();
+        assert_eq!(got, want, "as on a direct connection");
+        // A session of the login's character set sets a string where the connection was
+        // left in latin1 by another session.
+        let mut c = h.proxy_conn().await;
+        c.query_drop("SET @n = 'Jos\u{e9}'").await.unwrap();
+        let read = "SELECT HEX(@n), CHARSET(@n)";
+        let mut direct = h.direct_conn().await;
+        direct.query_drop("SET @n = 'Jos\u{e9}'").await.unwrap();
+        let want: Option<(String, String)> = direct.query_first(read).await.unwrap();
+        for round in 0..2 {
+            a.query_drop("SET @w = 'y'").await.unwrap();
+            let got: Option<(String, String)> = c.query_first(read).await.unwrap();
+            assert_eq!(got, want, "round {round}: as on a direct connection");
+        }
+    })
+    .await
+    .expect("answered within a minute");
+    h.shutdown().await;
+}

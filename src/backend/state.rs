@@ -53,65 +53,98 @@ impl SessionVars {
             .map(|(_, v)| v.as_slice())
     }
 
-    /// The `SET` statement (without the `SET`) that takes a connection in state `have` to
-    /// this state, or `None` when nothing differs. `have_charset` is the character set
+    /// The `SET` statements (each without the `SET`) that take a connection in state `have`
+    /// to this state; none when nothing differs. `have_charset` is the character set
     /// (collation id) the connection has where `have` sets none (its login's, or the last
-    /// one restored), `charset` the session's login character set: restored when the session
-    /// sets none and the connection's differs.
-    pub fn diff_from(&self, have: &SessionVars, have_charset: u8, charset: u8) -> Option<Vec<u8>> {
-        let mut out: Vec<u8> = Vec::new();
-        let mut push = |part: &[u8]| {
-            if !out.is_empty() {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(part);
-        };
+    /// one restored), `charset` the session's login character set.
+    ///
+    /// A string literal in a `SET` is read in the character set the connection had when the
+    /// statement began, not in one an earlier assignment of the same `SET` chose. So when a
+    /// character set is involved (the two login character sets differ, or either side has a
+    /// `SET NAMES` or a character-set variable), the connection is first brought back to the
+    /// session's login character set, and the session's assignments are then replayed in the
+    /// order the session made them, a new statement starting after one that changed the
+    /// character set wherever a quoted literal follows: each literal is read as it was when the
+    /// client sent it. Otherwise one statement applies only what differs.
+    pub fn diff_from(&self, have: &SessionVars, have_charset: u8, charset: u8) -> Vec<Vec<u8>> {
+        let mut out = SetStatements::default();
+        if have.sets == self.sets && have_charset == charset {
+            return out.done;
+        }
+        let involved = have_charset != charset
+            || self.sets.iter().any(|(k, _)| sets_charset(k))
+            || have.sets.iter().any(|(k, _)| sets_charset(k));
         // Undo first: what the connection has and the session does not. The character-set
         // variables go back to the login character set together (their `DEFAULT` would be
-        // the server's global value, not the login's); the session's own character-set
-        // assignments are then applied again.
+        // the server's global value, not the login's).
         let cs = primary_collation(charset);
         let restore = format!(
             "character_set_client = {cs}, character_set_results = {cs}, collation_connection = {charset}"
         );
-        let mut restored = have_charset != charset;
-        if restored {
-            push(restore.as_bytes());
+        if involved && (have_charset != charset || have.sets.iter().any(|(k, _)| sets_charset(k))) {
+            out.push(restore.as_bytes(), true);
         }
         for (k, _) in &have.sets {
-            if self.get(k).is_some() {
+            if self.get(k).is_some() || sets_charset(k) {
                 continue;
             }
-            if k == NAMES_KEY || is_charset_var(k) {
-                if !restored {
-                    restored = true;
-                    push(restore.as_bytes());
-                }
-            } else if k.first() == Some(&b'@') {
+            if k.first() == Some(&b'@') {
                 let mut p = k.clone();
                 p.extend_from_slice(b" = NULL");
-                push(&p);
+                out.push(&p, false);
             } else {
                 let mut p = b"@@session.".to_vec();
                 p.extend_from_slice(k);
                 p.extend_from_slice(b" = DEFAULT");
-                push(&p);
+                out.push(&p, false);
             }
         }
-        // `SET NAMES` first, then the rest in the session's order.
-        let ordered = self
-            .sets
-            .iter()
-            .filter(|(k, _)| k == NAMES_KEY)
-            .chain(self.sets.iter().filter(|(k, _)| k != NAMES_KEY));
-        for (k, v) in ordered {
-            let undone = restored && (k == NAMES_KEY || is_charset_var(k));
-            if undone || have.get(k) != Some(v.as_slice()) {
-                push(v);
+        for (k, v) in &self.sets {
+            if involved || have.get(k) != Some(v.as_slice()) {
+                out.push(v, sets_charset(k));
             }
         }
-        (!out.is_empty()).then_some(out)
+        out.finish()
     }
+}
+
+/// `SET` statements being built: assignments joined by commas, a new statement where a quoted
+/// literal follows an assignment that changed the character set (see
+/// [`SessionVars::diff_from`]).
+#[derive(Default)]
+struct SetStatements {
+    done: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    /// The current statement changes the character set.
+    changes_charset: bool,
+}
+
+impl SetStatements {
+    fn push(&mut self, assignment: &[u8], changes_charset: bool) {
+        let quoted = assignment.iter().any(|&b| b == b'\'' || b == b'"');
+        if self.changes_charset && quoted {
+            self.done.push(std::mem::take(&mut self.current));
+            self.changes_charset = false;
+        }
+        if !self.current.is_empty() {
+            self.current.extend_from_slice(b", ");
+        }
+        self.current.extend_from_slice(assignment);
+        self.changes_charset |= changes_charset;
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        if !self.current.is_empty() {
+            self.done.push(self.current);
+        }
+        self.done
+    }
+}
+
+/// Whether the assignment of key `k` changes the character set: `SET NAMES` / `SET CHARACTER
+/// SET`, or one of the variables they set.
+fn sets_charset(k: &[u8]) -> bool {
+    k == NAMES_KEY || is_charset_var(k)
 }
 
 /// The default collation of the character set of collation `id`, for `character_set_client`
@@ -233,24 +266,20 @@ impl BackendConn {
                 self.state.db = Some(db.clone());
             }
         }
-        if let Some(diff) = want.diff_from(&self.state, self.charset, charset) {
+        for diff in want.diff_from(&self.state, self.charset, charset) {
             tracing::trace!(conn = self.id, server = %self.server, set = %String::from_utf8_lossy(&diff), "bringing a connection to the session's state");
             let mut p = Vec::with_capacity(diff.len() + 5);
             p.push(COM_QUERY);
             p.extend_from_slice(b"SET ");
             p.extend_from_slice(&diff);
-            match self.control(&p, ResponseKind::Query).await? {
-                Ok(_) => {
-                    self.state.sets = want.sets.clone();
-                    self.charset = charset;
-                }
-                Err(e) => {
-                    // Some assignments may have been applied: the state is unknown.
-                    self.state.sets.push((b"?unknown".to_vec(), Vec::new()));
-                    return Err(SyncError::Refused(e));
-                }
+            if let Err(e) = self.control(&p, ResponseKind::Query).await? {
+                // Some assignments may have been applied: the state is unknown.
+                self.state.sets.push((b"?unknown".to_vec(), Vec::new()));
+                return Err(SyncError::Refused(e));
             }
         }
+        self.state.sets = want.sets.clone();
+        self.charset = charset;
         Ok(())
     }
 }
@@ -267,10 +296,17 @@ mod tests {
         v
     }
 
+    /// The statements of [`SessionVars::diff_from`], separated by ` | `.
     fn diff(want: &SessionVars, have: &SessionVars) -> String {
-        want.diff_from(have, 45, 45)
+        diff_cs(want, have, 45, 45)
+    }
+
+    fn diff_cs(want: &SessionVars, have: &SessionVars, have_cs: u8, cs: u8) -> String {
+        want.diff_from(have, have_cs, cs)
+            .into_iter()
             .map(|d| String::from_utf8(d).unwrap())
-            .unwrap_or_default()
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     #[test]
@@ -293,11 +329,11 @@ mod tests {
         ]);
         assert_eq!(
             diff(&want, &have),
-            "@@session.sql_mode = DEFAULT, @b = NULL, NAMES latin1, @a = 1"
+            "@@session.sql_mode = DEFAULT, @b = NULL, time_zone = '+02:00', @a = 1, NAMES latin1"
         );
         assert_eq!(
             diff(&SessionVars::default(), &want),
-            "@@session.time_zone = DEFAULT, @a = NULL, character_set_client = 45, character_set_results = 45, collation_connection = 45"
+            "character_set_client = 45, character_set_results = 45, collation_connection = 45, @@session.time_zone = DEFAULT, @a = NULL"
         );
     }
 
@@ -343,20 +379,46 @@ mod tests {
         ] {
             assert_eq!(primary_collation(id), primary, "{id}");
         }
-        let d = SessionVars::default()
-            .diff_from(&SessionVars::default(), 45, 224)
-            .map(|d| String::from_utf8(d).unwrap());
+        let none = SessionVars::default();
         assert_eq!(
-            d.as_deref(),
-            Some(
-                "character_set_client = 45, character_set_results = 45, collation_connection = 224"
-            )
+            diff_cs(&none, &none, 45, 224),
+            "character_set_client = 45, character_set_results = 45, collation_connection = 224"
         );
         // The same character set on both sides: nothing to do.
+        assert_eq!(diff_cs(&none, &none, 224, 224), "");
+    }
+
+    #[test]
+    fn literals_are_read_in_the_character_set_they_were_sent_in() {
+        // The session set a string, then changed its character set, then set another.
+        let want = vars(&[
+            ("@v", "@v = 'caf\u{e9}'"),
+            ("names", "NAMES latin1"),
+            ("@w", "@w = 'x'"),
+            ("time_zone", "time_zone = '+01:00'"),
+        ]);
+        // From a connection of another session with latin1 names: back to the login's
+        // character set, then the session's assignments in order, a statement after each
+        // change of character set that a literal follows.
+        let have = vars(&[("names", "NAMES latin1"), ("@o", "@o = 1")]);
         assert_eq!(
-            SessionVars::default().diff_from(&SessionVars::default(), 224, 224),
-            None
+            diff(&want, &have),
+            "character_set_client = 45, character_set_results = 45, collation_connection = 45, @o = NULL \
+             | @v = 'caf\u{e9}', NAMES latin1 | @w = 'x', time_zone = '+01:00'"
         );
+        // From a connection that logged in with another character set.
+        assert_eq!(
+            diff_cs(&want, &SessionVars::default(), 8, 45),
+            "character_set_client = 45, character_set_results = 45, collation_connection = 45 \
+             | @v = 'caf\u{e9}', NAMES latin1 | @w = 'x', time_zone = '+01:00'"
+        );
+        // Numbers are read alike in every character set: no statement of their own.
+        let want = vars(&[("names", "NAMES latin1"), ("@n", "@n = 5")]);
+        assert_eq!(diff(&want, &SessionVars::default()), "NAMES latin1, @n = 5");
+        // No character set involved: only what differs, in one statement.
+        let want = vars(&[("@v", "@v = 'a'"), ("time_zone", "time_zone = '+01:00'")]);
+        let have = vars(&[("@v", "@v = 'a'"), ("@o", "@o = 'b'")]);
+        assert_eq!(diff(&want, &have), "@o = NULL, time_zone = '+01:00'");
     }
 
     #[test]
