@@ -859,3 +859,43 @@ async fn a_string_variable_set_before_set_names_keeps_its_value_on_another_conne
     .expect("answered within a minute");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_variable_set_to_null_keeps_its_type_on_another_connection() {
+    let h = Harness::start_with(0, |c| c.proxy.max_backend_connections = 1).await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let script = [
+            "SET @v = 5",
+            "SET @v = NULL",
+            "SET @s = 'x'",
+            "SET @s = NULL",
+        ];
+        let types = |rows: Vec<mysql_async::Row>| -> Vec<String> {
+            rows[0]
+                .columns_ref()
+                .iter()
+                .map(|c| format!("{:?} {}", c.column_type(), c.column_length()))
+                .collect()
+        };
+        let read = "SELECT @v, @s";
+        let mut direct = h.direct_conn().await;
+        for s in script {
+            direct.query_drop(s).await.unwrap();
+        }
+        let want = types(direct.query(read).await.unwrap());
+        let mut a = h.proxy_conn().await;
+        // Another user: the one connection is re-authenticated for it, which clears its
+        // variables, and again for a, whose state is then replayed on a clean session.
+        let mut b = mysql_async::Conn::new(h.opts(h.addr.port(), "other", "other-pw"))
+            .await
+            .unwrap();
+        for s in script {
+            a.query_drop(s).await.unwrap();
+        }
+        b.query_drop("SET @other = 1").await.unwrap();
+        assert_eq!(types(a.query(read).await.unwrap()), want, "as directly");
+    })
+    .await
+    .expect("answered within a minute");
+    h.shutdown().await;
+}

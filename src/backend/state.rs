@@ -37,10 +37,21 @@ pub struct SessionVars {
 impl SessionVars {
     /// Records an assignment; it replaces an earlier one of the same key and moves last
     /// (assignments that touch the same server variables keep their order).
-    pub fn set(&mut self, key: Vec<u8>, assignment: Vec<u8>) {
+    pub fn set(&mut self, key: Vec<u8>, mut assignment: Vec<u8>) {
         if key == NAMES_KEY {
             // SET NAMES overrides the character set variables set before it.
             self.sets.retain(|(k, _)| !is_charset_var(k));
+        }
+        if key.first() == Some(&b'@') && assigns_null(&assignment) {
+            // A user variable set to NULL keeps the type of its last value (`SET @v = 5; SET
+            // @v = NULL` leaves a BIGINT NULL): that value is replayed before the NULL.
+            if let Some(prev) = self.get(&key) {
+                assignment = if assigns_null(prev) {
+                    prev.to_vec()
+                } else {
+                    [prev, b", ", &assignment].concat()
+                };
+            }
         }
         self.sets.retain(|(k, _)| *k != key);
         self.sets.push((key, assignment));
@@ -139,6 +150,15 @@ impl SetStatements {
         }
         self.done
     }
+}
+
+/// Whether `assignment` (`@v = NULL`, `@v:=null`) sets its variable to NULL.
+fn assigns_null(assignment: &[u8]) -> bool {
+    let value = match assignment.iter().rposition(|&b| b == b'=') {
+        Some(i) => &assignment[i + 1..],
+        None => return false,
+    };
+    value.trim_ascii().eq_ignore_ascii_case(b"NULL")
 }
 
 /// Whether the assignment of key `k` changes the character set: `SET NAMES` / `SET CHARACTER
@@ -419,6 +439,24 @@ mod tests {
         let want = vars(&[("@v", "@v = 'a'"), ("time_zone", "time_zone = '+01:00'")]);
         let have = vars(&[("@v", "@v = 'a'"), ("@o", "@o = 'b'")]);
         assert_eq!(diff(&want, &have), "@o = NULL, time_zone = '+01:00'");
+    }
+
+    #[test]
+    fn a_variable_set_to_null_keeps_the_type_of_its_last_value() {
+        let mut v = vars(&[("@v", "@v = 5")]);
+        v.set(b"@v".to_vec(), b"@v = NULL".to_vec());
+        assert_eq!(v.get(b"@v"), Some(&b"@v = 5, @v = NULL"[..]));
+        v.set(b"@v".to_vec(), b"@v=null".to_vec());
+        assert_eq!(v.get(b"@v"), Some(&b"@v = 5, @v = NULL"[..]));
+        v.set(b"@v".to_vec(), b"@v = 'x'".to_vec());
+        assert_eq!(v.get(b"@v"), Some(&b"@v = 'x'"[..]));
+        // Never set before: NULL alone, as on a direct connection.
+        let mut w = SessionVars::default();
+        w.set(b"@w".to_vec(), b"@w = NULL".to_vec());
+        assert_eq!(w.get(b"@w"), Some(&b"@w = NULL"[..]));
+        // 'NULL' the string is a value.
+        w.set(b"@w".to_vec(), b"@w = 'NULL'".to_vec());
+        assert_eq!(w.get(b"@w"), Some(&b"@w = 'NULL'"[..]));
     }
 
     #[test]
