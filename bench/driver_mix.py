@@ -9,13 +9,17 @@ runs two mixes, each alternating statements between two sessions that logged in 
 
 - PyMySQL and mysql-connector-python (pure Python): `SELECT @@pseudo_thread_id` from each, and
   PyMySQL's `SELECT 1; SELECT 2` (PyMySQL logs in without multi-statements: refused, 1064);
+- three PyMySQL sessions that differ only by login character set (utf8mb4_general_ci 45,
+  utf8mb4_unicode_ci 224, latin1 8), each checking it sees its own collation;
 - PHP's mysqli and PDO (mysqlnd): the same, then mysqli's `multi_query` (which sends
   COM_SET_OPTION) and one more PDO statement.
 
-Prints per mix how many server threads answered and how many connections the primary accepted
+Prints per mix how many server threads answered, how many connections the primary accepted
 from Sluice meanwhile (its `Connections` counter, less the ones this script opened to read it;
-the first is the one Sluice opens for the first session's login). One thread and one
-connection: the sessions shared it.
+the first is the one Sluice opens for the first session's login) and how many times Sluice
+re-authenticated the connection for another kind of session (`COM_CHANGE_USER`, counted in the
+primary's general log, which the script turns on). One thread, one connection and no
+re-authentication: the sessions shared it as it was.
 """
 
 import argparse, os, subprocess, sys, tempfile
@@ -53,6 +57,19 @@ def connections(primary):
     return n
 
 
+def root(work, sql):
+    """`sql` as the primary's root (over its socket); the output's text."""
+    sock = os.path.join(work, "topology", "db1", "mysqld.sock")
+    return subprocess.run(["mariadb", "-S", sock, "-u", "root", "-N", "-e", sql],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def change_users(work):
+    """How many COM_CHANGE_USER (re-authentications) the primary has logged."""
+    return int(root(work, "SELECT COUNT(*) FROM mysql.general_log "
+                          "WHERE command_type = 'Change user'"))
+
+
 def python_mix(port, rounds):
     import pymysql
     import mysql.connector
@@ -76,6 +93,29 @@ def python_mix(port, rounds):
     return f"{len(ids)} ok; PyMySQL's SELECT 1; SELECT 2: {multi}"
 
 
+def charset_mix(port, rounds):
+    """Three PyMySQL sessions that differ only by login character set: utf8mb4_general_ci (45,
+    PyMySQL's and mysql_async's default), utf8mb4_unicode_ci (224, node mysql2's and sqlx's)
+    and latin1 (8). Each must see its own collation."""
+    import pymysql
+    logins = [dict(charset="utf8mb4"), dict(charset="utf8mb4", collation="utf8mb4_unicode_ci"),
+              dict(charset="latin1")]
+    want = ["utf8mb4_general_ci", "utf8mb4_unicode_ci", "latin1_swedish_ci"]
+    conns = [pymysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                             autocommit=True, **kw) for kw in logins]
+    ids, wrong = set(), 0
+    for _ in range(rounds):
+        for c, w in zip(conns, want):
+            cur = c.cursor()
+            cur.execute("SELECT @@pseudo_thread_id, @@collation_connection")
+            tid, coll = cur.fetchone()
+            ids.add(tid)
+            wrong += coll != w
+    for c in conns:
+        c.close()
+    return f"{len(ids)} ok; sessions that saw another collation than their login's: {wrong}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
@@ -86,21 +126,26 @@ def main():
     sb, primary, _ = C.start_sandbox(binary, work, port, 0, ("--max-backend-connections", "1"))
     try:
         C.wait_port(port)
+        root(work, "SET GLOBAL log_output = 'TABLE'; SET GLOBAL general_log = 1")
         php = os.path.join(work, "mix.php")
         with open(php, "w") as f:
             f.write(PHP)
         for name, run in (
             ("PyMySQL + Connector/Python", lambda: python_mix(port, a.rounds)),
+            ("PyMySQL utf8mb4 + utf8mb4_unicode_ci + latin1", lambda: charset_mix(port, a.rounds)),
             ("PHP mysqli + PDO", lambda: subprocess.run(
                 ["php", php, str(port), str(a.rounds)], capture_output=True, text=True,
                 timeout=120).stdout.strip()),
         ):
+            reauth = change_users(work)
             before = connections(primary)
             out = run()
             # Less the connection each `connections` call makes.
             opened = connections(primary) - before - 1
+            reauth = change_users(work) - reauth
             threads, _, rest = out.partition(" ")
-            print(f"{name}: {threads} server thread(s), {opened} server connection(s) opened; {rest}")
+            print(f"{name}: {threads} server thread(s), {opened} server connection(s) opened, "
+                  f"{reauth} re-authentication(s); {rest}")
     finally:
         C.stop([sb], work)
 
