@@ -63,8 +63,9 @@ fn same_key(c: &BackendConn, p: &LoginParams<'_>) -> bool {
 }
 
 /// Login character sets (collation ids) that MariaDB and MySQL both know, so that `SET
-/// character_set_client = id, character_set_results = id, collation_connection = id` gives a
-/// connection what a login with `id` gives it: latin1 (swedish_ci, bin, general_ci), ascii,
+/// character_set_client = cs, character_set_results = cs, collation_connection = id` (`cs` the
+/// default collation of `id`'s character set) gives a connection what a login with `id` gives
+/// it: latin1 (swedish_ci, bin, general_ci), ascii,
 /// utf8mb3 (general_ci, bin, unicode_ci), utf8mb4 (general_ci, bin, unicode_ci), binary.
 /// Another id (one a server may not know, such as MySQL 8's 255, where MariaDB falls back to
 /// its own default) keeps connections of its own.

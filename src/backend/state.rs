@@ -5,9 +5,10 @@
 //! session keeps the state it asked for (default database, `SET NAMES`, `SET SESSION …`,
 //! replayable user variables) as a [`SessionVars`]; each connection knows the state it has.
 //! [`BackendConn::sync_to`] computes the difference and applies it with at most one
-//! `COM_INIT_DB` and one `SET a = …, b = …` statement: assignments the session has and the
-//! connection lacks are applied, assignments the connection has and the session lacks are
-//! undone (`var = DEFAULT`, `@var = NULL`, the login character set again). The
+//! `COM_INIT_DB` and one `SET a = …, b = …` statement (a second `SET` only where a character
+//! set changes before a quoted literal): assignments the session has and the connection lacks
+//! are applied, assignments the connection has and the session lacks are undone (`var =
+//! DEFAULT`, `@var = NULL`, the session's login character set by collation id). The
 //! multi-statement option (`CLIENT_MULTI_STATEMENTS` at login, `COM_SET_OPTION` after it) is
 //! state of the same kind: every server connection logs in with it, and a session without it
 //! has it turned off on the connection it leases (one `COM_SET_OPTION`).
@@ -250,7 +251,8 @@ pub enum SyncError {
 impl BackendConn {
     /// Brings this connection to `want` and to the login character set `charset` (collation
     /// id) of the session: the default database, then every assignment that differs, in one
-    /// statement. `secret` re-authenticates when the session has no default database and the
+    /// statement (more only where a character set changes before a quoted literal: see
+    /// [`SessionVars::diff_from`]). `secret` re-authenticates when the session has no default database and the
     /// connection has one (no statement can unselect a database).
     pub async fn sync_to(
         &mut self,
