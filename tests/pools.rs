@@ -740,7 +740,8 @@ async fn share_across_charsets(h: &Harness) {
     );
     let thread = query("SELECT @@pseudo_thread_id");
     // (collation id, as drivers send it): mysql_async and PyMySQL (45), node mysql2 and sqlx
-    // (224), latin1 (8), binary (63); cp1251 (51) is not among the ids every server knows.
+    // (224), latin1 (8: PHP's mysqlnd by default), binary (63); cp1251 (51) is not among the
+    // ids every server knows.
     let ids = [45u8, 224, 8, 63, 51];
     let mut direct = Vec::new();
     for id in ids {
