@@ -5,12 +5,15 @@
 
 Starts `sluice sandbox --replicas 0 --max-backend-connections 1` (a MariaDB primary and Sluice
 with one connection to it; `SLUICE_BIN` picks the binary, default target/release/sluice), then
-runs two mixes, each alternating statements between two sessions that logged in differently:
+runs four mixes, each alternating statements between sessions that logged in differently:
 
 - PyMySQL and mysql-connector-python (pure Python): `SELECT @@pseudo_thread_id` from each, and
   PyMySQL's `SELECT 1; SELECT 2` (PyMySQL logs in without multi-statements: refused, 1064);
 - three PyMySQL sessions that differ only by login character set (utf8mb4_general_ci 45,
   utf8mb4_unicode_ci 224, latin1 8), each checking it sees its own collation;
+- PyMySQL, Connector/Python and mysqlclient (libmariadb asks for CLIENT_LOCAL_FILES and
+  CLIENT_PS_MULTI_RESULTS, the other two for neither), then PyMySQL's LOAD DATA LOCAL without
+  local files and Connector/Python's prepared CALL with an OUT parameter;
 - PHP's mysqli and PDO (mysqlnd): the same, then mysqli's `multi_query` (which sends
   COM_SET_OPTION) and one more PDO statement.
 
@@ -93,6 +96,41 @@ def python_mix(port, rounds):
     return f"{len(ids)} ok; PyMySQL's SELECT 1; SELECT 2: {multi}"
 
 
+def capability_mix(port, rounds):
+    """PyMySQL and Connector/Python (neither local files nor CLIENT_PS_MULTI_RESULTS) with
+    mysqlclient (libmariadb: both), then PyMySQL's LOAD DATA LOCAL without local files (the
+    server's refusal, 4166) and Connector/Python's prepared CALL of a procedure with an OUT
+    parameter (a direct connection sends it no result for it)."""
+    import pymysql
+    import mysql.connector
+    import MySQLdb
+    a = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app", autocommit=True)
+    b = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                use_pure=True, ssl_disabled=True, autocommit=True)
+    c = MySQLdb.connect(host="127.0.0.1", port=port, user="app", password="app")
+    c.autocommit(True)
+    curs = [a.cursor(), b.cursor(), c.cursor()]
+    ids = set()
+    for _ in range(rounds):
+        for cur in curs:
+            cur.execute("SELECT @@pseudo_thread_id")
+            ids.add(cur.fetchone()[0])
+    try:
+        curs[0].execute("LOAD DATA LOCAL INFILE '/nonexistent.csv' INTO TABLE mix.t")
+        load = "accepted"
+    except pymysql.err.MySQLError as e:
+        load = f"refused ({e.args[0]})"
+    curs[0].execute("CREATE DATABASE IF NOT EXISTS mix")
+    curs[0].execute("CREATE OR REPLACE PROCEDURE mix.outs(IN a INT, OUT b INT) SET b = a * 2")
+    pc = b.cursor(prepared=True)
+    pc.execute("CALL mix.outs(?, ?)", (4, 0))
+    call = "a result" if pc.with_rows else "no result"
+    for x in (a, b, c):
+        x.close()
+    return (f"{len(ids)} ok; PyMySQL's LOAD DATA LOCAL: {load}; Connector/Python's prepared "
+            f"CALL with an OUT parameter: {call}")
+
+
 def charset_mix(port, rounds):
     """Three PyMySQL sessions that differ only by login character set: utf8mb4_general_ci (45,
     PyMySQL's and mysql_async's default), utf8mb4_unicode_ci (224, node mysql2's and sqlx's)
@@ -133,6 +171,7 @@ def main():
         for name, run in (
             ("PyMySQL + Connector/Python", lambda: python_mix(port, a.rounds)),
             ("PyMySQL utf8mb4 + utf8mb4_unicode_ci + latin1", lambda: charset_mix(port, a.rounds)),
+            ("PyMySQL + Connector/Python + mysqlclient", lambda: capability_mix(port, a.rounds)),
             ("PHP mysqli + PDO", lambda: subprocess.run(
                 ["php", php, str(port), str(a.rounds)], capture_output=True, text=True,
                 timeout=120).stdout.strip()),

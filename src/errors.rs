@@ -39,6 +39,11 @@ pub const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 /// ER_MAX_PREPARED_STMT_COUNT_REACHED).
 pub const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
 
+/// `LOAD DATA LOCAL` from a client that did not enable local files: MariaDB 10.5+'s
+/// ER_LOAD_INFILE_CAPABILITY_DISABLED, and MySQL 8's ER_CLIENT_LOCAL_FILES_DISABLED.
+pub const ER_LOAD_INFILE_CAPABILITY_DISABLED: u16 = 4166;
+pub const ER_CLIENT_LOCAL_FILES_DISABLED: u16 = 3948;
+
 /// No writable primary is known (none discovered yet, or none reachable).
 pub const SLUICE_NO_PRIMARY: u16 = 9001;
 /// Connecting or logging in to a backend server failed.
@@ -287,6 +292,24 @@ pub fn insecure_transport() -> ErrPacket {
         b"HY000",
         "Connections using insecure transport are prohibited while [proxy.tls] require = true",
     )
+}
+
+/// What the server answers a `LOAD DATA LOCAL` from a client without `CLIENT_LOCAL_FILES`
+/// (Sluice's server connections enable local files for every session, so Sluice answers it).
+pub fn local_infile_disabled(mysql: bool) -> ErrPacket {
+    if mysql {
+        ErrPacket::new(
+            ER_CLIENT_LOCAL_FILES_DISABLED,
+            b"42000",
+            "Loading local data is disabled; this must be enabled on both the client and server side",
+        )
+    } else {
+        ErrPacket::new(
+            ER_LOAD_INFILE_CAPABILITY_DISABLED,
+            b"HY000",
+            "The used command is not allowed because the MariaDB server or client has disabled the local infile capability",
+        )
+    }
 }
 
 pub fn too_many_prepared_statements(max: u32) -> ErrPacket {

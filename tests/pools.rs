@@ -18,6 +18,31 @@ async fn backend_id(c: &mut mysql_async::Conn) -> u64 {
     id.unwrap()
 }
 
+/// A raw client's response: (sequence id, payload) per packet.
+type Response = Vec<(u8, Vec<u8>)>;
+
+/// A `COM_QUERY` packet.
+fn query(sql: &str) -> Vec<u8> {
+    [&[sluice_proto::command::COM_QUERY][..], sql.as_bytes()].concat()
+}
+
+/// The one text value of a one-row result: the row before the terminator, without its length
+/// byte.
+fn value(r: Response) -> String {
+    assert_ne!(r[0].1[0], 0xFF, "{r:?}");
+    String::from_utf8_lossy(&r[r.len() - 2].1[1..]).into_owned()
+}
+
+/// Whether the response is a syntax error (1064: a multi-statement query refused).
+fn refused(r: &[(u8, Vec<u8>)]) -> bool {
+    r[0].1[0] == 0xFF && r[0].1[1..3] == 1064u16.to_le_bytes()
+}
+
+/// Result sets in a response: its one-column counts (rows are longer).
+fn results(r: &[(u8, Vec<u8>)]) -> usize {
+    r.iter().filter(|(_, p)| p[..] == [1]).count()
+}
+
 /// Sluice over a primary alone, with one connection to it and a line that waits 20 s.
 async fn one_connection() -> Harness {
     Harness::start_with(0, |c| {
@@ -463,10 +488,9 @@ async fn sessions_that_differ_by_the_multi_statement_option_share_a_connection()
 /// [`sessions_that_differ_by_the_multi_statement_option_share_a_connection`] without its set-up.
 async fn share_one_connection(h: &Harness) {
     use common::raw::{RawConn, CLIENT_CAPS};
-    use sluice_proto::command::{COM_QUERY, COM_RESET_CONNECTION, COM_SET_OPTION};
+    use sluice_proto::command::{COM_RESET_CONNECTION, COM_SET_OPTION};
     use sluice_proto::flags::cap;
     let port = h.addr.port();
-    let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
     // As PyMySQL and PHP's mysqli log in (no multi-statements, no session tracking), and as
     // libmariadb does (both).
     let single_caps = CLIENT_CAPS & !cap::CLIENT_MULTI_STATEMENTS;
@@ -481,9 +505,6 @@ async fn share_one_connection(h: &Harness) {
         let row = &r[r.len() - 2].1;
         row[1..].to_vec()
     };
-    let refused = |r: &[(u8, Vec<u8>)]| r[0].1[0] == 0xFF && r[0].1[1..3] == 1064u16.to_le_bytes();
-    // Result sets in a response: its one-column counts (rows are longer).
-    let results = |r: &[(u8, Vec<u8>)]| r.iter().filter(|(_, p)| p[..] == [1]).count();
     let two = query("SELECT 1; SELECT 2");
     let id = query("SELECT @@pseudo_thread_id");
     let first = thread(multi.command(&id).await);
@@ -575,17 +596,9 @@ async fn options_changed_in_a_replica_transaction_follow_the_session_and_do_not_
 /// its set-up.
 async fn replica_transaction_options(h: &Harness) {
     use common::raw::{RawConn, CLIENT_CAPS};
-    use sluice_proto::command::{COM_INIT_DB, COM_QUERY, COM_SET_OPTION};
+    use sluice_proto::command::{COM_INIT_DB, COM_SET_OPTION};
     use sluice_proto::flags::cap;
     let port = h.addr.port();
-    let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
-    // One text value: the row before the terminator, without its length byte.
-    let value = |r: Vec<(u8, Vec<u8>)>| -> String {
-        assert_ne!(r[0].1[0], 0xFF, "{r:?}");
-        String::from_utf8(r[r.len() - 2].1[1..].to_vec()).unwrap()
-    };
-    let refused = |r: &[(u8, Vec<u8>)]| r[0].1[0] == 0xFF && r[0].1[1..3] == 1064u16.to_le_bytes();
-    let results = |r: &[(u8, Vec<u8>)]| r.iter().filter(|(_, p)| p[..] == [1]).count();
     let caps = CLIENT_CAPS | cap::CLIENT_SESSION_TRACK;
     let (mut a, ok) = RawConn::login_caps(port, common::USER, common::PASSWORD, caps).await;
     assert_eq!(ok[0], 0, "{ok:?}");
@@ -728,12 +741,7 @@ async fn share_across_charsets(h: &Harness) {
     )
     .await;
     use common::raw::RawConn;
-    use sluice_proto::command::{COM_QUERY, COM_RESET_CONNECTION};
-    let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
-    let value = |r: Vec<(u8, Vec<u8>)>| -> String {
-        assert_ne!(r[0].1[0], 0xFF, "{r:?}");
-        String::from_utf8_lossy(&r[r.len() - 2].1[1..]).into_owned()
-    };
+    use sluice_proto::command::COM_RESET_CONNECTION;
     let vars = query(
         "SELECT CONCAT_WS(',', @@character_set_client, @@character_set_connection, \
          @@collation_connection, @@character_set_results)",
@@ -899,4 +907,164 @@ async fn a_variable_set_to_null_keeps_its_type_on_another_connection() {
     .await
     .expect("answered within a minute");
     h.shutdown().await;
+}
+
+/// Responses to a script, by command name: (sequence id, payload) per packet.
+type Script = Vec<(String, Response)>;
+
+/// Prepared `CALL`s with OUT parameters (whose result only a client with
+/// `CLIENT_PS_MULTI_RESULTS` gets), a procedure's own results, and, for a client without
+/// local files, `LOAD DATA LOCAL` (refused); statement ids masked.
+async fn calls_and_local_files(c: &mut common::raw::RawConn) -> Script {
+    use sluice_proto::command::{encode_simple, encode_stmt_execute, COM_STMT_PREPARE};
+    use sluice_proto::flags::cap;
+    let prepare = |sql: &str| encode_simple(COM_STMT_PREPARE, sql.as_bytes());
+    let mut out = Vec::new();
+    // CALL caps.outs(20, NULL, 5): three LONGLONG parameters, the second NULL.
+    let mut run = |name: &str, r: Vec<(u8, Vec<u8>)>| {
+        out.push((name.to_string(), r));
+    };
+    let r = c.command(&prepare("CALL caps.outs(?, ?, ?)")).await;
+    assert_eq!(r[0].1[0], 0, "{r:?}");
+    let id = u32::from_le_bytes(r[0].1[1..5].try_into().unwrap());
+    let mut exec = encode_stmt_execute(id, 0);
+    exec.extend_from_slice(&[0x02, 0x01, 0x08, 0x00, 0x08, 0x00, 0x08, 0x00]);
+    exec.extend_from_slice(&20i64.to_le_bytes());
+    exec.extend_from_slice(&5i64.to_le_bytes());
+    for n in 0..2 {
+        run(&format!("execute outs {n}"), c.command(&exec).await);
+    }
+    let r = c.command(&prepare("CALL caps.only_out(?)")).await;
+    let id = u32::from_le_bytes(r[0].1[1..5].try_into().unwrap());
+    let mut exec = encode_stmt_execute(id, 0);
+    exec.extend_from_slice(&[0x01, 0x01, 0x08, 0x00]);
+    run("execute only_out", c.command(&exec).await);
+    let r = c.command(&prepare("CALL caps.sets()")).await;
+    let id = u32::from_le_bytes(r[0].1[1..5].try_into().unwrap());
+    run("execute sets", c.command(&encode_stmt_execute(id, 0)).await);
+    run(
+        "text call",
+        c.command(&query("CALL caps.outs(3, @b, @c)")).await,
+    );
+    run("out values", c.command(&query("SELECT @b, @c")).await);
+    if c.caps & cap::CLIENT_LOCAL_FILES == 0 {
+        for sql in [
+            "LOAD DATA LOCAL INFILE 'rows.csv' INTO TABLE caps.t",
+            "load /* c */ xml low_priority local infile 'x' into table caps.t",
+        ] {
+            run(sql, c.command(&query(sql)).await);
+        }
+        run(
+            "after load",
+            c.command(&query("SELECT COUNT(*) FROM caps.t")).await,
+        );
+    }
+    out
+}
+
+/// Sessions of drivers that differ only by `CLIENT_LOCAL_FILES` and `CLIENT_PS_MULTI_RESULTS`
+/// (libmariadb's mysqlclient, the CLI and sysbench ask for both; PyMySQL and Connector/Python
+/// for neither; PHP's mysqlnd for local files only) share one server connection without
+/// re-authenticating it, and each gets what a direct connection gives it byte for byte: the
+/// OUT parameters' result only when it asked for it, and `LOAD DATA LOCAL` refused with the
+/// server's error when it did not enable local files.
+#[tokio::test]
+async fn sessions_that_differ_by_local_files_and_out_parameters_share_a_connection() {
+    let h = Harness::start_with(0, |c| {
+        c.proxy.max_backend_connections = 1;
+        c.proxy.pool_wait_ms = 10_000;
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), share_across_capabilities(&h))
+        .await
+        .expect("the sessions were answered within a minute");
+    h.shutdown().await;
+}
+
+/// [`sessions_that_differ_by_local_files_and_out_parameters_share_a_connection`] without its
+/// set-up.
+async fn share_across_capabilities(h: &Harness) {
+    use common::raw::{RawConn, CLIENT_CAPS};
+    use sluice_proto::command::COM_QUERY;
+    use sluice_proto::flags::cap;
+    h.root_sql(
+        0,
+        "SET GLOBAL log_output = 'TABLE'; SET GLOBAL general_log = 1; \
+         CREATE DATABASE caps; CREATE TABLE caps.t (a INT)",
+    )
+    .await;
+    let (mut root, ok) =
+        RawConn::login(h.topo.nodes[0].port, common::USER, common::PASSWORD, 0).await;
+    assert_eq!(ok[0], 0, "{ok:?}");
+    for sql in [
+        "CREATE PROCEDURE caps.outs(IN a INT, OUT b INT, INOUT c INT) \
+         BEGIN SELECT a AS shown; SET b = a * 2, c = c + 1; END",
+        "CREATE PROCEDURE caps.only_out(OUT b VARCHAR(10)) SET b = 'seven'",
+        "CREATE PROCEDURE caps.sets() BEGIN SELECT 1 AS one; SELECT 2 AS two, 'x' AS x; END",
+    ] {
+        let r = root
+            .command(&[&[COM_QUERY][..], sql.as_bytes()].concat())
+            .await;
+        assert_eq!(r[0].1[0], 0, "{sql}: {r:?}");
+    }
+    let both = CLIENT_CAPS;
+    let neither = CLIENT_CAPS & !(cap::CLIENT_LOCAL_FILES | cap::CLIENT_PS_MULTI_RESULTS);
+    let files = CLIENT_CAPS & !cap::CLIENT_PS_MULTI_RESULTS;
+    let kinds = [neither, both, files, neither | cap::CLIENT_DEPRECATE_EOF];
+    let mut direct = Vec::new();
+    for caps in kinds {
+        let (mut c, ok) =
+            RawConn::login_caps(h.topo.nodes[0].port, common::USER, common::PASSWORD, caps).await;
+        assert_eq!(ok[0], 0, "{ok:?}");
+        direct.push(calls_and_local_files(&mut c).await);
+    }
+    // The comparison covers the OUT parameters: left out for a client without
+    // CLIENT_PS_MULTI_RESULTS (one result and the OK), there for one with it (two and the OK).
+    let results = |s: &Script| {
+        let r = &s.iter().find(|(n, _)| n == "execute outs 0").unwrap().1;
+        r.iter()
+            .filter(|(_, p)| p.len() == 1 && p[0] < 0xFB)
+            .count()
+    };
+    assert_eq!(results(&direct[0]), 1, "{:?}", direct[0]);
+    assert_eq!(results(&direct[1]), 2, "{:?}", direct[1]);
+    let thread = [&[COM_QUERY][..], b"SELECT @@pseudo_thread_id"].concat();
+    let mut sessions = Vec::new();
+    for caps in kinds {
+        let (c, ok) =
+            RawConn::login_caps(h.addr.port(), common::USER, common::PASSWORD, caps).await;
+        assert_eq!(ok[0], 0, "{ok:?}");
+        sessions.push(c);
+    }
+    // The first three share the connection; the fourth (CLIENT_DEPRECATE_EOF changes every
+    // result's end) has one of its own: the one allowed is closed and opened anew for it.
+    let first = sessions[1].command(&thread).await;
+    let change_user = change_users(h).await;
+    let connections = h.status_counter(0, "Connections").await;
+    let own = h.status_counter(0, "Connections").await - connections;
+    let connections = connections + own;
+    for round in 0..2 {
+        for n in [0, 1, 2, 1, 0] {
+            let got = calls_and_local_files(&mut sessions[n]).await;
+            assert_eq!(direct[n].len(), got.len());
+            for ((name, a), (_, b)) in direct[n].iter().zip(&got) {
+                assert_eq!(
+                    a, b,
+                    "round {round}, session {n}: {name:?} differs (left direct, right through sluice)"
+                );
+            }
+            assert_eq!(
+                sessions[n].command(&thread).await,
+                first,
+                "the one connection"
+            );
+        }
+    }
+    assert_eq!(h.status_counter(0, "Connections").await, connections + own);
+    assert_eq!(change_users(h).await, change_user, "no re-authentication");
+    let got = calls_and_local_files(&mut sessions[3]).await;
+    for ((name, a), (_, b)) in direct[3].iter().zip(&got) {
+        assert_eq!(a, b, "{name:?} differs (left direct, right through sluice)");
+    }
+    assert_ne!(sessions[3].command(&thread).await, first);
 }

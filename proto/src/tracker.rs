@@ -458,7 +458,7 @@ impl ResponseTracker {
 }
 
 /// Status flags of an OK packet (0x00 or 0xFE header).
-fn ok_status(p: &[u8]) -> Result<u16, ProtoError> {
+pub fn ok_status(p: &[u8]) -> Result<u16, ProtoError> {
     let mut r = Reader::new(p);
     r.u8("header")?;
     r.lenenc_int("affected rows")?;
@@ -473,7 +473,7 @@ fn affected_rows(p: &[u8]) -> u64 {
 }
 
 /// Status flags of an EOF packet.
-fn eof_status(p: &[u8]) -> Result<u16, ProtoError> {
+pub fn eof_status(p: &[u8]) -> Result<u16, ProtoError> {
     let mut r = Reader::new(p);
     r.u8("header")?;
     r.u16("warnings")?;

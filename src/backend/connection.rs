@@ -64,7 +64,17 @@ const ALWAYS_EXT: u64 = cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
 /// And the multi-statement option, which `COM_SET_OPTION` turns off and on: it is session state
 /// like `time_zone` (`SessionVars::single_statements`), so the sessions of drivers that differ
 /// only by it (PyMySQL and Connector/Python; PHP's mysqli and PDO) share connections.
-const ALWAYS: u64 = cap::CLIENT_SESSION_TRACK | cap::CLIENT_MULTI_STATEMENTS;
+///
+/// And two capabilities that only allow the server to send more: local files (a session that
+/// did not enable them has its `LOAD DATA LOCAL` refused by Sluice with the server's error, so
+/// no file request reaches it) and the result set of a prepared `CALL`'s OUT parameters (the
+/// relay leaves it out for a client that did not ask for it: `relay::out_parameters_at`).
+/// Sessions of PyMySQL, Connector/Python, PHP's mysqlnd, libmariadb (mysqlclient, the
+/// `mariadb` CLI, sysbench) therefore share connections.
+const ALWAYS: u64 = cap::CLIENT_SESSION_TRACK
+    | cap::CLIENT_MULTI_STATEMENTS
+    | cap::CLIENT_LOCAL_FILES
+    | cap::CLIENT_PS_MULTI_RESULTS;
 
 /// Largest control packet (handshake, auth) accepted from a server.
 const MAX_CONTROL_PACKET: usize = 64 << 10;
@@ -414,13 +424,18 @@ pub(super) const LOGIN_ONLY: u64 = cap::CLIENT_CONNECT_WITH_DB
     | cap::CLIENT_SSL
     | cap::CLIENT_COMPRESS;
 
+/// Whether a server greeting's version names MySQL rather than MariaDB (see
+/// [`BackendConn::is_mysql`]).
+pub fn is_mysql_version(v: &[u8]) -> bool {
+    !(v.starts_with(b"5.5.5-") || v.windows(7).any(|w| w == b"MariaDB"))
+}
+
 impl BackendConn {
     /// Whether the server is MySQL rather than MariaDB: GTIDs and their functions differ.
     /// MariaDB's greeting names it, or starts with `5.5.5-` (MariaDB 10+, and Sluice's own
     /// greeting when it has not seen a server yet).
     pub fn is_mysql(&self) -> bool {
-        let v = &self.handshake.server_version;
-        !(v.starts_with(b"5.5.5-") || v.windows(7).any(|w| w == b"MariaDB"))
+        is_mysql_version(&self.handshake.server_version)
     }
 
     /// Reads one whole packet (control exchanges only; the relay streams instead).

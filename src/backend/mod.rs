@@ -12,8 +12,8 @@ pub mod state;
 pub mod stmt_cache;
 
 pub use connection::{
-    connect, prepared_definitions, BackendConn, LoginParams, StmtBudget, Transport,
-    INSERT_ID_UNKNOWN,
+    connect, is_mysql_version, prepared_definitions, BackendConn, LoginParams, StmtBudget,
+    Transport, INSERT_ID_UNKNOWN,
 };
 pub use error::BackendError;
 pub use pool::{Acquired, PoolError, PoolLimits, ServerPool};

@@ -33,6 +33,9 @@ pub struct RelayOptions {
     pub untracked_client: bool,
     /// The command is the client's own `LOAD DATA LOCAL` and the client enabled local files.
     pub local_files: bool,
+    /// An execution for a client without `CLIENT_PS_MULTI_RESULTS` on a server connection
+    /// with it: the result of a `CALL`'s OUT parameters is left out ([`out_parameters_at`]).
+    pub drop_out_parameters: bool,
 }
 
 /// What the client allowed for a command's answer.
@@ -42,6 +45,9 @@ pub struct ClientAllows {
     pub local_files: bool,
     /// The client negotiated CLIENT_SESSION_TRACK.
     pub session_track: bool,
+    /// The client takes the result of a prepared `CALL`'s OUT parameters: it negotiated
+    /// `CLIENT_PS_MULTI_RESULTS`, or the command cannot be such a `CALL`.
+    pub out_parameters: bool,
 }
 
 /// What the client expects of result metadata. A client that negotiated
@@ -124,6 +130,9 @@ pub async fn relay_response(
         session_track: track,
         untracked_client: track && !allows.session_track,
         local_files: allows.local_files,
+        drop_out_parameters: !allows.out_parameters
+            && kind == ResponseKind::Execute
+            && backend.capabilities & sluice_proto::flags::cap::CLIENT_PS_MULTI_RESULTS != 0,
     };
     backend.session_state = None;
     let cache = backend.cache_metadata();
@@ -269,6 +278,23 @@ where
                     "packet sequence id {} where {} was expected",
                     h.seq, seq
                 )));
+            }
+            if opts.drop_out_parameters && !cont && tracker.at_result_start() {
+                match out_parameters_at(&rbuf[..], pos, seq, opts.deprecate_eof, server_flags) {
+                    OutParameters::Incomplete => break,
+                    OutParameters::Other => {}
+                    OutParameters::Found { end, packets } => {
+                        // Left out: the bytes still to forward move up to meet what follows,
+                        // which gets the client's sequence ids.
+                        let n = pos - from;
+                        rbuf.copy_within(from..pos, end - n);
+                        from = end - n;
+                        pos = end;
+                        seq = seq.wrapping_add(packets);
+                        dropped = dropped.wrapping_add(packets);
+                        continue;
+                    }
+                }
             }
             if whole_first
                 && !cont
@@ -442,6 +468,115 @@ fn pass_rows(buf: &mut [u8], mut pos: usize, mut seq: u8, dropped: u8) -> (usize
         n += 1;
     }
     (pos, n, seq)
+}
+
+/// What [`out_parameters_at`] found at the start of a result.
+#[derive(Debug, PartialEq, Eq)]
+enum OutParameters {
+    /// Not enough of the result is read to tell: read on.
+    Incomplete,
+    /// Anything else (an OK or ERR, a result of two rows or more, one with a long packet):
+    /// relayed as usual.
+    Other,
+    /// The result of a prepared `CALL`'s OUT parameters: `packets` packets ending at `end`.
+    Found { end: usize, packets: u8 },
+}
+
+/// Whether the result beginning at `buf[at..]` (server sequence id `seq`) is the one a server
+/// sends a client with `CLIENT_PS_MULTI_RESULTS` after executing a `CALL` with OUT parameters:
+/// one row, ended by an EOF/OK whose status has `SERVER_PS_OUT_PARAMS`. A client without that
+/// capability gets the procedure's other results and its final OK only (MariaDB sends the OUT
+/// parameters only to clients that asked: `Protocol_binary::send_out_parameters`), so the
+/// relay leaves this result out. Reads at most the definitions and the first two rows, so what
+/// is held back to decide is bounded by them. `cache`: the column count carries MariaDB's
+/// "metadata follows" byte.
+fn out_parameters_at(
+    buf: &[u8],
+    at: usize,
+    mut seq: u8,
+    deprecate_eof: bool,
+    cache: bool,
+) -> OutParameters {
+    use sluice_proto::flags::status::SERVER_PS_OUT_PARAMS;
+    let mut pos = at;
+    let mut packets = 0u8;
+    let mut rows = 0u32;
+    // The count, the definitions (unless left out) and, without CLIENT_DEPRECATE_EOF, an EOF.
+    let mut before_rows = 1u64;
+    loop {
+        let Some(h) = FrameHeader::peek(&buf[pos..]) else {
+            return OutParameters::Incomplete;
+        };
+        if h.seq != seq || h.continues() || h.len == 0 {
+            // The walk reports what is wrong; a long packet is not an OUT parameter's.
+            return OutParameters::Other;
+        }
+        let body = pos + HEADER_LEN;
+        let Some(p) = buf.get(body..body + h.len) else {
+            if before_rows == 0 && buf.get(body).is_some_and(|&b| b != 0xFE && b != 0xFF) {
+                // A row begins: a second one is not OUT parameters.
+                rows += 1;
+                if rows > 1 {
+                    return OutParameters::Other;
+                }
+            }
+            return OutParameters::Incomplete;
+        };
+        let next = body + h.len;
+        packets = packets.wrapping_add(1);
+        seq = seq.wrapping_add(1);
+        pos = next;
+        if packets == 1 {
+            // The column count: an OK or an ERR ends the check.
+            let Some((columns, int_len)) = column_count(p) else {
+                return OutParameters::Other;
+            };
+            let defs_follow = !cache || p.get(int_len) != Some(&0);
+            before_rows = u64::from(defs_follow) * columns + u64::from(!deprecate_eof);
+            continue;
+        }
+        if before_rows > 0 {
+            before_rows -= 1;
+            continue;
+        }
+        match p[0] {
+            0xFE if deprecate_eof || h.len < sluice_proto::eof::EOF_MAX_LEN => {
+                let status = if deprecate_eof {
+                    sluice_proto::tracker::ok_status(p)
+                } else {
+                    sluice_proto::tracker::eof_status(p)
+                };
+                return match status {
+                    Ok(s) if s & SERVER_PS_OUT_PARAMS != 0 && rows == 1 => {
+                        OutParameters::Found { end: next, packets }
+                    }
+                    _ => OutParameters::Other,
+                };
+            }
+            0xFF => return OutParameters::Other,
+            _ => {
+                rows += 1;
+                if rows > 1 {
+                    return OutParameters::Other;
+                }
+            }
+        }
+    }
+}
+
+/// A column count packet's count and the length of its integer (`None` for an OK, an ERR, an
+/// EOF, or a malformed count).
+fn column_count(p: &[u8]) -> Option<(u64, usize)> {
+    let int_len = match *p.first()? {
+        0x00 | 0xFB | 0xFE | 0xFF => return None,
+        0xFC => 3,
+        0xFD => 4,
+        _ => 1,
+    };
+    let columns = sluice_proto::lenenc::Reader::new(p.get(..int_len)?)
+        .lenenc_int("column count")
+        .ok()?;
+    Some((columns, int_len))
 }
 
 /// Column definitions longer than this (hundreds of columns) are not kept per statement for a
@@ -909,6 +1044,7 @@ mod tests {
         session_track: true,
         untracked_client: false,
         local_files: false,
+        drop_out_parameters: false,
     };
 
     /// Runs one relay: the "server" writes `server_bytes` in chunks of `chunk`; returns what
@@ -1163,6 +1299,121 @@ mod tests {
         };
         let (got, _) = run(response.clone(), 64, ResponseKind::Query, tracked).await;
         assert_eq!(got, response);
+    }
+
+    #[tokio::test]
+    async fn the_out_parameters_of_a_call_are_left_out_for_a_client_that_did_not_ask() {
+        // A prepared CALL: the procedure's result (two rows), the OUT parameters' result (one
+        // row, its end with SERVER_PS_OUT_PARAMS | SERVER_MORE_RESULTS_EXISTS), the final OK.
+        let row1: &[u8] = b"\x00\x00\x01\x00\x00\x00";
+        let row2: &[u8] = b"\x00\x00\x02\x00\x00\x00";
+        for deprecate_eof in [false, true] {
+            let (more, out_end, defs_end): (&[u8], &[u8], &[&[u8]]) = if deprecate_eof {
+                (
+                    b"\xfe\x00\x00\x0a\x00\x00\x00",
+                    b"\xfe\x00\x00\x0a\x10\x00\x00",
+                    &[],
+                )
+            } else {
+                (
+                    b"\xfe\x00\x00\x0a\x00",
+                    b"\xfe\x00\x00\x0a\x10",
+                    &[b"\xfe\x00\x00\x0a\x00"],
+                )
+            };
+            let last: &[u8] = b"\x00\x00\x00\x02\x00\x00\x00";
+            let result = |rows: &[&'static [u8]], end: &'static [u8]| {
+                let mut r: Vec<&[u8]> = vec![b"\x01", COLDEF_A];
+                r.extend_from_slice(defs_end);
+                r.extend_from_slice(rows);
+                r.push(end);
+                r
+            };
+            let procedure = result(&[row1, row2], more);
+            let out = result(&[row1], out_end);
+            let opts = RelayOptions {
+                deprecate_eof,
+                drop_out_parameters: true,
+                ..OPTS
+            };
+            let all: Vec<&[u8]> = [&procedure[..], &out[..], &[last]].concat();
+            let response = frames(&all, 1);
+            let want = frames(&[&procedure[..], &[last]].concat(), 1);
+            for chunk in CHUNKS {
+                let (got, r) = run(response.clone(), chunk, ResponseKind::Execute, opts).await;
+                assert_eq!(got, want, "chunk {chunk}, deprecate_eof {deprecate_eof}");
+                assert!(!r.unwrap().outcome.error);
+                // A client that asked for them gets them.
+                let keep = RelayOptions {
+                    drop_out_parameters: false,
+                    ..opts
+                };
+                let (got, _) = run(response.clone(), chunk, ResponseKind::Execute, keep).await;
+                assert_eq!(got, response, "chunk {chunk}");
+            }
+            // A procedure with OUT parameters only: the first result goes.
+            let response = frames(&[&out[..], &[last]].concat(), 1);
+            for chunk in CHUNKS {
+                let (got, _) = run(response.clone(), chunk, ResponseKind::Execute, opts).await;
+                assert_eq!(got, frames(&[last], 1), "chunk {chunk}");
+            }
+            // Results that are not OUT parameters stay: one row without the flag, and two
+            // rows with it.
+            for rows in [&[row1][..], &[row1, row2][..]] {
+                let end = if rows.len() == 1 { more } else { out_end };
+                let kept = result(rows, end);
+                let response = frames(&[&kept[..], &[last]].concat(), 1);
+                for chunk in CHUNKS {
+                    let (got, _) = run(response.clone(), chunk, ResponseKind::Execute, opts).await;
+                    assert_eq!(got, response, "chunk {chunk}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn out_parameters_hostile_responses_never_panic() {
+        // A procedure's result, the OUT parameters' result and the final OK, damaged at random.
+        let base = frames(
+            &[
+                b"\x01",
+                COLDEF_A,
+                b"\x00\x00\x01\x00\x00\x00",
+                b"\xfe\x00\x00\x0a\x00\x00\x00",
+                b"\x01",
+                COLDEF_A,
+                b"\x00\x00\x02\x00\x00\x00",
+                b"\xfe\x00\x00\x0a\x10\x00\x00",
+                b"\x00\x00\x00\x02\x00\x00\x00",
+            ],
+            1,
+        );
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..1500 {
+            let mut r = base.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % r.len();
+                match next() % 3 {
+                    0 => r[at] = next() as u8,
+                    1 => r.truncate(at.max(1)),
+                    _ => r.insert(at, next() as u8),
+                }
+            }
+            let chunk = 1 + (next() as usize) % 80;
+            let opts = RelayOptions {
+                deprecate_eof: case % 2 == 0,
+                drop_out_parameters: true,
+                ..OPTS
+            };
+            // Any outcome but a panic; the relay ends (the server side closes).
+            let _ = run(r, chunk, ResponseKind::Execute, opts).await;
+        }
     }
 
     #[tokio::test]

@@ -127,6 +127,9 @@ pub(super) struct Executed {
     pub client: Option<u32>,
     /// Where the held connection keeps the server's statement.
     pub server: Option<crate::backend::stmt_cache::Memo>,
+    /// The statement may be a `CALL` (classified as a write): its response may carry the
+    /// result of OUT parameters, which a client without `CLIENT_PS_MULTI_RESULTS` does not get.
+    pub write: bool,
 }
 
 /// Which held connection.
@@ -688,13 +691,29 @@ impl Session {
             return self.client.send_err(seq, &err).await;
         }
         // A server may ask for a local file only in answer to the client's own
-        // `LOAD DATA LOCAL` (and only if the client enabled it).
-        let local_files = code == command::COM_QUERY
-            && self.capabilities & cap::CLIENT_LOCAL_FILES != 0
+        // `LOAD DATA LOCAL`, and only if the client enabled it: server connections enable
+        // local files for every session, so a client that did not gets the server's refusal
+        // from Sluice (the whole query: a multi-statement query is not begun).
+        let load_local = code == command::COM_QUERY
             && seen.map_or_else(
                 || crate::router::lexer::mentions_load_local(&payload[1..]),
                 |s| s.load_local(),
             );
+        let local_files = load_local && self.capabilities & cap::CLIENT_LOCAL_FILES != 0;
+        if load_local && !local_files {
+            let mysql = self
+                .shared
+                .cluster
+                .borrow()
+                .primary_hello
+                .as_ref()
+                .is_some_and(|h| crate::backend::is_mysql_version(&h.version));
+            self.client.consume(wire_len);
+            return self
+                .client
+                .send_err(seq, &errors::local_infile_disabled(mysql))
+                .await;
+        }
         let digest = seen.and_then(|s| {
             self.shared.digests.begin_hashed_known(
                 s.digest(),
@@ -1333,6 +1352,8 @@ impl Session {
                     super::relay::ClientAllows {
                         local_files,
                         session_track: self.capabilities & cap::CLIENT_SESSION_TRACK != 0,
+                        out_parameters: self.capabilities & cap::CLIENT_PS_MULTI_RESULTS != 0
+                            || !exec.is_some_and(|e| e.write),
                     },
                     meta,
                     server_stmt,

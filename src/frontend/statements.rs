@@ -378,6 +378,7 @@ impl Session {
                 Some(Executed {
                     client: Some(id),
                     server: renewed,
+                    write: class == crate::router::StatementClass::Write,
                 }),
             )
             .await;
@@ -522,6 +523,7 @@ impl Session {
                 Some(Executed {
                     client: None,
                     server: memo,
+                    write: false,
                 }),
             )
             .await;

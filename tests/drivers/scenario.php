@@ -36,6 +36,19 @@ $c->multi_query("SELECT 1 AS a; SELECT 'two' AS b, 2 AS c; SELECT COUNT(*) AS n 
 do {
     if ($r = $c->store_result()) { out('multi', $r->fetch_all(MYSQLI_ASSOC)); $r->free(); }
 } while ($c->more_results() && $c->next_result());
+// A prepared CALL with an OUT parameter: mysqlnd does not ask for CLIENT_PS_MULTI_RESULTS, so
+// a direct connection sends the procedure's result and the final OK, not the OUT parameters
+// (Sluice's server connection asks for them, and leaves them out for mysqlnd).
+$c->query("CREATE PROCEDURE outs(IN a INT, OUT b INT) BEGIN SELECT a * 10 AS shown; SET b = a * 2; END");
+$s = $c->prepare("CALL outs(?, ?)");
+$a = 4; $bout = 0; $s->bind_param('ii', $a, $bout); $s->execute();
+$n = 0;
+do {
+    if ($r = $s->get_result()) { out('call result', $r->fetch_all()); $r->free(); }
+    $n++;
+} while ($s->more_results() && $s->next_result());
+out('call results', $n, 'affected', $s->affected_rows);
+$s->close();
 // LOAD DATA LOCAL from a file mysqlnd streams, then COM_CHANGE_USER to another account.
 $l = mysqli_init();
 $l->options(MYSQLI_OPT_LOCAL_INFILE, true);

@@ -7,23 +7,23 @@ mod, port, db = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if mod == "mysql.connector":
     import mysql.connector as m
 
-    def connect(**kw):
+    def connect(files=True, **kw):
         return m.connect(host="127.0.0.1", port=port, user="app", password="app-pw",
-                         allow_local_infile=True, **kw)
+                         allow_local_infile=files, **kw)
 elif mod == "MySQLdb":
     import MySQLdb as m
 
-    def connect(autocommit=False, **kw):
+    def connect(autocommit=False, files=True, **kw):
         c = m.connect(host="127.0.0.1", port=port, user="app", password="app-pw", charset="utf8mb4",
-                      local_infile=1, **kw)
+                      local_infile=int(files), **kw)
         c.autocommit(autocommit)
         return c
 elif mod == "pymysql":
     import pymysql as m
 
-    def connect(**kw):
+    def connect(files=True, **kw):
         return m.connect(host="127.0.0.1", port=port, user="app", password="app-pw",
-                         charset="utf8mb4", local_infile=True, **kw)
+                         charset="utf8mb4", local_infile=files, **kw)
 else:
     raise SystemExit(f"unknown driver {mod}")
 
@@ -60,6 +60,16 @@ with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
 cur.execute("CREATE TABLE ld (v VARCHAR(40))")
 cur.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE ld")
 out("load data rowcount", cur.rowcount)
+# From a connection that did not enable local files: refused by the server's error (PyMySQL and
+# Connector/Python then do not announce local files; Sluice's server connections do, so Sluice
+# answers it). libmariadb announces them and refuses the server's file request itself.
+nf = connect(files=False)
+try:
+    nf.cursor().execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {db}.ld")
+    out("load without local files: accepted")
+except m.Error as e:
+    out("load without local files", getattr(e, "errno", None) or e.args[0])
+nf.close()
 os.unlink(path)
 c.commit()
 cur.execute("SELECT COUNT(*), MIN(v), MAX(v) FROM ld")
@@ -84,6 +94,12 @@ if mod == "mysql.connector":
     pc = c.cursor(prepared=True)
     pc.execute("SELECT id, name, d, j FROM t WHERE id > ? ORDER BY id", (1,))
     out("prepared", pc.fetchall())
+    # A prepared CALL with an OUT parameter: Connector/Python does not ask for
+    # CLIENT_PS_MULTI_RESULTS, so a direct connection answers with the final OK alone (Sluice's
+    # server connection asks for the OUT parameters' result, and leaves it out for it).
+    cur.execute("CREATE PROCEDURE outs(IN a INT, OUT b INT) SET b = a * 2")
+    pc.execute("CALL outs(?, ?)", (4, 0))
+    out("prepared call", pc.with_rows, pc.rowcount)
 c.commit()
 # A second connection in autocommit mode: plain reads (on a replica through Sluice).
 c2 = connect(autocommit=True)
