@@ -89,11 +89,11 @@ impl SessionVars {
         // Undo first: what the connection has and the session does not. The character-set
         // variables go back to the login character set together (their `DEFAULT` would be
         // the server's global value, not the login's).
-        let cs = primary_collation(charset);
-        let restore = format!(
-            "character_set_client = {cs}, character_set_results = {cs}, collation_connection = {charset}"
-        );
         if involved && (have_charset != charset || have.sets.iter().any(|(k, _)| sets_charset(k))) {
+            let cs = primary_collation(charset);
+            let restore = format!(
+                "character_set_client = {cs}, character_set_results = {cs}, collation_connection = {charset}"
+            );
             out.push(restore.as_bytes(), true);
         }
         for (k, _) in &have.sets {
@@ -175,7 +175,7 @@ fn sets_charset(k: &[u8]) -> bool {
 /// same as `SET NAMES <its character set> COLLATE <id>`. The table is MariaDB 10.11's
 /// `information_schema.COLLATIONS` for ids below 256 (MySQL numbers these alike); an id not
 /// listed is a default collation itself (or unknown to the server).
-pub fn primary_collation(id: u8) -> u8 {
+fn primary_collation(id: u8) -> u8 {
     match id {
         84 => 1,
         69 => 3,
