@@ -5,15 +5,17 @@
 
 Starts `sluice sandbox --replicas 0 --max-backend-connections 1` (a MariaDB primary and Sluice
 with one connection to it; `SLUICE_BIN` picks the binary, default target/release/sluice), then
-runs four mixes, each alternating statements between sessions that logged in differently:
+runs five mixes, each alternating statements between sessions that logged in differently:
 
 - PyMySQL and mysql-connector-python (pure Python): `SELECT @@pseudo_thread_id` from each, and
   PyMySQL's `SELECT 1; SELECT 2` (PyMySQL logs in without multi-statements: refused, 1064);
 - three PyMySQL sessions that differ only by login character set (utf8mb4_general_ci 45,
   utf8mb4_unicode_ci 224, latin1 8), each checking it sees its own collation;
-- PyMySQL, Connector/Python and mysqlclient (libmariadb asks for CLIENT_LOCAL_FILES and
-  CLIENT_PS_MULTI_RESULTS, the other two for neither), then PyMySQL's LOAD DATA LOCAL without
-  local files and Connector/Python's prepared CALL with an OUT parameter;
+- PyMySQL without and with local files (CLIENT_LOCAL_FILES, which PHP's mysqlnd also asks
+  for) and Connector/Python, then PyMySQL's LOAD DATA LOCAL without local files and
+  Connector/Python's prepared CALL with an OUT parameter;
+- PyMySQL and mysqlclient (libmariadb asks for MariaDB's extended metadata, progress reports
+  and metadata caching, which still split the pools);
 - PHP's mysqli and PDO (mysqlnd): the same, then mysqli's `multi_query` (which sends
   COM_SET_OPTION) and one more PDO statement.
 
@@ -97,19 +99,19 @@ def python_mix(port, rounds):
 
 
 def capability_mix(port, rounds):
-    """PyMySQL and Connector/Python (neither local files nor CLIENT_PS_MULTI_RESULTS) with
-    mysqlclient (libmariadb: both), then PyMySQL's LOAD DATA LOCAL without local files (the
-    server's refusal, 4166) and Connector/Python's prepared CALL of a procedure with an OUT
-    parameter (a direct connection sends it no result for it)."""
+    """PyMySQL without and with local files (`local_infile=True` asks for CLIENT_LOCAL_FILES, as
+    PHP's mysqlnd does) and Connector/Python, then LOAD DATA LOCAL from the PyMySQL session
+    without local files (the server's refusal, 4166) and Connector/Python's prepared CALL of a
+    procedure with an OUT parameter (Connector/Python does not ask for CLIENT_PS_MULTI_RESULTS:
+    a direct connection sends it no result for it)."""
     import pymysql
     import mysql.connector
-    import MySQLdb
     a = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app", autocommit=True)
+    f = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app", autocommit=True,
+                        local_infile=True)
     b = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app",
                                 use_pure=True, ssl_disabled=True, autocommit=True)
-    c = MySQLdb.connect(host="127.0.0.1", port=port, user="app", password="app")
-    c.autocommit(True)
-    curs = [a.cursor(), b.cursor(), c.cursor()]
+    curs = [a.cursor(), f.cursor(), b.cursor()]
     ids = set()
     for _ in range(rounds):
         for cur in curs:
@@ -124,11 +126,30 @@ def capability_mix(port, rounds):
     curs[0].execute("CREATE OR REPLACE PROCEDURE mix.outs(IN a INT, OUT b INT) SET b = a * 2")
     pc = b.cursor(prepared=True)
     pc.execute("CALL mix.outs(?, ?)", (4, 0))
-    call = "a result" if pc.with_rows else "no result"
-    for x in (a, b, c):
+    call = f"{len(pc.fetchall())} row(s)" if pc.with_rows else "no result"
+    for x in (a, f, b):
         x.close()
-    return (f"{len(ids)} ok; PyMySQL's LOAD DATA LOCAL: {load}; Connector/Python's prepared "
-            f"CALL with an OUT parameter: {call}")
+    return (f"{len(ids)} ok; PyMySQL's LOAD DATA LOCAL without local files: {load}; "
+            f"Connector/Python's prepared CALL with an OUT parameter: {call}")
+
+
+def libmariadb_mix(port, rounds):
+    """PyMySQL and mysqlclient (libmariadb, which asks for MariaDB's extended metadata,
+    progress reports and metadata caching: capabilities that still give it connections of its
+    own)."""
+    import pymysql
+    import MySQLdb
+    a = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app", autocommit=True)
+    c = MySQLdb.connect(host="127.0.0.1", port=port, user="app", password="app")
+    c.autocommit(True)
+    ids = set()
+    for _ in range(rounds):
+        for cur in (a.cursor(), c.cursor()):
+            cur.execute("SELECT @@pseudo_thread_id")
+            ids.add(cur.fetchone()[0])
+    a.close()
+    c.close()
+    return f"{len(ids)} ok"
 
 
 def charset_mix(port, rounds):
@@ -171,7 +192,9 @@ def main():
         for name, run in (
             ("PyMySQL + Connector/Python", lambda: python_mix(port, a.rounds)),
             ("PyMySQL utf8mb4 + utf8mb4_unicode_ci + latin1", lambda: charset_mix(port, a.rounds)),
-            ("PyMySQL + Connector/Python + mysqlclient", lambda: capability_mix(port, a.rounds)),
+            ("PyMySQL + PyMySQL local_infile + Connector/Python",
+             lambda: capability_mix(port, a.rounds)),
+            ("PyMySQL + mysqlclient", lambda: libmariadb_mix(port, a.rounds)),
             ("PHP mysqli + PDO", lambda: subprocess.run(
                 ["php", php, str(port), str(a.rounds)], capture_output=True, text=True,
                 timeout=120).stdout.strip()),

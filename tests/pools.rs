@@ -962,9 +962,10 @@ async fn calls_and_local_files(c: &mut common::raw::RawConn) -> Script {
     out
 }
 
-/// Sessions of drivers that differ only by `CLIENT_LOCAL_FILES` and `CLIENT_PS_MULTI_RESULTS`
-/// (libmariadb's mysqlclient, the CLI and sysbench ask for both; PyMySQL and Connector/Python
-/// for neither; PHP's mysqlnd for local files only) share one server connection without
+/// Sessions that differ only by `CLIENT_LOCAL_FILES` and `CLIENT_PS_MULTI_RESULTS` (PyMySQL
+/// and Connector/Python ask for neither, PHP's mysqlnd and PyMySQL with `local_infile` for
+/// local files, libmariadb for both — though it also asks for MariaDB's extended capabilities,
+/// which keep its sessions apart) share one server connection without
 /// re-authenticating it, and each gets what a direct connection gives it byte for byte: the
 /// OUT parameters' result only when it asked for it, and `LOAD DATA LOCAL` refused with the
 /// server's error when it did not enable local files.

@@ -69,8 +69,8 @@ const ALWAYS_EXT: u64 = cap::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
 /// did not enable them has its `LOAD DATA LOCAL` refused by Sluice with the server's error, so
 /// no file request reaches it) and the result set of a prepared `CALL`'s OUT parameters (the
 /// relay leaves it out for a client that did not ask for it: `relay::out_parameters_at`).
-/// Sessions of PyMySQL, Connector/Python, PHP's mysqlnd, libmariadb (mysqlclient, the
-/// `mariadb` CLI, sysbench) therefore share connections.
+/// Sessions of PyMySQL (with or without local files), Connector/Python and PHP's mysqlnd
+/// therefore share connections (libmariadb's still differ by MariaDB's extended capabilities).
 const ALWAYS: u64 = cap::CLIENT_SESSION_TRACK
     | cap::CLIENT_MULTI_STATEMENTS
     | cap::CLIENT_LOCAL_FILES

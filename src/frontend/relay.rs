@@ -216,6 +216,8 @@ where
     // to be kept or compared with the client's.
     let whole_first = matches!(server, ServerMeta::On { exec: true, .. })
         || (server_flags && matches!(meta, Metadata::Cached(_)));
+    // Something to look at before a result's first packet is forwarded.
+    let at_start_checks = whole_first || opts.drop_out_parameters;
     let mut server_meta = None;
     let mut tracker =
         ResponseTracker::new(kind, opts.deprecate_eof).with_cache_metadata(server_flags);
@@ -279,31 +281,31 @@ where
                     h.seq, seq
                 )));
             }
-            if opts.drop_out_parameters && !cont && tracker.at_result_start() {
-                match out_parameters_at(&rbuf[..], pos, seq, opts.deprecate_eof, server_flags) {
-                    OutParameters::Incomplete => break,
-                    OutParameters::Other => {}
-                    OutParameters::Found { end, packets } => {
-                        // Left out: the bytes still to forward move up to meet what follows,
-                        // which gets the client's sequence ids.
-                        let n = pos - from;
-                        rbuf.copy_within(from..pos, end - n);
-                        from = end - n;
-                        pos = end;
-                        seq = seq.wrapping_add(packets);
-                        dropped = dropped.wrapping_add(packets);
-                        continue;
+            if at_start_checks && !cont && tracker.at_result_start() {
+                if opts.drop_out_parameters {
+                    match out_parameters_at(&rbuf[..], pos, seq, opts.deprecate_eof, server_flags) {
+                        OutParameters::Incomplete => break,
+                        OutParameters::Other => {}
+                        OutParameters::Found { end, packets } => {
+                            // Left out: the bytes still to forward move up to meet what
+                            // follows, which gets the client's sequence ids.
+                            let n = pos - from;
+                            rbuf.copy_within(from..pos, end - n);
+                            from = end - n;
+                            pos = end;
+                            seq = seq.wrapping_add(packets);
+                            dropped = dropped.wrapping_add(packets);
+                            continue;
+                        }
                     }
                 }
-            }
-            if whole_first
-                && !cont
-                && results == 0
-                && tracker.at_result_start()
-                && !definitions_whole(&rbuf[..], pos, h.len, seq.wrapping_add(1))?
-            {
-                // Read on, the count not consumed yet.
-                break;
+                if whole_first
+                    && results == 0
+                    && !definitions_whole(&rbuf[..], pos, h.len, seq.wrapping_add(1))?
+                {
+                    // Read on, the count not consumed yet.
+                    break;
+                }
             }
             seq = seq.wrapping_add(1);
             if dropped != 0 {
@@ -489,7 +491,9 @@ enum OutParameters {
 /// parameters only to clients that asked: `Protocol_binary::send_out_parameters`), so the
 /// relay leaves this result out. Reads at most the definitions and the first two rows, so what
 /// is held back to decide is bounded by them. `cache`: the column count carries MariaDB's
-/// "metadata follows" byte.
+/// "metadata follows" byte. Kept out of line: the relay's loop calls it only for such clients.
+#[cold]
+#[inline(never)]
 fn out_parameters_at(
     buf: &[u8],
     at: usize,
@@ -535,6 +539,10 @@ fn out_parameters_at(
             before_rows = u64::from(defs_follow) * columns + u64::from(!deprecate_eof);
             continue;
         }
+        if p[0] == 0xFF {
+            // An error (or a progress report) ends the check: the walk takes it.
+            return OutParameters::Other;
+        }
         if before_rows > 0 {
             before_rows -= 1;
             continue;
@@ -553,7 +561,6 @@ fn out_parameters_at(
                     _ => OutParameters::Other,
                 };
             }
-            0xFF => return OutParameters::Other,
             _ => {
                 rows += 1;
                 if rows > 1 {
@@ -1356,6 +1363,19 @@ mod tests {
             for chunk in CHUNKS {
                 let (got, _) = run(response.clone(), chunk, ResponseKind::Execute, opts).await;
                 assert_eq!(got, frames(&[last], 1), "chunk {chunk}");
+            }
+            // An error in the middle of a result ends it as on any connection (the check
+            // does not wait for a row that will not come).
+            let err: &[u8] = b"\xff\x46\x05#70100Query execution was interrupted";
+            for cut in [1, 2] {
+                let mut broken = out[..cut].to_vec();
+                broken.push(err);
+                let response = frames(&broken, 1);
+                for chunk in CHUNKS {
+                    let (got, r) = run(response.clone(), chunk, ResponseKind::Execute, opts).await;
+                    assert_eq!(got, response, "chunk {chunk}");
+                    assert!(r.unwrap().outcome.error, "chunk {chunk}");
+                }
             }
             // Results that are not OUT parameters stay: one row without the flag, and two
             // rows with it.

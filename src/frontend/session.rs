@@ -127,8 +127,9 @@ pub(super) struct Executed {
     pub client: Option<u32>,
     /// Where the held connection keeps the server's statement.
     pub server: Option<crate::backend::stmt_cache::Memo>,
-    /// The statement may be a `CALL` (classified as a write): its response may carry the
-    /// result of OUT parameters, which a client without `CLIENT_PS_MULTI_RESULTS` does not get.
+    /// The statement may be a `CALL` (classified as a write; no cursor asked for): its
+    /// response may carry the result of OUT parameters, which a client without
+    /// `CLIENT_PS_MULTI_RESULTS` does not get.
     pub write: bool,
 }
 

@@ -378,7 +378,7 @@ impl Session {
                 Some(Executed {
                     client: Some(id),
                     server: renewed,
-                    write: class == crate::router::StatementClass::Write,
+                    write: class == crate::router::StatementClass::Write && !cursor,
                 }),
             )
             .await;
