@@ -503,7 +503,8 @@ fn out_parameters_at(
 ) -> OutParameters {
     use sluice_proto::flags::status::SERVER_PS_OUT_PARAMS;
     let mut pos = at;
-    let mut packets = 0u8;
+    // Counted in full: a result may have more than 255 definitions.
+    let mut packets = 0u64;
     let mut rows = 0u32;
     // The count, the definitions (unless left out) and, without CLIENT_DEPRECATE_EOF, an EOF.
     let mut before_rows = 1u64;
@@ -527,7 +528,7 @@ fn out_parameters_at(
             return OutParameters::Incomplete;
         };
         let next = body + h.len;
-        packets = packets.wrapping_add(1);
+        packets += 1;
         seq = seq.wrapping_add(1);
         pos = next;
         if packets == 1 {
@@ -555,9 +556,11 @@ fn out_parameters_at(
                     sluice_proto::tracker::eof_status(p)
                 };
                 return match status {
-                    Ok(s) if s & SERVER_PS_OUT_PARAMS != 0 && rows == 1 => {
-                        OutParameters::Found { end: next, packets }
-                    }
+                    Ok(s) if s & SERVER_PS_OUT_PARAMS != 0 && rows == 1 => OutParameters::Found {
+                        end: next,
+                        // Sequence ids count modulo 256.
+                        packets: packets as u8,
+                    },
                     _ => OutParameters::Other,
                 };
             }
@@ -1363,6 +1366,27 @@ mod tests {
             for chunk in CHUNKS {
                 let (got, _) = run(response.clone(), chunk, ResponseKind::Execute, opts).await;
                 assert_eq!(got, frames(&[last], 1), "chunk {chunk}");
+            }
+            // 300 OUT parameters: more packets than sequence ids (they wrap).
+            let wide_count: &[u8] = b"\xfc\x2c\x01";
+            let mut wide: Vec<&[u8]> = vec![wide_count];
+            wide.extend(std::iter::repeat(COLDEF_A).take(300));
+            wide.extend_from_slice(defs_end);
+            let mut wide_row = vec![0u8; 2 + 38];
+            wide_row.extend(std::iter::repeat(1u8).take(300));
+            wide.push(&wide_row);
+            let mut wide_out = wide.clone();
+            wide_out.push(out_end);
+            let response = frames(&[&procedure[..], &wide_out[..], &[last]].concat(), 1);
+            let want = frames(&[&procedure[..], &[last]].concat(), 1);
+            let mut wide_kept = wide.clone();
+            wide_kept.push(more);
+            let kept = frames(&[&wide_kept[..], &[last]].concat(), 1);
+            for chunk in CHUNKS {
+                let (got, _) = run(response.clone(), chunk, ResponseKind::Execute, opts).await;
+                assert_eq!(got, want, "chunk {chunk}: 300 OUT parameters");
+                let (got, _) = run(kept.clone(), chunk, ResponseKind::Execute, opts).await;
+                assert_eq!(got, kept, "chunk {chunk}: 300 columns kept");
             }
             // An error in the middle of a result ends it as on any connection (the check
             // does not wait for a row that will not come).
