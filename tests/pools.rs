@@ -45,9 +45,14 @@ fn results(r: &[(u8, Vec<u8>)]) -> usize {
 
 /// Sluice over a primary alone, with one connection to it and a line that waits 20 s.
 async fn one_connection() -> Harness {
+    one_connection_waiting(20_000).await
+}
+
+/// Sluice over a primary alone, with one connection to it and a line that waits `ms`.
+async fn one_connection_waiting(ms: u64) -> Harness {
     Harness::start_with(0, |c| {
         c.proxy.max_backend_connections = 1;
-        c.proxy.pool_wait_ms = 20_000;
+        c.proxy.pool_wait_ms = ms;
     })
     .await
 }
@@ -473,11 +478,7 @@ async fn connections_the_pool_closes_say_goodbye() {
 #[tokio::test]
 async fn sessions_that_differ_by_the_multi_statement_option_share_a_connection() {
     // One server connection; a wait short enough that a pinned session shows as error 9012.
-    let h = Harness::start_with(0, |c| {
-        c.proxy.max_backend_connections = 1;
-        c.proxy.pool_wait_ms = 3_000;
-    })
-    .await;
+    let h = one_connection_waiting(3_000).await;
     // Bounded: a response that never comes fails the test in a minute.
     tokio::time::timeout(Duration::from_secs(60), share_one_connection(&h))
         .await
@@ -711,11 +712,7 @@ async fn a_character_set_variable_one_session_set_is_undone_to_the_next_sessions
 
 #[tokio::test]
 async fn sessions_of_different_login_character_sets_share_a_connection() {
-    let h = Harness::start_with(0, |c| {
-        c.proxy.max_backend_connections = 1;
-        c.proxy.pool_wait_ms = 10_000;
-    })
-    .await;
+    let h = one_connection_waiting(10_000).await;
     tokio::time::timeout(Duration::from_secs(60), share_across_charsets(&h))
         .await
         .expect("the sessions were answered within a minute");
@@ -971,11 +968,7 @@ async fn calls_and_local_files(c: &mut common::raw::RawConn) -> Script {
 /// server's error when it did not enable local files.
 #[tokio::test]
 async fn sessions_that_differ_by_local_files_and_out_parameters_share_a_connection() {
-    let h = Harness::start_with(0, |c| {
-        c.proxy.max_backend_connections = 1;
-        c.proxy.pool_wait_ms = 10_000;
-    })
-    .await;
+    let h = one_connection_waiting(10_000).await;
     tokio::time::timeout(Duration::from_secs(60), share_across_capabilities(&h))
         .await
         .expect("the sessions were answered within a minute");

@@ -1432,24 +1432,9 @@ mod tests {
             ],
             1,
         );
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut damage = Damage::new(0x2545_F491_4F6C_DD1Du64);
         for case in 0..1500 {
-            let mut r = base.clone();
-            for _ in 0..1 + next() % 4 {
-                let at = (next() as usize) % r.len();
-                match next() % 3 {
-                    0 => r[at] = next() as u8,
-                    1 => r.truncate(at.max(1)),
-                    _ => r.insert(at, next() as u8),
-                }
-            }
-            let chunk = 1 + (next() as usize) % 80;
+            let (r, chunk) = damage.apply(&base);
             let opts = RelayOptions {
                 deprecate_eof: case % 2 == 0,
                 drop_out_parameters: true,
@@ -1520,6 +1505,40 @@ mod tests {
         b"\x03def\x00\x00\x00\x01b\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x01\x00\x00\x00\x00";
     const EOF_MORE: &[u8] = b"\xfe\x00\x00\x0a\x00";
     const EOF_END: &[u8] = b"\xfe\x00\x00\x02\x00";
+    /// Random damage for the "hostile responses never panic" tests: a xorshift generator
+    /// (fixed seed: every run damages alike).
+    struct Damage(u64);
+
+    impl Damage {
+        fn new(seed: u64) -> Self {
+            Damage(seed)
+        }
+
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// `base` with one to four bytes changed, cut or inserted, and a read chunk size.
+        fn apply(&mut self, base: &[u8]) -> (Vec<u8>, usize) {
+            let mut r = base.to_vec();
+            for _ in 0..1 + self.next() % 4 {
+                let at = (self.next() as usize) % r.len();
+                match self.next() % 3 {
+                    0 => r[at] = self.next() as u8,
+                    1 => r.truncate(at.max(1)),
+                    _ => {
+                        let b = self.next() as u8;
+                        r.insert(at, b)
+                    }
+                }
+            }
+            (r, 1 + (self.next() as usize) % 80)
+        }
+    }
+
     const CHUNKS: [usize; 6] = [1, 3, 7, 30, 64, 1 << 16];
 
     /// An execution's answer with two result sets (two columns and one row, then one column
@@ -1703,24 +1722,9 @@ mod tests {
     async fn cached_metadata_hostile_responses_never_panic() {
         let base = two_results();
         let defs = frames(&[COLDEF_A, COLDEF_B], 2);
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut damage = Damage::new(0x9E37_79B9_7F4A_7C15u64);
         for case in 0..1500 {
-            let mut r = base.clone();
-            for _ in 0..1 + next() % 4 {
-                let at = (next() as usize) % r.len();
-                match next() % 3 {
-                    0 => r[at] = next() as u8,
-                    1 => r.truncate(at.max(1)),
-                    _ => r.insert(at, next() as u8),
-                }
-            }
-            let chunk = 1 + (next() as usize) % 80;
+            let (r, chunk) = damage.apply(&base);
             let mut last = (case % 2 == 0).then(|| defs.clone().into_boxed_slice());
             let meta = if case % 3 == 0 {
                 Metadata::Sent
@@ -2024,24 +2028,9 @@ mod tests {
                 1,
             ),
         ];
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut damage = Damage::new(0x2545_F491_4F6C_DD1Du64);
         for case in 0..1500 {
-            let mut r = bases[case % 2].clone();
-            for _ in 0..1 + next() % 4 {
-                let at = (next() as usize) % r.len();
-                match next() % 3 {
-                    0 => r[at] = next() as u8,
-                    1 => r.truncate(at.max(1)),
-                    _ => r.insert(at, next() as u8),
-                }
-            }
-            let chunk = 1 + (next() as usize) % 80;
+            let (r, chunk) = damage.apply(&bases[case % 2]);
             let mut last = (case % 3 == 0).then(|| defs.clone().into_boxed_slice());
             let client = if case % 5 == 0 {
                 Metadata::Sent
